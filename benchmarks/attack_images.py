@@ -1,0 +1,146 @@
+"""Run one attack preset on many dataset images and summarise PSNR, steps and labels.
+
+Examples (2 CPU cores):
+  python benchmarks/attack_images.py --attack dlg --dataset cifar100 --count 100
+  python benchmarks/attack_images.py --attack dlg --dataset cifar100 --count 100 \
+      --option line_search=none
+  python benchmarks/attack_images.py --attack ig --model resnet20-4 --dataset cifar10 \
+      --count 10 --option iterations=1000 --option restarts=1 --labels-known
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from gradleak import attacks
+from gradleak.experiments import RunConfig, build_case
+from gradleak.experiments.run import psnr_observer
+from gradleak.fl import FedSGDClient
+from gradleak.metrics import evaluate_images
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def attack_one(job: dict) -> dict:
+    torch.set_num_threads(job["threads"])
+    config = RunConfig(
+        attack=job["attack"],
+        model=job["model"],
+        dataset=job["dataset"],
+        data_root=Path(job["data_root"]),
+        indices=(job["index"],),
+        seed=job["seed"],
+        labels_known=job["labels_known"],
+        attack_options=job["options"],
+    )
+    case = build_case(config)
+    attack = attacks.get(config.attack).with_options(config.attack_options)
+    update = FedSGDClient(case.model, model_mode=config.model_mode).compute_update(case.batch)
+    rec = attack.reconstruct(
+        update,
+        case.model,
+        case.knowledge,
+        seed=config.seed,
+        observer=psnr_observer(case),
+        progress=False,
+    )
+    ev = evaluate_images(
+        case.to_pixels(rec.images), case.to_pixels(case.batch.images), rec.labels, case.batch.labels
+    )
+    threshold = job["threshold"]
+    reached = [r["iteration"] for r in rec.history if (r.get("psnr") or 0) >= threshold]
+    return {
+        "index": job["index"],
+        "psnr": ev.psnr,
+        "ssim": ev.ssim,
+        "label_correct": ev.label_accuracy == 1.0,
+        "iterations": rec.iterations,
+        "loss_evaluations": rec.loss_evaluations,
+        "iterations_to_threshold": min(reached) if reached else None,
+        "seconds": rec.seconds,
+        "loss": rec.loss,
+    }
+
+
+def summarise(rows: list[dict], threshold: float) -> dict:
+    psnrs = [r["psnr"] for r in rows]
+    reached = [r["iterations_to_threshold"] for r in rows if r["iterations_to_threshold"]]
+    return {
+        "images": len(rows),
+        "median_psnr": statistics.median(psnrs),
+        "mean_psnr": statistics.fmean(psnrs),
+        "worst_psnr": min(psnrs),
+        "best_psnr": max(psnrs),
+        f"fraction_psnr_ge_{threshold:g}": sum(p >= threshold for p in psnrs) / len(psnrs),
+        "labels_correct": sum(r["label_correct"] for r in rows),
+        "median_iterations": statistics.median(r["iterations"] for r in rows),
+        "median_iterations_to_threshold": statistics.median(reached) if reached else None,
+        "max_iterations_to_threshold": max(reached) if reached else None,
+        "median_seconds_per_image": statistics.median(r["seconds"] for r in rows),
+        "total_attack_seconds": sum(r["seconds"] for r in rows),
+    }
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    return key, yaml.safe_load(value)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--attack", default="dlg")
+    p.add_argument("--model", default="lenet")
+    p.add_argument("--dataset", default="cifar100")
+    p.add_argument("--data-root", type=Path, default=SHARED)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels-known", action="store_true")
+    p.add_argument("--option", action="append", default=[], type=parse_option)
+    p.add_argument("--threshold", type=float, default=35.0, help="PSNR that counts as recovered")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+
+    threads = max(1, torch.get_num_threads() // args.workers)
+    jobs = [
+        {
+            "attack": args.attack,
+            "model": args.model,
+            "dataset": args.dataset,
+            "data_root": str(args.data_root),
+            "index": i,
+            "seed": args.seed,
+            "labels_known": args.labels_known,
+            "options": dict(args.option),
+            "threshold": args.threshold,
+            "threads": threads,
+        }
+        for i in range(args.start, args.start + args.count)
+    ]
+    out = args.out or Path("benchmarks/out") / f"{args.attack}-{args.model}-{args.dataset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    rows = []
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+        for row in pool.imap(attack_one, jobs):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    summary = summarise(rows, args.threshold)
+    summary["wall_seconds"] = time.perf_counter() - start
+    summary["workers"] = args.workers
+    summary["command_options"] = dict(args.option)
+    out.write_text(json.dumps({"summary": summary, "images": rows}, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

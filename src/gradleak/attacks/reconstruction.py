@@ -1,0 +1,25 @@
+"""What an attack returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Reconstruction:
+    """Recovered inputs (normalised space, B×C×H×W), labels and how the attack got there."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    loss: float
+    iterations: int
+    seconds: float
+    history: list[dict[str, float | int | None]] = field(default_factory=list)
+    trial_losses: list[float] = field(default_factory=list)
+    best_trial: int = 0
+    loss_evaluations: int = 0
+    label_strategy: str = ""
+    interrupted: bool = False
+    details: dict[str, object] = field(default_factory=dict)

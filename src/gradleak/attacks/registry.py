@@ -1,0 +1,33 @@
+"""Attacks by name: a new attack is one module plus one line here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gradleak.attacks import dlg, idlg, inverting_gradients
+from gradleak.attacks.gradient_matching import GradientMatchingAttack
+from gradleak.errors import GradleakError
+
+ATTACKS: dict[str, tuple[Callable[[], GradientMatchingAttack], str]] = {
+    "dlg": (dlg.build, "DLG: L2 matching, joint soft labels, L-BFGS (Zhu et al. 2019)"),
+    "idlg": (idlg.build, "iDLG: analytic label, then DLG matching (Zhao et al. 2020)"),
+    "ig": (
+        inverting_gradients.build,
+        "Inverting Gradients: cosine + TV, signed Adam, restarts (Geiping et al. 2020)",
+    ),
+}
+
+
+def available() -> list[str]:
+    return list(ATTACKS)
+
+
+def get(name: str) -> GradientMatchingAttack:
+    """The named attack with its paper's defaults."""
+    try:
+        factory, _ = ATTACKS[name]
+    except KeyError:
+        raise GradleakError(
+            f"unknown attack {name!r}; choose one of: {', '.join(ATTACKS)}"
+        ) from None
+    return factory()

@@ -1,0 +1,176 @@
+"""The `gradleak` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gradleak import __version__
+from gradleak.attacks.registry import ATTACKS
+from gradleak.errors import GradleakError
+from gradleak.experiments.config import DATASET_CHOICES, MODEL_MODES, load_run_config
+from gradleak.models import available_models
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line with the usage hint, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gradleak",
+        description="Measure how much private data leaks from shared gradients: simulate a "
+        "client's update, attack it, and score the reconstruction.",
+    )
+    parser.add_argument("--version", action="version", version=f"gradleak {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_attack(commands)
+    listing = commands.add_parser("list", help="list attacks, models and datasets")
+    listing.set_defaults(handler=_list)
+    return parser
+
+
+def _add_attack(commands: argparse._SubParsersAction) -> None:
+    attack_help = "; ".join(f"{name}: {text}" for name, (_, text) in ATTACKS.items())
+    p = commands.add_parser(
+        "attack",
+        help="attack one client update and score the reconstruction",
+        description="Simulate a FedSGD client on a private batch, attack the gradient it "
+        "shares and write metrics.json, reconstruction.png, grid.png, history.csv and "
+        "config.yaml. With no arguments: DLG on LeNet against a bundled CIFAR-10 image.",
+    )
+    p.add_argument("--attack", choices=list(ATTACKS), help=f"attack preset ({attack_help})")
+    p.add_argument(
+        "--model", metavar="NAME", help=f"model: {', '.join(available_models())} (default lenet)"
+    )
+    p.add_argument("--dataset", choices=DATASET_CHOICES, help="dataset (default cifar10)")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        metavar="DIR",
+        help="folder with the dataset files (default for cifar10: bundled sample images)",
+    )
+    p.add_argument("--split", choices=("test", "train"), help="dataset split (default test)")
+    p.add_argument(
+        "--index",
+        dest="indices",
+        type=int,
+        nargs="+",
+        metavar="I",
+        help="image index; one start index for a batch, or one index per image (default 0)",
+    )
+    p.add_argument("--image", type=Path, metavar="PATH", help="attack this image file instead")
+    p.add_argument("--label", type=int, metavar="L", help="label of --image (default 0)")
+    p.add_argument("--num-classes", type=int, metavar="C", help="classes of the model's output")
+    p.add_argument("--image-size", type=int, metavar="N", help="side of --image/folder images")
+    p.add_argument("--batch-size", type=int, metavar="B", help="private batch size (default 1)")
+    p.add_argument("--iterations", type=int, metavar="N", help="optimisation steps")
+    p.add_argument("--restarts", type=int, metavar="K", help="independent trials; best is kept")
+    p.add_argument("--lr", type=float, help="step size of the attack's optimiser")
+    p.add_argument("--tv", type=float, dest="tv_weight", help="total-variation weight")
+    p.add_argument(
+        "--label-strategy",
+        choices=("auto", "known", "analytic", "optimize"),
+        help="where the attack gets labels (auto: known if granted, else iDLG for batch 1, "
+        "else optimised)",
+    )
+    p.add_argument(
+        "--labels-known",
+        action="store_true",
+        default=None,
+        help="threat model: the attacker knows the true labels",
+    )
+    p.add_argument(
+        "--model-mode", choices=MODEL_MODES, help="client's batch-norm mode (default train)"
+    )
+    p.add_argument("--checkpoint", type=Path, metavar="CKPT", help="server model state to load")
+    p.add_argument("--seed", type=int, metavar="S", help="seed for model init and attack start")
+    p.add_argument("--out", type=Path, metavar="DIR", help="run directory (default runs/...)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="YAML/JSON file of run settings")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=_attack)
+
+
+_RUN_FLAGS = [
+    "attack",
+    "model",
+    "dataset",
+    "data_root",
+    "split",
+    "indices",
+    "image",
+    "label",
+    "num_classes",
+    "image_size",
+    "batch_size",
+    "checkpoint",
+    "seed",
+    "out",
+    "model_mode",
+    "labels_known",
+]
+_ATTACK_FLAGS = ("iterations", "restarts", "lr", "tv_weight", "label_strategy")
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from gradleak.experiments.run import run_attack  # heavy imports only when attacking
+
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in _RUN_FLAGS}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    options = {k: getattr(args, k) for k in _ATTACK_FLAGS if getattr(args, k) is not None}
+    overrides["attack_options"] = options
+    if args.no_progress:
+        overrides["progress"] = False
+    config = load_run_config(args.config, overrides)
+    result = run_attack(config)
+    m = result.metrics
+    ssim = "n/a" if m["ssim"] is None else f"{m['ssim']:.4f}"
+    labels = "n/a" if m["label_accuracy"] is None else f"{m['label_accuracy']:.2f}"
+    print(
+        f"{m['attack']} on {m['model']} ({m['source']}): PSNR {m['psnr']:.2f} dB, "
+        f"SSIM {ssim}, MSE {m['mse']:.3g}, label accuracy {labels}, "
+        f"{m['iterations']} iterations in {m['seconds']:.1f} s"
+    )
+    if result.reconstruction.interrupted:
+        print(f"interrupted: partial results written to {result.out_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"outputs written to {result.out_dir}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    print("attacks:")
+    for name, (_, text) in ATTACKS.items():
+        print(f"  {name:6} {text}")
+    print(f"models:   {', '.join(available_models())}")
+    print(f"datasets: {', '.join(DATASET_CHOICES)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except GradleakError as exc:
+        print(f"gradleak: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("gradleak: interrupted before any result was produced", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The configuration of one attack run: the scenario, the threat model and the attack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gradleak.config import read_mapping, replace_checked
+from gradleak.errors import GradleakError
+
+DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "folder")
+MODEL_MODES = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run. `attack_options` overrides the attack preset's hyper-parameters."""
+
+    attack: str = "dlg"
+    model: str = "lenet"
+    dataset: str = "cifar10"
+    data_root: Path | None = None  # None with cifar10: the bundled sample images
+    split: str = "test"
+    indices: tuple[int, ...] = (0,)
+    image: Path | None = None
+    label: int | None = None
+    num_classes: int | None = None
+    image_size: int | None = None  # for 'folder' and --image; default: the dataset's size
+    batch_size: int = 1
+    seed: int = 0
+    out: Path | None = None
+    checkpoint: Path | None = None
+    model_mode: str = "train"
+    labels_known: bool = False
+    attack_options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def validate(self) -> RunConfig:
+        if self.dataset not in DATASET_CHOICES:
+            raise GradleakError(
+                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASET_CHOICES)}"
+            )
+        if self.model_mode not in MODEL_MODES:
+            raise GradleakError(
+                f"model_mode {self.model_mode!r} is not one of: {', '.join(MODEL_MODES)}"
+            )
+        if self.batch_size < 1:
+            raise GradleakError(f"batch size must be at least 1, got {self.batch_size}")
+        if not self.indices:
+            raise GradleakError("give at least one image index")
+        if any(i < 0 for i in self.indices):
+            raise GradleakError(f"image indices must be non-negative, got {list(self.indices)}")
+        if len(self.indices) not in (1, self.batch_size):
+            raise GradleakError(
+                f"{len(self.indices)} indices given for batch size {self.batch_size}; give one "
+                "start index or exactly one index per image"
+            )
+        if self.image is not None and self.batch_size != 1:
+            raise GradleakError("--image attacks one image; drop --batch-size or use --dataset")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise GradleakError(f"--num-classes must be at least 2, got {self.num_classes}")
+        if self.image_size is not None and self.image_size < 4:
+            raise GradleakError(f"--image-size must be at least 4, got {self.image_size}")
+        return self
+
+    def batch_indices(self) -> list[int]:
+        if len(self.indices) == self.batch_size:
+            return list(self.indices)
+        return [self.indices[0] + i for i in range(self.batch_size)]
+
+    def default_out(self) -> Path:
+        source = self.image.stem if self.image is not None else f"{self.dataset}-{self.indices[0]}"
+        return Path("runs") / f"{self.attack}-{self.model}-{source}-b{self.batch_size}-s{self.seed}"
+
+
+def load_run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """Defaults, then the config file, then explicit overrides (e.g. CLI flags)."""
+    config = RunConfig()
+    if path is not None:
+        config = replace_checked(config, read_mapping(path), f"config file {path}")
+    options = dict(config.attack_options)
+    options.update(overrides.pop("attack_options", {}))
+    config = replace_checked(config, {**overrides, "attack_options": options}, "arguments")
+    return config.validate()

@@ -1,0 +1,132 @@
+"""Run one attack end to end: case → client update → attack → evaluation → outputs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from gradleak import attacks
+from gradleak.attacks.reconstruction import Reconstruction
+from gradleak.config import to_plain
+from gradleak.experiments.case import Case, build_case
+from gradleak.experiments.config import RunConfig
+from gradleak.fl.client import FedSGDClient
+from gradleak.fl.update import SharedUpdate
+from gradleak.metrics import CONVENTION, Evaluation, evaluate_images, match_reconstructions, psnr
+from gradleak.report import save_comparison_grid, save_image_strip, write_history_csv
+
+
+@dataclass
+class RunResult:
+    case: Case
+    update: SharedUpdate
+    reconstruction: Reconstruction
+    evaluation: Evaluation
+    metrics: dict[str, object]
+    out_dir: Path
+
+
+def psnr_observer(case: Case):
+    """Evaluation-side callback: PSNR of the currently best trial against the ground truth."""
+    truth01 = case.to_pixels(case.batch.images)
+
+    def observe(iteration: int, losses: torch.Tensor, images: torch.Tensor) -> Mapping[str, float]:
+        finite = torch.where(torch.isfinite(losses), losses, torch.inf)
+        recon01 = case.to_pixels(images[int(finite.argmin())])
+        order = match_reconstructions(recon01, truth01)
+        return {"psnr": float(psnr(recon01[order], truth01).mean())}
+
+    return observe
+
+
+def run_attack(config: RunConfig) -> RunResult:
+    """Simulate the client, attack its update, score and save everything under the out dir."""
+    case = build_case(config)
+    attack = attacks.get(config.attack).with_options(config.attack_options)
+    update = FedSGDClient(case.model, model_mode=config.model_mode).compute_update(case.batch)
+    reconstruction = attack.reconstruct(
+        update,
+        case.model,
+        case.knowledge,
+        seed=config.seed,
+        observer=psnr_observer(case),
+        progress=config.progress,
+    )
+    evaluation = evaluate_images(
+        case.to_pixels(reconstruction.images),
+        case.to_pixels(case.batch.images),
+        reconstruction.labels,
+        case.batch.labels,
+    )
+    out_dir = Path(config.out or config.default_out())
+    metrics = _metrics(config, case, attack, reconstruction, evaluation)
+    write_outputs(out_dir, config, attack.config, case, reconstruction, evaluation, metrics)
+    return RunResult(case, update, reconstruction, evaluation, metrics, out_dir)
+
+
+def _metrics(
+    config: RunConfig,
+    case: Case,
+    attack: attacks.GradientMatchingAttack,
+    rec: Reconstruction,
+    evaluation: Evaluation,
+) -> dict[str, object]:
+    ev = evaluation.to_dict()
+    return {
+        "attack": config.attack,
+        "model": config.model,
+        "dataset": config.dataset,
+        "source": case.source,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "psnr": ev["psnr"],
+        "ssim": ev["ssim"],
+        "mse": ev["mse"],
+        "label_accuracy": ev["label_accuracy"],
+        "iterations": rec.iterations,
+        "loss_evaluations": rec.loss_evaluations,
+        "seconds": rec.seconds,
+        "restarts": attack.config.restarts,
+        "best_trial": rec.best_trial,
+        "matching_loss": rec.loss,
+        "trial_losses": rec.trial_losses,
+        "label_strategy": rec.label_strategy,
+        "recovered_labels": [] if rec.labels is None else rec.labels.tolist(),
+        "true_labels": case.batch.labels.tolist(),
+        "matching": ev["matching"],
+        "per_image": ev["per_image"],
+        "interrupted": rec.interrupted,
+        "threat_model": case.knowledge.describe(),
+        "convention": CONVENTION,
+    }
+
+
+def write_outputs(
+    out_dir: Path,
+    config: RunConfig,
+    attack_config: object,
+    case: Case,
+    rec: Reconstruction,
+    evaluation: Evaluation,
+    metrics: Mapping[str, object],
+) -> None:
+    """metrics.json, reconstruction.png, grid.png, history.csv and the resolved config.yaml."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recon01 = case.to_pixels(rec.images)
+    truth01 = case.to_pixels(case.batch.images)
+    order = evaluation.matching
+    save_image_strip(recon01[order], out_dir / "reconstruction.png")
+    save_comparison_grid(truth01, recon01, out_dir / "grid.png", matching=order)
+    write_history_csv(rec.history, out_dir / "history.csv")
+    resolved = {
+        "run": to_plain(config),
+        "attack": {"name": config.attack, **to_plain(attack_config), **rec.details},
+        "threat_model": case.knowledge.describe(),
+    }
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,0 +1,34 @@
+"""Optimal one-to-one assignment of reconstructions to ground-truth images."""
+
+from __future__ import annotations
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from gradleak.metrics._checks import image_pair
+
+
+def pairwise_mse(recon: Tensor, truth: Tensor) -> Tensor:
+    """Matrix of MSEs, entry [i, j] = MSE(truth[i], recon[j]), on clamped [0, 1] images."""
+    recon64, truth64 = image_pair(recon, truth, "reconstruction", "ground truth")
+    flat_recon = recon64.flatten(1)
+    # One row at a time: the full B×B×D difference tensor would not fit for large images.
+    rows = [(flat_recon - t).pow(2).mean(dim=1) for t in truth64.flatten(1)]
+    return torch.stack(rows)
+
+
+def match_reconstructions(recon: Tensor, truth: Tensor) -> Tensor:
+    """Return order (int64[B]) so that recon[order[i]] is the reconstruction of truth[i].
+
+    The assignment is one-to-one and minimises the total per-pair MSE (Hungarian method).
+    """
+    cost = pairwise_mse(recon, truth)
+    if cost.shape[0] == 1:
+        return torch.zeros(1, dtype=torch.int64)
+    truth_idx, recon_idx = linear_sum_assignment(cost.numpy())
+    order = torch.empty(cost.shape[0], dtype=torch.int64)
+    order[torch.as_tensor(truth_idx, dtype=torch.int64)] = torch.as_tensor(
+        recon_idx, dtype=torch.int64
+    )
+    return order

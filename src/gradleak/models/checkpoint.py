@@ -1,0 +1,129 @@
+"""Save and safely load model weights (tensors only, never pickled code)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gradleak.errors import GradleakError
+
+_WRAPPER_KEYS = ("state_dict", "model")
+# How many offending keys an error message names before summarising the rest.
+_SHOWN_KEYS = 3
+_PRIMITIVES = (str, int, float, bool, type(None))
+
+
+def save_checkpoint(model: nn.Module, path: Path | str, /, **metadata: object) -> Path:
+    """Write {"state_dict": ..., "metadata": {...}} to `path`; metadata must be primitives."""
+    # model and path are positional-only so metadata may itself use the keys "model"/"path".
+    for key, value in metadata.items():
+        if not _is_plain(value):
+            raise GradleakError(
+                f"checkpoint metadata {key!r} is a {type(value).__name__}; use str, int, "
+                "float, bool, None or lists/dicts of them"
+            )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    torch.save({"state_dict": state, "metadata": dict(metadata)}, path)
+    return path
+
+
+def _is_plain(value: object) -> bool:
+    # Only what torch.load(weights_only=True) can read back without allow-listing classes.
+    if isinstance(value, _PRIMITIVES):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def load_checkpoint(model: nn.Module, path: Path | str) -> nn.Module:
+    """Load weights from `path` into `model` (in place) and return it.
+
+    Accepts a raw state_dict or a dict holding one under "state_dict" or "model".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GradleakError(f"checkpoint not found: {path}; pass the path of a saved .pt file")
+    try:
+        # weights_only refuses pickled code, so a hostile file cannot run anything.
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    # Each of these is what torch.load raises for some kind of non-checkpoint file:
+    # pickled code, a broken zip archive, a truncated file, random bytes (KeyError on
+    # the legacy format's magic number), or a file that cannot be read.
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        KeyError,
+        ValueError,
+        OSError,
+    ) as error:
+        raise GradleakError(
+            f"{path} is not a tensors-only checkpoint ({type(error).__name__}); re-save it "
+            "with gradleak's save_checkpoint or torch.save(model.state_dict(), path)"
+        ) from error
+    state = _extract_state_dict(loaded, path)
+    _check_fits(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _extract_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(loaded, Mapping):
+        for key in _WRAPPER_KEYS:
+            if isinstance(loaded.get(key), Mapping):
+                loaded = loaded[key]
+                break
+    if (
+        not isinstance(loaded, Mapping)
+        or not loaded
+        or not all(isinstance(v, torch.Tensor) for v in loaded.values())
+    ):
+        raise GradleakError(
+            f"{path} holds no state_dict of tensors; save a model.state_dict() or a dict with "
+            "it under 'state_dict' or 'model'"
+        )
+    state = {str(k): v for k, v in loaded.items()}
+    # Checkpoints from nn.DataParallel / DistributedDataParallel prefix every key.
+    prefix = "module."
+    if all(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    for label, keys in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", mismatched),
+    ):
+        if keys:
+            problems.append(f"{label} {_summarise(keys)}")
+    if problems:
+        raise GradleakError(
+            f"checkpoint {path} is for another model than {type(model).__name__} "
+            f"({'; '.join(problems)}); build the model the checkpoint was saved from"
+        )
+
+
+def _summarise(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    rest = len(keys) - _SHOWN_KEYS
+    return f"{shown} (+{rest} more)" if rest > 0 else shown

@@ -1,0 +1,125 @@
+"""Build models by name ("lenet", "convnet-32", "resnet20-4", "mlp-512", ...)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gradleak.errors import GradleakError
+from gradleak.models.convnet import ConvNet
+from gradleak.models.lenet import LeNet
+from gradleak.models.mlp import MLP
+from gradleak.models.resnet import ResNet
+
+# A factory gets the regex match of the name plus (num_classes, in_channels, image_size).
+_Factory = Callable[[re.Match[str], int, int, tuple[int, int]], nn.Module]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    pattern: re.Pattern[str]
+    display: str
+    factory: _Factory
+
+
+def _optional_int(match: re.Match[str], group: str, default: int) -> int:
+    value = match.group(group)
+    return default if value is None else int(value)
+
+
+def _lenet(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
+    return LeNet(classes, channels, size)
+
+
+def _convnet(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
+    return ConvNet(classes, channels, size, width=_optional_int(match, "width", 64))
+
+
+def _mlp(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
+    return MLP(classes, channels, size, width=_optional_int(match, "width", 1024))
+
+
+def _resnet(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
+    return ResNet(
+        classes,
+        channels,
+        size,
+        depth=int(match.group("depth")),
+        width_factor=_optional_int(match, "k", 1),
+    )
+
+
+_TABLE: tuple[_Entry, ...] = (
+    _Entry(re.compile(r"lenet"), "lenet", _lenet),
+    _Entry(re.compile(r"convnet(?:-(?P<width>\d+))?"), "convnet[-W]", _convnet),
+    _Entry(re.compile(r"mlp(?:-(?P<width>\d+))?"), "mlp[-W]", _mlp),
+    *(
+        _Entry(
+            re.compile(rf"resnet(?P<depth>{depth})(?:-(?P<k>\d+))?"), f"resnet{depth}[-K]", _resnet
+        )
+        for depth in (20, 32, 56)
+    ),
+)
+
+
+def available_models() -> list[str]:
+    """The accepted name patterns, for help texts: W is a width, K a width factor."""
+    return [entry.display for entry in _TABLE]
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: tuple[int, int] = (32, 32),
+    seed: int | None = 0,
+) -> nn.Module:
+    """Build the named model; a given seed fixes its initial parameters.
+
+    With an integer seed the parameters are drawn from a forked RNG, so the caller's
+    global random state is left untouched. seed=None draws from (and advances) the
+    global RNG.
+    """
+    if not isinstance(name, str):
+        raise GradleakError(f"model name must be a string, got {name!r}; pass e.g. 'lenet'")
+    key = name.strip().lower()
+    entry, match = _lookup(key)
+    if entry is None or match is None:
+        raise GradleakError(
+            f"unknown model {name!r}; choose one of: {', '.join(available_models())}"
+        )
+    if seed is None:
+        return entry.factory(match, num_classes, in_channels, image_size)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise GradleakError(f"seed must be a non-negative integer or None, got {seed!r}")
+    # Models are built on the CPU, so only the CPU generator needs forking.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return entry.factory(match, num_classes, in_channels, image_size)
+
+
+def _lookup(key: str) -> tuple[_Entry | None, re.Match[str] | None]:
+    for entry in _TABLE:
+        match = entry.pattern.fullmatch(key)
+        if match is not None:
+            return entry, match
+    return None, None
+
+
+def classifier_layer(model: nn.Module) -> tuple[str, nn.Linear]:
+    """Name and module of the model's last nn.Linear (its output layer)."""
+    found: tuple[str, nn.Linear] | None = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (module_name, module)
+    if found is None:
+        raise GradleakError(
+            f"{type(model).__name__} has no nn.Linear layer; label recovery from the last "
+            "layer needs a model that ends in a Linear classifier"
+        )
+    return found
