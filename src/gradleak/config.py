@@ -79,6 +79,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             except GradleakError as exc:
                 errors.append(str(exc))
         raise GradleakError(errors[0] if errors else f"{where} cannot be {value!r}")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise GradleakError(f"{where} must be a mapping of keys to values, not {value!r}")
+        return dict(value)
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
             value = [value]

@@ -31,6 +31,11 @@ class Knowledge:
     dataset: str = ""
 
     def __post_init__(self) -> None:
+        if len(self.data_shape) != 3 or any(int(s) < 1 for s in self.data_shape):
+            raise GradleakError(
+                "data_shape must be (channels, height, width) of positive sizes, "
+                f"got {self.data_shape}"
+            )
         channels = self.data_shape[0]
         if len(self.mean) != channels or len(self.std) != channels:
             raise GradleakError(

@@ -22,8 +22,8 @@ def cosine_distance(candidate: Gradients, target: Gradients) -> torch.Tensor:
     dot = sum((candidate[n] * target[n]).sum() for n in target)
     candidate_sq = sum(candidate[n].pow(2).sum() for n in target)
     target_sq = sum(target[n].pow(2).sum() for n in target)
-    # The epsilon keeps an all-zero candidate (e.g. a saturated start) differentiable.
-    return 1.0 - dot / (candidate_sq.sqrt() * target_sq.sqrt() + 1e-12)
+    # Clamping before the root keeps an all-zero candidate (a saturated start) differentiable.
+    return 1.0 - dot / (candidate_sq.clamp_min(1e-24).sqrt() * target_sq.sqrt() + 1e-12)
 
 
 OBJECTIVES: dict[str, Objective] = {"l2": l2_distance, "cosine": cosine_distance}

@@ -78,7 +78,18 @@ class SharedUpdate:
             raise GradleakError(
                 f"{path}: unknown update kind {payload.get('kind')!r}; one of {valid}"
             ) from exc
-        return cls(payload["tensors"], kind, payload.get("metadata", {}))
+        tensors = payload["tensors"]
+        if not isinstance(tensors, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
+        ):
+            raise GradleakError(
+                f"{path}: 'tensors' must map parameter names to tensors; "
+                "save updates with SharedUpdate.save"
+            )
+        metadata = payload.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise GradleakError(f"{path}: 'metadata' must be a mapping of names to values")
+        return cls(tensors, kind, metadata)
 
     def validate_for(self, model: nn.Module) -> None:
         """Fail with one line unless names, shapes and values fit `model`'s parameters."""

@@ -1,0 +1,55 @@
+"""iDLG's analytic label on many single-image updates: how often is it the true label?
+
+Example (2 CPU cores, seconds):
+  python benchmarks/idlg_labels.py --dataset cifar100 --model lenet --count 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gradleak.attacks.labels import idlg_label
+from gradleak.experiments import RunConfig, build_case
+from gradleak.fl import FedSGDClient
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="lenet")
+    p.add_argument("--dataset", default="cifar100")
+    p.add_argument("--data-root", type=Path, default=SHARED)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    wrong = []
+    for index in range(args.start, args.start + args.count):
+        config = RunConfig(
+            model=args.model,
+            dataset=args.dataset,
+            data_root=args.data_root,
+            indices=(index,),
+            seed=args.seed,
+        )
+        case = build_case(config)
+        update = FedSGDClient(case.model).compute_update(case.batch)
+        recovered = int(idlg_label(update, case.model))
+        if recovered != int(case.batch.labels[0]):
+            wrong.append({"index": index, "true": int(case.batch.labels[0]), "got": recovered})
+    summary = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "images": args.count,
+        "correct": args.count - len(wrong),
+        "wrong": wrong,
+    }
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""DLG, iDLG and Inverting Gradients end to end on LeNet and real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradleak import attacks
+from gradleak.attacks import GradientMatchingAttack, GradientMatchingConfig
+from gradleak.attacks.dlg import DLG_CONFIG
+from gradleak.errors import GradleakError
+from gradleak.experiments import RunConfig, build_case, run_attack
+from gradleak.fl import FedSGDClient
+from gradleak.metrics import psnr
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _attack_bundled(name: str, options: dict, index: int = 0, seed: int = 0):
+    case = build_case(RunConfig(attack=name, indices=(index,), progress=False))
+    update = FedSGDClient(case.model).compute_update(case.batch)
+    attack = attacks.get(name).with_options(options)
+    rec = attack.reconstruct(update, case.model, case.knowledge, seed=seed, progress=False)
+    return case, rec
+
+
+def test_registry() -> None:
+    assert attacks.available() == ["dlg", "idlg", "ig"]
+    for name in attacks.available():
+        attack = attacks.get(name)
+        assert isinstance(attack, GradientMatchingAttack)
+        assert attack.name == name
+    with pytest.raises(GradleakError, match="unknown attack 'gan'; choose one of: dlg, idlg, ig"):
+        attacks.get("gan")
+
+
+def test_presets_follow_the_papers() -> None:
+    dlg, idlg, ig = (attacks.get(n).config for n in ("dlg", "idlg", "ig"))
+    assert (dlg.objective, dlg.optimizer, dlg.label_strategy) == ("l2", "lbfgs", "optimize")
+    assert dataclasses.replace(idlg, label_strategy="optimize") == dlg
+    assert idlg.label_strategy == "analytic"
+    assert (ig.objective, ig.optimizer, ig.signed, ig.boxed) == ("cosine", "adam", True, True)
+    assert (ig.restarts, ig.iterations, ig.lr) == (8, 24_000, 0.1)
+    assert ig.tv_for("cifar10") == pytest.approx(1e-4)
+    assert ig.tv_for("imagenet") == pytest.approx(1e-1)
+
+
+def test_dlg_recovers_a_real_cifar_image() -> None:
+    case, rec = _attack_bundled("dlg", {"iterations": 60})
+    score = float(psnr(case.to_pixels(rec.images), case.to_pixels(case.batch.images)).mean())
+    assert score >= 30.0
+    assert rec.label_strategy == "optimize"
+    assert rec.labels is not None
+    assert rec.labels.tolist() == case.batch.labels.tolist()  # argmax of the soft label
+    assert rec.iterations <= 60
+    assert rec.loss_evaluations > rec.iterations  # L-BFGS evaluates several times per step
+    assert math.isfinite(rec.loss) and rec.seconds > 0
+    assert rec.images.shape == case.batch.images.shape
+
+
+@pytest.mark.parametrize("index", [1, 4])
+def test_idlg_reads_the_true_label(index: int) -> None:
+    case, rec = _attack_bundled("idlg", {"iterations": 1}, index=index)
+    assert rec.label_strategy == "analytic"
+    assert rec.labels is not None
+    assert rec.labels.tolist() == case.batch.labels.tolist()
+
+
+def test_inverting_gradients_restarts_keep_the_best_trial() -> None:
+    case, rec = _attack_bundled("ig", {"iterations": 50, "restarts": 2})
+    assert len(rec.trial_losses) == 2
+    assert all(math.isfinite(v) for v in rec.trial_losses)
+    assert rec.trial_losses[0] != rec.trial_losses[1]  # different starts
+    assert rec.best_trial == min(range(2), key=lambda i: rec.trial_losses[i])
+    assert rec.loss == rec.trial_losses[rec.best_trial]
+    assert math.isfinite(rec.loss)
+    assert rec.iterations == 50
+    assert rec.label_strategy == "analytic"  # auto, batch 1, labels not granted
+    assert rec.details["tv_weight"] == pytest.approx(1e-4)
+    assert rec.images.shape == case.batch.images.shape
+    # Boxed: the reconstruction is a valid image in pixel space.
+    pixels = rec.images * torch.tensor(case.knowledge.std).view(3, 1, 1)
+    pixels = pixels + torch.tensor(case.knowledge.mean).view(3, 1, 1)
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+
+
+def test_same_seed_same_start_different_seed_different_start() -> None:
+    _, a = _attack_bundled("ig", {"iterations": 2, "restarts": 1}, seed=5)
+    _, b = _attack_bundled("ig", {"iterations": 2, "restarts": 1}, seed=5)
+    _, c = _attack_bundled("ig", {"iterations": 2, "restarts": 1}, seed=6)
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_batch_of_two_with_known_labels_is_scored_after_matching(tmp_path: Path) -> None:
+    config = RunConfig(
+        attack="dlg",
+        batch_size=2,
+        labels_known=True,
+        out=tmp_path / "run",
+        attack_options={"label_strategy": "known", "iterations": 5},
+        progress=False,
+    )
+    result = run_attack(config)
+    rec, metrics = result.reconstruction, result.metrics
+    true_labels = result.case.batch.labels
+
+    assert rec.label_strategy == "known"
+    assert rec.labels is not None and rec.labels.tolist() == true_labels.tolist()
+    matching = metrics["matching"]
+    assert sorted(matching) == [0, 1]
+    assert [row["matched_reconstruction"] for row in metrics["per_image"]] == matching
+    # Label accuracy compares each truth image's label with that of its matched reconstruction.
+    expected = sum(int(rec.labels[matching[i]] == true_labels[i]) for i in range(2)) / 2
+    assert metrics["label_accuracy"] == pytest.approx(expected)
+    # PSNR is the mean of per-image PSNRs of the matched pairs.
+    recon01 = result.case.to_pixels(rec.images)[matching]
+    truth01 = result.case.to_pixels(result.case.batch.images)
+    per_image = psnr(recon01, truth01)
+    assert [row["psnr"] for row in metrics["per_image"]] == pytest.approx(per_image.tolist())
+    assert metrics["psnr"] == pytest.approx(float(per_image.mean()))
+
+
+def test_with_options_returns_a_new_attack() -> None:
+    base = attacks.get("dlg")
+    changed = base.with_options({"iterations": 7, "lr": 0.5})
+    assert (changed.config.iterations, changed.config.lr) == (7, 0.5)
+    assert base.config == DLG_CONFIG
+    assert changed.name == "dlg"
+
+
+def test_with_options_unknown_key_is_named() -> None:
+    with pytest.raises(GradleakError, match="unknown key 'bogus'") as exc:
+        attacks.get("ig").with_options({"bogus": 1})
+    assert "allowed keys" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lr": -1}, "lr must be positive"),
+        ({"lr": 0}, "lr must be positive"),
+        ({"iterations": 0}, "iterations must be positive"),
+        ({"restarts": 0}, "restarts must be positive"),
+        ({"tv_weight": -1e-3}, "tv_weight must be zero or positive"),
+        ({"objective": "l1"}, "objective 'l1' is not one of: l2, cosine"),
+        ({"optimizer": "sgd"}, "optimizer 'sgd' is not one of: adam, lbfgs"),
+        ({"label_strategy": "guess"}, "label_strategy 'guess' is not one of"),
+        ({"iterations": 2.5}, "must be an integer"),
+        ({"signed": "yes"}, "must be true or false"),
+    ],
+)
+def test_with_options_rejects_bad_values(options: dict, message: str) -> None:
+    with pytest.raises(GradleakError, match=message):
+        attacks.get("ig").with_options(options)
+
+
+def test_config_validation_rejects_bad_presets() -> None:
+    with pytest.raises(GradleakError, match="init 'ones'"):
+        GradientMatchingAttack("x", GradientMatchingConfig(init="ones"))
