@@ -5,7 +5,7 @@ Examples (2 CPU cores):
   python benchmarks/attack_images.py --attack dlg --dataset cifar100 --count 100 \
       --option line_search=none
   python benchmarks/attack_images.py --attack ig --model resnet20-4 --dataset cifar10 \
-      --count 10 --option iterations=1000 --option restarts=1 --labels-known
+      --count 10 --option iterations=500 --option restarts=1 --labels-known --model-mode eval
 """
 
 from __future__ import annotations
@@ -20,11 +20,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from gradleak import attacks
-from gradleak.experiments import RunConfig, build_case
-from gradleak.experiments.run import psnr_observer
-from gradleak.fl import FedSGDClient
-from gradleak.metrics import evaluate_images
+from gradleak.experiments import RunConfig
+from gradleak.experiments.run import attack_case
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -39,22 +36,12 @@ def attack_one(job: dict) -> dict:
         indices=(job["index"],),
         seed=job["seed"],
         labels_known=job["labels_known"],
+        model_mode=job["model_mode"],
         attack_options=job["options"],
-    )
-    case = build_case(config)
-    attack = attacks.get(config.attack).with_options(config.attack_options)
-    update = FedSGDClient(case.model, model_mode=config.model_mode).compute_update(case.batch)
-    rec = attack.reconstruct(
-        update,
-        case.model,
-        case.knowledge,
-        seed=config.seed,
-        observer=psnr_observer(case),
         progress=False,
     )
-    ev = evaluate_images(
-        case.to_pixels(rec.images), case.to_pixels(case.batch.images), rec.labels, case.batch.labels
-    )
+    outcome = attack_case(config)
+    rec, ev = outcome.reconstruction, outcome.evaluation
     threshold = job["threshold"]
     reached = [r["iteration"] for r in rec.history if (r.get("psnr") or 0) >= threshold]
     return {
@@ -104,6 +91,7 @@ def main() -> None:
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels-known", action="store_true")
+    p.add_argument("--model-mode", choices=("train", "eval"), default="train")
     p.add_argument("--option", action="append", default=[], type=parse_option)
     p.add_argument("--threshold", type=float, default=35.0, help="PSNR that counts as recovered")
     p.add_argument("--workers", type=int, default=2)
@@ -120,6 +108,7 @@ def main() -> None:
             "index": i,
             "seed": args.seed,
             "labels_known": args.labels_known,
+            "model_mode": args.model_mode,
             "options": dict(args.option),
             "threshold": args.threshold,
             "threads": threads,

@@ -24,6 +24,11 @@ from gradleak.attacks.matching import MatchingProblem
 Observer = Callable[[int, torch.Tensor, torch.Tensor], "Mapping[str, float] | None"]
 
 
+def best_trial(losses: torch.Tensor) -> int:
+    """Index of the lowest finite loss (a diverged trial never wins)."""
+    return int(torch.where(torch.isfinite(losses), losses, torch.inf).argmin())
+
+
 @dataclass
 class TrialsResult:
     """Final state of every trial: images K×B×C×H×W, labels K×B, matching loss K."""
@@ -38,8 +43,7 @@ class TrialsResult:
 
     @property
     def best(self) -> int:
-        finite = torch.where(torch.isfinite(self.losses), self.losses, torch.inf)
-        return int(finite.argmin())
+        return best_trial(self.losses)
 
 
 def _labels_out(labels: torch.Tensor) -> torch.Tensor:
@@ -66,7 +70,7 @@ def _record(
     observer: Observer | None,
     trial: int | None = None,
 ) -> float:
-    best = int(torch.where(torch.isfinite(losses), losses, torch.inf).argmin())
+    best = best_trial(losses)
     loss = float(losses[best])
     row: dict[str, float | int | None] = {
         "iteration": iteration,

@@ -8,13 +8,14 @@ from pathlib import Path
 from gradleak.errors import GradleakError
 
 
-def resolve_dataset_dir(root: Path | str, folder_name: str) -> Path:
+def resolve_dataset_dir(root: Path | str, folder_name: str, expected: Sequence[str] = ()) -> Path:
     """Return `root/folder_name` if it exists, else `root` itself (the dataset folder)."""
     root = Path(root).expanduser()
     if not root.is_dir():
+        files = f" (with {', '.join(expected)})" if expected else ""
         raise GradleakError(
             f"data folder {root} does not exist or is not a folder; "
-            f"pass the folder that holds {folder_name}/ or that folder itself"
+            f"pass the folder that holds {folder_name}/{files} or that folder itself"
         )
     nested = root / folder_name
     return nested if nested.is_dir() else root

@@ -54,8 +54,8 @@ def _split_files(layout: _Layout, root: Path, split: str) -> tuple[Path, list[Pa
         raise GradleakError(
             f"unknown {layout.title} split {split!r}; choose one of {', '.join(layout.splits)}"
         )
-    folder = resolve_dataset_dir(root, layout.folder)
     expected = layout.splits[split]
+    folder = resolve_dataset_dir(root, layout.folder, expected)
     missing = [name for name in expected if not (folder / name).is_file()]
     if missing:
         raise missing_files_error(

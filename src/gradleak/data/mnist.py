@@ -73,9 +73,9 @@ def load_mnist(root: Path, split: str = "test") -> ArrayImageSource:
         raise GradleakError(
             f"unknown MNIST split {split!r}; choose one of {', '.join(_SPLIT_PREFIX)}"
         )
-    folder = resolve_dataset_dir(root, _FOLDER)
     prefix = _SPLIT_PREFIX[split]
     names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    folder = resolve_dataset_dir(root, _FOLDER, [f"{n}[.gz]" for n in names])
     images_path, labels_path = (_find(folder, name) for name in names)
     if images_path is None or labels_path is None:
         missing = [

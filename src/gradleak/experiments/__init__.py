@@ -2,6 +2,15 @@
 
 from gradleak.experiments.case import Case, build_case
 from gradleak.experiments.config import RunConfig, load_run_config
-from gradleak.experiments.run import RunResult, run_attack
+from gradleak.experiments.run import AttackOutcome, RunResult, attack_case, run_attack
 
-__all__ = ["Case", "RunConfig", "RunResult", "build_case", "load_run_config", "run_attack"]
+__all__ = [
+    "AttackOutcome",
+    "Case",
+    "RunConfig",
+    "RunResult",
+    "attack_case",
+    "build_case",
+    "load_run_config",
+    "run_attack",
+]

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from gradleak import attacks
+from gradleak.attacks.optimize import Observer, best_trial
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.config import to_plain
 from gradleak.experiments.case import Case, build_case
@@ -21,31 +22,39 @@ from gradleak.metrics import CONVENTION, Evaluation, evaluate_images, match_reco
 from gradleak.report import save_comparison_grid, save_image_strip, write_history_csv
 
 
-@dataclass
-class RunResult:
-    case: Case
-    update: SharedUpdate
-    reconstruction: Reconstruction
-    evaluation: Evaluation
-    metrics: dict[str, object]
-    out_dir: Path
-
-
-def psnr_observer(case: Case):
+def psnr_observer(case: Case) -> Observer:
     """Evaluation-side callback: PSNR of the currently best trial against the ground truth."""
     truth01 = case.to_pixels(case.batch.images)
 
     def observe(iteration: int, losses: torch.Tensor, images: torch.Tensor) -> Mapping[str, float]:
-        finite = torch.where(torch.isfinite(losses), losses, torch.inf)
-        recon01 = case.to_pixels(images[int(finite.argmin())])
+        recon01 = case.to_pixels(images[best_trial(losses)])
         order = match_reconstructions(recon01, truth01)
         return {"psnr": float(psnr(recon01[order], truth01).mean())}
 
     return observe
 
 
-def run_attack(config: RunConfig) -> RunResult:
-    """Simulate the client, attack its update, score and save everything under the out dir."""
+@dataclass
+class AttackOutcome:
+    """One attacked case: what was shared, what the attack made of it, and its scores."""
+
+    case: Case
+    attack: attacks.GradientMatchingAttack
+    update: SharedUpdate
+    reconstruction: Reconstruction
+    evaluation: Evaluation
+
+
+@dataclass
+class RunResult(AttackOutcome):
+    """An attacked case plus the metrics written and where they went."""
+
+    metrics: dict[str, object]
+    out_dir: Path
+
+
+def attack_case(config: RunConfig) -> AttackOutcome:
+    """Simulate the client, attack its update and score the reconstruction (writes nothing)."""
     case = build_case(config)
     attack = attacks.get(config.attack).with_options(config.attack_options)
     update = FedSGDClient(case.model, model_mode=config.model_mode).compute_update(case.batch)
@@ -63,10 +72,17 @@ def run_attack(config: RunConfig) -> RunResult:
         reconstruction.labels,
         case.batch.labels,
     )
+    return AttackOutcome(case, attack, update, reconstruction, evaluation)
+
+
+def run_attack(config: RunConfig) -> RunResult:
+    """attack_case, then save everything under the run directory."""
+    outcome = attack_case(config)
+    case, rec, evaluation = outcome.case, outcome.reconstruction, outcome.evaluation
     out_dir = Path(config.out or config.default_out())
-    metrics = _metrics(config, case, attack, reconstruction, evaluation)
-    write_outputs(out_dir, config, attack.config, case, reconstruction, evaluation, metrics)
-    return RunResult(case, update, reconstruction, evaluation, metrics, out_dir)
+    metrics = _metrics(config, case, outcome.attack, rec, evaluation)
+    write_outputs(out_dir, config, outcome.attack.config, case, rec, evaluation, metrics)
+    return RunResult(**vars(outcome), metrics=metrics, out_dir=out_dir)
 
 
 def _metrics(
