@@ -108,6 +108,7 @@ def png(tmp_path: Path) -> Path:
         (["--bogus-flag"], ["unrecognized arguments: --bogus-flag"]),
         (["--batch-size", "2", "--attack", "idlg"], ["needs single_sample"]),
         (["--label-strategy", "known"], ["needs labels"]),
+        (["--threads", "0"], ["--threads must be at least 1, got 0"]),
     ],
 )
 def test_bad_input(
