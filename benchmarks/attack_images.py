@@ -59,7 +59,9 @@ def attack_one(job: dict) -> dict:
 
 def summarise(rows: list[dict], threshold: float) -> dict:
     psnrs = [r["psnr"] for r in rows]
-    reached = [r["iterations_to_threshold"] for r in rows if r["iterations_to_threshold"]]
+    reached = [
+        r["iterations_to_threshold"] for r in rows if r["iterations_to_threshold"] is not None
+    ]
     return {
         "images": len(rows),
         "median_psnr": statistics.median(psnrs),

@@ -102,7 +102,7 @@ def png(tmp_path: Path) -> Path:
         ),
         (["--batch-size", "9"], ["batch size 9 is larger than the 8 images"]),
         (["--index", "8"], ["image index 8 is out of range"]),
-        (["--iterations", "0"], ["iterations must be positive, got 0"]),
+        (["--iterations", "0"], ["iterations must be positive and finite, got 0"]),
         (["--lr", "-1"], ["lr must be positive"]),
         (["--iterations", "many"], ["invalid int value: 'many'"]),
         (["--bogus-flag"], ["unrecognized arguments: --bogus-flag"]),
@@ -284,3 +284,14 @@ def test_console_script_default_attack(tmp_path: Path) -> None:
     assert metrics["label_accuracy"] == 1.0
     for name in ("reconstruction.png", "grid.png", "history.csv", "config.yaml"):
         assert (out / name).is_file()
+
+
+def test_out_that_is_a_file_is_refused_before_the_attack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    assert _cli(["attack", "--out", str(blocker)]) == 2
+    assert "is a file, not a directory" in _one_line_error(capsys)
+    assert _cli(["attack", "--out", str(blocker / "run")]) == 2
+    assert "cannot create the run directory" in _one_line_error(capsys)

@@ -22,7 +22,10 @@ def read_mapping(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise GradleakError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GradleakError(f"config file {path} cannot be read as UTF-8 text: {exc}") from exc
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -45,7 +48,7 @@ def replace_checked(instance: T, values: Mapping[str, Any], where: str) -> T:
             raise GradleakError(
                 f"unknown key {key!r} in {where}; allowed keys: {', '.join(sorted(fields))}"
             )
-        coerced[key] = _coerce(value, hints[key], f"{where}.{key}")
+        coerced[key] = _coerce(value, hints[key], f"{where}: {key}")
     return dataclasses.replace(instance, **coerced)  # type: ignore[type-var]
 
 

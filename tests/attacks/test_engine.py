@@ -276,6 +276,9 @@ def test_lbfgs_lowers_the_loss(lenet_case: Any) -> None:
     assert trials == {0, 1}
     losses_of_first = [row["loss"] for row in result.history if row["trial"] == 0]
     assert losses_of_first == sorted(losses_of_first, reverse=True)  # best-so-far never rises
+    # One row per step and trial, the last step not repeated.
+    steps_of_first = [row["iteration"] for row in result.history if row["trial"] == 0]
+    assert steps_of_first == list(range(1, result.iterations + 1))
 
 
 def test_lbfgs_keeps_the_best_iterate(lenet_case: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -96,6 +96,11 @@ def test_single_image_with_more_classes(tmp_path: Path) -> None:
         (RunConfig(model="vgg"), "unknown model 'vgg'"),
         (RunConfig(dataset="svhn"), "unknown dataset 'svhn'"),
         (RunConfig(dataset="mnist"), "--data-root DIR is required"),
+        (RunConfig(indices=(3, 3), batch_size=2), "image indices repeat"),
+        (RunConfig(split="train"), "bundled CIFAR-10 images are test images"),
+        (RunConfig(split="validation"), "split 'validation' is not one of"),
+        (RunConfig(seed=2**64), "seed must be in 0..2\\*\\*63-1"),
+        (RunConfig(label=3), "--label sets the label of --image"),
     ],
 )
 def test_bad_cases(config: RunConfig, message: str) -> None:

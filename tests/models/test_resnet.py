@@ -78,3 +78,14 @@ def test_double_backward_train_mode_batch_norm() -> None:
     model = copy.deepcopy(build_model("resnet20", num_classes=5))
     torch.func.replace_all_batch_norm_modules_(model)
     _matching_case(model.train())
+
+
+def test_resnet_refuses_images_too_small_for_batch_norm() -> None:
+    with pytest.raises(GradleakError, match="at least 8×8"):
+        build_model("resnet20", num_classes=10, image_size=(4, 4))
+    assert build_model("resnet20", num_classes=10, image_size=(8, 8))(
+        torch.randn(1, 3, 8, 8)
+    ).shape == (
+        1,
+        10,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from gradleak.threat_model import Knowledge
 
 # Inverting Gradients' total-variation weights: 1e-4 for CIFAR-scale images (the reference
 # command-line default) and 1e-1 for ImageNet-scale images (its ImageNet ResNet examples).
-DEFAULT_TV_WEIGHT: dict[str, float] = {"imagenet": 1e-1}
-FALLBACK_TV_WEIGHT = 1e-4
+SMALL_IMAGE_TV_WEIGHT = 1e-4
+LARGE_IMAGE_TV_WEIGHT = 1e-1
+LARGE_IMAGE_SIDE = 64  # images at least this tall and wide count as ImageNet-scale
 
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("randn", "uniform", "zeros")
@@ -50,6 +52,7 @@ class GradientMatchingConfig:
     line_search: str = "none"  # L-BFGS only: "none" (fixed step, as DLG) or "strong_wolfe"
     tolerance: float = 0.0
     log_every: int = 0  # 0: about 100 rows over the run
+    # signed, boxed and lr_decay apply to Adam; L-BFGS takes lr, line_search, tolerance.
 
     def validate(self) -> GradientMatchingConfig:
         choices = {
@@ -65,19 +68,21 @@ class GradientMatchingConfig:
         positive = {"lr": self.lr, "iterations": self.iterations, "restarts": self.restarts}
         positive["lbfgs_inner_iterations"] = self.lbfgs_inner_iterations
         for key, value in positive.items():
-            if not value > 0:
-                raise GradleakError(f"{key} must be positive, got {value}")
-        for key, value in {"tv_weight": self.tv_weight or 0.0, "tolerance": self.tolerance}.items():
-            if value < 0:
-                raise GradleakError(f"{key} must be zero or positive, got {value}")
+            if not (value > 0 and math.isfinite(value)):
+                raise GradleakError(f"{key} must be positive and finite, got {value}")
+        tv = 0.0 if self.tv_weight is None else self.tv_weight
+        for key, value in {"tv_weight": tv, "tolerance": self.tolerance}.items():
+            if not (value >= 0 and math.isfinite(value)):
+                raise GradleakError(f"{key} must be zero or positive and finite, got {value}")
         if self.log_every < 0:
             raise GradleakError(f"log_every must be zero or positive, got {self.log_every}")
         return self
 
-    def tv_for(self, dataset: str) -> float:
+    def tv_for(self, data_shape: tuple[int, int, int]) -> float:
         if self.tv_weight is not None:
             return self.tv_weight
-        return DEFAULT_TV_WEIGHT.get(dataset, FALLBACK_TV_WEIGHT)
+        large = min(data_shape[1:]) >= LARGE_IMAGE_SIDE
+        return LARGE_IMAGE_TV_WEIGHT if large else SMALL_IMAGE_TV_WEIGHT
 
 
 class GradientMatchingAttack:
@@ -120,7 +125,7 @@ class GradientMatchingAttack:
             attacker_model(model, knowledge.model_mode),
             update.tensors,
             get_objective(cfg.objective),
-            cfg.tv_for(knowledge.dataset),
+            cfg.tv_for(knowledge.data_shape),
         )
         generator = torch.Generator().manual_seed(seed)
         k, b = cfg.restarts, knowledge.batch_size

@@ -19,6 +19,9 @@ from tqdm.auto import tqdm
 
 from gradleak.attacks.matching import MatchingProblem
 
+# An L-BFGS trial has converged when its best loss has not improved for this many steps.
+LBFGS_PATIENCE = 10
+
 # Called every `log_every` iterations with (iteration, per-trial loss, per-trial images);
 # may return extra columns for the history (the evaluation side adds PSNR this way).
 Observer = Callable[[int, torch.Tensor, torch.Tensor], "Mapping[str, float] | None"]
@@ -150,9 +153,17 @@ def optimize_adam(
         interrupted = True
     finally:
         bar.close()
-    with torch.no_grad():
-        final = vmap(problem.loss, in_dims=(0, 0 if soft else None))(x.detach(), label_param)
-    _record(history, done, final, x, observer)
+    if bounds is not None:  # an interrupt may land between the step and the clamp
+        with torch.no_grad():
+            x.data = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+    try:
+        with torch.no_grad():
+            final = vmap(problem.loss, in_dims=(0, 0 if soft else None))(x.detach(), label_param)
+        _record(history, done, final, x, observer)
+    except KeyboardInterrupt:
+        # Interrupted while scoring: keep the images, rank trials as unknown.
+        interrupted = True
+        final = torch.full((x.shape[0],), torch.nan)
     k = x.shape[0]
     out_labels = _labels_out(label_param.detach())
     if not soft:
@@ -172,7 +183,6 @@ def optimize_lbfgs(
     inner_iterations: int = 20,
     line_search: str | None = None,
     tolerance: float = 0.0,
-    patience: int = 10,
     log_every: int = 10,
     observer: Observer | None = None,
     progress: bool = True,
@@ -193,7 +203,6 @@ def optimize_lbfgs(
             inner_iterations=inner_iterations,
             line_search=line_search,
             tolerance=tolerance,
-            patience=patience,
             log_every=log_every,
             observer=observer,
             progress=progress,
@@ -224,7 +233,6 @@ def _lbfgs_trial(
     inner_iterations: int,
     line_search: str | None,
     tolerance: float,
-    patience: int,
     log_every: int,
     observer: Observer | None,
     progress: bool,
@@ -265,11 +273,11 @@ def _lbfgs_trial(
             before = best["loss"]
             optimizer.step(closure)
             done = step + 1
-            # Converged: L-BFGS has stopped improving on its best iterate for `patience` steps.
+            # Converged: no better iterate for LBFGS_PATIENCE steps.
             stalled = stalled + 1 if best["loss"] >= before else 0
-            converged = stalled >= patience
+            converged = stalled >= LBFGS_PATIENCE
             bar.update(1)
-            if step % log_every == 0:
+            if done % log_every == 0:
                 bar.set_postfix(loss=f"{best['loss']:.4g}")
                 _record(
                     history,
@@ -286,7 +294,11 @@ def _lbfgs_trial(
     finally:
         bar.close()
     losses = torch.tensor([best["loss"]])
-    _record(history, done, losses, best["x"].unsqueeze(0), observer, trial)
+    if not history or history[-1]["iteration"] != done:
+        try:
+            _record(history, done, losses, best["x"].unsqueeze(0), observer, trial)
+        except KeyboardInterrupt:
+            interrupted = True
     return TrialsResult(
         best["x"].unsqueeze(0),
         _labels_out(best["labels"]).unsqueeze(0) if soft else best["labels"].unsqueeze(0),

@@ -27,6 +27,8 @@ from gradleak.threat_model import Knowledge
 
 # Normalisation of images that come from a folder or a single file: the usual photo statistics.
 PHOTO_STATS = get_dataset_spec("imagenet")
+FOLDER_IMAGE_SIZE = 32  # folder images and --image with --dataset folder, unless --image-size
+FOLDER_IMAGE_CLASSES = 10  # classes of the model for --image with --dataset folder
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def _load_data(config: RunConfig) -> _Data:
     if config.image is not None:
         return _single_image(config)
     if config.dataset == "folder":
-        size = config.image_size or 32
+        size = config.image_size or FOLDER_IMAGE_SIZE
         source = load_dataset(
             "folder", config.data_root, config.split, size=(size, size), channels=3
         )
@@ -137,10 +139,11 @@ def _from_source(
 
 def _single_image(config: RunConfig) -> _Data:
     # The image takes the shape and statistics of the chosen dataset (CIFAR-10 by default).
-    stats = PHOTO_STATS if config.dataset == "folder" else get_dataset_spec(config.dataset)
-    size = config.image_size or stats.image_size[0]
+    folder = config.dataset == "folder"
+    stats = PHOTO_STATS if folder else get_dataset_spec(config.dataset)
+    size = config.image_size or (FOLDER_IMAGE_SIZE if folder else stats.image_size[0])
     image01 = load_image(Path(config.image), (size, size), stats.channels)
-    num_classes = config.num_classes or stats.num_classes
+    num_classes = config.num_classes or (FOLDER_IMAGE_CLASSES if folder else stats.num_classes)
     label = 0 if config.label is None else config.label
     labels = torch.tensor([label])
     _check_label_range(labels, num_classes)

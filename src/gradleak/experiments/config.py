@@ -11,6 +11,8 @@ from gradleak.errors import GradleakError
 
 DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "folder")
 MODEL_MODES = ("train", "eval")
+SPLITS = ("test", "train")
+MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,20 @@ class RunConfig:
             raise GradleakError(
                 f"model_mode {self.model_mode!r} is not one of: {', '.join(MODEL_MODES)}"
             )
+        if not 0 <= self.seed < 2**63:
+            raise GradleakError(f"seed must be in 0..2**63-1, got {self.seed}")
+        if self.split not in SPLITS:
+            raise GradleakError(f"split {self.split!r} is not one of: {', '.join(SPLITS)}")
+        if self.data_root is None and self.dataset == "cifar10" and self.split != "test":
+            raise GradleakError(
+                "the bundled CIFAR-10 images are test images; give --data-root for another split"
+            )
+        if len(set(self.indices)) != len(self.indices):
+            raise GradleakError(f"image indices repeat: {list(self.indices)}; give each once")
+        if self.label is not None and self.image is None:
+            raise GradleakError("--label sets the label of --image; dataset images have theirs")
+        if self.num_classes is not None and self.num_classes > MAX_CLASSES:
+            raise GradleakError(f"--num-classes must be at most {MAX_CLASSES}")
         if self.batch_size < 1:
             raise GradleakError(f"batch size must be at least 1, got {self.batch_size}")
         if not self.indices:

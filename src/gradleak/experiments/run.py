@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from gradleak import attacks
 from gradleak.attacks.optimize import Observer, best_trial
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.config import to_plain
+from gradleak.errors import GradleakError
 from gradleak.experiments.case import Case, build_case
 from gradleak.experiments.config import RunConfig
 from gradleak.fl.client import FedSGDClient
@@ -66,10 +69,12 @@ def attack_case(config: RunConfig) -> AttackOutcome:
         observer=psnr_observer(case),
         progress=config.progress,
     )
+    # Labels handed over by the threat model are not scored as a recovery.
+    given = reconstruction.label_strategy == "known"
     evaluation = evaluate_images(
         case.to_pixels(reconstruction.images),
         case.to_pixels(case.batch.images),
-        reconstruction.labels,
+        None if given else reconstruction.labels,
         case.batch.labels,
     )
     return AttackOutcome(case, attack, update, reconstruction, evaluation)
@@ -77,12 +82,38 @@ def attack_case(config: RunConfig) -> AttackOutcome:
 
 def run_attack(config: RunConfig) -> RunResult:
     """attack_case, then save everything under the run directory."""
+    out_dir = _check_out_dir(Path(config.out or config.default_out()))
     outcome = attack_case(config)
     case, rec, evaluation = outcome.case, outcome.reconstruction, outcome.evaluation
-    out_dir = Path(config.out or config.default_out())
     metrics = _metrics(config, case, outcome.attack, rec, evaluation)
-    write_outputs(out_dir, config, outcome.attack.config, case, rec, evaluation, metrics)
+    try:
+        write_outputs(out_dir, config, outcome.attack.config, case, rec, evaluation, metrics)
+    except OSError as exc:
+        raise GradleakError(f"cannot write the run directory {out_dir}: {exc}") from exc
     return RunResult(**vars(outcome), metrics=metrics, out_dir=out_dir)
+
+
+def _check_out_dir(out_dir: Path) -> Path:
+    """Refuse an unusable run directory before the attack, so a bad --out costs no work."""
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == out_dir and not out_dir.is_dir():
+        raise GradleakError(f"--out {out_dir} is a file, not a directory; choose another --out")
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise GradleakError(f"cannot create the run directory {out_dir} under {existing}")
+    return out_dir
+
+
+def _json_safe(value: object) -> object:
+    """Non-finite floats become null: JSON has no NaN or Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _metrics(
@@ -108,6 +139,7 @@ def _metrics(
         "loss_evaluations": rec.loss_evaluations,
         "seconds": rec.seconds,
         "restarts": attack.config.restarts,
+        "trials_run": len(rec.trial_losses),
         "best_trial": rec.best_trial,
         "matching_loss": rec.loss,
         "trial_losses": rec.trial_losses,
@@ -145,4 +177,5 @@ def write_outputs(
         "threat_model": case.knowledge.describe(),
     }
     (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    text = json.dumps(_json_safe(metrics), indent=2, allow_nan=False)
+    (out_dir / "metrics.json").write_text(text + "\n")

@@ -11,6 +11,7 @@ from gradleak.models._checks import common_args, positive_int
 _BASE_WIDTH = 16
 _STAGE_MULTIPLES = (1, 2, 4)
 _STAGE_STRIDES = (1, 2, 2)
+_MIN_SIDE = 8
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -62,8 +63,16 @@ class ResNet(nn.Module):
         width_factor: int = 1,
     ) -> None:
         super().__init__()
-        # image_size is only validated: global average pooling makes the net size-agnostic.
-        num_classes, in_channels, _ = common_args(num_classes, in_channels, image_size)
+        # Global average pooling makes the net size-agnostic, but after two stride-2 stages a
+        # batch-norm layer in train mode needs more than one value per channel for one image.
+        num_classes, in_channels, (height, width) = common_args(
+            num_classes, in_channels, image_size
+        )
+        if min(height, width) < _MIN_SIDE:
+            raise GradleakError(
+                f"resnets need images of at least {_MIN_SIDE}×{_MIN_SIDE} pixels, got "
+                f"{height}×{width}; use a larger --image-size"
+            )
         depth = positive_int("resnet depth", depth)
         width_factor = positive_int("resnet width factor", width_factor)
         if depth < 8 or (depth - 2) % 6 != 0:
