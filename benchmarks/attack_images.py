@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from selection import add_selection_arguments
 
 from gradleak.experiments import RunConfig
 from gradleak.experiments.run import attack_case
-
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def attack_one(job: dict) -> dict:
@@ -86,12 +85,7 @@ def parse_option(text: str) -> tuple[str, object]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--attack", default="dlg")
-    p.add_argument("--model", default="lenet")
-    p.add_argument("--dataset", default="cifar100")
-    p.add_argument("--data-root", type=Path, default=SHARED)
-    p.add_argument("--start", type=int, default=0)
-    p.add_argument("--count", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    add_selection_arguments(p)
     p.add_argument("--labels-known", action="store_true")
     p.add_argument("--model-mode", choices=("train", "eval"), default="train")
     p.add_argument("--option", action="append", default=[], type=parse_option)

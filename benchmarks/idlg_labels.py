@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from selection import add_selection_arguments
 
 from gradleak.attacks.labels import idlg_label
 from gradleak.experiments import RunConfig, build_case
 from gradleak.fl import FedSGDClient
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="lenet")
-    p.add_argument("--dataset", default="cifar100")
-    p.add_argument("--data-root", type=Path, default=SHARED)
-    p.add_argument("--start", type=int, default=0)
-    p.add_argument("--count", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    add_selection_arguments(p)
     args = p.parse_args()
 
     wrong = []

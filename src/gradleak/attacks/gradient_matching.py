@@ -152,6 +152,7 @@ class GradientMatchingAttack:
             best_trial=best,
             loss_evaluations=result.loss_evaluations,
             label_strategy=strategy.name,
+            labels_recovered=strategy.recovers,
             interrupted=result.interrupted,
             details={"tv_weight": problem.tv_weight, "log_every": log_every},
         )

@@ -23,6 +23,7 @@ class LabelStrategy:
     description: str
     requires: frozenset[Requirement]
     recover: LabelRecovery
+    recovers: bool = True  # False: the labels are handed over, so they are not a result
 
 
 def idlg_label(update: SharedUpdate, model: nn.Module) -> torch.Tensor:
@@ -57,7 +58,11 @@ LABEL_STRATEGIES: dict[str, LabelStrategy] = {
     s.name: s
     for s in (
         LabelStrategy(
-            "known", "labels granted by the threat model", frozenset({Requirement.LABELS}), _known
+            "known",
+            "labels granted by the threat model",
+            frozenset({Requirement.LABELS}),
+            _known,
+            recovers=False,
         ),
         LabelStrategy(
             "analytic",

@@ -86,6 +86,13 @@ def _record(
     return loss
 
 
+def _clamp(x: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """Project stacked images onto the per-channel pixel box, in place."""
+    if bounds is not None:
+        with torch.no_grad():
+            x.data = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+
+
 def _trial_step(problem: MatchingProblem, soft: bool, trials: int) -> Callable:
     """grad_and_value of the loss over stacked trials.
 
@@ -144,18 +151,14 @@ def optimize_adam(
                 bar.set_postfix(loss=f"{loss:.4g}")
             optimizer.step()
             scheduler.step()
-            if bounds is not None:
-                with torch.no_grad():
-                    x.data = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+            _clamp(x, bounds)
             done = iteration + 1
             bar.update(1)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
-    if bounds is not None:  # an interrupt may land between the step and the clamp
-        with torch.no_grad():
-            x.data = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+    _clamp(x, bounds)  # again: an interrupt may land between the step and the clamp
     try:
         with torch.no_grad():
             final = vmap(problem.loss, in_dims=(0, 0 if soft else None))(x.detach(), label_param)

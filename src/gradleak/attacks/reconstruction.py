@@ -21,5 +21,6 @@ class Reconstruction:
     best_trial: int = 0
     loss_evaluations: int = 0
     label_strategy: str = ""
+    labels_recovered: bool = True  # False when the threat model handed the labels over
     interrupted: bool = False
     details: dict[str, object] = field(default_factory=dict)

@@ -70,11 +70,10 @@ def attack_case(config: RunConfig) -> AttackOutcome:
         progress=config.progress,
     )
     # Labels handed over by the threat model are not scored as a recovery.
-    given = reconstruction.label_strategy == "known"
     evaluation = evaluate_images(
         case.to_pixels(reconstruction.images),
         case.to_pixels(case.batch.images),
-        None if given else reconstruction.labels,
+        reconstruction.labels if reconstruction.labels_recovered else None,
         case.batch.labels,
     )
     return AttackOutcome(case, attack, update, reconstruction, evaluation)
