@@ -109,6 +109,7 @@ def png(tmp_path: Path) -> Path:
         (["--batch-size", "2", "--attack", "idlg"], ["needs single_sample"]),
         (["--label-strategy", "known"], ["needs labels"]),
         (["--threads", "0"], ["--threads must be at least 1, got 0"]),
+        (["--stop-psnr", "-3"], ["--stop-psnr must be a positive number of dB, got -3"]),
     ],
 )
 def test_bad_input(
@@ -199,14 +200,55 @@ def test_flags_and_config_file_reach_the_run(
     assert resolved["run"]["progress"] is False
 
 
+def test_stop_psnr_ends_the_attack_once_the_target_is_reached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert _cli(["attack", "--stop-psnr", "20", "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_at_psnr"] == 20
+    assert metrics["interrupted"] is False
+    assert metrics["psnr"] >= 20
+    # DLG's full run takes far more steps than reaching 20 dB does.
+    assert metrics["iterations"] < 100
+    history = (out / "history.csv").read_text().strip().splitlines()
+    psnr_column = history[0].split(",").index("psnr")
+    assert float(history[-1].split(",")[psnr_column]) >= 20
+
+
+def test_compile_that_fails_falls_back_with_one_notice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    def no_compiler(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no working C compiler\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    out = tmp_path / "run"
+    argv = ["attack", "--attack", "ig", "--iterations", "4", "--restarts", "2", "--labels-known"]
+    assert _cli([*argv, "--compile", "--out", str(out), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    notices = [line for line in captured.err.splitlines() if line.strip()]
+    assert notices == [
+        "notice: --compile is not available here (RuntimeError: no working C compiler); "
+        "running uncompiled"
+    ]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["compiled"] is False and metrics["compile_seconds"] == 0
+    assert metrics["iterations"] == 4
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["attack"]["compile"] is True
+
+
 def test_keyboard_interrupt_writes_partial_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     real_observer = run_module.psnr_observer
     seen: list[int] = []
 
-    def interrupting_observer(case):  # type: ignore[no-untyped-def]
-        observe = real_observer(case)
+    def interrupting_observer(case, stop_at=None):  # type: ignore[no-untyped-def]
+        observe = real_observer(case, stop_at)
         fired = False
 
         def wrapped(iteration, losses, images):  # type: ignore[no-untyped-def]

@@ -46,6 +46,7 @@ def test_available_models_lists_every_family() -> None:
         "resnet20[-K]",
         "resnet32[-K]",
         "resnet56[-K]",
+        "resnet18",
     ]
 
 
@@ -57,7 +58,7 @@ def test_width_suffixes_are_applied() -> None:
     assert build_model(" LeNet ", num_classes=10).classifier.in_features == 768
 
 
-@pytest.mark.parametrize("name", ["foo", "resnet18", "convnet-", "mlp-x", "lenet-5", ""])
+@pytest.mark.parametrize("name", ["foo", "resnet19", "convnet-", "mlp-x", "lenet-5", ""])
 def test_unknown_name_lists_choices(name: str) -> None:
     with pytest.raises(GradleakError, match="unknown model") as info:
         build_model(name, num_classes=10)

@@ -52,6 +52,7 @@ class GradientMatchingConfig:
     line_search: str = "none"  # L-BFGS only: "none" (fixed step, as DLG) or "strong_wolfe"
     tolerance: float = 0.0
     log_every: int = 0  # 0: about 100 rows over the run
+    compile: bool = False  # torch.compile the functional step; falls back when it cannot
     # signed, boxed and lr_decay apply to Adam; L-BFGS takes lr, line_search, tolerance.
 
     def validate(self) -> GradientMatchingConfig:
@@ -154,6 +155,9 @@ class GradientMatchingAttack:
             label_strategy=strategy.name,
             labels_recovered=strategy.recovers,
             interrupted=result.interrupted,
+            stopped=result.stopped,
+            compiled=result.compiled,
+            compile_seconds=result.compile_seconds,
             details={"tv_weight": problem.tv_weight, "log_every": log_every},
         )
 
@@ -181,6 +185,7 @@ class GradientMatchingAttack:
                 log_every=log_every,
                 observer=observer,
                 progress=progress,
+                compile=cfg.compile,
             )
         bounds = pixel_bounds(knowledge.mean, knowledge.std) if cfg.boxed else None
         return optimize_adam(
@@ -195,6 +200,8 @@ class GradientMatchingAttack:
             log_every=log_every,
             observer=observer,
             progress=progress,
+            tolerance=cfg.tolerance,
+            compile=cfg.compile,
         )
 
 

@@ -28,8 +28,6 @@ def attacker_model(server_model: nn.Module, model_mode: str) -> nn.Module:
     updates the forward pass is a pure function, which vmap needs.
     """
     replica = copy.deepcopy(server_model)
-    for p in replica.parameters():
-        p.requires_grad_(False)
     if model_mode == "train":
         replace_all_batch_norm_modules_(replica)
         replica.train()
@@ -39,7 +37,14 @@ def attacker_model(server_model: nn.Module, model_mode: str) -> nn.Module:
 
 
 class MatchingProblem:
-    """loss(x, labels) = objective(∇θ ℓ(f(x), labels), shared) + tv_weight · TV(x)."""
+    """loss(x, labels) = objective(∇θ ℓ(f(x), labels), shared) + tv_weight · TV(x).
+
+    `loss` is a pure function of its arguments (torch.func can vmap and compile it); the
+    target and the TV weight may be passed per call, which lets K trials attack K
+    different updates (independent images) or use K TV weights at once.
+    `value_and_grad` computes the same loss and its gradient for one trial with autograd's
+    `create_graph`, which is cheaper than torch.func when there is nothing to batch.
+    """
 
     def __init__(
         self,
@@ -48,12 +53,18 @@ class MatchingProblem:
         objective: Objective,
         tv_weight: float = 0.0,
     ) -> None:
+        """`model` is the attacker's replica (attacker_model); its parameters stay trainable."""
         self.model = model
+        self.names = [n for n, _ in model.named_parameters()]
         self.params = {n: p.detach() for n, p in model.named_parameters()}
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
-        self.target = {n: target[n].detach() for n in self.params}
+        self.target = {n: target[n].detach() for n in self.names}
         self.objective = objective
         self.tv_weight = float(tv_weight)
+        # The autograd path differentiates through the replica's own parameters.
+        self._leaves = list(model.parameters())
+        if not all(p.requires_grad for p in self._leaves):
+            raise ValueError("the attacker's model must keep requires_grad on its parameters")
 
     def candidate_gradient(
         self, images: torch.Tensor, labels: torch.Tensor
@@ -64,8 +75,39 @@ class MatchingProblem:
 
         return grad(client_loss)(self.params)
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        value = self.objective(self.candidate_gradient(images, labels), self.target)
-        if self.tv_weight:
-            value = value + self.tv_weight * total_variation(images)
-        return value
+    def loss(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        target: Mapping[str, torch.Tensor] | None = None,
+        tv_weight: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
+        """The matching loss of one trial (pure: safe under vmap, grad and compile)."""
+        target = self.target if target is None else target
+        tv_weight = self.tv_weight if tv_weight is None else tv_weight
+        value = self.objective(self.candidate_gradient(images, labels), target)
+        return value + tv_weight * total_variation(images)
+
+    def value_and_grad(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        target: Mapping[str, torch.Tensor] | None = None,
+        tv_weight: torch.Tensor | float | None = None,
+        *,
+        soft: bool = False,
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """(∂loss/∂images[, ∂loss/∂labels]), loss for one trial, through autograd."""
+        target = self.target if target is None else target
+        tv_weight = self.tv_weight if tv_weight is None else tv_weight
+        images = images.detach().requires_grad_(True)
+        inputs = [images]
+        if soft:
+            labels = labels.detach().requires_grad_(True)
+            inputs.append(labels)
+        with torch.enable_grad():
+            client_loss = label_loss(self.model(images), labels)
+            grads = torch.autograd.grad(client_loss, self._leaves, create_graph=True)
+            candidate = dict(zip(self.names, grads, strict=True))
+            value = self.objective(candidate, target) + tv_weight * total_variation(images)
+            return torch.autograd.grad(value, inputs), value.detach()

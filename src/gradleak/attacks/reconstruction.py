@@ -23,4 +23,7 @@ class Reconstruction:
     label_strategy: str = ""
     labels_recovered: bool = True  # False when the threat model handed the labels over
     interrupted: bool = False
+    stopped: bool = False  # an evaluation-side observer ended the attack early
+    compiled: bool = False  # the step ran through torch.compile
+    compile_seconds: float = 0.0  # part of `seconds` spent compiling (first step included)
     details: dict[str, object] = field(default_factory=dict)

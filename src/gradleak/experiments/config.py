@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ class RunConfig:
     labels_known: bool = False
     attack_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    # Evaluation side: end the attack once the reconstruction reaches this PSNR (dB).
+    # It reads the ground truth, so it measures time-to-quality; it is not attacker knowledge.
+    stop_psnr: float | None = None
 
     def validate(self) -> RunConfig:
         if self.dataset not in DATASET_CHOICES:
@@ -76,6 +80,10 @@ class RunConfig:
             raise GradleakError("--image attacks one image; drop --batch-size or use --dataset")
         if self.num_classes is not None and self.num_classes < 2:
             raise GradleakError(f"--num-classes must be at least 2, got {self.num_classes}")
+        if self.stop_psnr is not None and not (0 < self.stop_psnr < math.inf):
+            raise GradleakError(
+                f"--stop-psnr must be a positive number of dB, got {self.stop_psnr}"
+            )
         if self.image_size is not None and self.image_size < 4:
             raise GradleakError(f"--image-size must be at least 4, got {self.image_size}")
         return self

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from gradleak import attacks
-from gradleak.attacks.optimize import Observer, best_trial
+from gradleak.attacks.optimize import Observer, StopAttack, best_trial
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.config import to_plain
 from gradleak.errors import GradleakError
@@ -25,14 +25,23 @@ from gradleak.metrics import CONVENTION, Evaluation, evaluate_images, match_reco
 from gradleak.report import save_comparison_grid, save_image_strip, write_history_csv
 
 
-def psnr_observer(case: Case) -> Observer:
-    """Evaluation-side callback: PSNR of the currently best trial against the ground truth."""
+def psnr_observer(case: Case, stop_at: float | None = None) -> Observer:
+    """Evaluation-side callback: PSNR of the currently best trial against the ground truth.
+
+    With `stop_at`, the first time the PSNR reaches it the attack is stopped (once).
+    """
     truth01 = case.to_pixels(case.batch.images)
+    stopped = False
 
     def observe(iteration: int, losses: torch.Tensor, images: torch.Tensor) -> Mapping[str, float]:
+        nonlocal stopped
         recon01 = case.to_pixels(images[best_trial(losses)])
         order = match_reconstructions(recon01, truth01)
-        return {"psnr": float(psnr(recon01[order], truth01).mean())}
+        value = float(psnr(recon01[order], truth01).mean())
+        if stop_at is not None and value >= stop_at and not stopped:
+            stopped = True
+            raise StopAttack(f"PSNR {value:.2f} dB reached {stop_at} dB")
+        return {"psnr": value}
 
     return observe
 
@@ -66,7 +75,7 @@ def attack_case(config: RunConfig) -> AttackOutcome:
         case.model,
         case.knowledge,
         seed=config.seed,
-        observer=psnr_observer(case),
+        observer=psnr_observer(case, config.stop_psnr),
         progress=config.progress,
     )
     # Labels handed over by the threat model are not scored as a recovery.
@@ -137,6 +146,9 @@ def _metrics(
         "iterations": rec.iterations,
         "loss_evaluations": rec.loss_evaluations,
         "seconds": rec.seconds,
+        "stopped_at_psnr": config.stop_psnr if rec.stopped else None,
+        "compiled": rec.compiled,
+        "compile_seconds": rec.compile_seconds,
         "restarts": attack.config.restarts,
         "trials_run": len(rec.trial_losses),
         "best_trial": rec.best_trial,

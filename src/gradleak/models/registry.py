@@ -14,6 +14,7 @@ from gradleak.models.convnet import ConvNet
 from gradleak.models.lenet import LeNet
 from gradleak.models.mlp import MLP
 from gradleak.models.resnet import ResNet
+from gradleak.models.resnet_imagenet import ResNet18
 
 # A factory gets the regex match of the name plus (num_classes, in_channels, image_size).
 _Factory = Callable[[re.Match[str], int, int, tuple[int, int]], nn.Module]
@@ -53,6 +54,12 @@ def _resnet(match: re.Match[str], classes: int, channels: int, size: tuple[int, 
     )
 
 
+def _resnet18(
+    match: re.Match[str], classes: int, channels: int, size: tuple[int, int]
+) -> nn.Module:
+    return ResNet18(classes, channels, size)
+
+
 _TABLE: tuple[_Entry, ...] = (
     _Entry(re.compile(r"lenet"), "lenet", _lenet),
     _Entry(re.compile(r"convnet(?:-(?P<width>\d+))?"), "convnet[-W]", _convnet),
@@ -63,6 +70,7 @@ _TABLE: tuple[_Entry, ...] = (
         )
         for depth in (20, 32, 56)
     ),
+    _Entry(re.compile(r"resnet18"), "resnet18", _resnet18),
 )
 
 

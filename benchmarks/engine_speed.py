@@ -1,0 +1,253 @@
+"""Speed of the gradient-matching engine: against a hand-written floor, over trial counts,
+and compiled against eager. Tables go to docs/PERFORMANCE.md with --write-docs.
+
+Examples (2 CPU cores, about 10 minutes each):
+  python benchmarks/engine_speed.py floor --write-docs
+  python benchmarks/engine_speed.py scaling --write-docs
+  python benchmarks/engine_speed.py compile --write-docs
+
+The floor is the least a Python loop can do for one Inverting Gradients iteration: forward,
+parameter gradient with create_graph, cosine distance plus TV, backward to the input,
+signed Adam step with the step-size schedule, box projection. gradleak runs the same math
+through its engine (`optimize_adam`, as the `ig` preset does). Both are timed in the same
+process, alternating, so the ratio is measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from perf_report import machine, markdown_table, write_section
+from torch.func import replace_all_batch_norm_modules_
+from torch.nn import functional as F
+
+from gradleak.attacks.matching import MatchingProblem, attacker_model
+from gradleak.attacks.memory import ensure_trials_fit
+from gradleak.attacks.objectives import cosine_distance
+from gradleak.attacks.optimize import optimize_adam, trial_inputs
+from gradleak.data.datasets import DATASETS
+from gradleak.data.normalize import pixel_bounds
+from gradleak.models import build_model
+
+TV_WEIGHT = 1e-4  # Inverting Gradients' CIFAR value
+LR = 0.1
+SIZE = 32
+
+
+@dataclass
+class Setting:
+    """A model, a private image and its shared gradient, at 32×32, batch 1."""
+
+    name: str
+    model: torch.nn.Module
+    image: torch.Tensor
+    label: torch.Tensor
+    target: dict[str, torch.Tensor]
+    bounds: tuple[torch.Tensor, torch.Tensor]
+
+
+def make_setting(name: str, seed: int = 0) -> Setting:
+    model = build_model(name, num_classes=10, image_size=(SIZE, SIZE), seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(1, 3, SIZE, SIZE, generator=generator)
+    label = torch.tensor([3])
+    model.train()
+    loss = F.cross_entropy(model(image), label)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    names = [n for n, _ in model.named_parameters()]
+    target = {n: g.detach() for n, g in zip(names, grads, strict=True)}
+    spec = DATASETS["cifar10"]
+    return Setting(name, model, image, label, target, pixel_bounds(spec.mean, spec.std))
+
+
+def floor_loop(setting: Setting, iterations: int, start: torch.Tensor) -> torch.Tensor:
+    """The hand-written minimal loop (the same math as one `ig` trial)."""
+    model = attacker_model(setting.model, "train")
+    replace_all_batch_norm_modules_(model)
+    params = list(model.parameters())
+    target = list(setting.target.values())
+    target_norm = sum(t.pow(2).sum() for t in target).sqrt()
+    lower, upper = setting.bounds
+    x = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=LR)
+    milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    for _ in range(iterations):
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), setting.label)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        dot = sum((g * t).sum() for g, t in zip(grads, target, strict=True))
+        norm = sum(g.pow(2).sum() for g in grads).sqrt()
+        tv = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+        tv = tv + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+        (1 - dot / (norm * target_norm) + TV_WEIGHT * tv).backward()
+        x.grad.sign_()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            x.clamp_(min=lower, max=upper)
+    return x.detach()
+
+
+def engine_loop(
+    setting: Setting, iterations: int, start: torch.Tensor, *, compile: bool = False
+) -> tuple[float, float]:
+    """gradleak's engine on K = start.shape[0] trials: (loop seconds, compile seconds)."""
+    problem = MatchingProblem(
+        attacker_model(setting.model, "train"), setting.target, cosine_distance, TV_WEIGHT
+    )
+    result = optimize_adam(
+        problem,
+        start,
+        setting.label,
+        lr=LR,
+        iterations=iterations,
+        bounds=setting.bounds,
+        log_every=max(1, iterations // 100),  # as the presets log: about 100 rows per run
+        progress=False,
+        compile=compile,
+    )
+    return result.seconds, result.compile_seconds
+
+
+def run_floor(args: argparse.Namespace) -> None:
+    rows = []
+    for name in args.models:
+        setting = make_setting(name)
+        start = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+        n = args.iterations
+        floor_loop(setting, 3, start)  # warm-up both paths
+        engine_loop(setting, 3, start.unsqueeze(0))
+        floor_s, engine_s = [], []
+        for _ in range(args.rounds):  # alternate so drift hits both sides alike
+            t = time.perf_counter()
+            floor_loop(setting, n, start)
+            floor_s.append((time.perf_counter() - t) / n)
+            engine_s.append(engine_loop(setting, n, start.unsqueeze(0))[0] / n)
+        f, e = statistics.median(floor_s), statistics.median(engine_s)
+        rows.append([name, f"{f * 1e3:.2f}", f"{e * 1e3:.2f}", f"{e / f:.3f}"])
+        print(rows[-1], flush=True)
+    table = markdown_table(["model", "floor ms/it", "gradleak ms/it", "ratio"], rows)
+    _publish(args, "floor", table, f"{args.iterations} iterations × {args.rounds} rounds")
+
+
+def _scaling_cell(job: tuple[str, int, int, int]) -> dict:
+    """One (model, K) measurement in a fresh process: time, peak memory, the estimate."""
+    name, trials, iterations, threads = job
+    torch.set_num_threads(threads)
+    setting = make_setting(name)
+    start = torch.randn(trials, 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    problem = MatchingProblem(
+        attacker_model(setting.model, "train"), setting.target, cosine_distance, TV_WEIGHT
+    )
+    inputs = trial_inputs(start, setting.label, problem, None, None)
+    estimate = ensure_trials_fit(problem, start, inputs, trials)
+    engine_loop(setting, 2, start)  # warm-up
+    before = _rss_bytes()
+    seconds, _ = engine_loop(setting, iterations, start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "seconds": seconds / iterations,
+        "peak_bytes": peak,
+        "step_bytes": max(peak - before, 0),
+        "estimate": estimate,
+    }
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def run_scaling(args: argparse.Namespace) -> None:
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for name in args.models:
+        one = None
+        for k in args.trials:
+            iterations = max(args.min_iterations, args.iterations // k)
+            with context.Pool(1) as pool:
+                cell = pool.apply(_scaling_cell, ((name, k, iterations, args.threads),))
+            one = one or cell["seconds"]
+            rows.append(
+                [
+                    name,
+                    k,
+                    f"{cell['seconds'] * 1e3:.1f}",
+                    f"{cell['seconds'] / k * 1e3:.2f}",
+                    f"{cell['seconds'] / one:.2f}",
+                    f"{cell['peak_bytes'] / 2**20:.0f}",
+                    f"{cell['estimate'] / 2**20:.0f}",
+                ]
+            )
+            print(rows[-1], flush=True)
+    header = ["model", "K", "ms/it", "ms/trial", "× one trial", "peak RSS MiB", "estimate MiB"]
+    _publish(args, "scaling", markdown_table(header, rows), f"about {args.iterations} trial-its")
+
+
+def run_compile(args: argparse.Namespace) -> None:
+    rows = []
+    for name in args.models:
+        for k in args.trials:
+            setting = make_setting(name)
+            start = torch.randn(k, 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+            n = args.iterations
+            engine_loop(setting, 3, start)
+            eager = min(engine_loop(setting, n, start)[0] for _ in range(args.rounds)) / n
+            # The first compiled step compiles: it is timed apart from the steady state.
+            total, compile_s = engine_loop(setting, n + 1, start, compile=True)
+            steady = (total - compile_s) / n
+            rows.append(
+                [
+                    name,
+                    k,
+                    f"{eager * 1e3:.1f}",
+                    f"{steady * 1e3:.1f}",
+                    f"{eager / steady:.2f}",
+                    f"{compile_s:.1f}",
+                ]
+            )
+            print(rows[-1], flush=True)
+    header = ["model", "K", "eager ms/it", "compiled ms/it", "speed-up", "compile s"]
+    _publish(args, "compile", markdown_table(header, rows), f"{args.iterations} iterations")
+
+
+def _publish(args: argparse.Namespace, section: str, table: str, detail: str) -> None:
+    command = f"python benchmarks/engine_speed.py {args.command}"
+    body = f"{table}\n\nMeasured on {machine()}; {detail}. Command: `{command}`."
+    print(body)
+    if args.write_docs:
+        write_section(f"engine_speed:{section}", body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("floor", "scaling", "compile"))
+    parser.add_argument("--models", nargs="+")
+    parser.add_argument("--trials", nargs="+", type=int)
+    parser.add_argument("--iterations", type=int)
+    parser.add_argument("--min-iterations", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--write-docs", action="store_true", help="update docs/PERFORMANCE.md")
+    args = parser.parse_args()
+    defaults = {
+        "floor": (["lenet", "convnet", "resnet20", "resnet20-4"], [1], 60),
+        "scaling": (["lenet", "resnet20"], [1, 4, 16, 64], 320),
+        "compile": (["resnet20", "lenet"], [1], 60),
+    }[args.command]
+    args.models = args.models or defaults[0]
+    args.trials = args.trials or defaults[1]
+    args.iterations = args.iterations or defaults[2]
+    torch.set_num_threads(args.threads)
+    {"floor": run_floor, "scaling": run_scaling, "compile": run_compile}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
