@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
-from perf_report import machine, markdown_table, write_section
+from perf_report import machine, markdown_table, peak_rss_bytes, rss_bytes, write_section
 from torch.func import replace_all_batch_norm_modules_
 from torch.nn import functional as F
 
@@ -79,15 +78,15 @@ def floor_loop(setting: Setting, iterations: int, start: torch.Tensor) -> torch.
     milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     for _ in range(iterations):
-        optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), setting.label)
         grads = torch.autograd.grad(loss, params, create_graph=True)
         dot = sum((g * t).sum() for g, t in zip(grads, target, strict=True))
         norm = sum(g.pow(2).sum() for g in grads).sqrt()
         tv = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
         tv = tv + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-        (1 - dot / (norm * target_norm) + TV_WEIGHT * tv).backward()
-        x.grad.sign_()
+        # Differentiate to the input only (.backward() would also fill parameter grads).
+        (grad_x,) = torch.autograd.grad(1 - dot / (norm * target_norm) + TV_WEIGHT * tv, [x])
+        x.grad = grad_x.sign()
         optimizer.step()
         scheduler.step()
         with torch.no_grad():
@@ -137,58 +136,62 @@ def run_floor(args: argparse.Namespace) -> None:
     _publish(args, "floor", table, f"{args.iterations} iterations × {args.rounds} rounds")
 
 
-def _scaling_cell(job: tuple[str, int, int, int]) -> dict:
-    """One (model, K) measurement in a fresh process: time, peak memory, the estimate."""
-    name, trials, iterations, threads = job
+def _memory_cell(job: tuple[str, int, int]) -> dict:
+    """Peak memory of one (model, K) run in a fresh process, and the engine's estimate."""
+    name, trials, threads = job
     torch.set_num_threads(threads)
     setting = make_setting(name)
-    start = torch.randn(trials, 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    start = _starts(trials)
     problem = MatchingProblem(
         attacker_model(setting.model, "train"), setting.target, cosine_distance, TV_WEIGHT
     )
-    inputs = trial_inputs(start, setting.label, problem, None, None)
-    estimate = ensure_trials_fit(problem, start, inputs, trials)
-    engine_loop(setting, 2, start)  # warm-up
-    before = _rss_bytes()
-    seconds, _ = engine_loop(setting, iterations, start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {
-        "seconds": seconds / iterations,
-        "peak_bytes": peak,
-        "step_bytes": max(peak - before, 0),
-        "estimate": estimate,
-    }
+    estimate = ensure_trials_fit(
+        problem, start, trial_inputs(start, setting.label, problem, None, None), trials
+    )
+    before = rss_bytes()  # the model, the data and the estimate's one step are in
+    engine_loop(setting, 3, start)
+    peak = peak_rss_bytes()
+    return {"peak_bytes": peak, "run_bytes": max(peak - before, 0), "estimate": estimate}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+def _starts(trials: int) -> torch.Tensor:
+    return torch.randn(trials, 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 
 
 def run_scaling(args: argparse.Namespace) -> None:
     rows = []
     context = multiprocessing.get_context("spawn")
     for name in args.models:
-        one = None
+        setting = make_setting(name)
+        runs = {k: max(args.min_iterations, args.iterations // k) for k in args.trials}
         for k in args.trials:
-            iterations = max(args.min_iterations, args.iterations // k)
+            engine_loop(setting, 2, _starts(k))  # warm-up
+        samples: dict[int, list[float]] = {k: [] for k in args.trials}
+        for _ in range(args.rounds):  # interleaved, so drift hits every K alike
+            for k in args.trials:
+                samples[k].append(engine_loop(setting, runs[k], _starts(k))[0] / runs[k])
+        one = statistics.median(samples[args.trials[0]])
+        for k in args.trials:
             with context.Pool(1) as pool:
-                cell = pool.apply(_scaling_cell, ((name, k, iterations, args.threads),))
-            one = one or cell["seconds"]
+                memory = pool.apply(_memory_cell, ((name, k, args.threads),))
+            seconds = statistics.median(samples[k])
             rows.append(
                 [
                     name,
                     k,
-                    f"{cell['seconds'] * 1e3:.1f}",
-                    f"{cell['seconds'] / k * 1e3:.2f}",
-                    f"{cell['seconds'] / one:.2f}",
-                    f"{cell['peak_bytes'] / 2**20:.0f}",
-                    f"{cell['estimate'] / 2**20:.0f}",
+                    f"{seconds * 1e3:.1f}",
+                    f"{seconds / k * 1e3:.2f}",
+                    f"{seconds / one:.2f}",
+                    f"{memory['peak_bytes'] / 2**20:.0f}",
+                    f"{memory['run_bytes'] / 2**20:.0f}",
+                    f"{memory['estimate'] / 2**20:.0f}",
                 ]
             )
             print(rows[-1], flush=True)
-    header = ["model", "K", "ms/it", "ms/trial", "× one trial", "peak RSS MiB", "estimate MiB"]
-    _publish(args, "scaling", markdown_table(header, rows), f"about {args.iterations} trial-its")
+    header = ["model", "K", "ms/it", "ms/trial", "× one trial", "peak RSS MiB"]
+    header += ["run MiB", "estimate MiB"]
+    detail = f"about {args.iterations} trial-iterations per K, median of {args.rounds} rounds"
+    _publish(args, "scaling", markdown_table(header, rows), detail)
 
 
 def run_compile(args: argparse.Namespace) -> None:
@@ -239,7 +242,7 @@ def main() -> None:
     args = parser.parse_args()
     defaults = {
         "floor": (["lenet", "convnet", "resnet20", "resnet20-4"], [1], 60),
-        "scaling": (["lenet", "resnet20"], [1, 4, 16, 64], 320),
+        "scaling": (["lenet", "resnet20"], [1, 4, 16, 64], 640),
         "compile": (["resnet20", "lenet"], [1], 60),
     }[args.command]
     args.models = args.models or defaults[0]

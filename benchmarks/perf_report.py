@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,21 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} cores, {device}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch threads"
     )
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, it restarts at exec,
+    so a spawned worker does not inherit its parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: peak memory needs Linux")
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
 
 
 def seconds_per_call(fn: Callable[[], None], calls: int, rounds: int) -> float:

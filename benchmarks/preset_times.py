@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
 import statistics
 from pathlib import Path
 
 import torch
-from perf_report import machine, markdown_table, write_section
+from perf_report import machine, markdown_table, peak_rss_bytes, rss_bytes, write_section
 from selection import SHARED_DATA
 
+from gradleak import attacks
 from gradleak.experiments import RunConfig
 from gradleak.experiments.run import attack_case
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
 
 
 def run_preset(job: dict) -> dict:
@@ -38,7 +33,8 @@ def run_preset(job: dict) -> dict:
     base_rss = None
     for index in job["indices"]:
         options = {}
-        if job["max_iterations"]:
+        preset_iterations = attacks.get(job["preset"]).config.iterations
+        if job["max_iterations"] and job["max_iterations"] < preset_iterations:
             options["iterations"] = job["max_iterations"]
         config = RunConfig(
             attack=job["preset"],
@@ -54,7 +50,7 @@ def run_preset(job: dict) -> dict:
             from gradleak.experiments.case import build_case
 
             build_case(config)
-            base_rss = _rss_bytes()
+            base_rss = rss_bytes()
         outcome = attack_case(config)
         rec = outcome.reconstruction
         rows.append(
@@ -67,7 +63,7 @@ def run_preset(job: dict) -> dict:
             }
         )
         print(job["preset"], rows[-1], flush=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     return {"rows": rows, "peak_bytes": peak, "base_bytes": base_rss}
 
 
@@ -81,7 +77,7 @@ def main() -> None:
         "--max-iterations",
         type=int,
         default=0,
-        help="cap every preset's iterations (0: the preset's own budget)",
+        help="cap each preset's iterations at this (0: the presets' own budgets)",
     )
     parser.add_argument("--data-root", type=Path, default=SHARED_DATA)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

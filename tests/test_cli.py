@@ -110,6 +110,10 @@ def png(tmp_path: Path) -> Path:
         (["--label-strategy", "known"], ["needs labels"]),
         (["--threads", "0"], ["--threads must be at least 1, got 0"]),
         (["--stop-psnr", "-3"], ["--stop-psnr must be a positive number of dB, got -3"]),
+        (
+            ["--attack", "ig", "--restarts", "10000000", "--iterations", "1"],
+            ["10000000 trials would need about", "GiB is free", "use fewer restarts"],
+        ),
     ],
 )
 def test_bad_input(

@@ -13,8 +13,15 @@ from torch import nn
 
 from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES, resolve_label_strategy
 from gradleak.attacks.matching import MatchingProblem, attacker_model
+from gradleak.attacks.memory import ensure_trials_fit
 from gradleak.attacks.objectives import OBJECTIVES, get_objective
-from gradleak.attacks.optimize import Observer, TrialsResult, optimize_adam, optimize_lbfgs
+from gradleak.attacks.optimize import (
+    Observer,
+    TrialsResult,
+    optimize_adam,
+    optimize_lbfgs,
+    trial_inputs,
+)
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.config import replace_checked
 from gradleak.data.normalize import pixel_bounds
@@ -128,8 +135,10 @@ class GradientMatchingAttack:
             get_objective(cfg.objective),
             cfg.tv_for(knowledge.data_shape),
         )
-        generator = torch.Generator().manual_seed(seed)
         k, b = cfg.restarts, knowledge.batch_size
+        # Before allocating anything per trial: Adam stacks all K trials, L-BFGS runs one.
+        self._check_memory(problem, knowledge, fixed_labels, 1 if cfg.optimizer == "lbfgs" else k)
+        generator = torch.Generator().manual_seed(seed)
         images = _initial_images(cfg.init, (k, b, *knowledge.data_shape), generator)
         if fixed_labels is None:
             labels = torch.randn(k, b, knowledge.num_classes, generator=generator)
@@ -160,6 +169,22 @@ class GradientMatchingAttack:
             compile_seconds=result.compile_seconds,
             details={"tv_weight": problem.tv_weight, "log_every": log_every},
         )
+
+    @staticmethod
+    def _check_memory(
+        problem: MatchingProblem,
+        knowledge: Knowledge,
+        fixed_labels: torch.Tensor | None,
+        trials: int,
+    ) -> None:
+        b = knowledge.batch_size
+        sample = torch.zeros(1, b, *knowledge.data_shape)
+        if fixed_labels is None:
+            labels = torch.zeros(1, b, knowledge.num_classes)
+        else:
+            labels = fixed_labels.long()
+        inputs = trial_inputs(sample, labels, problem, None, None)
+        ensure_trials_fit(problem, sample, inputs, trials)
 
     def _optimize(
         self,
@@ -202,6 +227,7 @@ class GradientMatchingAttack:
             progress=progress,
             tolerance=cfg.tolerance,
             compile=cfg.compile,
+            check_memory=False,  # checked before the trials were allocated
         )
 
 
