@@ -1,10 +1,11 @@
 """Speed of the gradient-matching engine: against a hand-written floor, over trial counts,
 and compiled against eager. Tables go to docs/PERFORMANCE.md with --write-docs.
 
-Examples (2 CPU cores, about 10 minutes each):
+Examples (2 CPU cores, a few minutes each):
   python benchmarks/engine_speed.py floor --write-docs
   python benchmarks/engine_speed.py scaling --write-docs
   python benchmarks/engine_speed.py compile --write-docs
+  python benchmarks/engine_speed.py many --write-docs   # independent images stacked
 
 The floor is the least a Python loop can do for one Inverting Gradients iteration: forward,
 parameter gradient with create_graph, cosine distance plus TV, backward to the input,
@@ -26,12 +27,15 @@ from perf_report import machine, markdown_table, peak_rss_bytes, rss_bytes, writ
 from torch.func import replace_all_batch_norm_modules_
 from torch.nn import functional as F
 
+from gradleak import attacks
 from gradleak.attacks.matching import MatchingProblem, attacker_model
 from gradleak.attacks.memory import ensure_trials_fit
 from gradleak.attacks.objectives import cosine_distance
 from gradleak.attacks.optimize import optimize_adam, trial_inputs
 from gradleak.data.datasets import DATASETS
 from gradleak.data.normalize import pixel_bounds
+from gradleak.experiments import RunConfig, build_case
+from gradleak.fl import FedSGDClient
 from gradleak.models import build_model
 
 TV_WEIGHT = 1e-4  # Inverting Gradients' CIFAR value
@@ -221,6 +225,47 @@ def run_compile(args: argparse.Namespace) -> None:
     _publish(args, "compile", markdown_table(header, rows), f"{args.iterations} iterations")
 
 
+def run_many(args: argparse.Namespace) -> None:
+    """The `ig` preset on the 8 bundled CIFAR-10 images: one stack against one by one."""
+    rows = []
+    for name in args.models:
+        cases = [
+            build_case(RunConfig(model=name, indices=(i,), labels_known=True)) for i in range(8)
+        ]
+        updates = [FedSGDClient(c.model).compute_update(c.batch) for c in cases]
+        model, knowledge = cases[0].model, cases[0].knowledge
+        for k in args.trials:
+            attack = attacks.get("ig").with_options({"iterations": args.iterations, "restarts": k})
+            attack.with_options({"iterations": 2}).reconstruct_many(
+                updates, model, knowledge, progress=False
+            )  # warm-up
+            start = time.perf_counter()
+            for update in updates:
+                attack.reconstruct(update, model, knowledge, progress=False)
+            alone = time.perf_counter() - start
+            start = time.perf_counter()
+            attack.reconstruct_many(updates, model, knowledge, progress=False)
+            together = time.perf_counter() - start
+            n, its = len(updates), args.iterations
+            rows.append(
+                [
+                    name,
+                    k,
+                    n * k,
+                    f"{alone / n:.2f}",
+                    f"{together / n:.2f}",
+                    f"{n * k * its / alone:.0f}",
+                    f"{n * k * its / together:.0f}",
+                    f"{alone / together:.2f}",
+                ]
+            )
+            print(rows[-1], flush=True)
+    header = ["model", "restarts", "trials", "s/image alone", "s/image stacked"]
+    header += ["trial-its/s alone", "trial-its/s stacked", "speed-up"]
+    detail = f"`ig` preset, labels known, {args.iterations} iterations, 8 bundled images"
+    _publish(args, "many", markdown_table(header, rows), detail)
+
+
 def _publish(args: argparse.Namespace, section: str, table: str, detail: str) -> None:
     command = f"python benchmarks/engine_speed.py {args.command}"
     body = f"{table}\n\nMeasured on {machine()}; {detail}. Command: `{command}`."
@@ -231,7 +276,7 @@ def _publish(args: argparse.Namespace, section: str, table: str, detail: str) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("floor", "scaling", "compile"))
+    parser.add_argument("command", choices=("floor", "scaling", "compile", "many"))
     parser.add_argument("--models", nargs="+")
     parser.add_argument("--trials", nargs="+", type=int)
     parser.add_argument("--iterations", type=int)
@@ -244,12 +289,15 @@ def main() -> None:
         "floor": (["lenet", "convnet", "resnet20", "resnet20-4"], [1], 60),
         "scaling": (["lenet", "resnet20"], [1, 4, 16, 64], 640),
         "compile": (["resnet20", "lenet"], [1], 60),
+        "many": (["lenet", "resnet20"], [1, 8], 100),
     }[args.command]
     args.models = args.models or defaults[0]
     args.trials = args.trials or defaults[1]
     args.iterations = args.iterations or defaults[2]
     torch.set_num_threads(args.threads)
-    {"floor": run_floor, "scaling": run_scaling, "compile": run_compile}[args.command](args)
+    commands = {"floor": run_floor, "scaling": run_scaling, "compile": run_compile}
+    commands["many"] = run_many
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES, resolve_label_strategy
+from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES, LabelStrategy, resolve_label_strategy
 from gradleak.attacks.matching import MatchingProblem, attacker_model
 from gradleak.attacks.memory import ensure_trials_fit
 from gradleak.attacks.objectives import OBJECTIVES, get_objective
 from gradleak.attacks.optimize import (
     Observer,
     TrialsResult,
+    best_trial,
     optimize_adam,
     optimize_lbfgs,
     trial_inputs,
@@ -118,56 +119,142 @@ class GradientMatchingAttack:
     ) -> Reconstruction:
         """Attack `update`, seeing only it, the server's `model` and the granted `knowledge`."""
         cfg = self.config
+        strategy, fixed_labels = self._labels_for(update, model, knowledge)
+        problem = self._problem(update, model, knowledge)
+        k = cfg.restarts
+        # Before allocating anything per trial: Adam stacks all K trials, L-BFGS runs one.
+        self._check_memory(problem, knowledge, fixed_labels, 1 if cfg.optimizer == "lbfgs" else k)
+        images, labels = self._start(knowledge, fixed_labels, seed)
+        log_every = self._log_every()
+
+        start = time.perf_counter()
+        result = self._optimize(problem, images, labels, knowledge, log_every, observer, progress)
+        seconds = time.perf_counter() - start
+        return self._reconstruction(result, range(k), strategy, problem, seconds, result.history)
+
+    def reconstruct_many(
+        self,
+        updates: Sequence[SharedUpdate],
+        model: nn.Module,
+        knowledge: Knowledge,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> list[Reconstruction]:
+        """Attack several clients' updates (one model, one threat model) at once.
+
+        With Adam, the len(updates) × restarts trials run as one stacked computation, each
+        trial matching its own update; update i gets what `reconstruct(updates[i], seed=seed)`
+        gives, up to float rounding. L-BFGS attacks the updates one after another.
+        `seconds` of each result is the whole batch's time; the history stays empty (the
+        observer hook needs one ground truth).
+        """
+        cfg = self.config
+        if not updates:
+            return []
+        if cfg.optimizer == "lbfgs":
+            return [
+                self.reconstruct(u, model, knowledge, seed=seed, progress=progress) for u in updates
+            ]
+        recovered = [self._labels_for(u, model, knowledge) for u in updates]
+        strategy = recovered[0][0]
+        problem = self._problem(updates[0], model, knowledge)
+        n, k = len(updates), cfg.restarts
+        self._check_memory(problem, knowledge, recovered[0][1], n * k)
+        starts = [self._start(knowledge, fixed, seed) for _, fixed in recovered]
+        images = torch.cat([images for images, _ in starts])
+        if recovered[0][1] is None:  # soft labels, optimised: K×B×classes per update
+            labels = torch.cat([labels for _, labels in starts])
+        else:  # one integer label row per trial
+            labels = torch.cat([labels.expand(k, -1) for _, labels in starts])
+        targets = {
+            name: torch.stack([u.tensors[name] for u in updates]).repeat_interleave(k, dim=0)
+            for name in problem.names
+        }
+        start = time.perf_counter()
+        result = self._optimize(
+            problem, images, labels, knowledge, self._log_every(), None, progress, targets
+        )
+        seconds = time.perf_counter() - start
+        return [
+            self._reconstruction(result, range(i * k, (i + 1) * k), strategy, problem, seconds, [])
+            for i in range(n)
+        ]
+
+    def _labels_for(
+        self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
+    ) -> tuple[LabelStrategy, torch.Tensor | None]:
+        """Check the update and get its labels (None: the attack optimises them)."""
         if update.kind is not UpdateKind.GRADIENT:
             raise GradleakError(
                 f"attack '{self.name}' matches gradients but the update is a {update.kind.value}"
             )
         update.validate_for(model)
-        strategy = resolve_label_strategy(cfg.label_strategy, knowledge)
+        strategy = resolve_label_strategy(self.config.label_strategy, knowledge)
         knowledge.require(strategy.requires, f"label strategy '{strategy.name}'")
         fixed_labels = strategy.recover(update, model, knowledge)
         if fixed_labels is not None:
             _check_labels(fixed_labels, knowledge)
+            fixed_labels = fixed_labels.long()
+        return strategy, fixed_labels
 
-        problem = MatchingProblem(
+    def _problem(
+        self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
+    ) -> MatchingProblem:
+        return MatchingProblem(
             attacker_model(model, knowledge.model_mode),
             update.tensors,
-            get_objective(cfg.objective),
-            cfg.tv_for(knowledge.data_shape),
+            get_objective(self.config.objective),
+            self.config.tv_for(knowledge.data_shape),
         )
-        k, b = cfg.restarts, knowledge.batch_size
-        # Before allocating anything per trial: Adam stacks all K trials, L-BFGS runs one.
-        self._check_memory(problem, knowledge, fixed_labels, 1 if cfg.optimizer == "lbfgs" else k)
+
+    def _start(
+        self, knowledge: Knowledge, fixed_labels: torch.Tensor | None, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial images (K×B×C×H×W) and labels (B integers, or K×B×classes soft)."""
+        k, b = self.config.restarts, knowledge.batch_size
         generator = torch.Generator().manual_seed(seed)
-        images = _initial_images(cfg.init, (k, b, *knowledge.data_shape), generator)
-        if fixed_labels is None:
-            labels = torch.randn(k, b, knowledge.num_classes, generator=generator)
-        else:
-            labels = fixed_labels.long()
-        log_every = cfg.log_every or max(1, cfg.iterations // 100)
+        images = _initial_images(self.config.init, (k, b, *knowledge.data_shape), generator)
+        if fixed_labels is not None:
+            return images, fixed_labels
+        return images, torch.randn(k, b, knowledge.num_classes, generator=generator)
 
-        start = time.perf_counter()
-        result = self._optimize(problem, images, labels, knowledge, log_every, observer, progress)
-        seconds = time.perf_counter() - start
+    def _log_every(self) -> int:
+        return self.config.log_every or max(1, self.config.iterations // 100)
 
-        best = result.best
+    def _reconstruction(
+        self,
+        result: TrialsResult,
+        rows: range,
+        strategy: LabelStrategy,
+        problem: MatchingProblem,
+        seconds: float,
+        history: list[dict[str, float | int | None]],
+    ) -> Reconstruction:
+        """The best of the trials in `rows` as one update's reconstruction."""
+        losses = result.losses[rows.start : rows.stop]
+        best = best_trial(losses)
+        row = rows.start + best
+        steps = result.trial_iterations[rows.start : rows.stop] or [result.iterations]
         return Reconstruction(
-            images=result.images[best],
-            labels=result.labels[best],
-            loss=float(result.losses[best]),
-            iterations=result.iterations,
+            images=result.images[row],
+            labels=result.labels[row],
+            loss=float(losses[best]),
+            iterations=max(steps),
             seconds=seconds,
-            history=result.history,
-            trial_losses=[float(v) for v in result.losses],
+            history=history,
+            trial_losses=[float(v) for v in losses],
             best_trial=best,
-            loss_evaluations=result.loss_evaluations,
+            loss_evaluations=result.loss_evaluations
+            if len(rows) == len(result.losses)
+            else sum(steps) + len(rows),
             label_strategy=strategy.name,
             labels_recovered=strategy.recovers,
             interrupted=result.interrupted,
             stopped=result.stopped,
             compiled=result.compiled,
             compile_seconds=result.compile_seconds,
-            details={"tv_weight": problem.tv_weight, "log_every": log_every},
+            details={"tv_weight": problem.tv_weight, "log_every": self._log_every()},
         )
 
     @staticmethod
@@ -195,6 +282,7 @@ class GradientMatchingAttack:
         log_every: int,
         observer: Observer | None,
         progress: bool,
+        targets: Mapping[str, torch.Tensor] | None = None,
     ) -> TrialsResult:
         cfg = self.config
         if cfg.optimizer == "lbfgs":
@@ -228,6 +316,7 @@ class GradientMatchingAttack:
             tolerance=cfg.tolerance,
             compile=cfg.compile,
             check_memory=False,  # checked before the trials were allocated
+            targets=targets,
         )
 
 
