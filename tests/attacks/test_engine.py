@@ -20,13 +20,6 @@ from gradleak.fl import FedSGDClient
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def lenet_case(one_thread: None) -> tuple[Case, dict[str, torch.Tensor]]:
-    case = build_case(RunConfig(model="lenet", indices=(0,), progress=False))
-    update = FedSGDClient(case.model).compute_update(case.batch)
-    return case, dict(update.tensors)
-
-
 def _problem(case: Case, target: Mapping[str, torch.Tensor], objective: str) -> MatchingProblem:
     tv = 1e-4 if objective == "cosine" else 0.0
     return MatchingProblem(

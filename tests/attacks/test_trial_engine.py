@@ -29,13 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def lenet_case(one_thread: None) -> tuple[Case, dict[str, torch.Tensor]]:
-    case = build_case(RunConfig(model="lenet", indices=(0,), progress=False))
-    update = FedSGDClient(case.model).compute_update(case.batch)
-    return case, dict(update.tensors)
-
-
-@pytest.fixture(scope="module")
 def three_images(one_thread: None) -> tuple[Case, list[dict[str, torch.Tensor]]]:
     """Three private images and the true gradient each one alone shares."""
     case = build_case(RunConfig(model="lenet", indices=(0, 1, 2), batch_size=3, progress=False))

@@ -66,14 +66,27 @@ class MatchingProblem:
         if not all(p.requires_grad for p in self._leaves):
             raise ValueError("the attacker's model must keep requires_grad on its parameters")
 
+    def client_loss(
+        self, params: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss the client differentiates, as a function of the parameters (pure)."""
+        logits = functional_call(self.model, (dict(params), self.buffers), (images,))
+        return label_loss(logits, labels)
+
     def candidate_gradient(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        def client_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            logits = functional_call(self.model, (params, self.buffers), (images,))
-            return label_loss(logits, labels)
+        return grad(self.client_loss)(self.params, images, labels)
 
-        return grad(client_loss)(self.params)
+    def match(
+        self,
+        candidate: Mapping[str, torch.Tensor],
+        images: torch.Tensor,
+        target: Mapping[str, torch.Tensor],
+        tv_weight: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """The matching loss given the candidate's gradient (pure)."""
+        return self.objective(candidate, target) + tv_weight * total_variation(images)
 
     def loss(
         self,
@@ -85,8 +98,7 @@ class MatchingProblem:
         """The matching loss of one trial (pure: safe under vmap, grad and compile)."""
         target = self.target if target is None else target
         tv_weight = self.tv_weight if tv_weight is None else tv_weight
-        value = self.objective(self.candidate_gradient(images, labels), target)
-        return value + tv_weight * total_variation(images)
+        return self.match(self.candidate_gradient(images, labels), images, target, tv_weight)
 
     def value_and_grad(
         self,

@@ -2,7 +2,8 @@
 
 Three ways to compute the same numbers:
 - one trial, eager: autograd with `create_graph` (the cheapest single double backward);
-- several trials, eager: `vmap` of the functional loss, one batched computation;
+- several trials, eager: one batched computation, `vmap` of the functional parameter
+  gradient under autograd for the derivative with respect to the images;
 - `compile=True`: `torch.compile` of the functional (and, for K > 1, vmapped) step.
   Autograd's `create_graph` cannot be compiled; the functional form can. When compiling
   fails the step says so in one line and runs eagerly.
@@ -16,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-from torch.func import grad_and_value, vmap
+from torch.func import grad, grad_and_value, vmap
 
 from gradleak.attacks.matching import MatchingProblem
 
@@ -100,7 +101,27 @@ class TrialStep:
         return fn
 
     def _batched(self, images: torch.Tensor, inputs: TrialInputs) -> StepOutput:
-        return self._run_functional(self._functional_for(inputs, True), images, inputs, True)
+        """vmap for the per-trial parameter gradients, autograd for the rest.
+
+        Nesting the outer derivative inside vmap as well (vmap of grad of grad) gives the
+        same numbers but costs about a third more per step on the CPU: every operation
+        then passes three functorch levels instead of two.
+        """
+        problem = self.problem
+        labels_axis = 0 if inputs.labels_per_trial else None
+        target_axis = 0 if inputs.target_per_trial else None
+        images = images.detach().requires_grad_(True)
+        labels = inputs.labels.detach().requires_grad_(inputs.soft)
+        with torch.enable_grad():
+            candidates = vmap(grad(problem.client_loss), in_dims=(None, 0, labels_axis))(
+                problem.params, images, labels
+            )
+            values = vmap(problem.match, in_dims=(0, 0, target_axis, 0))(
+                candidates, images, inputs.target, inputs.tv_weight
+            )
+            wrt = [images, labels] if inputs.soft else [images]
+            grads = torch.autograd.grad(values.sum(), wrt)
+        return grads[0], grads[1] if inputs.soft else None, values.detach()
 
     def _functional_for(self, inputs: TrialInputs, batched: bool) -> Callable:
         return self._functional(

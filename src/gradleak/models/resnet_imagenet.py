@@ -7,7 +7,7 @@ from torch import nn
 
 from gradleak.errors import GradleakError
 from gradleak.models._checks import common_args
-from gradleak.models.resnet import BasicBlock
+from gradleak.models.resnet import BasicBlock, init_resnet_weights
 
 _STEM_WIDTH = 64
 _STAGE_WIDTHS = (64, 128, 256, 512)
@@ -61,16 +61,7 @@ class ResNet18(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # torchvision's scheme; the Linear keeps PyTorch's default init, as there.
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_resnet_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.maxpool(self.relu(self.bn1(self.conv1(x))))

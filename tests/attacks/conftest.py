@@ -1,0 +1,17 @@
+"""Fixtures shared by the attack tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradleak.experiments import RunConfig, build_case
+from gradleak.experiments.case import Case
+from gradleak.fl import FedSGDClient
+
+
+@pytest.fixture(scope="module")
+def lenet_case(one_thread: None) -> tuple[Case, dict[str, torch.Tensor]]:
+    case = build_case(RunConfig(model="lenet", indices=(0,), progress=False))
+    update = FedSGDClient(case.model).compute_update(case.batch)
+    return case, dict(update.tensors)
