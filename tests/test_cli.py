@@ -251,8 +251,8 @@ def test_keyboard_interrupt_writes_partial_results(
     real_observer = run_module.psnr_observer
     seen: list[int] = []
 
-    def interrupting_observer(case, stop_at=None):  # type: ignore[no-untyped-def]
-        observe = real_observer(case, stop_at)
+    def interrupting_observer(case, stop_at=None, **kwargs):  # type: ignore[no-untyped-def]
+        observe = real_observer(case, stop_at, **kwargs)
         fired = False
 
         def wrapped(iteration, losses, images):  # type: ignore[no-untyped-def]

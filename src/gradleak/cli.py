@@ -11,7 +11,12 @@ from typing import Any
 from gradleak import __version__
 from gradleak.attacks.registry import ATTACKS
 from gradleak.errors import GradleakError
-from gradleak.experiments.config import DATASET_CHOICES, MODEL_MODES, load_run_config
+from gradleak.experiments.config import (
+    DATASET_CHOICES,
+    MODEL_MODES,
+    PROTOCOLS,
+    load_run_config,
+)
 from gradleak.models import available_models
 
 EXIT_USAGE = 2
@@ -34,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gradleak {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_attack(commands)
+    _add_sweep(commands)
+    _add_report(commands)
+    _add_bench(commands)
     listing = commands.add_parser("list", help="list attacks, models and datasets")
     listing.set_defaults(handler=_list)
     return parser
@@ -117,8 +125,77 @@ def _add_attack(commands: argparse._SubParsersAction) -> None:
         help="evaluation side: stop once the reconstruction reaches this PSNR (measures "
         "time to quality; the attacker never sees the truth)",
     )
+    p.add_argument(
+        "--defense",
+        dest="defenses",
+        action="append",
+        metavar="SPEC",
+        help="client-side defense, repeatable, applied in order (e.g. prune:0.3, "
+        "noise:gaussian:1e-3)",
+    )
+    p.add_argument("--protocol", choices=PROTOCOLS, help="what the client shares (fedsgd)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(handler=_attack)
+
+
+def _add_execution_flags(p: argparse.ArgumentParser) -> None:
+    """Where sweep cells run: --workers, --backend, --address, --threads, --no-progress."""
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local processes, or Ray tasks (needs gradleak[ray])",
+    )
+    p.add_argument(
+        "--address", metavar="ADDR", help="Ray cluster address (default: start Ray locally)"
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="torch threads per cell (default: cores/workers)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_sweep(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "sweep",
+        help="run attacks × models × defenses × protocols × images × seeds, resumably",
+        description="Run every cell of a sweep spec (YAML) into its own run directory; "
+        "finished cells are skipped on a re-run. Writes results.csv, summary.csv and "
+        "summary.md (and results.parquet with pyarrow).",
+    )
+    p.add_argument("spec", type=Path, metavar="SPEC.yaml")
+    p.add_argument("--out", type=Path, metavar="DIR", help="sweep directory (default sweeps/NAME)")
+    _add_execution_flags(p)
+    p.set_defaults(handler=_sweep)
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "report",
+        help="write report.html for a run or a sweep directory",
+        description="Write a self-contained report.html: for a run, the reconstruction, "
+        "snapshots over iterations, curves, metrics, threat model and configuration; for a "
+        "sweep, the summary tables, a plot per swept axis and the best and worst cells.",
+    )
+    p.add_argument("path", type=Path, metavar="DIR")
+    p.set_defaults(handler=_report)
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="run a named study that reproduces a published setting ('bench list')",
+        description="Run a named study (a packaged sweep spec) at a chosen budget; its "
+        "tables go to the output folder. 'gradleak bench list' names them.",
+    )
+    p.add_argument("name", metavar="NAME", help="a study name, or 'list'")
+    p.add_argument("--count", type=int, metavar="N", help="number of images (from the first)")
+    p.add_argument("--iterations", type=int, metavar="N", help="attack iterations per image")
+    p.add_argument("--data-root", type=Path, metavar="DIR", help="folder with the dataset files")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default bench/NAME)")
+    _add_execution_flags(p)
+    p.set_defaults(handler=_bench)
 
 
 _RUN_FLAGS = [
@@ -139,6 +216,7 @@ _RUN_FLAGS = [
     "model_mode",
     "labels_known",
     "stop_psnr",
+    "protocol",
 ]
 _ATTACK_FLAGS = ("iterations", "restarts", "lr", "tv_weight", "label_strategy", "compile")
 
@@ -150,6 +228,8 @@ def _attack(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {k: getattr(args, k) for k in _RUN_FLAGS}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.defenses:
+        overrides["defenses"] = args.defenses
     options = {k: getattr(args, k) for k in _ATTACK_FLAGS if getattr(args, k) is not None}
     overrides["attack_options"] = options
     if args.no_progress:
@@ -174,6 +254,79 @@ def _attack(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(f"outputs written to {result.out_dir}")
     return 0
+
+
+def _backend(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from gradleak.experiments.sweep_backends import LocalBackend, RayBackend
+
+    if args.threads is not None and args.threads < 1:
+        raise GradleakError(f"--threads must be at least 1, got {args.threads}")
+    if args.backend == "ray":
+        return RayBackend(args.address, workers=args.workers)
+    if args.address is not None:
+        raise GradleakError("--address is for --backend ray; add --backend ray or drop it")
+    return LocalBackend(args.workers)
+
+
+def _run_study(spec, out: Path, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from gradleak.experiments.sweep import run_sweep
+
+    backend = _backend(args)
+    try:
+        result = run_sweep(
+            spec, out, backend=backend, progress=not args.no_progress, threads=args.threads
+        )
+    finally:
+        shutdown = getattr(backend, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+    if result.removed_partial:
+        print(
+            f"removed {result.removed_partial} half-written cell director(ies) left by an "
+            "earlier run; their cells run again"
+        )
+    print(
+        f"{result.cells} cells: {result.ran} run now, {result.skipped} already done; "
+        f"tables in {out}/summary.md, results.csv"
+    )
+    print((out / "summary.md").read_text(), end="")
+    if result.interrupted:
+        done = result.ran + result.skipped
+        print(
+            f"interrupted: {done} of {result.cells} cells done; run the same command again "
+            "to finish",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from gradleak.experiments.sweep_spec import read_spec
+
+    spec = read_spec(args.spec)
+    return _run_study(spec, args.out or Path("sweeps") / spec.name, args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from gradleak.report.html import write_report
+
+    path = write_report(args.path)
+    print(f"report written to {path}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from gradleak.experiments.benches import BENCHES, load_bench
+
+    if args.name == "list":
+        for name, (_, text) in BENCHES.items():
+            print(f"  {name:30} {text}")
+        return 0
+    spec = load_bench(
+        args.name, count=args.count, iterations=args.iterations, data_root=args.data_root
+    )
+    return _run_study(spec, args.out or Path("bench") / args.name, args)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 from gradleak.config import read_mapping, replace_checked
 from gradleak.errors import GradleakError
 
+PROTOCOLS = ("fedsgd",)
 DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "folder")
 MODEL_MODES = ("train", "eval")
 SPLITS = ("test", "train")
@@ -41,6 +42,12 @@ class RunConfig:
     # Evaluation side: end the attack once the reconstruction reaches this PSNR (dB).
     # It reads the ground truth, so it measures time-to-quality; it is not attacker knowledge.
     stop_psnr: float | None = None
+    protocol: str = "fedsgd"
+    # Client-side defenses, applied in order to the update (e.g. "prune:0.3").
+    defenses: tuple[str, ...] = ()
+    # Iterations at which the evaluation side keeps a picture of the reconstruction
+    # (None: about six, spread over the run).
+    snapshots: tuple[int, ...] | None = None
 
     def validate(self) -> RunConfig:
         if self.dataset not in DATASET_CHOICES:
@@ -53,6 +60,10 @@ class RunConfig:
             )
         if not 0 <= self.seed < 2**63:
             raise GradleakError(f"seed must be in 0..2**63-1, got {self.seed}")
+        if self.protocol not in PROTOCOLS:
+            raise GradleakError(f"protocol {self.protocol!r} is not one of: {', '.join(PROTOCOLS)}")
+        if self.snapshots is not None and any(i < 0 for i in self.snapshots):
+            raise GradleakError(f"snapshot iterations must be >= 0, got {list(self.snapshots)}")
         if self.split not in SPLITS:
             raise GradleakError(f"split {self.split!r} is not one of: {', '.join(SPLITS)}")
         if self.data_root is None and self.dataset == "cifar10" and self.split != "test":

@@ -16,19 +16,31 @@ from gradleak import attacks
 from gradleak.attacks.optimize import Observer, StopAttack, best_trial
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.config import to_plain
+from gradleak.defenses import apply_defenses, parse_defenses
 from gradleak.errors import GradleakError
 from gradleak.experiments.case import Case, build_case
 from gradleak.experiments.config import RunConfig
+from gradleak.experiments.snapshots import SnapshotRecorder, default_snapshot_iterations
 from gradleak.fl.client import FedSGDClient
 from gradleak.fl.update import SharedUpdate
-from gradleak.metrics import CONVENTION, Evaluation, evaluate_images, match_reconstructions, psnr
+from gradleak.metrics import (
+    CONVENTION,
+    Evaluation,
+    evaluate_images,
+    match_reconstructions,
+    mse,
+    psnr,
+)
 from gradleak.report import save_comparison_grid, save_image_strip, write_history_csv
 
 
-def psnr_observer(case: Case, stop_at: float | None = None) -> Observer:
-    """Evaluation-side callback: PSNR of the currently best trial against the ground truth.
+def psnr_observer(
+    case: Case, stop_at: float | None = None, recorder: SnapshotRecorder | None = None
+) -> Observer:
+    """Evaluation-side callback: PSNR and MSE of the currently best trial against the truth.
 
-    With `stop_at`, the first time the PSNR reaches it the attack is stopped (once).
+    With `stop_at`, the first time the PSNR reaches it the attack is stopped (once); with a
+    `recorder`, pictures of the reconstruction are kept at the recorder's iterations.
     """
     truth01 = case.to_pixels(case.batch.images)
     stopped = False
@@ -37,11 +49,14 @@ def psnr_observer(case: Case, stop_at: float | None = None) -> Observer:
         nonlocal stopped
         recon01 = case.to_pixels(images[best_trial(losses)])
         order = match_reconstructions(recon01, truth01)
+        if recorder is not None and recorder.wants(iteration):
+            recorder.observe(iteration, recon01[order])
         value = float(psnr(recon01[order], truth01).mean())
+        error = float(mse(recon01[order], truth01).mean())
         if stop_at is not None and value >= stop_at and not stopped:
             stopped = True
             raise StopAttack(f"PSNR {value:.2f} dB reached {stop_at} dB")
-        return {"psnr": value}
+        return {"psnr": value, "mse": error}
 
     return observe
 
@@ -55,9 +70,10 @@ class AttackOutcome:
     update: SharedUpdate
     reconstruction: Reconstruction
     evaluation: Evaluation
+    snapshots: SnapshotRecorder | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunResult(AttackOutcome):
     """An attacked case plus the metrics written and where they went."""
 
@@ -70,12 +86,17 @@ def attack_case(config: RunConfig) -> AttackOutcome:
     case = build_case(config)
     attack = attacks.get(config.attack).with_options(config.attack_options)
     update = FedSGDClient(case.model, model_mode=config.model_mode).compute_update(case.batch)
+    iterations = config.snapshots or default_snapshot_iterations(attack.config.iterations)
+    recorder = SnapshotRecorder(iterations)
+    defenses = parse_defenses(config.defenses)
+    if defenses:  # the client defends its update before sharing it
+        update = apply_defenses(update, defenses, torch.Generator().manual_seed(config.seed))
     reconstruction = attack.reconstruct(
         update,
         case.model,
         case.knowledge,
         seed=config.seed,
-        observer=psnr_observer(case, config.stop_psnr),
+        observer=psnr_observer(case, config.stop_psnr, recorder=recorder),
         progress=config.progress,
     )
     # Labels handed over by the threat model are not scored as a recovery.
@@ -85,7 +106,9 @@ def attack_case(config: RunConfig) -> AttackOutcome:
         reconstruction.labels if reconstruction.labels_recovered else None,
         case.batch.labels,
     )
-    return AttackOutcome(case, attack, update, reconstruction, evaluation)
+    final01 = case.to_pixels(reconstruction.images)[evaluation.matching]
+    recorder.observe_final(reconstruction.iterations, final01)
+    return AttackOutcome(case, attack, update, reconstruction, evaluation, recorder)
 
 
 def run_attack(config: RunConfig) -> RunResult:
@@ -96,6 +119,8 @@ def run_attack(config: RunConfig) -> RunResult:
     metrics = _metrics(config, case, outcome.attack, rec, evaluation)
     try:
         write_outputs(out_dir, config, outcome.attack.config, case, rec, evaluation, metrics)
+        if outcome.snapshots is not None:
+            outcome.snapshots.save(out_dir)
     except OSError as exc:
         raise GradleakError(f"cannot write the run directory {out_dir}: {exc}") from exc
     return RunResult(**vars(outcome), metrics=metrics, out_dir=out_dir)
@@ -138,6 +163,8 @@ def _metrics(
         "dataset": config.dataset,
         "source": case.source,
         "batch_size": config.batch_size,
+        "protocol": config.protocol,
+        "defenses": list(config.defenses),
         "seed": config.seed,
         "psnr": ev["psnr"],
         "ssim": ev["ssim"],

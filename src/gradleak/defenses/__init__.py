@@ -1,0 +1,25 @@
+"""Client-side defenses applied to an update before it is shared, and their composition."""
+
+from gradleak.defenses.base import Defense
+from gradleak.defenses.noise import AdditiveNoise, NoiseKind
+from gradleak.defenses.pruning import PruneScope, Pruning
+from gradleak.defenses.registry import (
+    DEFENSES,
+    apply_defenses,
+    available_defenses,
+    parse_defense,
+    parse_defenses,
+)
+
+__all__ = [
+    "DEFENSES",
+    "AdditiveNoise",
+    "Defense",
+    "NoiseKind",
+    "PruneScope",
+    "Pruning",
+    "apply_defenses",
+    "available_defenses",
+    "parse_defense",
+    "parse_defenses",
+]

@@ -1,0 +1,78 @@
+"""Defenses by name, parsed from their CLI spelling `NAME[:ARG[:ARG]]`, and composed.
+
+A new defense is one module (a class with `spec` and `apply`, and a `parse(args)`) plus
+one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from gradleak.defenses import noise, pruning
+from gradleak.defenses.base import Defense
+from gradleak.errors import GradleakError
+from gradleak.fl.update import SharedUpdate
+
+NONE = "none"
+
+
+class DefenseEntry(NamedTuple):
+    parse: Callable[[list[str]], Defense]  # the arguments after the name, split on ':'
+    help: str  # one line
+    usage: str  # how to spell it, for help text and errors
+
+
+DEFENSES: dict[str, DefenseEntry] = {
+    noise.NAME: DefenseEntry(noise.parse, noise.HELP, noise.USAGE),
+    pruning.NAME: DefenseEntry(pruning.parse, pruning.HELP, pruning.USAGE),
+}
+
+
+def available_defenses() -> list[str]:
+    """One spelling hint per defense, `none` first, for help text."""
+    return [f"{NONE} (no defense)", *(entry.usage for entry in DEFENSES.values())]
+
+
+def parse_defense(spec: str) -> Defense:
+    """The defense spelled `spec`, e.g. `noise:gaussian:1e-3` or `prune:0.3:global`."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise GradleakError(
+            f"a defense must be spelled NAME[:ARGS] with NAME one of: {', '.join(DEFENSES)}, "
+            f"got {spec!r}"
+        )
+    name, *args = (part.strip() for part in spec.strip().split(":"))
+    try:
+        entry = DEFENSES[name.lower()]
+    except KeyError:
+        raise GradleakError(
+            f"unknown defense {name!r} in {spec!r}; choose one of: {', '.join(DEFENSES)}"
+            f" (or {NONE!r} alone)"
+        ) from None
+    return entry.parse(args)
+
+
+def parse_defenses(specs: Iterable[str] | str | None) -> list[Defense]:
+    """The defenses spelled `specs`, in order; `none`, an empty list or None give none."""
+    if specs is None:
+        return []
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if [s.strip().lower() for s in specs] == [NONE]:
+        return []
+    if any(s.strip().lower() == NONE for s in specs):
+        raise GradleakError(
+            f"defense {NONE!r} cannot be combined with other defenses, got {specs}; "
+            f"give {NONE!r} alone or drop it"
+        )
+    return [parse_defense(spec) for spec in specs]
+
+
+def apply_defenses(
+    update: SharedUpdate, defenses: Sequence[Defense], generator: torch.Generator
+) -> SharedUpdate:
+    """Apply `defenses` to `update` in the given order; the input update is left as it was."""
+    for defense in defenses:
+        update = defense.apply(update, generator)
+    return update

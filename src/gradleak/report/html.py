@@ -1,0 +1,594 @@
+"""Self-contained HTML reports of a run directory or a sweep directory.
+
+Every picture is embedded as a base64 data: URI and the CSS is inline, so a report is one
+file that can be mailed or archived on its own. The pages read only what the run or sweep
+wrote to disk (metrics.json, history.csv, grid.png, snapshots.json, config.yaml; spec.yaml,
+results.csv, summary.csv), so a report can be rebuilt at any time.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from gradleak import __version__
+from gradleak.errors import GradleakError
+from gradleak.metrics import CONVENTION
+from gradleak.report.plots import (
+    DPI,
+    axis_plot_png,
+    has_column,
+    loss_curve_png,
+    mean_std,
+    number,
+    quality_curves_png,
+)
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+REPORT_FILE = "report.html"
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+SWEEP_AXES = ("attack", "model", "defense", "protocol", "image", "seed")
+SUMMARY_KEYS = ("attack", "model", "defense", "protocol")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MIN_ROW_HEIGHT_PX = 128  # small pictures are shown enlarged (pixelated) to this row height
+CSS_DPI = 96
+EXTREME_CELLS = 3  # best and worst reconstructions shown in a sweep report
+
+NA = "n/a"
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def _missing_text(text: str) -> bool:
+    """An empty CSV cell or a written-out None/NaN ('none' stays: it names e.g. a defense)."""
+    text = text.strip()
+    return text in ("", "None", "null") or text.lower() == "nan"
+
+
+def fmt(value: object, spec: str = "") -> str:
+    """A value for display: None, empty cells and NaN are 'n/a'; numbers use `spec`."""
+    if value is None or (isinstance(value, str) and _missing_text(value)):
+        return NA
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str):
+        as_float = number(value)
+        if not spec or math.isnan(as_float):
+            return value
+        value = as_float
+    if isinstance(value, int | float):
+        if isinstance(value, float) and math.isnan(value):
+            return NA
+        if isinstance(value, float) and math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        if spec:
+            if spec == "d":
+                return str(int(value)) if float(value).is_integer() else f"{value:g}"
+            return format(value, spec)
+        return str(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt(v, spec) for v in value) if value else "none"
+    return str(value)
+
+
+def _with_unit(value: object, spec: str, unit: str) -> str:
+    text = fmt(value, spec)
+    return text if text == NA else f"{text} {unit}"
+
+
+_METRIC_SPECS = {
+    "psnr": ".2f",
+    "ssim": ".4f",
+    "mse": ".3g",
+    "label_accuracy": ".2f",
+    "success_rate": ".2f",
+    "seconds": ".2f",
+    "iterations": "d",
+    "cells": "d",
+    "seed": "d",
+}
+
+
+def _column_spec(column: str) -> str:
+    """Number format for a results/summary column: psnr_mean like psnr, and so on."""
+    for suffix in ("_mean", "_std"):
+        if column.endswith(suffix):
+            column = column[: -len(suffix)]
+    return _METRIC_SPECS.get(column, "")
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GradleakError(f"cannot read {path}: {exc}") from exc
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise GradleakError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GradleakError(f"{path} is not valid YAML: {first_line}") from exc
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts of strings ('' for missing); a missing file is no rows."""
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return [
+                {key: "" if value is None else value for key, value in row.items() if key}
+                for row in csv.DictReader(handle)
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise GradleakError(f"cannot read {path} as CSV: {exc}") from exc
+
+
+def _png_bytes(path: Path) -> bytes | None:
+    """The file's bytes if it is a readable PNG, else None."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if data.startswith(PNG_SIGNATURE) else None
+
+
+def _picture(data: bytes, rows: int = 1, pixelated: bool = True) -> dict[str, object]:
+    """An embeddable picture: data URI plus display size (small images enlarged)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError):
+        width = height = 0
+    if pixelated:  # small pictures enlarged by whole factors, to keep the pixels square
+        scale = max(1, math.ceil(MIN_ROW_HEIGHT_PX * rows / height)) if height else 1
+    else:  # plots: rendered at DPI, shown at CSS pixel density
+        scale = CSS_DPI / DPI
+    return {
+        "uri": "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
+        "width": round(width * scale) or None,
+        "height": round(height * scale) or None,
+        "pixelated": pixelated,
+    }
+
+
+def _picture_file(path: Path, rows: int = 1) -> dict[str, object] | None:
+    data = _png_bytes(path)
+    return None if data is None else _picture(data, rows=rows)
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Environment:
+    try:  # imported here: only writing a report needs jinja2
+        from jinja2 import Environment, FileSystemLoader, StrictUndefined
+    except ImportError as exc:
+        raise GradleakError(
+            "writing HTML reports needs jinja2; install it with: pip install jinja2"
+        ) from exc
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["fmt"] = fmt
+    return env
+
+
+def _render(template: str, out: Path, **context: object) -> Path:
+    html = _environment().get_template(template).render(version=__version__, **context)
+    try:
+        out.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        raise GradleakError(f"cannot write the report {out}: {exc}") from exc
+    return out
+
+
+# ---------------------------------------------------------------------------- run report
+
+
+def _run_metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    threat = metrics.get("threat_model") or {}
+    labels_known = isinstance(threat, Mapping) and bool(threat.get("labels_known"))
+    accuracy = fmt(metrics.get("label_accuracy"), ".2f")
+    if accuracy == NA and labels_known:
+        accuracy = "n/a (labels given by the threat model, not scored)"
+    rows = [
+        ("PSNR", _with_unit(metrics.get("psnr"), ".2f", "dB")),
+        ("SSIM", fmt(metrics.get("ssim"), ".4f")),
+        ("MSE", fmt(metrics.get("mse"), ".3g")),
+        ("label accuracy", accuracy),
+        ("label strategy", fmt(metrics.get("label_strategy"))),
+        ("recovered labels", fmt(metrics.get("recovered_labels"))),
+        ("true labels", fmt(metrics.get("true_labels"))),
+        ("matching (reconstruction per truth image)", fmt(metrics.get("matching"))),
+        ("iterations", fmt(metrics.get("iterations"), "d")),
+        ("loss evaluations", fmt(metrics.get("loss_evaluations"), "d")),
+        ("seconds", _with_unit(metrics.get("seconds"), ".2f", "s")),
+    ]
+    if metrics.get("compiled"):
+        rows.append(("compile seconds", _with_unit(metrics.get("compile_seconds"), ".1f", "s")))
+    rows += [
+        ("compiled (torch.compile)", fmt(bool(metrics.get("compiled")))),
+        ("restarts requested", fmt(metrics.get("restarts"), "d")),
+        ("trials run", fmt(metrics.get("trials_run"), "d")),
+        ("best trial", fmt(metrics.get("best_trial"), "d")),
+        ("final matching loss", fmt(metrics.get("matching_loss"), ".4g")),
+    ]
+    trial_losses = metrics.get("trial_losses")
+    if isinstance(trial_losses, list) and len(trial_losses) > 1:
+        rows.append(("matching loss per trial", fmt(trial_losses, ".4g")))
+    stopped = metrics.get("stopped_at_psnr")
+    rows.append(
+        (
+            "stopped early",
+            NA
+            if "stopped_at_psnr" not in metrics
+            else (f"yes, PSNR reached {fmt(stopped, 'g')} dB" if stopped is not None else "no"),
+        )
+    )
+    interrupted = metrics.get("interrupted")
+    rows.append(
+        (
+            "interrupted",
+            "yes (Ctrl-C: the result so far)" if interrupted else fmt(interrupted),
+        )
+    )
+    rows += [
+        ("batch size", fmt(metrics.get("batch_size"), "d")),
+        ("seed", fmt(metrics.get("seed"), "d")),
+    ]
+    if "protocol" in metrics:
+        rows.append(("protocol", fmt(metrics.get("protocol"))))
+    if "defenses" in metrics:
+        rows.append(("client defenses", fmt(metrics.get("defenses"))))
+    return rows
+
+
+_THREAT_LABELS = {
+    "data_shape": "data shape (C×H×W)",
+    "num_classes": "number of classes",
+    "batch_size": "batch size",
+    "mean": "normalisation mean",
+    "std": "normalisation std",
+    "model_mode": "client's model mode (batch norm)",
+    "labels_known": "labels known to the attacker",
+    "dataset": "dataset",
+}
+
+
+def _threat_rows(threat: object) -> list[tuple[str, str]]:
+    if not isinstance(threat, Mapping):
+        return []
+    rows = []
+    for key, value in threat.items():
+        if key == "data_shape" and isinstance(value, list):
+            text = "×".join(str(v) for v in value)
+        else:
+            text = fmt(value, "g" if key in ("mean", "std") else "")
+        rows.append((_THREAT_LABELS.get(key, key.replace("_", " ")), text))
+    return rows
+
+
+def _per_image_rows(per_image: object) -> list[dict[str, str]]:
+    if not isinstance(per_image, list):
+        return []
+    return [
+        {
+            "index": fmt(item.get("index"), "d"),
+            "matched": fmt(item.get("matched_reconstruction"), "d"),
+            "psnr": fmt(item.get("psnr"), ".2f"),
+            "ssim": fmt(item.get("ssim"), ".4f"),
+            "mse": fmt(item.get("mse"), ".3g"),
+        }
+        for item in per_image
+        if isinstance(item, Mapping)
+    ]
+
+
+def _snapshots(run_dir: Path, final_iteration: object) -> tuple[list[dict[str, object]], str]:
+    index_path = run_dir / "snapshots.json"
+    if not index_path.is_file():
+        return [], "No snapshots were recorded for this run."
+    index = _read_json(index_path)
+    if not isinstance(index, list):
+        raise GradleakError(f"{index_path} must hold a list of {{iteration, file}} entries")
+    snapshots, missing = [], 0
+    for entry in sorted(
+        (e for e in index if isinstance(e, Mapping)), key=lambda e: number(e.get("iteration"))
+    ):
+        picture = _picture_file(run_dir / str(entry.get("file", "")))
+        if picture is None:
+            missing += 1
+            continue
+        iteration = fmt(entry.get("iteration"), "d")
+        final = number(entry.get("iteration")) == number(final_iteration)
+        snapshots.append({"iteration": iteration, "final": final, **picture})
+    note = ""
+    if missing:
+        note = f"{missing} snapshot file(s) listed in snapshots.json are missing or not PNGs."
+    if not snapshots and not note:
+        note = "snapshots.json lists no snapshots."
+    return snapshots, note
+
+
+def _scenario(metrics: Mapping[str, Any]) -> str:
+    """'protocol fedsgd · defenses: noise' for runs that record them (newer runs), else ''."""
+    parts = []
+    if metrics.get("protocol"):
+        parts.append(f"protocol {fmt(metrics['protocol'])}")
+    if "defenses" in metrics:
+        parts.append(f"defenses: {fmt(metrics.get('defenses'))}")
+    return " · ".join(parts)
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """Write run_dir/report.html from the files a run wrote; return its path."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise GradleakError(f"{run_dir} is not a run directory: it has no metrics.json")
+    metrics = _read_json(metrics_path)
+    if not isinstance(metrics, Mapping):
+        raise GradleakError(f"{metrics_path} must hold a JSON object of metrics")
+
+    history = _read_csv(run_dir / "history.csv")
+    loss_plot = quality_plot = None
+    if has_column(history, "loss"):
+        loss_plot = _picture(loss_curve_png(history), pixelated=False)
+    if has_column(history, "psnr") or has_column(history, "mse"):
+        quality_plot = _picture(quality_curves_png(history), pixelated=False)
+
+    config_path = run_dir / "config.yaml"
+    config_text = _read_text(config_path) if config_path.is_file() else ""
+    snapshots, snapshot_note = _snapshots(run_dir, metrics.get("iterations"))
+    attack, model = fmt(metrics.get("attack")), fmt(metrics.get("model"))
+    headline = [
+        ("PSNR", _with_unit(metrics.get("psnr"), ".2f", "dB")),
+        ("SSIM", fmt(metrics.get("ssim"), ".4f")),
+        ("MSE", fmt(metrics.get("mse"), ".3g")),
+        ("label accuracy", fmt(metrics.get("label_accuracy"), ".2f")),
+        ("iterations", fmt(metrics.get("iterations"), "d")),
+        ("time", _with_unit(metrics.get("seconds"), ".1f", "s")),
+    ]
+    flags = []
+    if metrics.get("interrupted"):
+        flags.append("interrupted (Ctrl-C): these are the results so far")
+    if metrics.get("stopped_at_psnr") is not None:
+        flags.append(f"stopped early once PSNR reached {fmt(metrics['stopped_at_psnr'], 'g')} dB")
+    return _render(
+        "run.html.j2",
+        run_dir / REPORT_FILE,
+        title=f"{attack} on {model}",
+        source=fmt(metrics.get("source")),
+        dataset=fmt(metrics.get("dataset")),
+        scenario=_scenario(metrics),
+        run_name=run_dir.resolve().name,
+        headline=headline,
+        flags=flags,
+        grid=_picture_file(run_dir / "grid.png", rows=2),
+        snapshots=snapshots,
+        snapshot_note=snapshot_note,
+        loss_plot=loss_plot,
+        quality_plot=quality_plot,
+        history_rows=len(history),
+        metric_rows=_run_metric_rows(metrics),
+        per_image=_per_image_rows(metrics.get("per_image")),
+        threat_rows=_threat_rows(metrics.get("threat_model")),
+        config_text=config_text,
+        convention=str(metrics.get("convention") or CONVENTION),
+    )
+
+
+# ---------------------------------------------------------------------------- sweep report
+
+
+def _spec_axes(spec: Mapping[str, Any], results: Sequence[Mapping[str, str]]) -> dict[str, list]:
+    """Axis name -> values, from the spec; from the results' distinct values without one."""
+    axes = spec.get("axes")
+    if isinstance(axes, Mapping):
+        return {
+            str(name): list(values) if isinstance(values, list | tuple) else [values]
+            for name, values in axes.items()
+        }
+    derived: dict[str, list] = {}
+    for name in SWEEP_AXES:
+        seen: list[str] = []
+        for row in results:
+            if name in row and row[name] not in seen:
+                seen.append(row[name])
+        if seen:
+            derived[name] = seen
+    return derived
+
+
+def _summary_from_results(
+    results: Sequence[Mapping[str, str]], success_psnr: float
+) -> list[dict[str, object]]:
+    """The summary.csv columns computed here, for a sweep that has not written one yet."""
+    groups: dict[tuple[str, ...], list[Mapping[str, str]]] = {}
+    for row in results:
+        groups.setdefault(tuple(row.get(k, "") for k in SUMMARY_KEYS), []).append(row)
+    summary = []
+    for key, rows in groups.items():
+        out: dict[str, object] = dict(zip(SUMMARY_KEYS, key, strict=True))
+        out["cells"] = len(rows)
+        for metric in ("psnr", "ssim"):
+            values = [v for v in (number(r.get(metric)) for r in rows) if math.isfinite(v)]
+            out[f"{metric}_mean"], out[f"{metric}_std"] = mean_std(values)
+        accuracies = [
+            v for v in (number(r.get("label_accuracy")) for r in rows) if math.isfinite(v)
+        ]
+        out["label_accuracy_mean"] = sum(accuracies) / len(accuracies) if accuracies else math.nan
+        psnrs = [number(r.get("psnr")) for r in rows]
+        out["success_rate"] = (
+            sum(1 for v in psnrs if math.isfinite(v) and v >= success_psnr) / len(rows)
+            if math.isfinite(success_psnr)
+            else math.nan
+        )
+        summary.append(out)
+    return summary
+
+
+def _table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> dict[str, object]:
+    numeric = {c for c in columns if _column_spec(c) or c.endswith(("_mean", "_std"))}
+    return {
+        "columns": [
+            {"name": c, "label": c.replace("_", " "), "numeric": c in numeric} for c in columns
+        ],
+        "rows": [[fmt(row.get(c), _column_spec(c)) for c in columns] for row in rows],
+    }
+
+
+def _cell_card(sweep_dir: Path, row: Mapping[str, str], axes: Sequence[str]) -> dict[str, object]:
+    run_dir_text = (row.get("run_dir") or "").strip()
+    run_dir = sweep_dir / run_dir_text if run_dir_text else None
+    grid = _picture_file(run_dir / "grid.png", rows=2) if run_dir is not None else None
+    link = None
+    if run_dir is not None and (run_dir / REPORT_FILE).is_file():
+        link = f"{run_dir_text.rstrip('/')}/{REPORT_FILE}"
+    return {
+        "cell": fmt(row.get("cell")),
+        "psnr": _with_unit(row.get("psnr"), ".2f", "dB"),
+        "ssim": fmt(row.get("ssim"), ".4f"),
+        "details": [(axis, fmt(row.get(axis))) for axis in axes if axis in row],
+        "grid": grid,
+        "note": "" if grid is not None else f"no grid.png in {run_dir_text or 'the cell'}",
+        "link": link,
+    }
+
+
+def _extremes(results: Sequence[Mapping[str, str]]) -> tuple[list, list]:
+    """Best and worst cells by PSNR, disjoint: up to 3 each, fewer for small sweeps."""
+    ranked = sorted(
+        (r for r in results if math.isfinite(number(r.get("psnr")))),
+        key=lambda r: number(r.get("psnr")),
+        reverse=True,
+    )
+    n_worst = min(EXTREME_CELLS, len(ranked) // 2)
+    n_best = min(EXTREME_CELLS, len(ranked) - n_worst)
+    best = ranked[:n_best]
+    worst = list(reversed(ranked[len(ranked) - n_worst :])) if n_worst else []
+    return best, worst
+
+
+def write_sweep_report(sweep_dir: Path) -> Path:
+    """Write sweep_dir/report.html from spec.yaml, results.csv and summary.csv."""
+    sweep_dir = Path(sweep_dir)
+    spec_path, results_path = sweep_dir / "spec.yaml", sweep_dir / "results.csv"
+    if not spec_path.is_file() and not results_path.is_file():
+        raise GradleakError(
+            f"{sweep_dir} is not a sweep directory: it has no spec.yaml or results.csv"
+        )
+    spec: Any = _read_yaml(spec_path) if spec_path.is_file() else {}
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        raise GradleakError(f"{spec_path} must hold a mapping (with 'axes' and 'success_psnr')")
+    spec_text = _read_text(spec_path) if spec_path.is_file() else ""
+    results = _read_csv(results_path)
+    success_psnr = number(spec.get("success_psnr"))
+
+    axes = _spec_axes(spec, results)
+    planned = math.prod(len(values) for values in axes.values()) if axes else None
+    axis_rows = [
+        {"name": name, "shown": ", ".join(fmt(v) for v in values), "swept": len(values) > 1}
+        for name, values in axes.items()
+    ]
+    swept = [name for name, values in axes.items() if len(values) > 1]
+
+    summary_rows: Sequence[Mapping[str, object]] = _read_csv(sweep_dir / "summary.csv")
+    summary_note = ""
+    if not summary_rows and results:
+        summary_rows = _summary_from_results(results, success_psnr)
+        summary_note = "summary.csv is missing; this summary was computed from results.csv."
+    summary_columns = list(summary_rows[0]) if summary_rows else []
+
+    plots = []
+    for name in swept:
+        if not any(name in row for row in results):
+            continue
+        seen = {row.get(name, "") for row in results}
+        order = [str(v) for v in axes[name] if str(v) in seen]
+        png = axis_plot_png(results, name, "psnr", values=order)
+        plots.append({"axis": name, **_picture(png, pixelated=False)})
+
+    card_axes = [a for a in SWEEP_AXES if a in axes]
+    best, worst = _extremes(results)
+    finite = [number(r.get("psnr")) for r in results]
+    finite = [v for v in finite if math.isfinite(v)]
+    successes = sum(1 for v in finite if v >= success_psnr) if math.isfinite(success_psnr) else None
+    result_columns = [c for c in (list(results[0]) if results else []) if c != "run_dir"]
+    return _render(
+        "sweep.html.j2",
+        sweep_dir / REPORT_FILE,
+        title=f"Sweep {spec.get('name') or sweep_dir.resolve().name}",
+        cells=len(results),
+        planned=planned,
+        success_psnr=fmt(success_psnr, "g"),
+        successes=successes,
+        axis_rows=axis_rows,
+        summary=_table(summary_rows, summary_columns),
+        summary_note=summary_note,
+        plots=plots,
+        unswept_note=""
+        if swept
+        else "No axis has more than one value, so there is nothing to plot.",
+        best=[_cell_card(sweep_dir, r, card_axes) for r in best],
+        worst=[_cell_card(sweep_dir, r, card_axes) for r in worst],
+        results=_table(results, result_columns),
+        spec_text=spec_text,
+        convention=CONVENTION,
+    )
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def write_report(path: Path) -> Path:
+    """Write the report of a sweep directory or a run directory; return the report's path."""
+    path = Path(path)
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is a file"
+        raise GradleakError(
+            f"{path} {what}; give a run directory (with metrics.json) or a sweep directory "
+            "(with spec.yaml and results.csv)"
+        )
+    if (path / "results.csv").is_file() or (path / "spec.yaml").is_file():
+        return write_sweep_report(path)
+    if (path / "metrics.json").is_file():
+        return write_run_report(path)
+    raise GradleakError(
+        f"{path} is neither a run directory (no metrics.json) nor a sweep directory "
+        "(no spec.yaml or results.csv)"
+    )
