@@ -29,15 +29,18 @@ def _dlg_lenet_cifar100(line_search: str) -> Callable[[], Spec]:
     return spec
 
 
-def _idlg_labels() -> Spec:
+def _idlg_labels(model: str, dataset: str) -> Callable[[], Spec]:
     # The label comes from the update alone; a few matching steps keep the study fast.
-    return {
-        "attacks": ["idlg"],
-        "models": ["lenet"],
-        "base": {"dataset": "cifar100"},
-        "images": "0-99",
-        "options": {"idlg": {"iterations": 5}},
-    }
+    def spec() -> Spec:
+        return {
+            "attacks": ["idlg"],
+            "models": [model],
+            "base": {"dataset": dataset},
+            "images": "0-99",
+            "options": {"idlg": {"iterations": 5}},
+        }
+
+    return spec
 
 
 def _ig_resnet20_4() -> Spec:
@@ -47,6 +50,19 @@ def _ig_resnet20_4() -> Spec:
         "base": {"dataset": "cifar10", "labels_known": True, "model_mode": "eval"},
         "images": "0-9",
         "options": {"ig": {"iterations": 500, "restarts": 1}},
+        "success_psnr": 20.0,
+    }
+
+
+def _defenses_dlg_idlg() -> Spec:
+    # The same study as benchmarks/sweeps/dlg-idlg-defenses.yaml.
+    return {
+        "attacks": ["dlg", "idlg"],
+        "models": ["lenet"],
+        "base": {"dataset": "cifar10"},
+        "defenses": ["none", "noise:gaussian:1e-3", "prune:0.3"],
+        "images": "0-9",
+        "options": {"dlg": {"iterations": 100}, "idlg": {"iterations": 100}},
         "success_psnr": 20.0,
     }
 
@@ -61,8 +77,16 @@ BENCHES: dict[str, tuple[Callable[[], Spec], str]] = {
         "the same with DLG's original fixed L-BFGS step",
     ),
     "idlg-labels-cifar100": (
-        _idlg_labels,
+        _idlg_labels("lenet", "cifar100"),
         "iDLG's analytic label on LeNet, CIFAR-100 test images 0-99 (label accuracy)",
+    ),
+    "idlg-labels-resnet20-cifar10": (
+        _idlg_labels("resnet20", "cifar10"),
+        "iDLG's analytic label on ResNet20, CIFAR-10 test images 0-99 (label accuracy)",
+    ),
+    "defenses-dlg-idlg-cifar10": (
+        _defenses_dlg_idlg,
+        "DLG and iDLG on LeNet against noise 1e-3 and 30% pruning, CIFAR-10 test images 0-9",
     ),
     "ig-resnet20-4-cifar10": (
         _ig_resnet20_4,

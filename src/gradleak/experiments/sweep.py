@@ -16,13 +16,14 @@ import shutil
 import statistics
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
 
+from gradleak.config import to_plain
 from gradleak.errors import GradleakError
 from gradleak.experiments.sweep_backends import Backend, LocalBackend
 from gradleak.experiments.sweep_spec import Cell, SweepSpec
@@ -61,10 +62,12 @@ class SweepResult:
     interrupted: bool = False
 
 
-def cell_job(spec: SweepSpec, cell: Cell, sweep_dir: Path, threads: int) -> dict[str, Any]:
+def cell_job(
+    spec: SweepSpec, cell: Cell, sweep_dir: Path, threads: int, progress: bool = False
+) -> dict[str, Any]:
     """What a worker needs to run one cell (plain data: it crosses process boundaries)."""
     return {
-        "config": spec.run_config(cell, sweep_dir / CELLS / cell.name),
+        "config": replace(spec.run_config(cell, sweep_dir / CELLS / cell.name), progress=progress),
         "cell": cell,
         "description": _description(spec, cell),
         "sweep_dir": str(sweep_dir),
@@ -83,11 +86,8 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     sweep_dir = Path(job["sweep_dir"])
     final = sweep_dir / CELLS / cell.name
     partial = final.with_name(f"{cell.name}{PARTIAL}{uuid.uuid4().hex[:8]}")
-    config = job["config"]
-    from dataclasses import replace
-
     try:
-        result = run_attack(replace(config, out=partial))
+        result = run_attack(replace(job["config"], out=partial))
         if result.reconstruction.interrupted:  # Ctrl-C reached the attack: not a result
             raise KeyboardInterrupt
         (partial / MARKER).write_text(json.dumps(job["description"], indent=2))
@@ -120,7 +120,9 @@ def run_sweep(
     cells = spec.cells()
     pending = [c for c in cells if not _finished(spec, c, out_dir)]
     per_job = threads or max(1, (os.cpu_count() or 1) // backend.workers)
-    jobs = [cell_job(spec, c, out_dir, per_job) for c in pending]
+    # Each attack's own progress bar only when cells run here, one at a time.
+    attack_bars = progress and isinstance(backend, LocalBackend) and backend.workers == 1
+    jobs = [cell_job(spec, c, out_dir, per_job, attack_bars) for c in pending]
     result = SweepResult(out_dir, len(cells), 0, len(cells) - len(pending), removed)
     bar = tqdm(
         total=len(cells),
@@ -135,18 +137,23 @@ def run_sweep(
             bar.update(1)
     except KeyboardInterrupt:
         result.interrupted = True
+    except BaseException:
+        _write_results(spec, result)  # a failing cell: keep the tables of the finished ones
+        raise
     finally:
         bar.close()
-    result.rows = collect_results(spec, out_dir)
-    result.summary = summarise(result.rows, spec.success_psnr)
-    write_tables(out_dir, result.rows, result.summary)
+    _write_results(spec, result)
     return result
+
+
+def _write_results(spec: SweepSpec, result: SweepResult) -> None:
+    result.rows = collect_results(spec, result.out_dir)
+    result.summary = summarise(result.rows, spec.success_psnr)
+    write_tables(result.out_dir, result.rows, result.summary)
 
 
 def _description(spec: SweepSpec, cell: Cell) -> dict[str, Any]:
     """What makes a finished cell valid for this spec: its axis values and full config."""
-    from gradleak.config import to_plain
-
     config = to_plain(spec.run_config(cell, Path(".")))
     config.pop("out", None)
     config.pop("progress", None)
