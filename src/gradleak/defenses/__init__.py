@@ -1,6 +1,6 @@
 """Client-side defenses applied to an update before it is shared, and their composition."""
 
-from gradleak.defenses.base import Defense
+from gradleak.defenses.base import ClientView, Defense, require_client
 from gradleak.defenses.noise import AdditiveNoise, NoiseKind
 from gradleak.defenses.pruning import PruneScope, Pruning
 from gradleak.defenses.registry import (
@@ -14,6 +14,7 @@ from gradleak.defenses.registry import (
 __all__ = [
     "DEFENSES",
     "AdditiveNoise",
+    "ClientView",
     "Defense",
     "NoiseKind",
     "PruneScope",
@@ -22,4 +23,5 @@ __all__ = [
     "available_defenses",
     "parse_defense",
     "parse_defenses",
+    "require_client",
 ]

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
+from gradleak.errors import GradleakError
+from gradleak.fl.client import PrivateBatch
 from gradleak.fl.update import SharedUpdate
+
+
+@dataclass(frozen=True)
+class ClientView:
+    """What only the client has: its model copy (in its batch-norm mode) and its batch.
+
+    Defenses that change how the update is computed (DP-SGD's per-sample clipping) or that
+    read the client's representations (Soteria) need it; it never reaches the attacker.
+    """
+
+    model: nn.Module
+    batch: PrivateBatch
 
 
 @runtime_checkable
@@ -16,13 +32,30 @@ class Defense(Protocol):
 
     `spec` is the canonical CLI spelling: `parse_defense(d.spec)` gives an equal defense.
     `apply` returns a new update with the same kind and metadata; it never mutates its
-    input, and draws any randomness only from `generator`, so a seed repeats it.
+    input, and draws any randomness only from `generator`, so a seed repeats it. `client`
+    is the client's own view (model and batch), for defenses that need more than the
+    update; the others ignore it.
     """
 
     @property
     def spec(self) -> str: ...
 
-    def apply(self, update: SharedUpdate, generator: torch.Generator) -> SharedUpdate: ...
+    def apply(
+        self,
+        update: SharedUpdate,
+        generator: torch.Generator,
+        client: ClientView | None = None,
+    ) -> SharedUpdate: ...
+
+
+def require_client(client: ClientView | None, spec: str) -> ClientView:
+    """The client's view, or a one-line error for a defense that cannot work without it."""
+    if client is None:
+        raise GradleakError(
+            f"defense {spec!r} needs the client's model and batch; apply it on the client "
+            "(apply_defenses(..., client=ClientView(model, batch)))"
+        )
+    return client
 
 
 def with_tensors(update: SharedUpdate, tensors: Mapping[str, torch.Tensor]) -> SharedUpdate:

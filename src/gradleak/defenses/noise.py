@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.defenses.arguments import check_count, parse_choice, parse_number
-from gradleak.defenses.base import with_tensors
+from gradleak.defenses.base import ClientView, with_tensors
 from gradleak.errors import GradleakError
 from gradleak.fl.update import SharedUpdate
 
@@ -75,7 +75,12 @@ class AdditiveNoise:
     def spec(self) -> str:
         return f"{NAME}:{self.kind.value}:{self.variance!r}"
 
-    def apply(self, update: SharedUpdate, generator: torch.Generator) -> SharedUpdate:
+    def apply(
+        self,
+        update: SharedUpdate,
+        generator: torch.Generator,
+        client: ClientView | None = None,
+    ) -> SharedUpdate:
         sample = SAMPLERS[self.kind]
         noisy = {}
         for name, tensor in update.tensors.items():

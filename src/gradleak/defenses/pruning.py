@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.defenses.arguments import check_count, parse_choice, parse_number
-from gradleak.defenses.base import with_tensors
+from gradleak.defenses.base import ClientView, with_tensors
 from gradleak.errors import GradleakError
 from gradleak.fl.update import SharedUpdate
 
@@ -101,7 +101,12 @@ class Pruning:
         suffix = "" if self.scope is PruneScope.LAYER else f":{self.scope.value}"
         return f"{NAME}:{self.fraction!r}{suffix}"
 
-    def apply(self, update: SharedUpdate, generator: torch.Generator) -> SharedUpdate:
+    def apply(
+        self,
+        update: SharedUpdate,
+        generator: torch.Generator,
+        client: ClientView | None = None,
+    ) -> SharedUpdate:
         return with_tensors(update, PRUNERS[self.scope](update.tensors, self.fraction))
 
 

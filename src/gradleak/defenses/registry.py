@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from gradleak.defenses import noise, pruning
-from gradleak.defenses.base import Defense
+from gradleak.defenses.base import ClientView, Defense
 from gradleak.errors import GradleakError
 from gradleak.fl.update import SharedUpdate
 
@@ -70,9 +70,12 @@ def parse_defenses(specs: Iterable[str] | str | None) -> list[Defense]:
 
 
 def apply_defenses(
-    update: SharedUpdate, defenses: Sequence[Defense], generator: torch.Generator
+    update: SharedUpdate,
+    defenses: Sequence[Defense],
+    generator: torch.Generator,
+    client: ClientView | None = None,
 ) -> SharedUpdate:
     """Apply `defenses` to `update` in the given order; the input update is left as it was."""
     for defense in defenses:
-        update = defense.apply(update, generator)
+        update = defense.apply(update, generator, client)
     return update

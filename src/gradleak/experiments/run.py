@@ -16,7 +16,7 @@ from gradleak import attacks
 from gradleak.attacks.optimize import Observer, StopAttack, best_trial
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.config import to_plain
-from gradleak.defenses import apply_defenses, parse_defenses
+from gradleak.defenses import ClientView, apply_defenses, parse_defenses
 from gradleak.errors import GradleakError
 from gradleak.experiments.case import Case, build_case
 from gradleak.experiments.config import RunConfig
@@ -85,12 +85,14 @@ def attack_case(config: RunConfig) -> AttackOutcome:
     """Simulate the client, attack its update and score the reconstruction (writes nothing)."""
     case = build_case(config)
     attack = attacks.get(config.attack).with_options(config.attack_options)
-    update = FedSGDClient(case.model, model_mode=config.model_mode).compute_update(case.batch)
+    client = FedSGDClient(case.model, model_mode=config.model_mode)
+    update = client.compute_update(case.batch)
     iterations = config.snapshots or default_snapshot_iterations(attack.config.iterations)
     recorder = SnapshotRecorder(iterations)
     defenses = parse_defenses(config.defenses)
     if defenses:  # the client defends its update before sharing it
-        update = apply_defenses(update, defenses, torch.Generator().manual_seed(config.seed))
+        generator = torch.Generator().manual_seed(config.seed)
+        update = apply_defenses(update, defenses, generator, ClientView(client.model, case.batch))
     reconstruction = attack.reconstruct(
         update,
         case.model,
