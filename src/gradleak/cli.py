@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(commands)
     _add_report(commands)
     _add_bench(commands)
+    _add_tradeoff(commands)
     listing = commands.add_parser("list", help="list attacks, models and datasets")
     listing.set_defaults(handler=_list)
     return parser
@@ -198,6 +199,20 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_bench)
 
 
+def _add_tradeoff(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "tradeoff",
+        help="attacks against defense strengths, beside the accuracy each defense costs",
+        description="Run a trade-off spec (a sweep spec with a 'utility' mapping): the "
+        "attacks against every defense setting, and one training run per setting for its "
+        "test accuracy. Writes tradeoff.csv, tradeoff.md and tradeoff.png.",
+    )
+    p.add_argument("spec", type=Path, metavar="SPEC.yaml")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default sweeps/NAME)")
+    _add_execution_flags(p)
+    p.set_defaults(handler=_tradeoff)
+
+
 _RUN_FLAGS = [
     "attack",
     "model",
@@ -327,6 +342,28 @@ def _bench(args: argparse.Namespace) -> int:
         args.name, count=args.count, iterations=args.iterations, data_root=args.data_root
     )
     return _run_study(spec, args.out or Path("bench") / args.name, args)
+
+
+def _tradeoff(args: argparse.Namespace) -> int:
+    from gradleak.experiments.tradeoff import read_tradeoff, run_tradeoff
+
+    spec = read_tradeoff(args.spec)
+    out = args.out or Path("sweeps") / spec.sweep.name
+    backend = _backend(args)
+    try:
+        _, interrupted = run_tradeoff(
+            spec, out, backend=backend, progress=not args.no_progress, threads=args.threads
+        )
+    finally:
+        shutdown = getattr(backend, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+    if interrupted:
+        print("interrupted: run the same command again to finish", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print((out / "tradeoff.md").read_text(), end="")
+    print(f"table and plot written to {out}/tradeoff.md, tradeoff.png")
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -80,8 +80,16 @@ def test_available_defenses_hint_every_registered_one() -> None:
 # --- bad input --------------------------------------------------------------------------------
 
 BAD_SPECS = [
-    ("gzip:3", "unknown defense 'gzip' in 'gzip:3'; choose one of: noise, prune"),
-    ("", "a defense must be spelled NAME[:ARGS] with NAME one of: noise, prune, got ''"),
+    (
+        "gzip:3",
+        "unknown defense 'gzip' in 'gzip:3'; choose one of: noise, prune, topk, precision, "
+        "dpsgd, soteria",
+    ),
+    (
+        "",
+        "a defense must be spelled NAME[:ARGS] with NAME one of: noise, prune, topk, "
+        "precision, dpsgd, soteria, got ''",
+    ),
     ("noise", "defense 'noise' takes 2 argument(s), got 0 in 'noise'; spell it noise:KIND"),
     ("noise:gaussian", "defense 'noise' takes 2 argument(s), got 1 in 'noise:gaussian'"),
     ("noise:gaussian:1e-3:2", "defense 'noise' takes 2 argument(s), got 3"),

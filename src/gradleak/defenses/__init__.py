@@ -1,7 +1,9 @@
 """Client-side defenses applied to an update before it is shared, and their composition."""
 
 from gradleak.defenses.base import ClientView, Defense, require_client
+from gradleak.defenses.dpsgd import DPSGD, dp_epsilon
 from gradleak.defenses.noise import AdditiveNoise, NoiseKind
+from gradleak.defenses.precision import LowPrecision, PrecisionKind
 from gradleak.defenses.pruning import PruneScope, Pruning
 from gradleak.defenses.registry import (
     DEFENSES,
@@ -10,17 +12,25 @@ from gradleak.defenses.registry import (
     parse_defense,
     parse_defenses,
 )
+from gradleak.defenses.soteria import Soteria
+from gradleak.defenses.sparsify import TopK
 
 __all__ = [
     "DEFENSES",
     "AdditiveNoise",
     "ClientView",
+    "DPSGD",
     "Defense",
+    "LowPrecision",
     "NoiseKind",
+    "PrecisionKind",
     "PruneScope",
     "Pruning",
+    "Soteria",
+    "TopK",
     "apply_defenses",
     "available_defenses",
+    "dp_epsilon",
     "parse_defense",
     "parse_defenses",
     "require_client",

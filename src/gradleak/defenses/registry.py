@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from gradleak.defenses import noise, pruning
+from gradleak.defenses import dpsgd, noise, precision, pruning, soteria, sparsify
 from gradleak.defenses.base import ClientView, Defense
 from gradleak.errors import GradleakError
 from gradleak.fl.update import SharedUpdate
@@ -28,6 +28,10 @@ class DefenseEntry(NamedTuple):
 DEFENSES: dict[str, DefenseEntry] = {
     noise.NAME: DefenseEntry(noise.parse, noise.HELP, noise.USAGE),
     pruning.NAME: DefenseEntry(pruning.parse, pruning.HELP, pruning.USAGE),
+    sparsify.NAME: DefenseEntry(sparsify.parse, sparsify.HELP, sparsify.USAGE),
+    precision.NAME: DefenseEntry(precision.parse, precision.HELP, precision.USAGE),
+    dpsgd.NAME: DefenseEntry(dpsgd.parse, dpsgd.HELP, dpsgd.USAGE),
+    soteria.NAME: DefenseEntry(soteria.parse, soteria.HELP, soteria.USAGE),
 }
 
 

@@ -1,0 +1,207 @@
+"""DP-SGD (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016) on the client.
+
+The client recomputes its FedSGD gradient from its own batch: per-sample gradients of the
+cross-entropy (Opacus `GradSampleModule` on a copy of the client's model), each sample's
+gradient over all parameters together clipped to L2 norm <= C, the clipped gradients
+summed, Gaussian noise N(0, σ²C²) added to every entry (drawn from the defense's
+generator), and the sum divided by the batch size B. With σ = 0 and C above every
+per-sample norm this is exactly the plain FedSGD update (mean cross-entropy gradient).
+
+The incoming update's values are ignored and replaced, so DP-SGD belongs first in a chain
+of defenses (`dpsgd:1:0.5 prune:0.3`, not the other way round): whatever ran before it is
+thrown away. Only its names are checked against the client's model.
+
+Models with BatchNorm are refused. Opacus cannot compute per-sample gradients through
+BatchNorm (a sample's output depends on the whole batch) and would have it replaced by
+GroupNorm (`opacus.validators.ModuleValidator.fix`); but the attacker holds the server's
+model, with BatchNorm, so an update computed with GroupNorm would not be the gradient of
+the model under attack. Use a model without BatchNorm (lenet, mlp) instead.
+
+`dp_epsilon` reports the (ε, δ) privacy a training run of such steps spends, with Opacus's
+RDP accountant (Mironov 2017; subsampled Gaussian, Mironov et al. 2019).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gradleak.defenses.arguments import check_count, parse_number
+from gradleak.defenses.base import ClientView, require_client, with_tensors
+from gradleak.errors import GradleakError
+from gradleak.fl.update import SharedUpdate, UpdateKind
+
+NAME = "dpsgd"
+USAGE = (
+    "dpsgd:CLIP:SIGMA with CLIP > 0 the per-sample clipping norm and SIGMA >= 0 the noise "
+    "multiplier (e.g. dpsgd:1.0:0.5)"
+)
+CLIP_RANGE = "a finite number > 0"
+SIGMA_RANGE = "a finite number >= 0"
+HELP = "DP-SGD: recompute the gradient with per-sample clipping and Gaussian noise (Opacus)"
+
+
+def _opacus(what: str) -> ModuleType:
+    """The opacus package, or a one-line error saying how to get it."""
+    try:
+        import opacus
+    except ImportError:
+        raise GradleakError(f"{what} needs the opacus package; install it with pip") from None
+    return opacus
+
+
+def _check_clip(clip: float) -> None:
+    if not (math.isfinite(clip) and clip > 0):  # also rejects NaN
+        raise GradleakError(f"dpsgd clipping norm must be {CLIP_RANGE}, got {clip}")
+
+
+def _check_sigma(sigma: float) -> None:
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise GradleakError(f"dpsgd noise multiplier must be {SIGMA_RANGE}, got {sigma}")
+
+
+@dataclass(frozen=True)
+class DPSGD:
+    """Replace the update by the DP-SGD gradient of the client's batch: clip C, noise σC."""
+
+    clip: float
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        _check_clip(self.clip)
+        _check_sigma(self.noise_multiplier)
+        object.__setattr__(self, "clip", float(self.clip))
+        object.__setattr__(self, "noise_multiplier", float(self.noise_multiplier))
+
+    @property
+    def spec(self) -> str:
+        return f"{NAME}:{self.clip!r}:{self.noise_multiplier!r}"
+
+    def apply(
+        self,
+        update: SharedUpdate,
+        generator: torch.Generator,
+        client: ClientView | None = None,
+    ) -> SharedUpdate:
+        view = require_client(client, self.spec)
+        if update.kind is not UpdateKind.GRADIENT:
+            raise GradleakError(
+                f"defense {self.spec!r} recomputes a FedSGD gradient and cannot replace a "
+                f"{update.kind.value} update; use it with the FedSGD protocol"
+            )
+        names = [name for name, _ in view.model.named_parameters()]
+        if sorted(names) != sorted(update.tensors):
+            raise GradleakError(
+                f"defense {self.spec!r}: the update's tensors are not the client model's "
+                "parameters; apply it to the update of the client whose model is given"
+            )
+        per_sample = per_sample_gradients(view.model, view.batch.images, view.batch.labels)
+        clipped_sum = _clipped_sum(per_sample, self.clip)
+        batch_size = len(view.batch)
+        std = self.noise_multiplier * self.clip
+        private = {}
+        for name in update.tensors:  # the update's order fixes the order of the draws
+            total = clipped_sum[name]
+            noise = torch.randn(
+                total.shape, dtype=total.dtype, device=generator.device, generator=generator
+            )
+            private[name] = (total + std * noise.to(total.device)) / batch_size
+        return with_tensors(update, private)
+
+
+def per_sample_gradients(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Each sample's cross-entropy gradient, B×(parameter shape) per parameter, by Opacus.
+
+    Computed on a copy of `model` (same batch-norm mode), which is left untouched. Fails
+    with one line for a model Opacus cannot handle (BatchNorm above all).
+    """
+    opacus = _opacus("DP-SGD")
+    from opacus.validators import ModuleValidator
+
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise GradleakError(
+            f"DP-SGD needs a model without BatchNorm (lenet, mlp); {type(model).__name__} has "
+            "BatchNorm, which Opacus cannot take per-sample gradients through, and replacing "
+            "it with GroupNorm would no longer give the gradient of the server's model"
+        )
+    problems = ModuleValidator.validate(model, strict=False)
+    if problems:
+        first = str(problems[0]).splitlines()[0]
+        raise GradleakError(
+            f"DP-SGD cannot take per-sample gradients of {type(model).__name__}: {first}"
+        )
+    clone = copy.deepcopy(model)
+    params = dict(clone.named_parameters())
+    frozen = [name for name, p in params.items() if not p.requires_grad]
+    if frozen:
+        raise GradleakError(
+            f"DP-SGD needs every parameter trainable, but {frozen[0]!r} is frozen; "
+            "unfreeze the model's parameters"
+        )
+    for p in params.values():
+        p.grad = None
+    wrapped = opacus.GradSampleModule(clone, batch_first=True, loss_reduction="sum")
+    # A sum of per-sample losses: each sample's gradient is its own loss's gradient.
+    loss = F.cross_entropy(wrapped(images), labels, reduction="sum")
+    with warnings.catch_warnings():
+        # Opacus's hooks fire on module outputs when the images need no gradient: expected.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss.backward()
+    return {name: p.grad_sample.detach() for name, p in params.items()}
+
+
+def _clipped_sum(per_sample: dict[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
+    """Σ_i g_i / max(1, ‖g_i‖/C), with ‖g_i‖ over all of sample i's parameter gradients."""
+    squares = [g.flatten(1).double().pow(2).sum(dim=1) for g in per_sample.values()]
+    norms = torch.stack(squares).sum(dim=0).sqrt()
+    scale = 1.0 / torch.clamp(norms / clip, min=1.0)
+    summed = {}
+    for name, g in per_sample.items():
+        factor = scale.to(device=g.device, dtype=g.dtype).reshape(-1, *[1] * (g.dim() - 1))
+        summed[name] = (g * factor).sum(dim=0)
+    return summed
+
+
+def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """ε of the (ε, δ)-DP guarantee after `steps` DP-SGD steps, by Opacus's RDP accountant.
+
+    `sample_rate` is the probability that a record is in a step's batch (batch size over
+    dataset size, Poisson sampling as in the analysis). σ = 0 gives no privacy (ε = inf);
+    zero steps spend none (ε = 0).
+    """
+    _opacus("the DP-SGD accountant")
+    from opacus.accountants import RDPAccountant
+
+    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+        raise GradleakError(f"noise multiplier must be {SIGMA_RANGE}, got {noise_multiplier}")
+    if not 0 < sample_rate <= 1:
+        raise GradleakError(f"sample rate must be in (0, 1], got {sample_rate}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise GradleakError(f"steps must be a non-negative integer, got {steps!r}")
+    if not 0 < delta < 1:
+        raise GradleakError(f"delta must be in (0, 1), got {delta}")
+    if steps == 0:
+        return 0.0
+    if noise_multiplier == 0:
+        return math.inf
+    accountant = RDPAccountant()
+    # One entry of `steps` identical steps, as accumulated by `steps` calls to .step().
+    accountant.history = [(float(noise_multiplier), float(sample_rate), steps)]
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def parse(args: list[str]) -> DPSGD:
+    """`dpsgd:CLIP:SIGMA`."""
+    check_count(NAME, args, USAGE, 2, 2)
+    clip = parse_number(args[0], "dpsgd clipping norm", CLIP_RANGE)
+    sigma = parse_number(args[1], "dpsgd noise multiplier", SIGMA_RANGE)
+    return DPSGD(clip, sigma)

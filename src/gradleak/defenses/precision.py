@@ -1,0 +1,108 @@
+"""Low-precision sharing: every tensor is sent in a coarser number format.
+
+The receiver sees the values the coarse format can hold, returned in the tensor's own
+dtype, so attacks run on them unchanged. Per tensor:
+
+- `float16`, `bfloat16`: rounded to that dtype (to nearest, ties to even) and back. The
+  relative error of a normal value is at most 2^-11 (float16) or 2^-8 (bfloat16); float16
+  also overflows to ±inf beyond 65504 and loses precision below ~6.1e-5 (subnormals).
+- `int8`: uniform symmetric quantisation with scale = max|x| / 127: q = round(x / scale)
+  (ties to even) clamped to [-127, 127], sent as q · scale. Every entry moves by at most
+  scale / 2, at most 255 distinct values remain, and a zero tensor stays zero.
+- `sign`: 1-bit signSGD-style sharing with per-tensor magnitude scaling: sign(x) · mean|x|.
+  The mean magnitude keeps the update's scale, without which an attack's L2 matching
+  objective would compare gradients against a ±1 tensor of arbitrary scale; zeros stay zero.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from gradleak.defenses.arguments import check_count, parse_choice
+from gradleak.defenses.base import ClientView, with_tensors
+from gradleak.errors import GradleakError
+from gradleak.fl.update import SharedUpdate
+
+NAME = "precision"
+USAGE = "precision:KIND with KIND one of float16, bfloat16, int8, sign (e.g. precision:int8)"
+HELP = "share every tensor in low precision: float16, bfloat16, int8 (per-tensor scale) or sign"
+
+INT8_LEVELS = 127  # symmetric: q in [-127, 127], so 255 values and 0 is exact
+
+
+class PrecisionKind(str, enum.Enum):
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    INT8 = "int8"
+    SIGN = "sign"
+
+
+def _cast(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    def rounded(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(dtype).to(tensor.dtype)
+
+    return rounded
+
+
+def _int8(tensor: torch.Tensor) -> torch.Tensor:
+    # float64 holds float32/16 inputs exactly, so the only error is the quantisation's.
+    x = tensor.to(torch.float64)
+    scale = x.abs().amax() / INT8_LEVELS
+    if scale == 0:
+        return tensor.clone()
+    q = torch.round(x / scale).clamp(-INT8_LEVELS, INT8_LEVELS)
+    return (q * scale).to(tensor.dtype)
+
+
+def _sign(tensor: torch.Tensor) -> torch.Tensor:
+    magnitude = tensor.to(torch.float64).abs().mean()
+    return (torch.sign(tensor.to(torch.float64)) * magnitude).to(tensor.dtype)
+
+
+QUANTISERS: dict[PrecisionKind, Callable[[torch.Tensor], torch.Tensor]] = {
+    PrecisionKind.FLOAT16: _cast(torch.float16),
+    PrecisionKind.BFLOAT16: _cast(torch.bfloat16),
+    PrecisionKind.INT8: _int8,
+    PrecisionKind.SIGN: _sign,
+}
+
+
+@dataclass(frozen=True)
+class LowPrecision:
+    """Send every tensor as `kind` holds it, returned in the tensor's own dtype."""
+
+    kind: PrecisionKind
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", PrecisionKind(self.kind))
+
+    @property
+    def spec(self) -> str:
+        return f"{NAME}:{self.kind.value}"
+
+    def apply(
+        self,
+        update: SharedUpdate,
+        generator: torch.Generator,
+        client: ClientView | None = None,
+    ) -> SharedUpdate:
+        quantise = QUANTISERS[self.kind]
+        shared = {}
+        for name, tensor in update.tensors.items():
+            if not tensor.is_floating_point():
+                raise GradleakError(
+                    f"cannot apply {self.spec!r} to update tensor {name!r} of type "
+                    f"{tensor.dtype}; low precision needs floating-point tensors"
+                )
+            shared[name] = quantise(tensor) if tensor.numel() else tensor.clone()
+        return with_tensors(update, shared)
+
+
+def parse(args: list[str]) -> LowPrecision:
+    """`precision:KIND`."""
+    check_count(NAME, args, USAGE, 1, 1)
+    return LowPrecision(parse_choice(args[0], PrecisionKind, "precision kind"))

@@ -1,0 +1,102 @@
+"""Top-k sparsification: share only the largest-magnitude fraction of the entries.
+
+With `fraction` f, exactly max(1, round(f·n)) entries keep their value (halves round up)
+and the rest become zero, where n is the size of each tensor (scope `layer`) or of all
+tensors together (scope `global`); an empty tensor keeps nothing. Entries are ranked by
+|value|; equal magnitudes are ranked by position (the update's tensor order, then the
+flat index), so the earlier one is kept first. Kept entries are unchanged bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from gradleak.defenses.arguments import check_count, parse_choice, parse_number
+from gradleak.defenses.base import ClientView, with_tensors
+from gradleak.defenses.pruning import PruneScope, _magnitudes, _masked, pruned_count
+from gradleak.errors import GradleakError
+from gradleak.fl.update import SharedUpdate
+
+NAME = "topk"
+USAGE = "topk:FRACTION[:SCOPE] with FRACTION in (0, 1] and SCOPE one of layer (default), global"
+FRACTION_RANGE = "in (0, 1]"
+HELP = "keep only the largest-magnitude fraction of entries, per tensor or across all tensors"
+
+
+def kept_count(fraction: float, size: int) -> int:
+    """max(1, round(fraction · size)), halves rounded up; 0 for an empty tensor."""
+    return max(1, pruned_count(fraction, size)) if size else 0
+
+
+def _keep_mask(magnitudes: torch.Tensor, fraction: float) -> torch.Tensor:
+    """True at the kept_count largest entries of the flat `magnitudes`, ties by index."""
+    count = kept_count(fraction, magnitudes.numel())
+    order = torch.argsort(-magnitudes, stable=True)  # largest first, earlier first on ties
+    keep = torch.zeros(magnitudes.numel(), dtype=torch.bool)
+    keep[order[:count]] = True
+    return keep
+
+
+def _topk_layer(tensors: Mapping[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    return {name: _masked(t, _keep_mask(_magnitudes(t), fraction)) for name, t in tensors.items()}
+
+
+def _topk_global(tensors: Mapping[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    if not tensors:
+        return {}
+    keep = _keep_mask(torch.cat([_magnitudes(t) for t in tensors.values()]), fraction)
+    sizes = [t.numel() for t in tensors.values()]
+    return {
+        name: _masked(t, part)
+        for (name, t), part in zip(tensors.items(), keep.split(sizes), strict=True)
+    }
+
+
+SPARSIFIERS: dict[
+    PruneScope, Callable[[Mapping[str, torch.Tensor], float], dict[str, torch.Tensor]]
+] = {
+    PruneScope.LAYER: _topk_layer,
+    PruneScope.GLOBAL: _topk_global,
+}
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0 < fraction <= 1:  # also rejects NaN
+        raise GradleakError(f"topk fraction must be {FRACTION_RANGE}, got {fraction}")
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Keep the `fraction` largest-magnitude entries, per tensor or over all tensors."""
+
+    fraction: float
+    scope: PruneScope = PruneScope.LAYER
+
+    def __post_init__(self) -> None:
+        _check_fraction(self.fraction)
+        object.__setattr__(self, "fraction", float(self.fraction))
+        object.__setattr__(self, "scope", PruneScope(self.scope))
+
+    @property
+    def spec(self) -> str:
+        suffix = "" if self.scope is PruneScope.LAYER else f":{self.scope.value}"
+        return f"{NAME}:{self.fraction!r}{suffix}"
+
+    def apply(
+        self,
+        update: SharedUpdate,
+        generator: torch.Generator,
+        client: ClientView | None = None,
+    ) -> SharedUpdate:
+        return with_tensors(update, SPARSIFIERS[self.scope](update.tensors, self.fraction))
+
+
+def parse(args: list[str]) -> TopK:
+    """`topk:FRACTION[:SCOPE]`."""
+    check_count(NAME, args, USAGE, 1, 2)
+    fraction = parse_number(args[0], "topk fraction", FRACTION_RANGE)
+    scope = parse_choice(args[1], PruneScope, "topk scope") if len(args) > 1 else None
+    return TopK(fraction, scope or PruneScope.LAYER)
