@@ -10,6 +10,7 @@ from typing import Any
 
 from gradleak import __version__
 from gradleak.attacks.registry import ATTACKS
+from gradleak.defenses import available_defenses
 from gradleak.errors import GradleakError
 from gradleak.experiments.config import (
     DATASET_CHOICES,
@@ -131,8 +132,8 @@ def _add_attack(commands: argparse._SubParsersAction) -> None:
         dest="defenses",
         action="append",
         metavar="SPEC",
-        help="client-side defense, repeatable, applied in order (e.g. prune:0.3, "
-        "noise:gaussian:1e-3)",
+        help="client-side defense, repeatable, applied in order: "
+        + "; ".join(available_defenses()),
     )
     p.add_argument("--protocol", choices=PROTOCOLS, help="what the client shares (fedsgd)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
