@@ -373,6 +373,9 @@ def _list(args: argparse.Namespace) -> int:
         print(f"  {name:6} {text}")
     print(f"models:   {', '.join(available_models())}")
     print(f"datasets: {', '.join(DATASET_CHOICES)}")
+    print("defenses:")
+    for spelling in available_defenses():
+        print(f"  {spelling}")
     return 0
 
 

@@ -185,10 +185,28 @@ def tradeoff_png(rows: Sequence[dict[str, Any]], spec: TradeoffSpec) -> bytes:
     FigureCanvasAgg(figure)
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
     xs = range(len(defenses))
+    # Lines join the strengths of one defense family (e.g. prune:0.1 … prune:0.7) only.
+    families = [
+        d.split(":")[0] if d.split(":")[0] != "noise" else d.rsplit(":", 1)[0] for d in defenses
+    ]
+    colours = {}
     for attack in attacks:
         by = {r["defense"]: r for r in rows if r["attack"] == attack}
         ys = [by[d]["psnr_median"] if d in by else None for d in defenses]
-        top.plot(xs, [float("nan") if y is None else y for y in ys], "o-", label=attack)
+        ys = [float("nan") if y is None else y for y in ys]
+        start = 0
+        for end in range(1, len(defenses) + 1):
+            if end == len(defenses) or families[end] != families[start]:
+                segment = range(start, end)
+                line = top.plot(
+                    list(segment),
+                    [ys[i] for i in segment],
+                    "o-",
+                    color=colours.get(attack),
+                    label=attack if attack not in colours else None,
+                )
+                colours.setdefault(attack, line[0].get_color())
+                start = end
     top.axhline(spec.recovered_psnr, color="grey", linestyle="--", linewidth=1)
     top.set_ylabel("median PSNR (dB)")
     top.set_title("Reconstruction quality and model accuracy per defense setting")
