@@ -70,6 +70,8 @@ def test_spec_expands_to_the_product_of_its_axes(spec_file: Path) -> None:
         ("attacks: [dlg]\ndefenses:\n  - none\n  - prune:1.5\n", ["line 4", "[0, 1)"]),
         ("attacks: [dlg]\nimages: 9-3\n", ["line 2", "'0-9'"]),
         ("attacks: [dlg]\nseeds: [1, 1]\n", ["line 2", "repeat"]),
+        ("attacks: [dlg, dlg]\n", ["line 1", "attacks repeat a value"]),
+        ("attacks: [dlg]\ndefenses: [none, []]\n", ["line 2", "defenses repeat a value"]),
         ("attacks: [dlg]\nbase: {model: lenet}\n", ["line 2", "axes decide"]),
         ("attacks: [dlg]\nbase: {colour: red}\n", ["line 2", "unknown key 'colour'"]),
         ("attacks: [dlg]\noptions: {ig: {lr: 1}}\n", ["line 2", "not in attacks"]),

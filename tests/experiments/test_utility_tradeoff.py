@@ -25,6 +25,14 @@ def test_same_seed_and_budget_give_the_same_model() -> None:
     assert a.steps == 3 and a.epsilon is None
 
 
+def test_every_setting_trains_on_the_same_batches() -> None:
+    # A defense that draws random numbers but changes nothing must train exactly as none.
+    config = {**TINY, "epochs": 3}
+    plain = train_with_defenses(UtilityConfig(**config))
+    silent = train_with_defenses(UtilityConfig(**config, defenses=("noise:gaussian:0",)))
+    assert (silent.loss, silent.accuracy) == (plain.loss, plain.accuracy)
+
+
 def test_a_defense_changes_the_training() -> None:
     plain = train_with_defenses(UtilityConfig(**TINY))
     noisy = train_with_defenses(UtilityConfig(**TINY, defenses=("noise:gaussian:1",)))
@@ -88,6 +96,12 @@ def test_tradeoff_table_has_attack_quality_beside_utility(
     again, _ = run_tradeoff(spec, out, progress=False, threads=1)
     assert again == rows
 
+    # A damaged cache file (a crash while writing it) is trained again, not a crash.
+    (out / "utility" / "none.json").write_text('{"settings": {"mod')
+    monkeypatch.setattr(tradeoff_module, "train_with_defenses", train_with_defenses)
+    repaired, _ = run_tradeoff(spec, out, progress=False, threads=1)
+    assert repaired == rows
+
 
 @pytest.mark.parametrize(
     ("extra", "fragment"),
@@ -96,7 +110,15 @@ def test_tradeoff_table_has_attack_quality_beside_utility(
         ("utility: {colour: red}\n", "unknown key 'colour'"),
         ("utility: {epochs: 0}\n", "epochs must be at least 1"),
         ("utility: {defenses: [prune:0.1]}\n", "takes its defenses from the 'defenses' axis"),
-        ("utility: {}\nrecovered_psnr: -1\n", "'recovered_psnr' must be a positive"),
+        (
+            "utility: {dataset: cifar10, train_count: 6, test_count: 2, batch_size: 2}\n"
+            "recovered_psnr: -1\n",
+            "'recovered_psnr' must be a positive",
+        ),
+        ("utility: {dataset: nosuch}\n", "utility dataset 'nosuch' is not one of"),
+        ("utility: {model: vgg, dataset: cifar10}\n", "unknown model 'vgg'"),
+        ("utility: {dataset: mnist}\n", "--data-root"),
+        ("utility: {dataset: cifar10, batch_size: 64, train_count: 6}\n", "larger than"),
     ],
 )
 def test_bad_tradeoff_specs(tmp_path: Path, extra: str, fragment: str) -> None:

@@ -130,7 +130,8 @@ class GradientMatchingAttack:
         start = time.perf_counter()
         result = self._optimize(problem, images, labels, knowledge, log_every, observer, progress)
         seconds = time.perf_counter() - start
-        return self._reconstruction(result, range(k), strategy, problem, seconds, result.history)
+        rows = range(len(result.losses))  # an interrupted L-BFGS run has fewer trials
+        return self._reconstruction(result, rows, strategy, problem, seconds, result.history)
 
     def reconstruct_many(
         self,
@@ -153,9 +154,13 @@ class GradientMatchingAttack:
         if not updates:
             return []
         if cfg.optimizer == "lbfgs":
-            return [
-                self.reconstruct(u, model, knowledge, seed=seed, progress=progress) for u in updates
-            ]
+            results = []
+            for update in updates:
+                one = self.reconstruct(update, model, knowledge, seed=seed, progress=progress)
+                results.append(one)
+                if one.interrupted:  # Ctrl-C ends the whole batch, not one update
+                    break
+            return results
         recovered = [self._labels_for(u, model, knowledge) for u in updates]
         strategy = recovered[0][0]
         problem = self._problem(updates[0], model, knowledge)

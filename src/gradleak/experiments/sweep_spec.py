@@ -208,6 +208,11 @@ def parse_spec(root: _Located | Mapping[str, Any], where: str = "sweep spec") ->
         options=_options(at, root.value.get("options") or {}, attack_names),
         success_psnr=_number(at, "success_psnr", root.value.get("success_psnr", 20.0)),
     )
+    axes = {"attacks": spec.attacks, "models": spec.models, "defenses": spec.defenses}
+    axes["protocols"] = spec.protocols
+    for key, values in axes.items():
+        if len(set(values)) != len(values):  # defenses compare after parsing: none == []
+            at.fail(key, f"{key} repeat a value: {list(values)}; give each once")
     if not spec.cells():
         at.fail(None, "the sweep has no cells: every axis needs at least one value")
     # Each cell's run config must be valid too (e.g. a batch larger than the data).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -24,7 +25,7 @@ from gradleak.errors import GradleakError
 from gradleak.experiments.sweep import run_sweep
 from gradleak.experiments.sweep_backends import Backend
 from gradleak.experiments.sweep_spec import NO_DEFENSE, SweepSpec, _locate, parse_spec
-from gradleak.experiments.utility import UtilityConfig, train_with_defenses
+from gradleak.experiments.utility import UtilityConfig, open_utility_data, train_with_defenses
 
 RECOVERED_PSNR = 25.0  # the DLG paper's figures count an image as leaked from about here
 
@@ -61,6 +62,10 @@ def read_tradeoff(path: Path) -> TradeoffSpec:
     if "defenses" in utility:
         raise GradleakError(f"{path}: 'utility' takes its defenses from the 'defenses' axis")
     config = replace_checked(UtilityConfig(), utility, f"{path}: 'utility'").validate()
+    try:
+        open_utility_data(config)  # before any attack runs: the training data must be there
+    except GradleakError as exc:
+        raise GradleakError(f"{path}: 'utility': {exc}") from None
     if isinstance(recovered, bool) or not isinstance(recovered, int | float) or recovered <= 0:
         raise GradleakError(f"{path}: 'recovered_psnr' must be a positive number of dB")
     return TradeoffSpec(parse_spec(root, str(path)), config, float(recovered))
@@ -94,12 +99,17 @@ def _utility(config: UtilityConfig, defense: tuple[str, ...], out_dir: Path) -> 
     settings = to_plain(config)
     cache = out_dir / "utility" / f"{_label(defense).replace(':', '-')}.json"
     if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved.get("settings") == settings:
-            return saved["result"]
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("settings") == settings:
+                return saved["result"]
+        except (json.JSONDecodeError, AttributeError):
+            pass  # a damaged cache file is a miss: train again
     result = asdict(train_with_defenses(config))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"settings": settings, "result": result}, indent=2))
+    partial = cache.with_suffix(".partial")
+    partial.write_text(json.dumps({"settings": settings, "result": result}, indent=2))
+    os.replace(partial, cache)  # never a half-written cache file
     return result
 
 

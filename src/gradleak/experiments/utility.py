@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from gradleak.data import load_bundled_cifar10, load_dataset
+from gradleak.data import ImageSource, load_bundled_cifar10, load_dataset
 from gradleak.data.datasets import DATASETS
 from gradleak.data.normalize import normalize
 from gradleak.defenses import ClientView, apply_defenses, parse_defenses
@@ -49,6 +49,22 @@ class UtilityConfig:
             raise GradleakError(f"utility lr must be positive, got {self.lr}")
         if not 0 < self.delta < 1:
             raise GradleakError(f"utility delta must be in (0, 1), got {self.delta}")
+        if self.dataset not in DATASETS:
+            raise GradleakError(
+                f"utility dataset {self.dataset!r} is not one of: {', '.join(DATASETS)}"
+            )
+        if self.batch_size > self.train_count:
+            raise GradleakError(
+                f"utility batch_size {self.batch_size} is larger than train_count "
+                f"{self.train_count}"
+            )
+        spec = DATASETS[self.dataset]
+        build_model(
+            self.model,
+            num_classes=spec.num_classes,
+            in_channels=spec.channels,
+            image_size=spec.image_size,
+        )
         parse_defenses(self.defenses)
         return self
 
@@ -63,10 +79,8 @@ class UtilityResult:
     delta: float | None
 
 
-def train_with_defenses(config: UtilityConfig) -> UtilityResult:
-    """Train with the defenses on every step and score test accuracy."""
-    config = config.validate()
-    spec = DATASETS[config.dataset]
+def open_utility_data(config: UtilityConfig) -> ImageSource:
+    """The images a utility run trains and tests on (checked to be enough)."""
     if config.data_root is None and config.dataset == "cifar10" and config.split == "test":
         source = load_bundled_cifar10()  # the 8 bundled test images: enough for a smoke run
     else:
@@ -77,6 +91,15 @@ def train_with_defenses(config: UtilityConfig) -> UtilityResult:
             f"{config.train_count} training + {config.test_count} test images need {total}, "
             f"but the {config.dataset} {config.split} split has {len(source)}"
         )
+    return source
+
+
+def train_with_defenses(config: UtilityConfig) -> UtilityResult:
+    """Train with the defenses on every step and score test accuracy."""
+    config = config.validate()
+    spec = DATASETS[config.dataset]
+    source = open_utility_data(config)
+    total = config.train_count + config.test_count
     images = torch.stack([source[i][0] for i in range(total)])
     labels = torch.tensor([source[i][1] for i in range(total)])
     x = normalize(images, spec.mean, spec.std)
@@ -91,14 +114,17 @@ def train_with_defenses(config: UtilityConfig) -> UtilityResult:
         seed=config.seed,
     )
     defenses = parse_defenses(config.defenses)
-    generator = torch.Generator().manual_seed(config.seed)
+    # Separate streams: the batch order must not depend on what a defense draws, so every
+    # setting trains on the same batches.
+    order_generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed + 1)
     params = dict(model.named_parameters())
     start = time.perf_counter()
     steps, losses = 0, []
     for _ in range(config.epochs):
         model.train()
         losses = []
-        order = torch.randperm(config.train_count, generator=generator)
+        order = torch.randperm(config.train_count, generator=order_generator)
         for first in range(0, config.train_count, config.batch_size):
             index = order[first : first + config.batch_size]
             batch = PrivateBatch(train_x[index], train_y[index])
