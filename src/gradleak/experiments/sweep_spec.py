@@ -168,19 +168,24 @@ def _locate(node: yaml.Node) -> _Located:
     return _Located(yaml.safe_load(yaml.serialize(node)), line)
 
 
-def read_spec(path: Path, base_dir: Path | None = None) -> SweepSpec:
-    """Read and check a sweep spec file; every problem is one line naming key and line."""
+def read_located(path: Path, what: str) -> _Located:
+    """A YAML file holding one mapping, with the line of every key and item."""
     path = Path(path)
     if not path.is_file():
-        raise GradleakError(f"sweep spec not found: {path}")
+        raise GradleakError(f"{what} not found: {path}")
     try:
         node = yaml.compose(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GradleakError(f"sweep spec {path} cannot be read: {first}") from exc
+        raise GradleakError(f"{what} {path} cannot be read: {first}") from exc
     if node is None or not isinstance(node, yaml.MappingNode):
-        raise GradleakError(f"sweep spec {path} must hold a mapping of keys to values")
-    return parse_spec(_locate(node), str(path))
+        raise GradleakError(f"{what} {path} must hold a mapping of keys to values")
+    return _locate(node)
+
+
+def read_spec(path: Path) -> SweepSpec:
+    """Read and check a sweep spec file; every problem is one line naming key and line."""
+    return parse_spec(read_located(path, "sweep spec"), str(path))
 
 
 def parse_spec(root: _Located | Mapping[str, Any], where: str = "sweep spec") -> SweepSpec:

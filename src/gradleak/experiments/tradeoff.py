@@ -18,13 +18,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gradleak.config import replace_checked, to_plain
 from gradleak.errors import GradleakError
 from gradleak.experiments.sweep import run_sweep
 from gradleak.experiments.sweep_backends import Backend
-from gradleak.experiments.sweep_spec import NO_DEFENSE, SweepSpec, _locate, parse_spec
+from gradleak.experiments.sweep_spec import NO_DEFENSE, SweepSpec, parse_spec, read_located
 from gradleak.experiments.utility import UtilityConfig, open_utility_data, train_with_defenses
 
 RECOVERED_PSNR = 25.0  # the DLG paper's figures count an image as leaked from about here
@@ -40,16 +38,7 @@ class TradeoffSpec:
 def read_tradeoff(path: Path) -> TradeoffSpec:
     """A sweep spec file with a `utility` mapping and an optional `recovered_psnr`."""
     path = Path(path)
-    if not path.is_file():
-        raise GradleakError(f"trade-off spec not found: {path}")
-    try:
-        node = yaml.compose(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GradleakError(f"trade-off spec {path} cannot be read: {first}") from exc
-    if node is None or not isinstance(node, yaml.MappingNode):
-        raise GradleakError(f"trade-off spec {path} must hold a mapping of keys to values")
-    root = _locate(node)
+    root = read_located(path, "trade-off spec")
     utility = root.value.pop("utility", None)
     root.children.pop("utility", None)
     recovered = root.value.pop("recovered_psnr", RECOVERED_PSNR)
