@@ -287,15 +287,10 @@ def _backend(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _run_study(spec, out: Path, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     from gradleak.experiments.sweep import run_sweep
 
-    backend = _backend(args)
-    try:
+    with _backend(args) as backend:
         result = run_sweep(
             spec, out, backend=backend, progress=not args.no_progress, threads=args.threads
         )
-    finally:
-        shutdown = getattr(backend, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
     if result.removed_partial:
         print(
             f"removed {result.removed_partial} half-written cell director(ies) left by an "
@@ -350,15 +345,10 @@ def _tradeoff(args: argparse.Namespace) -> int:
 
     spec = read_tradeoff(args.spec)
     out = args.out or Path("sweeps") / spec.sweep.name
-    backend = _backend(args)
-    try:
+    with _backend(args) as backend:
         _, interrupted = run_tradeoff(
             spec, out, backend=backend, progress=not args.no_progress, threads=args.threads
         )
-    finally:
-        shutdown = getattr(backend, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
     if interrupted:
         print("interrupted: run the same command again to finish", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -61,3 +61,12 @@ def require_client(client: ClientView | None, spec: str) -> ClientView:
 def with_tensors(update: SharedUpdate, tensors: Mapping[str, torch.Tensor]) -> SharedUpdate:
     """A new update carrying `tensors` and `update`'s kind and metadata."""
     return SharedUpdate(tensors, update.kind, update.metadata)
+
+
+def check_floating(name: str, tensor: torch.Tensor, action: str, needs: str) -> None:
+    """A one-line error for an integer update tensor given to a floating-point defense."""
+    if not tensor.is_floating_point():
+        raise GradleakError(
+            f"cannot {action} update tensor {name!r} of type {tensor.dtype}; "
+            f"{needs} needs floating-point tensors"
+        )

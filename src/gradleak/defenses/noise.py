@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.defenses.arguments import check_count, parse_choice, parse_number
-from gradleak.defenses.base import ClientView, with_tensors
+from gradleak.defenses.base import ClientView, check_floating, with_tensors
 from gradleak.errors import GradleakError
 from gradleak.fl.update import SharedUpdate
 
@@ -84,11 +84,7 @@ class AdditiveNoise:
         sample = SAMPLERS[self.kind]
         noisy = {}
         for name, tensor in update.tensors.items():
-            if not tensor.is_floating_point():
-                raise GradleakError(
-                    f"cannot add noise to update tensor {name!r} of type {tensor.dtype}; "
-                    "noise needs floating-point tensors"
-                )
+            check_floating(name, tensor, "add noise to", "noise")
             noise = sample(tensor.shape, tensor.dtype, self.variance, generator)
             noisy[name] = tensor + noise.to(tensor.device)
         return with_tensors(update, noisy)

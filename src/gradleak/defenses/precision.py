@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from gradleak.defenses.arguments import check_count, parse_choice
-from gradleak.defenses.base import ClientView, with_tensors
-from gradleak.errors import GradleakError
+from gradleak.defenses.base import ClientView, check_floating, with_tensors
 from gradleak.fl.update import SharedUpdate
 
 NAME = "precision"
@@ -93,11 +92,7 @@ class LowPrecision:
         quantise = QUANTISERS[self.kind]
         shared = {}
         for name, tensor in update.tensors.items():
-            if not tensor.is_floating_point():
-                raise GradleakError(
-                    f"cannot apply {self.spec!r} to update tensor {name!r} of type "
-                    f"{tensor.dtype}; low precision needs floating-point tensors"
-                )
+            check_floating(name, tensor, f"apply {self.spec!r} to", "low precision")
             shared[name] = quantise(tensor) if tensor.numel() else tensor.clone()
         return with_tensors(update, shared)
 

@@ -56,27 +56,23 @@ def _masked(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, tensor, torch.zeros_like(tensor))
 
 
-def _prune_layer(tensors: Mapping[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
-    return {name: _masked(t, _keep_mask(_magnitudes(t), fraction)) for name, t in tensors.items()}
+KeepMask = Callable[[torch.Tensor, float], torch.Tensor]
 
 
-def _prune_global(tensors: Mapping[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+def masked_by_magnitude(
+    tensors: Mapping[str, torch.Tensor], fraction: float, scope: PruneScope, keep_mask: KeepMask
+) -> dict[str, torch.Tensor]:
+    """Zero what `keep_mask` drops, ranking each tensor alone or all of them together."""
+    if scope is PruneScope.LAYER:
+        return {n: _masked(t, keep_mask(_magnitudes(t), fraction)) for n, t in tensors.items()}
     if not tensors:
         return {}
-    keep = _keep_mask(torch.cat([_magnitudes(t) for t in tensors.values()]), fraction)
+    keep = keep_mask(torch.cat([_magnitudes(t) for t in tensors.values()]), fraction)
     sizes = [t.numel() for t in tensors.values()]
     return {
         name: _masked(t, part)
         for (name, t), part in zip(tensors.items(), keep.split(sizes), strict=True)
     }
-
-
-PRUNERS: dict[
-    PruneScope, Callable[[Mapping[str, torch.Tensor], float], dict[str, torch.Tensor]]
-] = {
-    PruneScope.LAYER: _prune_layer,
-    PruneScope.GLOBAL: _prune_global,
-}
 
 
 def _check_fraction(fraction: float) -> None:
@@ -107,7 +103,8 @@ class Pruning:
         generator: torch.Generator,
         client: ClientView | None = None,
     ) -> SharedUpdate:
-        return with_tensors(update, PRUNERS[self.scope](update.tensors, self.fraction))
+        pruned = masked_by_magnitude(update.tensors, self.fraction, self.scope, _keep_mask)
+        return with_tensors(update, pruned)
 
 
 def parse(args: list[str]) -> Pruning:

@@ -9,14 +9,13 @@ flat index), so the earlier one is kept first. Kept entries are unchanged bit fo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from gradleak.defenses.arguments import check_count, parse_choice, parse_number
 from gradleak.defenses.base import ClientView, with_tensors
-from gradleak.defenses.pruning import PruneScope, _magnitudes, _masked, pruned_count
+from gradleak.defenses.pruning import PruneScope, masked_by_magnitude, pruned_count
 from gradleak.errors import GradleakError
 from gradleak.fl.update import SharedUpdate
 
@@ -38,29 +37,6 @@ def _keep_mask(magnitudes: torch.Tensor, fraction: float) -> torch.Tensor:
     keep = torch.zeros(magnitudes.numel(), dtype=torch.bool)
     keep[order[:count]] = True
     return keep
-
-
-def _topk_layer(tensors: Mapping[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
-    return {name: _masked(t, _keep_mask(_magnitudes(t), fraction)) for name, t in tensors.items()}
-
-
-def _topk_global(tensors: Mapping[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
-    if not tensors:
-        return {}
-    keep = _keep_mask(torch.cat([_magnitudes(t) for t in tensors.values()]), fraction)
-    sizes = [t.numel() for t in tensors.values()]
-    return {
-        name: _masked(t, part)
-        for (name, t), part in zip(tensors.items(), keep.split(sizes), strict=True)
-    }
-
-
-SPARSIFIERS: dict[
-    PruneScope, Callable[[Mapping[str, torch.Tensor], float], dict[str, torch.Tensor]]
-] = {
-    PruneScope.LAYER: _topk_layer,
-    PruneScope.GLOBAL: _topk_global,
-}
 
 
 def _check_fraction(fraction: float) -> None:
@@ -91,7 +67,8 @@ class TopK:
         generator: torch.Generator,
         client: ClientView | None = None,
     ) -> SharedUpdate:
-        return with_tensors(update, SPARSIFIERS[self.scope](update.tensors, self.fraction))
+        kept = masked_by_magnitude(update.tensors, self.fraction, self.scope, _keep_mask)
+        return with_tensors(update, kept)
 
 
 def parse(args: list[str]) -> TopK:

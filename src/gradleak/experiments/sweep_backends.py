@@ -22,7 +22,20 @@ class Backend(Protocol):
         ...
 
 
-class LocalBackend:
+class _Closing:
+    """`with backend:` releases what the backend started (a local Ray instance)."""
+
+    def close(self) -> None:
+        """Nothing to release by default."""
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalBackend(_Closing):
     """`workers` processes on this machine (1: in this process)."""
 
     def __init__(self, workers: int = 1) -> None:
@@ -63,7 +76,7 @@ def _probe(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-class RayBackend:
+class RayBackend(_Closing):
     """Cells as Ray tasks on an existing cluster (`address`), or a local Ray instance."""
 
     def __init__(self, address: str | None = None, workers: int | None = None) -> None:
@@ -113,5 +126,8 @@ class RayBackend:
             raise
 
     def shutdown(self) -> None:
-        if self.address is None:
+        if self.address is None:  # only a Ray instance this backend started itself
             self._ray.shutdown()
+
+    def close(self) -> None:
+        self.shutdown()
