@@ -135,9 +135,45 @@ def _add_attack(commands: argparse._SubParsersAction) -> None:
         help="client-side defense, repeatable, applied in order: "
         + "; ".join(available_defenses()),
     )
-    p.add_argument("--protocol", choices=PROTOCOLS, help="what the client shares (fedsgd)")
+    _add_protocol_flags(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(handler=_attack)
+
+
+def _add_protocol_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "protocol",
+        "what the clients share: fedsgd (a gradient), fedavg (θ_local − θ_server after local "
+        "SGD), fedadmm (the increment of x + π/ρ); --users N: the server sees only the mean",
+    )
+    g.add_argument("--protocol", choices=PROTOCOLS, help="the federated protocol (default fedsgd)")
+    g.add_argument("--local-steps", type=int, metavar="S", help="local SGD steps (default 1)")
+    g.add_argument("--local-epochs", type=int, metavar="E", help="local epochs instead of steps")
+    g.add_argument(
+        "--local-batch-size", type=int, metavar="b", help="local mini-batch (default: all n)"
+    )
+    g.add_argument("--local-lr", type=float, metavar="LR", help="local learning rate (0.01)")
+    g.add_argument("--users", type=int, metavar="N", help="users aggregated by the server (1)")
+    g.add_argument("--admm-rho", type=float, metavar="RHO", help="FedADMM penalty ρ (1.0)")
+    g.add_argument("--rounds", type=int, metavar="R", help="attack round R's update (default 1)")
+    g.add_argument(
+        "--share-buffers",
+        action="store_true",
+        default=None,
+        help="clients send their batch-norm running statistics with the update",
+    )
+    t = p.add_argument_group(
+        "attacker's guesses", "threat model: without these the attacker knows the settings"
+    )
+    t.add_argument("--guess-local-steps", type=int, metavar="S")
+    t.add_argument("--guess-local-epochs", type=int, metavar="E")
+    t.add_argument("--guess-local-batch-size", type=int, metavar="b")
+    t.add_argument("--guess-local-lr", type=float, metavar="LR")
+    t.add_argument(
+        "--attacker-model-mode",
+        choices=MODEL_MODES,
+        help="the batch-norm mode the attacker assumes (default: the client's)",
+    )
 
 
 def _add_execution_flags(p: argparse.ArgumentParser) -> None:
@@ -233,6 +269,19 @@ _RUN_FLAGS = [
     "labels_known",
     "stop_psnr",
     "protocol",
+    "local_steps",
+    "local_epochs",
+    "local_batch_size",
+    "local_lr",
+    "users",
+    "admm_rho",
+    "rounds",
+    "share_buffers",
+    "guess_local_steps",
+    "guess_local_epochs",
+    "guess_local_batch_size",
+    "guess_local_lr",
+    "attacker_model_mode",
 ]
 _ATTACK_FLAGS = ("iterations", "restarts", "lr", "tv_weight", "label_strategy", "compile")
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gradleak.errors import GradleakError
+from gradleak.fl.local_training import LocalTraining
 
 
 class Requirement(str, enum.Enum):
@@ -15,6 +16,7 @@ class Requirement(str, enum.Enum):
 
     LABELS = "labels"
     SINGLE_SAMPLE = "single_sample"
+    LOCAL_TRAINING = "local_training"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,15 @@ class Knowledge:
     model_mode: str = "train"
     labels: torch.Tensor | None = field(default=None, repr=False)
     dataset: str = ""
+    # How many users' updates were averaged (the server knows whom it aggregated);
+    # batch_size counts the samples of all of them together.
+    num_users: int = 1
+    # The attacker's belief about the clients' local training (FedAvg, FedADMM), and
+    # whether it is a guess rather than the protocol's known setting.
+    local_training: LocalTraining | None = None
+    local_training_guessed: bool = False
+    # Whether model_mode is the attacker's guess rather than the client's known mode.
+    model_mode_guessed: bool = False
 
     def __post_init__(self) -> None:
         if len(self.data_shape) != 3 or any(int(s) < 1 for s in self.data_shape):
@@ -50,6 +61,10 @@ class Knowledge:
             raise GradleakError(f"batch_size is {self.batch_size}; it must be at least 1")
         if self.model_mode not in ("train", "eval"):
             raise GradleakError(f"model_mode {self.model_mode!r} is not one of: train, eval")
+        if self.num_users < 1 or self.batch_size % self.num_users:
+            raise GradleakError(
+                f"batch_size {self.batch_size} does not split evenly over {self.num_users} users"
+            )
         if self.labels is not None:
             labels = self.labels.detach().clone().long()
             if labels.shape != (self.batch_size,):
@@ -66,6 +81,7 @@ class Knowledge:
         checks = {
             Requirement.LABELS: self.labels_known,
             Requirement.SINGLE_SAMPLE: self.batch_size == 1,
+            Requirement.LOCAL_TRAINING: self.local_training is not None,
         }
         return checks[requirement]
 
@@ -75,6 +91,8 @@ class Knowledge:
             Requirement.LABELS: "grant them with --labels-known or pick a label strategy "
             "that recovers labels",
             Requirement.SINGLE_SAMPLE: "use --batch-size 1",
+            Requirement.LOCAL_TRAINING: "describe the client's local training (--local-steps "
+            "or --local-epochs, --local-lr), or the attacker's guess of it",
         }
         for requirement in sorted(requirements, key=lambda r: r.value):
             if not self.grants(requirement):
@@ -94,4 +112,10 @@ class Knowledge:
             "model_mode": self.model_mode,
             "labels_known": self.labels_known,
             "dataset": self.dataset,
+            "num_users": self.num_users,
+            "local_training": None
+            if self.local_training is None
+            else self.local_training.describe(),
+            "local_training_guessed": self.local_training_guessed,
+            "model_mode_guessed": self.model_mode_guessed,
         }

@@ -29,12 +29,15 @@ def _attack_bundled(name: str, options: dict, index: int = 0, seed: int = 0):
 
 
 def test_registry() -> None:
-    assert attacks.available() == ["dlg", "idlg", "ig"]
+    assert attacks.available() == ["dlg", "idlg", "dlg-admm", "idlg-admm", "ig"]
     for name in attacks.available():
         attack = attacks.get(name)
         assert isinstance(attack, GradientMatchingAttack)
         assert attack.name == name
-    with pytest.raises(GradleakError, match="unknown attack 'gan'; choose one of: dlg, idlg, ig"):
+    with pytest.raises(
+        GradleakError,
+        match="unknown attack 'gan'; choose one of: dlg, idlg, dlg-admm, idlg-admm, ig",
+    ):
         attacks.get("gan")
 
 

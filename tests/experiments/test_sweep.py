@@ -64,7 +64,10 @@ def test_spec_expands_to_the_product_of_its_axes(spec_file: Path) -> None:
     ("text", "fragments"),
     [
         ("attacks: [dlg]\nmodle: [lenet]\n", ["line 2", "unknown key 'modle'", "models"]),
-        ("attacks: [dlg,\n  gan]\n", ["line 2", "'gan' is not one of: dlg, idlg, ig"]),
+        (
+            "attacks: [dlg,\n  gan]\n",
+            ["line 2", "'gan' is not one of: dlg, idlg, dlg-admm, idlg-admm, ig"],
+        ),
         ("models: [lenet]\n", ["needs 'attacks'"]),
         ("attacks: [dlg]\nmodels: [vgg]\n", ["line 2", "'vgg' is not a model", "lenet"]),
         ("attacks: [dlg]\ndefenses:\n  - none\n  - prune:1.5\n", ["line 4", "[0, 1)"]),
@@ -76,7 +79,7 @@ def test_spec_expands_to_the_product_of_its_axes(spec_file: Path) -> None:
         ("attacks: [dlg]\nbase: {colour: red}\n", ["line 2", "unknown key 'colour'"]),
         ("attacks: [dlg]\noptions: {ig: {lr: 1}}\n", ["line 2", "not in attacks"]),
         ("attacks: [dlg]\noptions: {dlg: {speed: 1}}\n", ["line 2", "unknown key 'speed'"]),
-        ("attacks: [dlg]\nprotocols: [fedavg]\n", ["line 2", "fedsgd"]),
+        ("attacks: [dlg]\nprotocols: [fedprox]\n", ["line 2", "fedsgd"]),
         ("attacks: []\n", ["line 1", "empty"]),
         ("attacks: [dlg\n", ["cannot be read"]),
     ],

@@ -24,11 +24,12 @@ from gradleak.attacks.optimize import (
     trial_inputs,
 )
 from gradleak.attacks.reconstruction import Reconstruction
+from gradleak.attacks.replay import Replay
 from gradleak.config import replace_checked
 from gradleak.data.normalize import pixel_bounds
 from gradleak.errors import GradleakError
 from gradleak.fl.update import SharedUpdate, UpdateKind
-from gradleak.threat_model import Knowledge
+from gradleak.threat_model import Knowledge, Requirement
 
 # Inverting Gradients' total-variation weights: 1e-4 for CIFAR-scale images (the reference
 # command-line default) and 1e-1 for ImageNet-scale images (its ImageNet ResNet examples).
@@ -61,6 +62,9 @@ class GradientMatchingConfig:
     tolerance: float = 0.0
     log_every: int = 0  # 0: about 100 rows over the run
     compile: bool = False  # torch.compile the functional step; falls back when it cannot
+    # DLG-ADMM / iDLG-ADMM: the update is a FedADMM increment Δ and −Δ/η (η the local
+    # learning rate) is matched as if it were the gradient.
+    admm: bool = False
     # signed, boxed and lr_decay apply to Adam; L-BFGS takes lr, line_search, tolerance.
 
     def validate(self) -> GradientMatchingConfig:
@@ -119,8 +123,9 @@ class GradientMatchingAttack:
     ) -> Reconstruction:
         """Attack `update`, seeing only it, the server's `model` and the granted `knowledge`."""
         cfg = self.config
+        update, replay = self._matched(update, model, knowledge)
         strategy, fixed_labels = self._labels_for(update, model, knowledge)
-        problem = self._problem(update, model, knowledge)
+        problem = self._problem(update, model, knowledge, replay)
         k = cfg.restarts
         # Before allocating anything per trial: Adam stacks all K trials, L-BFGS runs one.
         self._check_memory(problem, knowledge, fixed_labels, 1 if cfg.optimizer == "lbfgs" else k)
@@ -161,9 +166,11 @@ class GradientMatchingAttack:
                 if one.interrupted:  # Ctrl-C ends the whole batch, not one update
                     break
             return results
+        matched = [self._matched(u, model, knowledge) for u in updates]
+        updates = [u for u, _ in matched]
         recovered = [self._labels_for(u, model, knowledge) for u in updates]
         strategy = recovered[0][0]
-        problem = self._problem(updates[0], model, knowledge)
+        problem = self._problem(updates[0], model, knowledge, matched[0][1])
         n, k = len(updates), cfg.restarts
         self._check_memory(problem, knowledge, recovered[0][1], n * k)
         starts = [self._start(knowledge, fixed, seed) for _, fixed in recovered]
@@ -186,31 +193,54 @@ class GradientMatchingAttack:
             for i in range(n)
         ]
 
+    def _matched(
+        self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
+    ) -> tuple[SharedUpdate, Replay]:
+        """Check the update and say what is matched against it and how it was produced."""
+        update.validate_for(model)
+        kind = update.kind
+        if self.config.admm:
+            if kind is not UpdateKind.ADMM_INCREMENT:
+                raise GradleakError(
+                    f"attack '{self.name}' reads FedADMM increments but the update is a "
+                    f"{kind.value}; use --protocol fedadmm or an attack without -admm"
+                )
+            knowledge.require({Requirement.LOCAL_TRAINING}, f"attack '{self.name}'")
+            assert knowledge.local_training is not None
+            lr = knowledge.local_training.lr
+            return update.scaled(-1.0 / lr, UpdateKind.GRADIENT), Replay(knowledge.num_users)
+        if kind is UpdateKind.ADMM_INCREMENT:
+            raise GradleakError(
+                f"attack '{self.name}' cannot read a FedADMM increment; use dlg-admm or idlg-admm"
+            )
+        if kind is UpdateKind.WEIGHT_DELTA:
+            knowledge.require({Requirement.LOCAL_TRAINING}, f"attacking a {kind.value}")
+            return update, Replay(knowledge.num_users, knowledge.local_training)
+        return update, Replay(knowledge.num_users)
+
     def _labels_for(
         self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
     ) -> tuple[LabelStrategy, torch.Tensor | None]:
-        """Check the update and get its labels (None: the attack optimises them)."""
-        if update.kind is not UpdateKind.GRADIENT:
-            raise GradleakError(
-                f"attack '{self.name}' matches gradients but the update is a {update.kind.value}"
-            )
-        update.validate_for(model)
+        """The label strategy and its labels (None: the attack optimises them)."""
         strategy = resolve_label_strategy(self.config.label_strategy, knowledge)
         knowledge.require(strategy.requires, f"label strategy '{strategy.name}'")
-        fixed_labels = strategy.recover(update, model, knowledge)
+        # A weight difference points against the summed gradients: −Δ has their signs.
+        signs = update if update.kind is UpdateKind.GRADIENT else update.scaled(-1.0, update.kind)
+        fixed_labels = strategy.recover(signs, model, knowledge)
         if fixed_labels is not None:
             _check_labels(fixed_labels, knowledge)
             fixed_labels = fixed_labels.long()
         return strategy, fixed_labels
 
     def _problem(
-        self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
+        self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge, replay: Replay
     ) -> MatchingProblem:
         return MatchingProblem(
             attacker_model(model, knowledge.model_mode),
             update.tensors,
             get_objective(self.config.objective),
             self.config.tv_for(knowledge.data_shape),
+            replay,
         )
 
     def _start(
@@ -259,7 +289,11 @@ class GradientMatchingAttack:
             stopped=result.stopped,
             compiled=result.compiled,
             compile_seconds=result.compile_seconds,
-            details={"tv_weight": problem.tv_weight, "log_every": self._log_every()},
+            details={
+                "tv_weight": problem.tv_weight,
+                "log_every": self._log_every(),
+                "replay": problem.replay.describe(),
+            },
         )
 
     @staticmethod

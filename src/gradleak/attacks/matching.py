@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from gradleak.attacks.objectives import Objective
 from gradleak.attacks.priors import total_variation
+from gradleak.attacks.replay import Replay
 
 
 def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -44,6 +45,8 @@ class MatchingProblem:
     different updates (independent images) or use K TV weights at once.
     `value_and_grad` computes the same loss and its gradient for one trial with autograd's
     `create_graph`, which is cheaper than torch.func when there is nothing to batch.
+    `replay` says how the shared update was produced (a gradient by default; FedAvg's
+    local steps, or the mean over several users).
     """
 
     def __init__(
@@ -52,9 +55,11 @@ class MatchingProblem:
         target: Mapping[str, torch.Tensor],
         objective: Objective,
         tv_weight: float = 0.0,
+        replay: Replay | None = None,
     ) -> None:
         """`model` is the attacker's replica (attacker_model); its parameters stay trainable."""
         self.model = model
+        self.replay = Replay() if replay is None else replay
         self.names = [n for n, _ in model.named_parameters()]
         self.params = {n: p.detach() for n, p in model.named_parameters()}
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
@@ -73,10 +78,26 @@ class MatchingProblem:
         logits = functional_call(self.model, (dict(params), self.buffers), (images,))
         return label_loss(logits, labels)
 
+    def candidate_update(
+        self, params: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The update the client would share with these data (pure)."""
+        if self.replay.is_plain_gradient:
+            return grad(self.client_loss)(params, images, labels)
+        return self.replay(grad(self.client_loss), params, images, labels)
+
+    def _autograd_gradient(
+        self, params: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """∇θ of the client's loss with autograd's create_graph (params must need grad)."""
+        loss = self.client_loss(params, images, labels)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        return dict(zip(params, grads, strict=True))
+
     def candidate_gradient(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        return grad(self.client_loss)(self.params, images, labels)
+        return self.candidate_update(self.params, images, labels)
 
     def match(
         self,
@@ -118,8 +139,12 @@ class MatchingProblem:
             labels = labels.detach().requires_grad_(True)
             inputs.append(labels)
         with torch.enable_grad():
-            client_loss = label_loss(self.model(images), labels)
-            grads = torch.autograd.grad(client_loss, self._leaves, create_graph=True)
-            candidate = dict(zip(self.names, grads, strict=True))
+            if self.replay.is_plain_gradient:
+                client_loss = label_loss(self.model(images), labels)
+                grads = torch.autograd.grad(client_loss, self._leaves, create_graph=True)
+                candidate = dict(zip(self.names, grads, strict=True))
+            else:  # unrolled local steps or several users
+                leaves = dict(zip(self.names, self._leaves, strict=True))
+                candidate = self.replay(self._autograd_gradient, leaves, images, labels)
             value = self.objective(candidate, target) + tv_weight * total_variation(images)
             return torch.autograd.grad(value, inputs), value.detach()

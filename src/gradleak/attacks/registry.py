@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gradleak.attacks import dlg, idlg, inverting_gradients
+from gradleak.attacks import admm, dlg, idlg, inverting_gradients
 from gradleak.attacks.gradient_matching import GradientMatchingAttack
 from gradleak.errors import GradleakError
 
 ATTACKS: dict[str, tuple[Callable[[], GradientMatchingAttack], str]] = {
     "dlg": (dlg.build, "DLG: L2 matching, joint soft labels, L-BFGS (Zhu et al. 2019)"),
     "idlg": (idlg.build, "iDLG: analytic label, then DLG matching (Zhao et al. 2020)"),
+    "dlg-admm": (admm.build_dlg, "DLG-ADMM: DLG on −Δ/η of a FedADMM increment Δ"),
+    "idlg-admm": (admm.build_idlg, "iDLG-ADMM: iDLG on −Δ/η of a FedADMM increment Δ"),
     "ig": (
         inverting_gradients.build,
         "Inverting Gradients: cosine + TV, signed Adam, restarts (Geiping et al. 2020)",

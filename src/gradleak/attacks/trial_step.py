@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-from torch.func import grad, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
 from gradleak.attacks.matching import MatchingProblem
 
@@ -113,7 +113,7 @@ class TrialStep:
         images = images.detach().requires_grad_(True)
         labels = inputs.labels.detach().requires_grad_(inputs.soft)
         with torch.enable_grad():
-            candidates = vmap(grad(problem.client_loss), in_dims=(None, 0, labels_axis))(
+            candidates = vmap(problem.candidate_update, in_dims=(None, 0, labels_axis))(
                 problem.params, images, labels
             )
             values = vmap(problem.match, in_dims=(0, 0, target_axis, 0))(

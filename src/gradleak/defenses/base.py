@@ -60,7 +60,7 @@ def require_client(client: ClientView | None, spec: str) -> ClientView:
 
 def with_tensors(update: SharedUpdate, tensors: Mapping[str, torch.Tensor]) -> SharedUpdate:
     """A new update carrying `tensors` and `update`'s kind and metadata."""
-    return SharedUpdate(tensors, update.kind, update.metadata)
+    return SharedUpdate(tensors, update.kind, update.metadata, buffers=update.buffers)
 
 
 def check_floating(name: str, tensor: torch.Tensor, action: str, needs: str) -> None:

@@ -73,15 +73,20 @@ def build_case(config: RunConfig) -> Case:
     if config.checkpoint is not None:
         load_checkpoint(model, config.checkpoint)
     batch = PrivateBatch(normalize(data.images01, data.mean, data.std), data.labels)
+    local, guessed = config.attacker_local_training()
     knowledge = Knowledge(
         data_shape=(channels, height, width),
         num_classes=data.num_classes,
-        batch_size=config.batch_size,
+        batch_size=config.total_samples,
         mean=data.mean,
         std=data.std,
-        model_mode=config.model_mode,
+        model_mode=config.attacker_model_mode or config.model_mode,
         labels=data.labels if config.labels_known else None,
         dataset=data.stats_name,
+        num_users=config.users,
+        local_training=local,
+        local_training_guessed=guessed,
+        model_mode_guessed=config.attacker_model_mode is not None,
     )
     return Case(model, batch, knowledge, data.class_names, data.source)
 
@@ -110,7 +115,13 @@ def _load_data(config: RunConfig) -> _Data:
 def _from_source(
     config: RunConfig, source: ImageSource, stats: DatasetSpec, description: str
 ) -> _Data:
-    if config.batch_size > len(source):
+    if config.total_samples > len(source):
+        if config.users > 1:
+            raise GradleakError(
+                f"{config.users} users × {config.batch_size} samples need "
+                f"{config.total_samples} images but {description} has {len(source)}; use "
+                "fewer --users or a smaller --batch-size"
+            )
         raise GradleakError(
             f"batch size {config.batch_size} is larger than the {len(source)} images in "
             f"{description}; use --batch-size {len(source)} or fewer"

@@ -21,7 +21,8 @@ from gradleak.errors import GradleakError
 from gradleak.experiments.case import Case, build_case
 from gradleak.experiments.config import RunConfig
 from gradleak.experiments.snapshots import SnapshotRecorder, default_snapshot_iterations
-from gradleak.fl.client import FedSGDClient
+from gradleak.fl.client import Client, PrivateBatch
+from gradleak.fl.protocols import simulate
 from gradleak.fl.update import SharedUpdate
 from gradleak.metrics import (
     CONVENTION,
@@ -85,17 +86,20 @@ def attack_case(config: RunConfig) -> AttackOutcome:
     """Simulate the client, attack its update and score the reconstruction (writes nothing)."""
     case = build_case(config)
     attack = attacks.get(config.attack).with_options(config.attack_options)
-    client = FedSGDClient(case.model, model_mode=config.model_mode)
-    update = client.compute_update(case.batch)
     iterations = config.snapshots or default_snapshot_iterations(attack.config.iterations)
     recorder = SnapshotRecorder(iterations)
     defenses = parse_defenses(config.defenses)
-    if defenses:  # the client defends its update before sharing it
-        generator = torch.Generator().manual_seed(config.seed)
-        update = apply_defenses(update, defenses, generator, ClientView(client.model, case.batch))
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def defend(update: SharedUpdate, client: Client, batch: PrivateBatch) -> SharedUpdate:
+        # Each client defends its own update before sharing it.
+        return apply_defenses(update, defenses, generator, ClientView(client.model, batch))
+
+    shared = simulate(case.model, case.batch, config.protocol_settings(), defend)
+    update = shared.update
     reconstruction = attack.reconstruct(
         update,
-        case.model,
+        shared.server_model,
         case.knowledge,
         seed=config.seed,
         observer=psnr_observer(case, config.stop_psnr, recorder=recorder),
@@ -166,6 +170,8 @@ def _metrics(
         "source": case.source,
         "batch_size": config.batch_size,
         "protocol": config.protocol,
+        "users": config.users,
+        "protocol_settings": config.protocol_settings().describe(),
         "defenses": list(config.defenses),
         "seed": config.seed,
         "psnr": ev["psnr"],

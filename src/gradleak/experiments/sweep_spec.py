@@ -29,7 +29,8 @@ SPEC_KEYS = {
     "attacks": "list of attack presets",
     "models": "list of model names",
     "defenses": "list of defense settings: none, a spec such as prune:0.3, or a list of specs",
-    "protocols": "list of protocols",
+    "protocols": "list of protocols: a name, or a mapping of protocol settings such as "
+    "{protocol: fedavg, local_steps: 5, batch_size: 4, guess_local_steps: 1}",
     "images": "list of image indices, or a range 'A-B'",
     "seeds": "list of seeds",
     "options": "per-attack option overrides: {attack: {key: value}}",
@@ -83,6 +84,8 @@ class SweepSpec:
     seeds: tuple[int, ...]
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     success_psnr: float = 20.0
+    # The run settings behind each protocol label (a plain name sets only `protocol`).
+    protocol_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
         product = itertools.product(
@@ -99,7 +102,7 @@ class SweepSpec:
             "attack": cell.attack,
             "model": cell.model,
             "defenses": cell.defense,
-            "protocol": cell.protocol,
+            **self.protocol_settings.get(cell.protocol, {"protocol": cell.protocol}),
             "indices": (cell.image,),
             "seed": cell.seed,
             "attack_options": options,
@@ -126,6 +129,7 @@ class SweepSpec:
             "axes": self.axes(),
             "options": self.options,
             "success_psnr": self.success_psnr,
+            "protocol_settings": _plain(self.protocol_settings),
         }
 
 
@@ -201,13 +205,15 @@ def parse_spec(root: _Located | Mapping[str, Any], where: str = "sweep spec") ->
     base = _base(at, root.value.get("base") or {})
     attack_names = _choices(at, "attacks", list(attacks.available()))
     models = _models(at, root.value.get("models", [base.get("model", "lenet")]))
+    protocols = _protocols(at, root.value.get("protocols", ["fedsgd"]))
     spec = SweepSpec(
         name=str(root.value.get("name", Path(where).stem)),
         base=base,
         attacks=attack_names,
         models=models,
         defenses=_defenses(at, root.value.get("defenses", [NO_DEFENSE])),
-        protocols=_choices(at, "protocols", list(PROTOCOLS), default=[base.get("protocol")]),
+        protocols=tuple(protocols),
+        protocol_settings=protocols,
         images=_images(at, root.value.get("images", list(base.get("indices", [0])))),
         seeds=_ints(at, "seeds", root.value.get("seeds", [base.get("seed", 0)])),
         options=_options(at, root.value.get("options") or {}, attack_names),
@@ -260,6 +266,42 @@ def _choices(
         if value not in allowed:
             at.fail(key, f"{key} entry {value!r} is not one of: {', '.join(allowed)}", i)
     return tuple(values)
+
+
+# Keys a protocol entry may not set: the other axes decide them.
+_NOT_PROTOCOL_KEYS = ("attack", "model", "defenses", "indices", "seed", "out", "attack_options")
+
+
+def _protocols(at: _Where, values: Any) -> dict[str, dict[str, Any]]:
+    """Label → run settings; a label is the name, or 'name key=value …' for a mapping."""
+    values = _list(at, "protocols", values)
+    settings: dict[str, dict[str, Any]] = {}
+    for i, value in enumerate(values):
+        if isinstance(value, str):
+            entry = {"protocol": value}
+        elif isinstance(value, dict):
+            entry = {"protocol": "fedsgd", **value}
+        else:
+            at.fail("protocols", f"protocols entry {value!r} must be a name or a mapping", i)
+        bad = [k for k in entry if k in _NOT_PROTOCOL_KEYS]
+        if bad:
+            at.fail("protocols", f"protocols entry sets {bad[0]!r}, which another axis decides", i)
+        if entry["protocol"] not in PROTOCOLS:
+            at.fail(
+                "protocols",
+                f"protocols entry {entry['protocol']!r} is not one of: {', '.join(PROTOCOLS)}",
+                i,
+            )
+        try:
+            replace_checked(RunConfig(), entry, "protocols entry").validate()
+        except GradleakError as exc:
+            at.fail("protocols", str(exc), i)
+        extra = " ".join(f"{k}={v}" for k, v in entry.items() if k != "protocol")
+        label = f"{entry['protocol']} {extra}".strip()
+        if label in settings:
+            at.fail("protocols", f"protocols repeat a value: {label!r}; give each once", i)
+        settings[label] = entry
+    return settings
 
 
 def _models(at: _Where, values: Any) -> tuple[str, ...]:

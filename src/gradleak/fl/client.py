@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -23,14 +24,34 @@ class PrivateBatch:
         return int(self.labels.shape[0])
 
 
-class FedSGDClient:
-    """Shares the named-parameter gradient of mean cross-entropy on one private batch."""
+class Client(Protocol):
+    """A federated client: computes the update it shares from its private batch."""
 
-    def __init__(self, server_model: nn.Module, *, model_mode: str = "train") -> None:
+    model: nn.Module  # the client's own model (defenses such as Soteria read it)
+
+    def compute_update(self, batch: PrivateBatch) -> SharedUpdate: ...
+
+
+def buffers_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's buffers (batch-norm running statistics), detached copies."""
+    return {name: b.detach().clone() for name, b in model.named_buffers()}
+
+
+class FedSGDClient:
+    """Shares the named-parameter gradient of mean cross-entropy on one private batch.
+
+    In train mode the forward pass also moves the batch-norm running statistics; with
+    `share_buffers` the client sends them along (as FedAvg-style systems often do).
+    """
+
+    def __init__(
+        self, server_model: nn.Module, *, model_mode: str = "train", share_buffers: bool = False
+    ) -> None:
         # The client trains its own copy; the server's state is what the attacker holds.
         self.model = copy.deepcopy(server_model)
         self.model.train(model_mode == "train")
         self.model_mode = model_mode
+        self.share_buffers = share_buffers
 
     def compute_update(self, batch: PrivateBatch) -> SharedUpdate:
         params = dict(self.model.named_parameters())
@@ -41,4 +62,5 @@ class FedSGDClient:
             tensors,
             UpdateKind.GRADIENT,
             {"num_samples": len(batch), "protocol": "fedsgd"},
+            buffers=buffers_of(self.model) if self.share_buffers else {},
         )

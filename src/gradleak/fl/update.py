@@ -30,11 +30,15 @@ class SharedUpdate:
     tensors: Mapping[str, torch.Tensor]
     kind: UpdateKind = UpdateKind.GRADIENT
     metadata: Metadata = field(default_factory=dict)
+    # Batch-norm running statistics after the client's training, when the client shares them.
+    buffers: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Detached copies: the update must not keep a graph back to the private batch.
         frozen = {name: t.detach().clone() for name, t in self.tensors.items()}
         object.__setattr__(self, "tensors", frozen)
+        buffers = {name: t.detach().clone() for name, t in self.buffers.items()}
+        object.__setattr__(self, "buffers", buffers)
         object.__setattr__(self, "kind", UpdateKind(self.kind))
         object.__setattr__(self, "metadata", dict(self.metadata))
 
@@ -52,6 +56,7 @@ class SharedUpdate:
             "kind": self.kind.value,
             "metadata": dict(self.metadata),
             "tensors": dict(self.tensors),
+            "buffers": dict(self.buffers),
         }
         torch.save(payload, path)
 
@@ -89,7 +94,17 @@ class SharedUpdate:
         metadata = payload.get("metadata", {})
         if not isinstance(metadata, dict):
             raise GradleakError(f"{path}: 'metadata' must be a mapping of names to values")
-        return cls(tensors, kind, metadata)
+        buffers = payload.get("buffers", {})
+        if not isinstance(buffers, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in buffers.items()
+        ):
+            raise GradleakError(f"{path}: 'buffers' must map buffer names to tensors")
+        return cls(tensors, kind, metadata, buffers=buffers)
+
+    def scaled(self, factor: float, kind: UpdateKind) -> SharedUpdate:
+        """The same update with every tensor multiplied by `factor`, read as `kind`."""
+        tensors = {name: t * factor for name, t in self.tensors.items()}
+        return SharedUpdate(tensors, kind, self.metadata, buffers=self.buffers)
 
     def validate_for(self, model: nn.Module) -> None:
         """Fail with one line unless names, shapes and values fit `model`'s parameters."""

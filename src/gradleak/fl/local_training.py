@@ -1,0 +1,65 @@
+"""How a client trains locally before sharing: steps or epochs, batch size, learning rate.
+
+The same description drives the client's real training and the attacker's replay of it,
+so both walk the private samples in the same order: mini-batches of `batch_size`
+consecutive samples, cycling through the data, one SGD step per mini-batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from gradleak.errors import GradleakError
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """Plain SGD for `steps` steps or `epochs` passes; `batch_size` None means all samples."""
+
+    lr: float
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise GradleakError(f"local learning rate must be positive, got {self.lr}")
+        if self.steps is not None and self.epochs is not None:
+            raise GradleakError("give local steps or local epochs, not both")
+        for key in ("steps", "epochs", "batch_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise GradleakError(
+                    f"local {key.replace('_', ' ')} must be at least 1, got {value}"
+                )
+
+    def check(self, num_samples: int) -> None:
+        """Refuse settings the client's data cannot support."""
+        if self.batch_size is not None and self.batch_size > num_samples:
+            raise GradleakError(
+                f"local batch size {self.batch_size} is larger than the client's "
+                f"{num_samples} samples; use --local-batch-size {num_samples} or fewer"
+            )
+
+    def batch_of(self, num_samples: int) -> int:
+        return num_samples if self.batch_size is None else self.batch_size
+
+    def step_slices(self, num_samples: int) -> list[slice]:
+        """The samples each local step uses, in order."""
+        self.check(num_samples)
+        size = self.batch_of(num_samples)
+        per_epoch = math.ceil(num_samples / size)
+        batches = [slice(i * size, min((i + 1) * size, num_samples)) for i in range(per_epoch)]
+        if self.epochs is not None:
+            return batches * self.epochs
+        steps = 1 if self.steps is None else self.steps
+        return [batches[s % per_epoch] for s in range(steps)]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "lr": self.lr,
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+        }
