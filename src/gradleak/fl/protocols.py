@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ class ProtocolSettings:
             raise GradleakError(f"protocol {self.name!r} is not one of: {', '.join(PROTOCOLS)}")
         if self.users < 1:
             raise GradleakError(f"--users must be at least 1, got {self.users}")
+        if not (self.rho > 0 and math.isfinite(self.rho)):
+            raise GradleakError(f"ADMM penalty rho must be positive, got {self.rho}")
         if self.rounds < 1:
             raise GradleakError(f"rounds must be at least 1, got {self.rounds}")
         if self.rounds > 1 and self.name == "fedsgd":
