@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+
 from gradleak.fl.local_training import LocalTraining
 
 Params = Mapping[str, torch.Tensor]
