@@ -314,6 +314,17 @@ def _attack(args: argparse.Namespace) -> int:
         f"{m['iterations']} iterations in {m['seconds']:.1f} s"
         + (f" ({m['compile_seconds']:.1f} s compiling)" if m["compiled"] else "")
     )
+    threat = m["threat_model"]
+    if threat.get("local_training_guessed") or threat.get("model_mode_guessed"):
+        guessed = [
+            what
+            for what, flag in (
+                ("the local training", threat.get("local_training_guessed")),
+                ("the batch-norm mode", threat.get("model_mode_guessed")),
+            )
+            if flag
+        ]
+        print(f"threat model: the attacker guessed {' and '.join(guessed)} (see config.yaml)")
     if result.reconstruction.interrupted:
         print(f"interrupted: partial results written to {result.out_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -130,3 +130,26 @@ def test_idlg_label_is_read_from_a_fedavg_weight_difference() -> None:
     rec = attack.reconstruct(update, case.model, case.knowledge, progress=False)
     assert rec.label_strategy == "analytic"
     assert rec.labels.tolist() == case.batch.labels.tolist()
+
+
+def test_a_wrong_batch_norm_mode_does_not_match_the_truth() -> None:
+    model = build_model("resnet20", num_classes=10, seed=7)
+    batch = _batch(2)
+    shared = simulate(model, batch, ProtocolSettings("fedsgd", model_mode="train")).update
+    right = _problem(model, shared.tensors, Replay(), mode="train")
+    wrong = _problem(model, shared.tensors, Replay(), mode="eval")
+    assert float(right.loss(batch.images, batch.labels)) < 1e-5
+    assert float(wrong.loss(batch.images, batch.labels)) > 1e-3
+
+
+def test_attacker_model_mode_is_a_threat_model_setting() -> None:
+    config = RunConfig(model="resnet20", model_mode="train", attacker_model_mode="eval")
+    knowledge = build_case(config).knowledge
+    assert knowledge.model_mode == "eval" and knowledge.model_mode_guessed
+    assert config.protocol_settings().model_mode == "train"
+    shared = simulate(
+        build_case(config).model,
+        build_case(config).batch,
+        RunConfig(model="resnet20", share_buffers=True).protocol_settings(),
+    ).update
+    assert "bn1.running_mean" in shared.buffers

@@ -270,6 +270,19 @@ def _run_metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
     if "protocol" in metrics:
         rows.append(("protocol", fmt(metrics.get("protocol"))))
+    settings = metrics.get("protocol_settings")
+    if isinstance(settings, Mapping):
+        rows.append(("users aggregated", fmt(settings.get("users"), "d")))
+        if settings.get("local_training") is not None:
+            rows.append(
+                ("client's local training", local_training_text(settings["local_training"]))
+            )
+        if settings.get("rho") is not None:
+            rows.append(("FedADMM penalty ρ", fmt(settings.get("rho"), "g")))
+        if settings.get("rounds", 1) != 1:
+            rows.append(("attacked round", fmt(settings.get("rounds"), "d")))
+        rows.append(("client's model mode", fmt(settings.get("client_model_mode"))))
+        rows.append(("batch-norm statistics shared", fmt(settings.get("buffers_shared"))))
     if "defenses" in metrics:
         rows.append(("client defenses", fmt(metrics.get("defenses"))))
     return rows
@@ -281,10 +294,27 @@ _THREAT_LABELS = {
     "batch_size": "batch size",
     "mean": "normalisation mean",
     "std": "normalisation std",
-    "model_mode": "client's model mode (batch norm)",
+    "model_mode": "batch-norm mode the attacker assumes",
     "labels_known": "labels known to the attacker",
     "dataset": "dataset",
+    "num_users": "users averaged (known to the server)",
+    "local_training": "local training the attacker replays",
+    "local_training_guessed": "local training is the attacker's guess",
+    "model_mode_guessed": "batch-norm mode is the attacker's guess",
 }
+
+
+def local_training_text(local: object) -> str:
+    """'3 steps of batch 2, lr 0.1' from a LocalTraining description."""
+    if not isinstance(local, Mapping):
+        return fmt(local)
+    if local.get("epochs") is not None:
+        amount = f"{local['epochs']} epoch(s)"
+    else:
+        amount = f"{local.get('steps') or 1} step(s)"
+    batch = local.get("batch_size")
+    size = "all samples" if batch is None else f"batch {batch}"
+    return f"{amount} of {size}, lr {fmt(local.get('lr'), 'g')}"
 
 
 def _threat_rows(threat: object) -> list[tuple[str, str]]:
@@ -294,6 +324,8 @@ def _threat_rows(threat: object) -> list[tuple[str, str]]:
     for key, value in threat.items():
         if key == "data_shape" and isinstance(value, list):
             text = "×".join(str(v) for v in value)
+        elif key == "local_training":
+            text = "none (a gradient is shared)" if value is None else local_training_text(value)
         else:
             text = fmt(value, "g" if key in ("mean", "std") else "")
         rows.append((_THREAT_LABELS.get(key, key.replace("_", " ")), text))
