@@ -119,7 +119,7 @@ def attack_case(config: RunConfig) -> AttackOutcome:
 
 def run_attack(config: RunConfig) -> RunResult:
     """attack_case, then save everything under the run directory."""
-    out_dir = _check_out_dir(Path(config.out or config.default_out()))
+    out_dir = check_out_dir(Path(config.out or config.default_out()))
     outcome = attack_case(config)
     case, rec, evaluation = outcome.case, outcome.reconstruction, outcome.evaluation
     metrics = _metrics(config, case, outcome.attack, rec, evaluation)
@@ -132,7 +132,7 @@ def run_attack(config: RunConfig) -> RunResult:
     return RunResult(**vars(outcome), metrics=metrics, out_dir=out_dir)
 
 
-def _check_out_dir(out_dir: Path) -> Path:
+def check_out_dir(out_dir: Path) -> Path:
     """Refuse an unusable run directory before the attack, so a bad --out costs no work."""
     existing = out_dir
     while not existing.exists() and existing != existing.parent:
@@ -144,14 +144,14 @@ def _check_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _json_safe(value: object) -> object:
+def json_safe(value: object) -> object:
     """Non-finite floats become null: JSON has no NaN or Infinity."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -223,5 +223,5 @@ def write_outputs(
         "threat_model": case.knowledge.describe(),
     }
     (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    text = json.dumps(_json_safe(metrics), indent=2, allow_nan=False)
+    text = json.dumps(json_safe(metrics), indent=2, allow_nan=False)
     (out_dir / "metrics.json").write_text(text + "\n")

@@ -59,7 +59,7 @@ def _check_batch(images01: Tensor, name: str) -> None:
         )
 
 
-def _resolve_scale(height: int, scale: int | None) -> int:
+def resolve_scale(height: int, scale: int | None) -> int:
     if scale is None:
         return max(1, math.ceil(MIN_DISPLAY_HEIGHT_PX / height))
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
@@ -67,7 +67,7 @@ def _resolve_scale(height: int, scale: int | None) -> int:
     return scale
 
 
-def _tile(rows: Sequence[Sequence[Image.Image]], scale: int) -> Image.Image:
+def tile_rows(rows: Sequence[Sequence[Image.Image]], scale: int) -> Image.Image:
     """Lay equally sized images out in rows on a white canvas, enlarged by nearest neighbour."""
     first = rows[0][0]
     tile_w, tile_h = first.width * scale, first.height * scale
@@ -85,7 +85,7 @@ def _tile(rows: Sequence[Sequence[Image.Image]], scale: int) -> Image.Image:
     return canvas
 
 
-def _save(image: Image.Image, path: Path) -> None:
+def save_png(image: Image.Image, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -98,7 +98,7 @@ def save_image_strip(images01: Tensor, path: Path, scale: int | None = None) -> 
     """Save a batch side by side with white gaps; scale None enlarges small images to ~128 px."""
     _check_batch(images01, "images")
     tiles = [to_pil(image) for image in images01]
-    _save(_tile([tiles], _resolve_scale(images01.shape[-2], scale)), path)
+    save_png(tile_rows([tiles], resolve_scale(images01.shape[-2], scale)), path)
 
 
 def save_comparison_grid(
@@ -131,4 +131,4 @@ def save_comparison_grid(
             )
     top = [to_pil(image) for image in truth01]
     bottom = [to_pil(recon01[int(j)]) for j in order]
-    _save(_tile([top, bottom], _resolve_scale(truth01.shape[-2], scale)), path)
+    save_png(tile_rows([top, bottom], resolve_scale(truth01.shape[-2], scale)), path)
