@@ -66,7 +66,7 @@ def _figure(width: float = 5.4, height: float = 3.4, ncols: int = 1) -> tuple[Fi
     return figure, list(axes)
 
 
-def _png(figure: Figure) -> bytes:
+def figure_png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
@@ -116,7 +116,7 @@ def _plot_curves(ax, curves, log_y: bool) -> None:
         marker = "o" if len(xs) <= 30 else None
         ax.plot(xs, ys, color=COLORS[i % len(COLORS)], marker=marker, ms=3, lw=1.5, label=label)
     if log_y and all(y > 0 for _, _, ys in curves for y in ys):
-        _log_y(ax, [y for _, _, ys in curves for y in ys])
+        log_y_axis(ax, [y for _, _, ys in curves for y in ys])
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -125,7 +125,7 @@ def _plot_curves(ax, curves, log_y: bool) -> None:
     ax.set_xlabel("iteration")
 
 
-def _log_y(ax, values: Sequence[float]) -> None:
+def log_y_axis(ax, values: Sequence[float]) -> None:
     """Log y axis with plain tick labels; minor ticks labelled when the range is narrow."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -146,7 +146,7 @@ def loss_curve_png(history_rows: Sequence[Row]) -> bytes:
         ax.set_title("Matching loss (what the attacker minimises)", fontsize="medium")
     else:
         _no_data(ax, "no matching loss recorded")
-    return _png(figure)
+    return figure_png(figure)
 
 
 def quality_curves_png(history_rows: Sequence[Row]) -> bytes:
@@ -155,12 +155,12 @@ def quality_curves_png(history_rows: Sequence[Row]) -> bytes:
     figure, axes = _figure(width=5.4 if len(columns) < 2 else 10.0, ncols=max(1, len(columns)))
     if not columns:
         _no_data(axes[0], "no PSNR or MSE recorded")
-        return _png(figure)
+        return figure_png(figure)
     for ax, column in zip(axes, columns, strict=True):
         _plot_curves(ax, _series(history_rows, column), log_y=column in _LOG_METRICS)
         ax.set_ylabel(METRIC_LABELS[column])
         ax.set_title(f"{METRIC_LABELS[column]} of the best iterate", fontsize="medium")
-    return _png(figure)
+    return figure_png(figure)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -236,15 +236,15 @@ def axis_plot_png(
     label = METRIC_LABELS.get(metric, metric)
     if not plotted:
         _no_data(ax, f"no {label} values to plot")
-        return _png(figure)
+        return figure_png(figure)
     ax.set_xticks(range(len(order)), order, rotation=30 if len(order) > 6 else 0)
     ax.set_xlim(-0.5, len(order) - 0.5)
     ax.set_xlabel(axis)
     ax.set_ylabel(label)
     finite = [v for v in (number(r.get(metric)) for r in rows) if math.isfinite(v)]
     if metric in _LOG_METRICS and all(v > 0 for v in finite):
-        _log_y(ax, finite)
+        log_y_axis(ax, finite)
     ax.set_title(f"{label} by {axis} (mean ± std over cells)", fontsize="medium")
     if by_attack:
         ax.legend(title="attack", fontsize="small", frameon=False)
-    return _png(figure)
+    return figure_png(figure)
