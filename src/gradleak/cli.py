@@ -12,6 +12,7 @@ from gradleak import __version__
 from gradleak.attacks.registry import ATTACKS
 from gradleak.cli_compare import add_compare
 from gradleak.cli_simulate import add_simulate
+from gradleak.cli_train import add_train
 from gradleak.defenses import available_defenses
 from gradleak.errors import GradleakError
 from gradleak.experiments.config import (
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(commands)
     _add_bench(commands)
     _add_tradeoff(commands)
+    add_train(commands)
     add_compare(commands)
     add_simulate(commands)
     listing = commands.add_parser("list", help="list attacks, models and datasets")

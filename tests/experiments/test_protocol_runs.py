@@ -80,3 +80,15 @@ def test_cli_bad_protocol_setting_exits_2(capsys: pytest.CaptureFixture[str]) ->
     assert main(["attack", "--protocol", "fedavg", "--local-batch-size", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "local batch size 3 is larger" in err[0]
+
+
+def test_cli_refuses_a_checkpoint_of_another_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gradleak.models import build_model, save_checkpoint
+
+    path = save_checkpoint(build_model("lenet", num_classes=10), tmp_path / "l.pt", model="lenet")
+    argv = ["attack", "--model", "resnet20", "--checkpoint", str(path), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "saved from model 'lenet', not 'resnet20'" in err[0]

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from gradleak.errors import GradleakError
-from gradleak.models import build_model, load_checkpoint, save_checkpoint
+from gradleak.models import (
+    build_model,
+    check_checkpoint_model,
+    load_checkpoint,
+    read_checkpoint_metadata,
+    save_checkpoint,
+)
 
 
 def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -109,3 +115,77 @@ def test_metadata_must_be_primitive(tmp_path: Path) -> None:
     with pytest.raises(GradleakError, match="metadata 'opt'"):
         save_checkpoint(model, tmp_path / "x.pt", opt=torch.optim.SGD(model.parameters(), 0.1))
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_metadata_is_read_back_without_the_weights(tmp_path: Path) -> None:
+    model = build_model("lenet", num_classes=10)
+    path = save_checkpoint(model, tmp_path / "m.pt", model="lenet", epoch=2, image_size=[28, 28])
+    assert read_checkpoint_metadata(path) == {"model": "lenet", "epoch": 2, "image_size": [28, 28]}
+    raw = tmp_path / "raw.pt"
+    torch.save(model.state_dict(), raw)
+    assert read_checkpoint_metadata(raw) == {}
+    with pytest.raises(GradleakError, match="not found"):
+        read_checkpoint_metadata(tmp_path / "nope.pt")
+
+
+def test_metadata_reading_refuses_pickled_code(tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.pt"
+    torch.save({"metadata": {"model": _Payload(marker)}}, path)
+    with pytest.raises(GradleakError, match="not a tensors-only checkpoint"):
+        read_checkpoint_metadata(path)
+    assert not marker.exists()
+
+
+def test_checkpoint_for_lenet_is_refused_for_resnet20(tmp_path: Path) -> None:
+    path = save_checkpoint(build_model("lenet", num_classes=10), tmp_path / "l.pt", model="lenet")
+    with pytest.raises(GradleakError) as info:
+        check_checkpoint_model(path, "resnet20")
+    message = str(info.value)
+    assert message == (
+        f"checkpoint {path} was saved from model 'lenet', not 'resnet20'; "
+        "pass --model lenet or a checkpoint saved from resnet20"
+    )
+
+
+@pytest.mark.parametrize(
+    ("saved", "asked"),
+    [
+        ("lenet", "LeNet"),
+        ("resnet20", "resnet20-1"),
+        ("convnet-64", "convnet"),
+        ("mlp", "mlp-1024"),
+    ],
+)
+def test_same_model_spelled_differently_passes(tmp_path: Path, saved: str, asked: str) -> None:
+    path = save_checkpoint(build_model("lenet", num_classes=10), tmp_path / "c.pt", model=saved)
+    check_checkpoint_model(path, asked)
+
+
+def test_other_width_is_another_model(tmp_path: Path) -> None:
+    path = save_checkpoint(
+        build_model("lenet", num_classes=10), tmp_path / "c.pt", model="resnet20"
+    )
+    with pytest.raises(GradleakError, match="saved from model 'resnet20', not 'resnet20-4'"):
+        check_checkpoint_model(path, "resnet20-4")
+
+
+def test_checkpoint_without_a_model_name_passes_to_the_shape_check(tmp_path: Path) -> None:
+    lenet = build_model("lenet", num_classes=10)
+    raw = tmp_path / "raw.pt"
+    torch.save(lenet.state_dict(), raw)
+    unnamed = save_checkpoint(lenet, tmp_path / "unnamed.pt", epoch=1)
+    for path in (raw, unnamed):
+        check_checkpoint_model(path, "resnet20")
+        with pytest.raises(GradleakError, match="another model"):
+            load_checkpoint(build_model("resnet20", num_classes=10), path)
+
+
+def test_a_failed_save_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(build_model("lenet", num_classes=10), tmp_path / "c.pt")
+    assert list(tmp_path.iterdir()) == []

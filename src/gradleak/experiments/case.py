@@ -22,7 +22,7 @@ from gradleak.data import (
 from gradleak.errors import GradleakError
 from gradleak.experiments.config import RunConfig
 from gradleak.fl.client import PrivateBatch
-from gradleak.models import build_model, load_checkpoint
+from gradleak.models import build_model, check_checkpoint_model, load_checkpoint
 from gradleak.threat_model import Knowledge
 
 # Normalisation of images that come from a folder or a single file: the usual photo statistics.
@@ -71,6 +71,7 @@ def build_case(config: RunConfig) -> Case:
         seed=config.seed,
     )
     if config.checkpoint is not None:
+        check_checkpoint_model(config.checkpoint, config.model)
         load_checkpoint(model, config.checkpoint)
     batch = PrivateBatch(normalize(data.images01, data.mean, data.std), data.labels)
     local, guessed = config.attacker_local_training()

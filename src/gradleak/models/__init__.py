@@ -1,12 +1,25 @@
 """Models under attack, built by name, and safe checkpoint loading."""
 
-from gradleak.models.checkpoint import load_checkpoint, save_checkpoint
-from gradleak.models.registry import available_models, build_model, classifier_layer
+from gradleak.models.checkpoint import (
+    check_checkpoint_model,
+    load_checkpoint,
+    read_checkpoint_metadata,
+    save_checkpoint,
+)
+from gradleak.models.registry import (
+    available_models,
+    build_model,
+    canonical_model_name,
+    classifier_layer,
+)
 
 __all__ = [
     "available_models",
     "build_model",
+    "canonical_model_name",
+    "check_checkpoint_model",
     "classifier_layer",
     "load_checkpoint",
+    "read_checkpoint_metadata",
     "save_checkpoint",
 ]

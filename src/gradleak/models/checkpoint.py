@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from gradleak.errors import GradleakError
+from gradleak.models.registry import canonical_model_name
 
 _WRAPPER_KEYS = ("state_dict", "model")
 # How many offending keys an error message names before summarising the rest.
@@ -29,7 +31,14 @@ def save_checkpoint(model: nn.Module, path: Path | str, /, **metadata: object) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    torch.save({"state_dict": state, "metadata": dict(metadata)}, path)
+    # Written beside the target and renamed, so an interrupted save never leaves half a file
+    # where a checkpoint is expected.
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        torch.save({"state_dict": state, "metadata": dict(metadata)}, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
@@ -50,11 +59,42 @@ def load_checkpoint(model: nn.Module, path: Path | str) -> nn.Module:
     Accepts a raw state_dict or a dict holding one under "state_dict" or "model".
     """
     path = Path(path)
+    state = _extract_state_dict(_read(path), path)
+    _check_fits(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def read_checkpoint_metadata(path: Path | str) -> dict[str, object]:
+    """The metadata saved with a checkpoint; {} for a file that carries none."""
+    path = Path(path)
+    loaded = _read(path)
+    metadata = loaded.get("metadata") if isinstance(loaded, Mapping) else None
+    return dict(metadata) if isinstance(metadata, Mapping) else {}
+
+
+def check_checkpoint_model(path: Path | str, model_name: str) -> None:
+    """Refuse a checkpoint whose metadata names a model other than `model_name`.
+
+    Checkpoints without a model name pass; load_checkpoint still checks that they fit.
+    """
+    saved = read_checkpoint_metadata(path).get("model")
+    if not isinstance(saved, str) or not saved.strip():
+        return
+    if canonical_model_name(saved) != canonical_model_name(model_name):
+        raise GradleakError(
+            f"checkpoint {path} was saved from model {saved!r}, not {model_name!r}; "
+            f"pass --model {saved.strip()} or a checkpoint saved from {model_name}"
+        )
+
+
+def _read(path: Path) -> object:
+    """torch.load of tensors and plain values only; anything else is a one-line error."""
     if not path.is_file():
         raise GradleakError(f"checkpoint not found: {path}; pass the path of a saved .pt file")
     try:
         # weights_only refuses pickled code, so a hostile file cannot run anything.
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     # Each of these is what torch.load raises for some kind of non-checkpoint file:
     # pickled code, a broken zip archive, a truncated file, random bytes (KeyError on
     # the legacy format's magic number), or a file that cannot be read.
@@ -70,10 +110,6 @@ def load_checkpoint(model: nn.Module, path: Path | str) -> nn.Module:
             f"{path} is not a tensors-only checkpoint ({type(error).__name__}); re-save it "
             "with gradleak's save_checkpoint or torch.save(model.state_dict(), path)"
         ) from error
-    state = _extract_state_dict(loaded, path)
-    _check_fits(model, state, path)
-    model.load_state_dict(state, strict=True)
-    return model
 
 
 def _extract_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:

@@ -25,6 +25,13 @@ class _Entry:
     pattern: re.Pattern[str]
     display: str
     factory: _Factory
+    default: int | None = None  # value of the optional "-N" suffix when a name leaves it out
+
+
+# Defaults of the optional suffixes, shared by the factories and canonical_model_name.
+_CONVNET_WIDTH = 64
+_MLP_WIDTH = 1024
+_RESNET_K = 1
 
 
 def _optional_int(match: re.Match[str], group: str, default: int) -> int:
@@ -37,11 +44,11 @@ def _lenet(match: re.Match[str], classes: int, channels: int, size: tuple[int, i
 
 
 def _convnet(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
-    return ConvNet(classes, channels, size, width=_optional_int(match, "width", 64))
+    return ConvNet(classes, channels, size, width=_optional_int(match, "width", _CONVNET_WIDTH))
 
 
 def _mlp(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
-    return MLP(classes, channels, size, width=_optional_int(match, "width", 1024))
+    return MLP(classes, channels, size, width=_optional_int(match, "width", _MLP_WIDTH))
 
 
 def _resnet(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
@@ -50,7 +57,7 @@ def _resnet(match: re.Match[str], classes: int, channels: int, size: tuple[int, 
         channels,
         size,
         depth=int(match.group("depth")),
-        width_factor=_optional_int(match, "k", 1),
+        width_factor=_optional_int(match, "k", _RESNET_K),
     )
 
 
@@ -62,11 +69,14 @@ def _resnet18(
 
 _TABLE: tuple[_Entry, ...] = (
     _Entry(re.compile(r"lenet"), "lenet", _lenet),
-    _Entry(re.compile(r"convnet(?:-(?P<width>\d+))?"), "convnet[-W]", _convnet),
-    _Entry(re.compile(r"mlp(?:-(?P<width>\d+))?"), "mlp[-W]", _mlp),
+    _Entry(re.compile(r"convnet(?:-(?P<width>\d+))?"), "convnet[-W]", _convnet, _CONVNET_WIDTH),
+    _Entry(re.compile(r"mlp(?:-(?P<width>\d+))?"), "mlp[-W]", _mlp, _MLP_WIDTH),
     *(
         _Entry(
-            re.compile(rf"resnet(?P<depth>{depth})(?:-(?P<k>\d+))?"), f"resnet{depth}[-K]", _resnet
+            re.compile(rf"resnet(?P<depth>{depth})(?:-(?P<k>\d+))?"),
+            f"resnet{depth}[-K]",
+            _resnet,
+            _RESNET_K,
         )
         for depth in (20, 32, 56)
     ),
@@ -109,6 +119,20 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return entry.factory(match, num_classes, in_channels, image_size)
+
+
+def canonical_model_name(name: str) -> str:
+    """The name with its default suffix spelled out ("resnet20" → "resnet20-1"), for comparing.
+
+    Names the registry does not know come back stripped and lower-cased.
+    """
+    key = name.strip().lower()
+    entry, match = _lookup(key)
+    if entry is None or match is None or entry.default is None:
+        return key
+    # The optional suffix is the pattern's last group ("width" or "k").
+    suffix = match.group(match.re.groups)
+    return f"{key.split('-')[0]}-{int(suffix) if suffix is not None else entry.default}"
 
 
 def _lookup(key: str) -> tuple[_Entry | None, re.Match[str] | None]:
