@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 from gradleak import cli
-from gradleak.cli_compare import add_compare
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -48,23 +47,13 @@ def main() -> int:
     parser.add_argument("--index", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    # The compare subcommand may not be registered in gradleak.cli yet: register it here.
-    command = cli.build_parser()
-    subparsers = next(a for a in command._actions if isinstance(a, argparse._SubParsersAction))
-    if "compare" not in subparsers.choices:
-        add_compare(subparsers)
     status = 0
     for study in args.study or list(STUDIES):
         argv = ["compare", *(f"--dataset={d}" for d in DATASETS), *COMMON, *STUDIES[study]]
         argv += ["--index", *map(str, args.index), "--threads", str(args.threads)]
         argv += ["--out", str(OUT / study), "--no-progress"]
         print(f"== {study}: gradleak {' '.join(argv)}", flush=True)
-        parsed = command.parse_args(argv)
-        try:
-            status = parsed.handler(parsed)
-        except cli.GradleakError as exc:
-            print(f"gradleak: error: {exc}", file=sys.stderr)
-            return cli.EXIT_USAGE
+        status = cli.main(argv)
         if status:
             return status
     return status

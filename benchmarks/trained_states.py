@@ -27,7 +27,6 @@ from typing import Any
 import yaml
 
 from gradleak import cli
-from gradleak.cli_train import add_train
 from gradleak.experiments.training import epoch_checkpoint_path, history_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,17 +97,8 @@ STUDIES = {
 
 
 def gradleak(argv: list[str]) -> int:
-    """`gradleak ARGV` in this process, with `train` registered where cli.py lacks it."""
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "train" not in commands.choices:
-        add_train(commands)
-    build = cli.build_parser
-    cli.build_parser = lambda: parser
-    try:
-        return cli.main(argv)
-    finally:
-        cli.build_parser = build
+    """`gradleak ARGV` in this process."""
+    return cli.main(argv)
 
 
 def _train_argv(training: Training, data_root: Path, out: Path, progress: bool) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from gradleak import cli
-from gradleak.cli_compare import add_compare, parse_iterations
+from gradleak.cli_compare import parse_iterations
 from gradleak.errors import GradleakError
 from gradleak.experiments import build_case
 from gradleak.experiments import compare as compare_module
@@ -261,12 +261,7 @@ def test_ctrl_c_keeps_finished_runs_and_draws_them(
 
 
 def _main(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """gradleak.cli.main with `compare` registered on its subcommands through add_compare."""
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "compare" not in commands.choices:  # until cli.py registers it itself
-        add_compare(commands)
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    """`gradleak compare ARGV` through gradleak.cli.main."""
     try:
         return cli.main(["compare", *argv])
     except SystemExit as exc:  # argparse's own errors (bad flag values)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from PIL import Image
 from torch.nn import functional as F
 
 from gradleak import cli
-from gradleak.cli_train import add_train
 from gradleak.data import load_dataset, normalize
 from gradleak.errors import GradleakError
 from gradleak.experiments.case import PHOTO_STATS
@@ -236,12 +234,7 @@ def test_out_must_be_a_checkpoint_file(folder: Path, out: str) -> None:
 
 
 def _main_with_train(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """gradleak.cli.main with `train` registered on its subcommands through add_train."""
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "train" not in commands.choices:  # until cli.py registers it itself
-        add_train(commands)
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    """`gradleak ARGV` through gradleak.cli.main."""
     return cli.main(argv)
 
 
