@@ -11,6 +11,7 @@ from typing import Any
 from gradleak import __version__
 from gradleak.attacks.registry import ATTACKS
 from gradleak.cli_compare import add_compare
+from gradleak.cli_flags import add_attack_tuning_flags, add_model_and_data_flags
 from gradleak.cli_simulate import add_simulate
 from gradleak.cli_train import add_train
 from gradleak.defenses import available_defenses
@@ -65,17 +66,7 @@ def _add_attack(commands: argparse._SubParsersAction) -> None:
         "config.yaml. With no arguments: DLG on LeNet against a bundled CIFAR-10 image.",
     )
     p.add_argument("--attack", choices=list(ATTACKS), help=f"attack preset ({attack_help})")
-    p.add_argument(
-        "--model", metavar="NAME", help=f"model: {', '.join(available_models())} (default lenet)"
-    )
-    p.add_argument("--dataset", choices=DATASET_CHOICES, help="dataset (default cifar10)")
-    p.add_argument(
-        "--data-root",
-        type=Path,
-        metavar="DIR",
-        help="folder with the dataset files (default for cifar10: bundled sample images)",
-    )
-    p.add_argument("--split", choices=("test", "train"), help="dataset split (default test)")
+    add_model_and_data_flags(p)
     p.add_argument(
         "--index",
         dest="indices",
@@ -89,16 +80,7 @@ def _add_attack(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, metavar="C", help="classes of the model's output")
     p.add_argument("--image-size", type=int, metavar="N", help="side of --image/folder images")
     p.add_argument("--batch-size", type=int, metavar="B", help="private batch size (default 1)")
-    p.add_argument("--iterations", type=int, metavar="N", help="optimisation steps")
-    p.add_argument("--restarts", type=int, metavar="K", help="independent trials; best is kept")
-    p.add_argument("--lr", type=float, help="step size of the attack's optimiser")
-    p.add_argument("--tv", type=float, dest="tv_weight", help="total-variation weight")
-    p.add_argument(
-        "--label-strategy",
-        choices=("auto", "known", "analytic", "optimize"),
-        help="where the attack gets labels (auto: known if granted, else iDLG for batch 1, "
-        "else optimised)",
-    )
+    add_attack_tuning_flags(p)
     p.add_argument(
         "--labels-known",
         action="store_true",

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gradleak.cli_flags import add_attack_tuning_flags, add_model_and_data_flags
 from gradleak.errors import GradleakError
-from gradleak.experiments.config import DATASET_CHOICES, MODEL_MODES, load_run_config
+from gradleak.experiments.config import MODEL_MODES, load_run_config
 from gradleak.experiments.decentralized import peer_attacks
 from gradleak.fl.protocols import DEFAULT_LOCAL_LR
 from gradleak.fl.topology import MIXING, TOPOLOGIES
-from gradleak.models import available_models
 
 if TYPE_CHECKING:
     from gradleak.experiments.decentralized import PairResult
@@ -84,17 +84,7 @@ def add_simulate(commands: argparse._SubParsersAction) -> None:
     )
     d = p.add_argument_group("data, model and attack")
     d.add_argument("--attack", choices=peer_attacks(), help="attack preset (default dlg)")
-    d.add_argument(
-        "--model", metavar="NAME", help=f"model: {', '.join(available_models())} (lenet)"
-    )
-    d.add_argument("--dataset", choices=DATASET_CHOICES, help="dataset (default cifar10)")
-    d.add_argument(
-        "--data-root",
-        type=Path,
-        metavar="DIR",
-        help="folder with the dataset files (default for cifar10: bundled sample images)",
-    )
-    d.add_argument("--split", choices=("test", "train"), help="dataset split (default test)")
+    add_model_and_data_flags(d)
     d.add_argument("--index", type=int, metavar="START", help="first image of peer 0 (0)")
     d.add_argument("--batch-size", type=int, metavar="b", help="images per peer (default 1)")
     d.add_argument("--checkpoint", type=Path, metavar="CKPT", help="initial model state")
@@ -105,15 +95,7 @@ def add_simulate(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="threat model: attackers know their neighbours' labels",
     )
-    d.add_argument("--iterations", type=int, metavar="N", help="attack optimisation steps")
-    d.add_argument("--restarts", type=int, metavar="K", help="attack trials; best is kept")
-    d.add_argument("--lr", type=float, help="step size of the attack's optimiser")
-    d.add_argument("--tv", type=float, dest="tv_weight", help="total-variation weight")
-    d.add_argument(
-        "--label-strategy",
-        choices=("auto", "known", "analytic", "optimize"),
-        help="where the attack gets labels",
-    )
+    add_attack_tuning_flags(d)
     p.add_argument("--seed", type=int, metavar="S", help="model init; attackers' seeds derive")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default runs/...)")
     p.add_argument("--config", type=Path, metavar="FILE", help="YAML/JSON file of run settings")
