@@ -79,7 +79,9 @@ def _add_attack(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--label", type=int, metavar="L", help="label of --image (default 0)")
     p.add_argument("--num-classes", type=int, metavar="C", help="classes of the model's output")
     p.add_argument("--image-size", type=int, metavar="N", help="side of --image/folder images")
-    p.add_argument("--batch-size", type=int, metavar="B", help="private batch size (default 1)")
+    p.add_argument(
+        "--batch-size", type=int, metavar="B", help="private samples per user (default 1)"
+    )
     add_attack_tuning_flags(p)
     p.add_argument(
         "--labels-known",

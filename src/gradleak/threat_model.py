@@ -90,7 +90,8 @@ class Knowledge:
         hints = {
             Requirement.LABELS: "grant them with --labels-known or pick a label strategy "
             "that recovers labels",
-            Requirement.SINGLE_SAMPLE: "use --batch-size 1",
+            Requirement.SINGLE_SAMPLE: "use --batch-size 1"
+            + (" and --users 1" if self.num_users > 1 else ""),
             Requirement.LOCAL_TRAINING: "describe the client's local training (--local-steps "
             "or --local-epochs, --local-lr), or the attacker's guess of it",
         }

@@ -107,7 +107,7 @@ def test_local_training_settings_reach_only_protocols_that_train_locally() -> No
     ("changes", "message"),
     [
         ({"runs": (AttackRun("dlg-admm", "fedsgd"),)}, "write dlg-admm:fedadmm"),
-        ({"runs": (AttackRun("dlg", "fedadmm"),)}, "use dlg-admm:fedadmm"),
+        ({"runs": (AttackRun("dlg", "fedadmm"),)}, "use dlg-admm with fedadmm"),
         ({"runs": DEFAULT_RUNS[:1] * 2}, "attack run dlg-fedsgd is given more than once"),
         ({"datasets": ()}, "give at least one --dataset"),
         ({"indices": (0, 0)}, "image index 0 is given more than once"),

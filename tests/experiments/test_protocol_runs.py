@@ -92,3 +92,26 @@ def test_cli_refuses_a_checkpoint_of_another_model(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "saved from model 'lenet', not 'resnet20'" in err[0]
+
+
+def test_hints_name_the_flag_that_fixes_it() -> None:
+    with pytest.raises(GradleakError, match="use --guess-local-batch-size 2 or fewer"):
+        RunConfig(protocol="fedavg", batch_size=2, guess_local_batch_size=3).validate()
+    with pytest.raises(GradleakError, match="batch size must be at least 1"):
+        RunConfig(protocol="fedavg", batch_size=0, local_batch_size=1).validate()
+    with pytest.raises(GradleakError, match="uses only the local learning rate"):
+        RunConfig(attack="dlg-admm", protocol="fedadmm", guess_local_steps=3).validate()
+
+
+def test_sweep_protocol_entries_are_checked_with_the_base() -> None:
+    from gradleak.experiments.sweep_spec import parse_spec
+
+    spec = parse_spec(
+        {
+            "attacks": ["ig"],
+            "base": {"batch_size": 4},
+            "protocols": [{"protocol": "fedavg", "local_batch_size": 2}],
+        }
+    )
+    config = spec.run_config(spec.cells()[0], Path("x"))
+    assert config.local_batch_size == 2 and config.batch_size == 4

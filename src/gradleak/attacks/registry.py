@@ -11,7 +11,11 @@ from gradleak.errors import GradleakError
 ATTACKS: dict[str, tuple[Callable[[], GradientMatchingAttack], str]] = {
     "dlg": (dlg.build, "DLG: L2 matching, joint soft labels, L-BFGS (Zhu et al. 2019)"),
     "idlg": (idlg.build, "iDLG: analytic label, then DLG matching (Zhao et al. 2020)"),
-    "dlg-admm": (admm.build_dlg, "DLG-ADMM: DLG on −Δ/η of a FedADMM increment Δ"),
+    "dlg-admm": (
+        admm.build_dlg,
+        "DLG-ADMM: DLG on −Δ/η of a FedADMM increment Δ (a first round of one step gives "
+        "Δ = −2η∇f: --guess-local-lr 2η matches it)",
+    ),
     "idlg-admm": (admm.build_idlg, "iDLG-ADMM: iDLG on −Δ/η of a FedADMM increment Δ"),
     "ig": (
         inverting_gradients.build,

@@ -121,7 +121,7 @@ def _from_source(
             raise GradleakError(
                 f"{config.users} users × {config.batch_size} samples need "
                 f"{config.total_samples} images but {description} has {len(source)}; use "
-                "fewer users or a smaller --batch-size"
+                "fewer users (peers) or a smaller --batch-size"
             )
         raise GradleakError(
             f"batch size {config.batch_size} is larger than the {len(source)} images in "

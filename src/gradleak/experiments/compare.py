@@ -294,8 +294,11 @@ def _check_pairing(run: AttackRun) -> None:
             f"{run.attack}:{run.protocol}"
         )
     if not admm and run.protocol == "fedadmm":
+        readers = [name for name in attacks.available() if attacks.get(name).config.admm]
+        suggestion = f"{run.attack}-admm" if f"{run.attack}-admm" in readers else None
+        choices = suggestion or " or ".join(readers)
         raise GradleakError(
-            f"{run.attack} cannot read a FedADMM increment; use {run.attack}-admm:fedadmm"
+            f"{run.attack} cannot read a FedADMM increment; use {choices} with fedadmm"
         )
 
 

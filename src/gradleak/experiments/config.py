@@ -93,8 +93,17 @@ class RunConfig:
                 f"{flag} describes local training, which fedsgd does not do; "
                 "use --protocol fedavg or fedadmm"
             )
+        if self.batch_size < 1:
+            raise GradleakError(f"batch size must be at least 1, got {self.batch_size}")
         self.protocol_settings()  # checks the local training, users and rounds
         self.attacker_local_training()
+        shape_guesses = [k for k in _LOCAL_KEYS[:3] if getattr(self, f"guess_{k}") is not None]
+        if self.attack.endswith("-admm") and shape_guesses:
+            flag = "--guess-" + shape_guesses[0].replace("_", "-")
+            raise GradleakError(
+                f"{self.attack} uses only the local learning rate of the attacker's belief; "
+                f"drop {flag} (use --guess-local-lr)"
+            )
         if self.users > 1 and self.image is not None:
             raise GradleakError("--image attacks one image; --users needs --dataset images")
         if self.snapshots is not None and any(i < 0 for i in self.snapshots):
@@ -157,7 +166,7 @@ class RunConfig:
                 epochs=self.local_epochs,
                 batch_size=self.local_batch_size,
             )
-            local.check(self.batch_size)
+            local.check(self.batch_size, "--local-batch-size")
         return ProtocolSettings(
             self.protocol,
             local,
@@ -193,7 +202,7 @@ class RunConfig:
             if guesses["local_batch_size"] is None
             else guesses["local_batch_size"],
         )
-        guess.check(self.batch_size)
+        guess.check(self.batch_size, "--guess-local-batch-size")
         return guess, True
 
     def default_out(self) -> Path:

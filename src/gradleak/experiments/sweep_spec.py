@@ -205,7 +205,7 @@ def parse_spec(root: _Located | Mapping[str, Any], where: str = "sweep spec") ->
     base = _base(at, root.value.get("base") or {})
     attack_names = _choices(at, "attacks", list(attacks.available()))
     models = _models(at, root.value.get("models", [base.get("model", "lenet")]))
-    protocols = _protocols(at, root.value.get("protocols", ["fedsgd"]))
+    protocols = _protocols(at, root.value.get("protocols", ["fedsgd"]), base)
     spec = SweepSpec(
         name=str(root.value.get("name", Path(where).stem)),
         base=base,
@@ -272,7 +272,7 @@ def _choices(
 _NOT_PROTOCOL_KEYS = ("attack", "model", "defenses", "indices", "seed", "out", "attack_options")
 
 
-def _protocols(at: _Where, values: Any) -> dict[str, dict[str, Any]]:
+def _protocols(at: _Where, values: Any, base: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Label → run settings; a label is the name, or 'name key=value …' for a mapping."""
     values = _list(at, "protocols", values)
     settings: dict[str, dict[str, Any]] = {}
@@ -293,7 +293,8 @@ def _protocols(at: _Where, values: Any) -> dict[str, dict[str, Any]]:
                 i,
             )
         try:
-            replace_checked(RunConfig(), entry, "protocols entry").validate()
+            # Checked together with `base`: e.g. a local batch must fit base's batch size.
+            replace_checked(RunConfig(), {**base, **entry}, "protocols entry").validate()
         except GradleakError as exc:
             at.fail("protocols", str(exc), i)
         extra = " ".join(f"{k}={v}" for k, v in entry.items() if k != "protocol")

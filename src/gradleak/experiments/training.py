@@ -81,8 +81,12 @@ class TrainConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise GradleakError(f"{key} must be an integer of at least 1, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise GradleakError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed < 2**63
+        ):
+            raise GradleakError(f"seed must be an integer in 0..2**63-1, got {self.seed!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise GradleakError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.momentum < 1:

@@ -34,12 +34,12 @@ class LocalTraining:
                     f"local {key.replace('_', ' ')} must be at least 1, got {value}"
                 )
 
-    def check(self, num_samples: int) -> None:
-        """Refuse settings the client's data cannot support."""
+    def check(self, num_samples: int, flag: str = "--local-batch-size") -> None:
+        """Refuse settings the client's data cannot support (`flag` names the fix)."""
         if self.batch_size is not None and self.batch_size > num_samples:
             raise GradleakError(
                 f"local batch size {self.batch_size} is larger than the client's "
-                f"{num_samples} samples; use --local-batch-size {num_samples} or fewer"
+                f"{num_samples} samples; use {flag} {num_samples} or fewer"
             )
 
     def batch_of(self, num_samples: int) -> int:

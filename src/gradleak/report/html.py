@@ -265,7 +265,7 @@ def _run_metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
         )
     )
     rows += [
-        ("batch size", fmt(metrics.get("batch_size"), "d")),
+        ("batch size per user", fmt(metrics.get("batch_size"), "d")),
         ("seed", fmt(metrics.get("seed"), "d")),
     ]
     if "protocol" in metrics:
@@ -291,7 +291,7 @@ def _run_metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
 _THREAT_LABELS = {
     "data_shape": "data shape (C×H×W)",
     "num_classes": "number of classes",
-    "batch_size": "batch size",
+    "batch_size": "samples reconstructed (all users)",
     "mean": "normalisation mean",
     "std": "normalisation std",
     "model_mode": "batch-norm mode the attacker assumes",
