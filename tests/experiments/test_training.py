@@ -209,8 +209,8 @@ def test_ctrl_c_in_the_first_epoch_saves_no_final_state(
         ({"lr": 0.0}, "lr must be a positive number"),
         ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
         ({"dataset": "mnist", "image_size": 32}, "mnist images are 28 pixels"),
-        ({"seed": -1}, "seed must be an integer in 0..2\*\*63-1"),
-        ({"seed": 2**70}, "seed must be an integer in 0..2\*\*63-1"),
+        ({"seed": -1}, r"seed must be an integer in 0..2\*\*63-1"),
+        ({"seed": 2**70}, r"seed must be an integer in 0..2\*\*63-1"),
     ],
 )
 def test_bad_settings_are_one_line_errors(
