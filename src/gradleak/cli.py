@@ -12,6 +12,7 @@ from gradleak import __version__
 from gradleak.attacks.registry import ATTACKS
 from gradleak.cli_compare import add_compare
 from gradleak.cli_flags import add_attack_tuning_flags, add_model_and_data_flags
+from gradleak.cli_labels import add_labels
 from gradleak.cli_simulate import add_simulate
 from gradleak.cli_train import add_train
 from gradleak.defenses import available_defenses
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(commands)
     add_compare(commands)
     add_simulate(commands)
+    add_labels(commands)
     listing = commands.add_parser("list", help="list attacks, models and datasets")
     listing.set_defaults(handler=_list)
     return parser

@@ -29,14 +29,14 @@ def _attack_bundled(name: str, options: dict, index: int = 0, seed: int = 0):
 
 
 def test_registry() -> None:
-    assert attacks.available() == ["dlg", "idlg", "dlg-admm", "idlg-admm", "ig"]
+    assert attacks.available() == ["dlg", "idlg", "dlg-admm", "idlg-admm", "analytic", "ig"]
     for name in attacks.available():
         attack = attacks.get(name)
-        assert isinstance(attack, GradientMatchingAttack)
-        assert attack.name == name
+        assert isinstance(attack, GradientMatchingAttack) == (name != "analytic")
+        assert attack.name == name and attack.reads
     with pytest.raises(
         GradleakError,
-        match="unknown attack 'gan'; choose one of: dlg, idlg, dlg-admm, idlg-admm, ig",
+        match="unknown attack 'gan'; choose one of: dlg, idlg, dlg-admm, idlg-admm, analytic, ig",
     ):
         attacks.get("gan")
 

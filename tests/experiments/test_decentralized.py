@@ -56,6 +56,7 @@ class _RecordingAttack:
     """Stands in for an attack: records what each call is given, returns a blank guess."""
 
     config = attacks.get("dlg").config
+    reads = attacks.get("dlg").reads
 
     def __init__(self) -> None:
         self.calls: list[dict[str, object]] = []

@@ -105,6 +105,13 @@ class GradientMatchingAttack:
         self.name = name
         self.config = config.validate()
 
+    @property
+    def reads(self) -> frozenset[UpdateKind]:
+        """FedADMM increments for the -admm presets; gradients and FedAvg differences else."""
+        if self.config.admm:
+            return frozenset({UpdateKind.ADMM_INCREMENT})
+        return frozenset({UpdateKind.GRADIENT, UpdateKind.WEIGHT_DELTA})
+
     def with_options(self, options: Mapping[str, Any]) -> GradientMatchingAttack:
         """A copy with hyper-parameters overridden (unknown keys are errors)."""
         return GradientMatchingAttack(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate
+from gradleak.fl.update import SharedUpdate, UpdateKind
 from gradleak.models import classifier_layer
 from gradleak.threat_model import Knowledge, Requirement
 
@@ -54,6 +55,121 @@ def _optimize(update: SharedUpdate, model: nn.Module, knowledge: Knowledge) -> N
     return None
 
 
+def _require_gradient(update: SharedUpdate, who: str) -> None:
+    # Magnitudes of a weight difference depend on the unknown step sizes and step count.
+    if update.kind is not UpdateKind.GRADIENT:
+        raise GradleakError(
+            f"label strategy '{who}' reads a gradient but the update is a {update.kind.value}; "
+            "use it on FedSGD updates, or pick the 'optimize' strategy"
+        )
+
+
+def _classifier_grads(
+    update: SharedUpdate, model: nn.Module, who: str, *, need_bias: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The classifier's weight gradient (C×F) and bias gradient (C, or None without a bias)."""
+    _require_gradient(update, who)
+    name, _layer = classifier_layer(model)
+    weight = update.tensors.get(f"{name}.weight")
+    if weight is None:
+        raise GradleakError(
+            f"update has no {name}.weight for label strategy '{who}'; "
+            "attack it with the model that produced it"
+        )
+    bias = update.tensors.get(f"{name}.bias")
+    if bias is None and need_bias:
+        raise GradleakError(
+            f"label strategy '{who}' needs a bias on the classifier '{name}' but the model has "
+            "none; use 'sign' or 'yin' instead"
+        )
+    return weight.detach().double().flatten(1), None if bias is None else bias.detach().double()
+
+
+def _fill(ranked: torch.Tensor, distinct: int, batch_size: int) -> torch.Tensor:
+    """B labels from classes ranked best first: the first `distinct` once each, then cycled."""
+    distinct = max(1, min(distinct, batch_size, ranked.numel()))
+    picks = ranked[:distinct]
+    repeats = -(-batch_size // distinct)  # ceil: enough cycles to fill every slot
+    return picks.repeat(repeats)[:batch_size].sort().values.long()
+
+
+def sign_labels(update: SharedUpdate, model: nn.Module, knowledge: Knowledge) -> torch.Tensor:
+    """Classes whose classifier bias gradient (else weight-row sum) is negative.
+
+    Each present class c has g_c = mean_n(p_nc) − count_c/B, negative once it holds more than
+    its share of the mean softmax; absent classes have g_c = mean_n(p_nc) > 0. Row sums of the
+    weight gradient carry the same sign only when the features are non-negative (sigmoid,
+    ReLU). The negative classes fill B slots, most negative first, cycled when there are fewer
+    than B; with none negative (a zero gradient) the single most negative entry is used.
+    """
+    weight, bias = _classifier_grads(update, model, "sign", need_bias=False)
+    score = bias if bias is not None else weight.sum(dim=1)
+    negative = int((score < 0).sum())
+    return _fill(score.argsort(stable=True), negative, knowledge.batch_size)
+
+
+def yin_labels(update: SharedUpdate, model: nn.Module, knowledge: Knowledge) -> torch.Tensor:
+    """GradInversion (Yin et al. 2021): the B classes with the most negative weight-row minima.
+
+    Meant for batches without repeated labels: a present class has rows (p − 1)·features that
+    dip strongly negative. For B > C every class is taken and the ranking is cycled.
+    """
+    weight, _bias = _classifier_grads(update, model, "yin", need_bias=False)
+    ranked = weight.min(dim=1).values.argsort(stable=True)
+    return _fill(ranked, knowledge.batch_size, knowledge.batch_size)
+
+
+# Dummy inputs the attacker runs through its own copy of the model to estimate mean softmax.
+_PROBE_SAMPLES = 64
+_PROBE_SEED = 0
+
+
+def mean_softmax_estimate(model: nn.Module, knowledge: Knowledge) -> torch.Tensor:
+    """The model's mean softmax over standard-normal inputs (normalised space), per class.
+
+    An untrained network answers real and random images alike, so this stands in for the
+    batch's mean prediction; a copy is run so batch-norm running statistics stay untouched.
+    """
+    probe = copy.deepcopy(model)
+    probe.train(knowledge.model_mode == "train")
+    generator = torch.Generator().manual_seed(_PROBE_SEED)
+    param = next(probe.parameters())
+    inputs = torch.randn(_PROBE_SAMPLES, *knowledge.data_shape, generator=generator)
+    with torch.no_grad():
+        logits = probe(inputs.to(device=param.device, dtype=param.dtype))
+    return logits.double().softmax(dim=1).mean(dim=0).cpu()
+
+
+def counts_from_bias(
+    bias_grad: torch.Tensor, mean_softmax: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Per-class counts: B·(p̄_c − g_c), clipped at 0, rounded so they sum to B.
+
+    With mean cross-entropy g_c = p̄_c − count_c/B exactly, where p̄ is the batch's mean
+    softmax; any error in p̄ moves the counts by B·error. Rounding keeps the largest
+    fractional parts (largest-remainder), so the total is exactly B.
+    """
+    raw = (batch_size * (mean_softmax.double() - bias_grad.double().cpu())).clamp(min=0.0)
+    if float(raw.sum()) <= 0.0:  # nothing to go on: put the batch on the most negative class
+        raw = torch.zeros_like(raw)
+        raw[int(bias_grad.argmin())] = 1.0
+    raw = raw * (batch_size / raw.sum())
+    counts = raw.floor().long()
+    missing = batch_size - int(counts.sum())
+    if missing > 0:
+        order = (raw - counts).argsort(descending=True, stable=True)
+        counts[order[:missing]] += 1
+    return counts
+
+
+def count_labels(update: SharedUpdate, model: nn.Module, knowledge: Knowledge) -> torch.Tensor:
+    """Label multiset from the bias gradient and an estimated mean softmax, as B sorted labels."""
+    _weight, bias = _classifier_grads(update, model, "count", need_bias=True)
+    assert bias is not None  # need_bias refuses a bias-free classifier
+    counts = counts_from_bias(bias, mean_softmax_estimate(model, knowledge), knowledge.batch_size)
+    return torch.repeat_interleave(torch.arange(counts.numel()), counts)
+
+
 LABEL_STRATEGIES: dict[str, LabelStrategy] = {
     s.name: s
     for s in (
@@ -72,6 +188,24 @@ LABEL_STRATEGIES: dict[str, LabelStrategy] = {
         ),
         LabelStrategy(
             "optimize", "DLG: soft labels optimised jointly with the images", frozenset(), _optimize
+        ),
+        LabelStrategy(
+            "sign",
+            "classes with a negative last-layer bias gradient, cycled to fill the batch",
+            frozenset(),
+            sign_labels,
+        ),
+        LabelStrategy(
+            "yin",
+            "GradInversion: the B classes with the most negative last-layer weight rows",
+            frozenset(),
+            yin_labels,
+        ),
+        LabelStrategy(
+            "count",
+            "label counts from the bias gradient minus an estimated mean softmax",
+            frozenset(),
+            count_labels,
         ),
     )
 }

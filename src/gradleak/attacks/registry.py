@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gradleak.attacks import admm, dlg, idlg, inverting_gradients
-from gradleak.attacks.gradient_matching import GradientMatchingAttack
+from gradleak.attacks import admm, analytic, dlg, idlg, inverting_gradients
+from gradleak.attacks.base import Attack
 from gradleak.errors import GradleakError
 
-ATTACKS: dict[str, tuple[Callable[[], GradientMatchingAttack], str]] = {
+ATTACKS: dict[str, tuple[Callable[[], Attack], str]] = {
     "dlg": (dlg.build, "DLG: L2 matching, joint soft labels, L-BFGS (Zhu et al. 2019)"),
     "idlg": (idlg.build, "iDLG: analytic label, then DLG matching (Zhao et al. 2020)"),
     "dlg-admm": (
@@ -17,6 +17,11 @@ ATTACKS: dict[str, tuple[Callable[[], GradientMatchingAttack], str]] = {
         "Δ = −2η∇f: --guess-local-lr 2η matches it)",
     ),
     "idlg-admm": (admm.build_idlg, "iDLG-ADMM: iDLG on −Δ/η of a FedADMM increment Δ"),
+    "analytic": (
+        analytic.build,
+        "Analytic: the input of an MLP's first Linear from ∇W/∇b, exact for batch 1 "
+        "(Geiping et al. 2020); larger batches give mixtures",
+    ),
     "ig": (
         inverting_gradients.build,
         "Inverting Gradients: cosine + TV, signed Adam, restarts (Geiping et al. 2020)",
@@ -28,7 +33,7 @@ def available() -> list[str]:
     return list(ATTACKS)
 
 
-def get(name: str) -> GradientMatchingAttack:
+def get(name: str) -> Attack:
     """The named attack with its paper's defaults."""
     try:
         factory, _ = ATTACKS[name]

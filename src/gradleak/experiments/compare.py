@@ -36,6 +36,7 @@ from gradleak.errors import GradleakError
 from gradleak.experiments.case import build_case
 from gradleak.experiments.config import DATASET_CHOICES, PROTOCOLS, RunConfig
 from gradleak.experiments.run import RunResult, run_attack
+from gradleak.fl.update import UpdateKind
 from gradleak.report.compare_plots import Curve, GridRow, Tile, curves_png, snapshot_grid_png
 
 RUNS_DIR = "runs"
@@ -110,9 +111,14 @@ class AttackRun:
         return f"{self.attack} ({self.protocol})"
 
 
+def _reads_admm(attack: str) -> bool:
+    """Whether the named attack reads FedADMM increments (the -admm presets)."""
+    return UpdateKind.ADMM_INCREMENT in attacks.get(attack).reads
+
+
 def default_protocol(attack: str) -> str:
     """The protocol whose update the attack reads: FedADMM for the -admm attacks."""
-    return "fedadmm" if attacks.get(attack).config.admm else "fedsgd"
+    return "fedadmm" if _reads_admm(attack) else "fedsgd"
 
 
 def parse_attack_run(text: str) -> AttackRun:
@@ -287,14 +293,14 @@ def _unique(values: Sequence[object], what: str, fix: str) -> None:
 
 def _check_pairing(run: AttackRun) -> None:
     """An -admm attack reads only FedADMM increments, the others never do."""
-    admm = attacks.get(run.attack).config.admm
+    admm = _reads_admm(run.attack)
     if admm and run.protocol != "fedadmm":
         raise GradleakError(
             f"{run.attack} reads FedADMM increments; write {run.attack}:fedadmm, not "
             f"{run.attack}:{run.protocol}"
         )
     if not admm and run.protocol == "fedadmm":
-        readers = [name for name in attacks.available() if attacks.get(name).config.admm]
+        readers = [name for name in attacks.available() if _reads_admm(name)]
         suggestion = f"{run.attack}-admm" if f"{run.attack}-admm" in readers else None
         choices = suggestion or " or ".join(readers)
         raise GradleakError(

@@ -63,7 +63,8 @@ PEER_PROTOCOLS = ("fedsgd", "fedavg")  # FedADMM's dual state assumes one centra
 
 def peer_attacks() -> list[str]:
     """The attack presets that read what peers share (not FedADMM increments)."""
-    return [name for name in attacks.available() if not attacks.get(name).config.admm]
+    kinds = {UpdateKind.GRADIENT, UpdateKind.WEIGHT_DELTA}
+    return [name for name in attacks.available() if kinds <= attacks.get(name).reads]
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class DecentralizedConfig:
                 f"peers run {' or '.join(PEER_PROTOCOLS)}, not {run.protocol}; "
                 "use --protocol fedsgd or fedavg"
             )
-        if attacks.get(run.attack).config.admm:
+        if UpdateKind.ADMM_INCREMENT in attacks.get(run.attack).reads:
             raise GradleakError(
                 f"attack {run.attack!r} reads FedADMM increments, which peers do not share; "
                 f"use one of: {', '.join(peer_attacks())}"

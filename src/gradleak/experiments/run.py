@@ -67,7 +67,7 @@ class AttackOutcome:
     """One attacked case: what was shared, what the attack made of it, and its scores."""
 
     case: Case
-    attack: attacks.GradientMatchingAttack
+    attack: attacks.Attack
     update: SharedUpdate
     reconstruction: Reconstruction
     evaluation: Evaluation
@@ -158,7 +158,7 @@ def json_safe(value: object) -> object:
 def _metrics(
     config: RunConfig,
     case: Case,
-    attack: attacks.GradientMatchingAttack,
+    attack: attacks.Attack,
     rec: Reconstruction,
     evaluation: Evaluation,
 ) -> dict[str, object]:

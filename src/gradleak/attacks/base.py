@@ -1,0 +1,38 @@
+"""What every attack offers: a name, its settings, and reconstruct(update, model, knowledge)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from torch import nn
+
+from gradleak.attacks.optimize import Observer
+from gradleak.attacks.reconstruction import Reconstruction
+from gradleak.fl.update import SharedUpdate, UpdateKind
+from gradleak.threat_model import Knowledge
+
+
+class Attack(Protocol):
+    """An attack sees only the shared update, the server's model and the granted knowledge."""
+
+    name: str
+    config: Any  # a frozen dataclass; `iterations` and `restarts` are always there
+
+    @property
+    def reads(self) -> frozenset[UpdateKind]:
+        """The kinds of update this attack can attack."""
+        ...
+
+    def with_options(self, options: Mapping[str, Any]) -> Attack: ...
+
+    def reconstruct(
+        self,
+        update: SharedUpdate,
+        model: nn.Module,
+        knowledge: Knowledge,
+        *,
+        seed: int = 0,
+        observer: Observer | None = None,
+        progress: bool = True,
+    ) -> Reconstruction: ...
