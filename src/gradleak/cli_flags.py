@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES
 from gradleak.experiments.config import DATASET_CHOICES
 from gradleak.models import available_models
 
-LABEL_STRATEGY_CHOICES = ("auto", "known", "analytic", "optimize")
+LABEL_STRATEGY_CHOICES = (AUTO, *LABEL_STRATEGIES)
 
 # argparse groups and parsers both have add_argument.
 Flags = argparse.ArgumentParser | argparse._ArgumentGroup
@@ -39,5 +40,5 @@ def add_attack_tuning_flags(p: Flags) -> None:
         "--label-strategy",
         choices=LABEL_STRATEGY_CHOICES,
         help="where the attack gets labels (auto: known if granted, else iDLG for batch 1, "
-        "else optimised)",
+        "else optimised; sign, yin, count: read from the last layer for batches)",
     )
