@@ -42,7 +42,7 @@ def test_available_models_lists_every_family() -> None:
     assert available_models() == [
         "lenet",
         "convnet[-W]",
-        "mlp[-W]",
+        "mlp[D][-W]",
         "resnet20[-K]",
         "resnet32[-K]",
         "resnet56[-K]",
@@ -173,3 +173,9 @@ def test_train_mode_batch_norm_under_vmap(name: str) -> None:
     grads = input_grads(model, xs, ys)
     assert grads.shape == xs.shape
     assert torch.isfinite(grads).all()
+
+
+def test_mlp_depth_in_the_name() -> None:
+    model = build_model("mlp3-64", num_classes=17)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == [64, 64, 64, 17]

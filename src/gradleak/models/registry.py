@@ -48,7 +48,8 @@ def _convnet(match: re.Match[str], classes: int, channels: int, size: tuple[int,
 
 
 def _mlp(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
-    return MLP(classes, channels, size, width=_optional_int(match, "width", _MLP_WIDTH))
+    width = _optional_int(match, "width", _MLP_WIDTH)
+    return MLP(classes, channels, size, width=width, depth=_optional_int(match, "depth", 2))
 
 
 def _resnet(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
@@ -70,7 +71,8 @@ def _resnet18(
 _TABLE: tuple[_Entry, ...] = (
     _Entry(re.compile(r"lenet"), "lenet", _lenet),
     _Entry(re.compile(r"convnet(?:-(?P<width>\d+))?"), "convnet[-W]", _convnet, _CONVNET_WIDTH),
-    _Entry(re.compile(r"mlp(?:-(?P<width>\d+))?"), "mlp[-W]", _mlp, _MLP_WIDTH),
+    # mlpD-W: D hidden layers (default 2) of W units; the width stays the last group.
+    _Entry(re.compile(r"mlp(?P<depth>\d+)?(?:-(?P<width>\d+))?"), "mlp[D][-W]", _mlp, _MLP_WIDTH),
     *(
         _Entry(
             re.compile(rf"resnet(?P<depth>{depth})(?:-(?P<k>\d+))?"),
