@@ -29,14 +29,15 @@ def _attack_bundled(name: str, options: dict, index: int = 0, seed: int = 0):
 
 
 def test_registry() -> None:
-    assert attacks.available() == ["dlg", "idlg", "dlg-admm", "idlg-admm", "analytic", "ig"]
+    assert attacks.available() == ["dlg", "idlg", "dlg-admm", "idlg-admm", "analytic", "ig", "rgap"]
     for name in attacks.available():
         attack = attacks.get(name)
-        assert isinstance(attack, GradientMatchingAttack) == (name != "analytic")
+        assert isinstance(attack, GradientMatchingAttack) == (name not in ("analytic", "rgap"))
         assert attack.name == name and attack.reads
     with pytest.raises(
         GradleakError,
-        match="unknown attack 'gan'; choose one of: dlg, idlg, dlg-admm, idlg-admm, analytic, ig",
+        match="unknown attack 'gan'; choose one of: dlg, idlg, dlg-admm, idlg-admm, analytic, "
+        "ig, rgap",
     ):
         attacks.get("gan")
 

@@ -11,6 +11,7 @@ from .functional import input_grads
 
 ALL_NAMES = [
     "lenet",
+    "cnn6",
     "convnet",
     "convnet-16",
     "mlp",
@@ -41,6 +42,7 @@ def test_large_images_work() -> None:
 def test_available_models_lists_every_family() -> None:
     assert available_models() == [
         "lenet",
+        "cnn6",
         "convnet[-W]",
         "mlp[D][-W]",
         "resnet20[-K]",

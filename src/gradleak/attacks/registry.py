@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gradleak.attacks import admm, analytic, dlg, idlg, inverting_gradients
+from gradleak.attacks import admm, analytic, dlg, idlg, inverting_gradients, rgap
 from gradleak.attacks.base import Attack
 from gradleak.errors import GradleakError
 
@@ -25,6 +25,11 @@ ATTACKS: dict[str, tuple[Callable[[], Attack], str]] = {
     "ig": (
         inverting_gradients.build,
         "Inverting Gradients: cosine + TV, signed Adam, restarts (Geiping et al. 2020)",
+    ),
+    "rgap": (
+        rgap.build,
+        "R-GAP: a conv stack's input solved layer by layer from its gradients, batch 1 "
+        "(Zhu & Blaschko 2021)",
     ),
 }
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gradleak.errors import GradleakError
+from gradleak.models.cnn6 import CNN6
 from gradleak.models.convnet import ConvNet
 from gradleak.models.lenet import LeNet
 from gradleak.models.mlp import MLP
@@ -43,6 +44,10 @@ def _lenet(match: re.Match[str], classes: int, channels: int, size: tuple[int, i
     return LeNet(classes, channels, size)
 
 
+def _cnn6(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
+    return CNN6(classes, channels, size)
+
+
 def _convnet(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
     return ConvNet(classes, channels, size, width=_optional_int(match, "width", _CONVNET_WIDTH))
 
@@ -70,6 +75,7 @@ def _resnet18(
 
 _TABLE: tuple[_Entry, ...] = (
     _Entry(re.compile(r"lenet"), "lenet", _lenet),
+    _Entry(re.compile(r"cnn6"), "cnn6", _cnn6),
     _Entry(re.compile(r"convnet(?:-(?P<width>\d+))?"), "convnet[-W]", _convnet, _CONVNET_WIDTH),
     # mlpD-W: D hidden layers (default 2) of W units; the width stays the last group.
     _Entry(re.compile(r"mlp(?P<depth>\d+)?(?:-(?P<width>\d+))?"), "mlp[D][-W]", _mlp, _MLP_WIDTH),
