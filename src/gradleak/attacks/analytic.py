@@ -24,17 +24,15 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
+from gradleak.attacks.closed_form import ClosedFormAttack, check_no_iterations
 from gradleak.attacks.labels import AUTO, resolve_label_strategy
 from gradleak.attacks.optimize import Observer
 from gradleak.attacks.reconstruction import Reconstruction
-from gradleak.config import replace_checked
 from gradleak.errors import GradleakError
 from gradleak.fl.update import SharedUpdate, UpdateKind
 from gradleak.threat_model import Knowledge
@@ -188,30 +186,15 @@ class AnalyticConfig:
     def validate(self) -> AnalyticConfig:
         if not (0 <= self.threshold < 1):
             raise GradleakError(f"threshold must lie in [0, 1), got {self.threshold}")
-        if self.iterations != 0 or self.restarts != 1:
-            raise GradleakError(
-                "the analytic attack does not iterate; leave iterations at 0 and restarts at 1"
-            )
+        check_no_iterations(self.iterations, self.restarts, "the analytic attack")
         return self
 
 
-class AnalyticAttack:
+class AnalyticAttack(ClosedFormAttack):
     """Reads an MLP's input image straight out of its first layer's gradients."""
 
-    def __init__(self, name: str = "analytic", config: AnalyticConfig | None = None) -> None:
-        self.name = name
-        self.config = (config or AnalyticConfig()).validate()
-
-    @property
-    def reads(self) -> frozenset[UpdateKind]:
-        """Only plain gradients: a weight difference mixes several steps' inputs."""
-        return frozenset({UpdateKind.GRADIENT})
-
-    def with_options(self, options: Mapping[str, Any]) -> AnalyticAttack:
-        """A copy with options overridden (unknown keys are errors)."""
-        return AnalyticAttack(
-            self.name, replace_checked(self.config, options, f"attack '{self.name}' options")
-        )
+    default_name = "analytic"
+    config_type = AnalyticConfig
 
     def reconstruct(
         self,

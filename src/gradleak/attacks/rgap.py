@@ -24,19 +24,18 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from gradleak.attacks.analytic import analytic_layer_input
+from gradleak.attacks.closed_form import ClosedFormAttack, check_no_iterations
 from gradleak.attacks.labels import AUTO, resolve_label_strategy
 from gradleak.attacks.optimize import Observer
 from gradleak.attacks.reconstruction import Reconstruction
-from gradleak.config import replace_checked
 from gradleak.errors import GradleakError
 from gradleak.fl.update import SharedUpdate, UpdateKind
 from gradleak.threat_model import Knowledge
@@ -312,28 +311,15 @@ class RGAPConfig:
     def validate(self) -> RGAPConfig:
         if not (0 <= self.rcond < 1):
             raise GradleakError(f"rcond must lie in [0, 1), got {self.rcond}")
-        if self.iterations != 0 or self.restarts != 1:
-            raise GradleakError("R-GAP does not iterate; leave iterations at 0 and restarts at 1")
+        check_no_iterations(self.iterations, self.restarts, "R-GAP")
         return self
 
 
-class RGAPAttack:
+class RGAPAttack(ClosedFormAttack):
     """Recovers one image from a conv stack's gradients by solving a linear system per layer."""
 
-    def __init__(self, name: str = "rgap", config: RGAPConfig | None = None) -> None:
-        self.name = name
-        self.config = (config or RGAPConfig()).validate()
-
-    @property
-    def reads(self) -> frozenset[UpdateKind]:
-        """Only plain gradients: a weight difference mixes several steps' inputs."""
-        return frozenset({UpdateKind.GRADIENT})
-
-    def with_options(self, options: Mapping[str, Any]) -> RGAPAttack:
-        """A copy with options overridden (unknown keys are errors)."""
-        return RGAPAttack(
-            self.name, replace_checked(self.config, options, f"attack '{self.name}' options")
-        )
+    default_name = "rgap"
+    config_type = RGAPConfig
 
     def reconstruct(
         self,
