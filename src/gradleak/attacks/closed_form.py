@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar
 
 from gradleak.config import replace_checked
 from gradleak.errors import GradleakError
@@ -14,6 +14,9 @@ def check_no_iterations(iterations: int, restarts: int, who: str) -> None:
     """Closed forms solve once: refuse settings that ask them to iterate."""
     if iterations != 0 or restarts != 1:
         raise GradleakError(f"{who} does not iterate; leave iterations at 0 and restarts at 1")
+
+
+_Attack = TypeVar("_Attack", bound="ClosedFormAttack")
 
 
 class ClosedFormAttack:
@@ -31,7 +34,7 @@ class ClosedFormAttack:
         """Only plain gradients: a weight difference mixes several steps' inputs."""
         return frozenset({UpdateKind.GRADIENT})
 
-    def with_options(self, options: Mapping[str, Any]) -> Self:
+    def with_options(self: _Attack, options: Mapping[str, Any]) -> _Attack:
         """A copy with options overridden (unknown keys are errors)."""
         config = replace_checked(self.config, options, f"attack '{self.name}' options")
         return type(self)(self.name, config)
