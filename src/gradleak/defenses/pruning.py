@@ -13,6 +13,7 @@ import enum
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -75,27 +76,32 @@ def masked_by_magnitude(
     }
 
 
-def _check_fraction(fraction: float) -> None:
-    if not 0 <= fraction < 1:  # also rejects NaN
-        raise GradleakError(f"prune fraction must be {FRACTION_RANGE}, got {fraction}")
-
-
 @dataclass(frozen=True)
-class Pruning:
-    """Zero the `fraction` smallest-magnitude entries, per tensor or over all tensors."""
+class MagnitudeMask:
+    """Zero entries chosen by magnitude (`keep_mask`), per tensor or over all tensors."""
 
     fraction: float
     scope: PruneScope = PruneScope.LAYER
 
+    name: ClassVar[str]
+
     def __post_init__(self) -> None:
-        _check_fraction(self.fraction)
+        self.check_fraction(self.fraction)
         object.__setattr__(self, "fraction", float(self.fraction))
         object.__setattr__(self, "scope", PruneScope(self.scope))
+
+    @staticmethod
+    def check_fraction(fraction: float) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def keep_mask(magnitudes: torch.Tensor, fraction: float) -> torch.Tensor:
+        raise NotImplementedError
 
     @property
     def spec(self) -> str:
         suffix = "" if self.scope is PruneScope.LAYER else f":{self.scope.value}"
-        return f"{NAME}:{self.fraction!r}{suffix}"
+        return f"{self.name}:{self.fraction!r}{suffix}"
 
     def apply(
         self,
@@ -103,8 +109,22 @@ class Pruning:
         generator: torch.Generator,
         client: ClientView | None = None,
     ) -> SharedUpdate:
-        pruned = masked_by_magnitude(update.tensors, self.fraction, self.scope, _keep_mask)
-        return with_tensors(update, pruned)
+        masked = masked_by_magnitude(update.tensors, self.fraction, self.scope, self.keep_mask)
+        return with_tensors(update, masked)
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0 <= fraction < 1:  # also rejects NaN
+        raise GradleakError(f"prune fraction must be {FRACTION_RANGE}, got {fraction}")
+
+
+@dataclass(frozen=True)
+class Pruning(MagnitudeMask):
+    """Zero the `fraction` smallest-magnitude entries, per tensor or over all tensors."""
+
+    name: ClassVar[str] = NAME
+    check_fraction = staticmethod(_check_fraction)
+    keep_mask = staticmethod(_keep_mask)
 
 
 def parse(args: list[str]) -> Pruning:

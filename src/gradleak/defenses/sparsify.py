@@ -10,14 +10,13 @@ flat index), so the earlier one is kept first. Kept entries are unchanged bit fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from gradleak.defenses.arguments import check_count, parse_choice, parse_number
-from gradleak.defenses.base import ClientView, with_tensors
-from gradleak.defenses.pruning import PruneScope, masked_by_magnitude, pruned_count
+from gradleak.defenses.pruning import MagnitudeMask, PruneScope, pruned_count
 from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate
 
 NAME = "topk"
 USAGE = "topk:FRACTION[:SCOPE] with FRACTION in (0, 1] and SCOPE one of layer (default), global"
@@ -45,30 +44,12 @@ def _check_fraction(fraction: float) -> None:
 
 
 @dataclass(frozen=True)
-class TopK:
+class TopK(MagnitudeMask):
     """Keep the `fraction` largest-magnitude entries, per tensor or over all tensors."""
 
-    fraction: float
-    scope: PruneScope = PruneScope.LAYER
-
-    def __post_init__(self) -> None:
-        _check_fraction(self.fraction)
-        object.__setattr__(self, "fraction", float(self.fraction))
-        object.__setattr__(self, "scope", PruneScope(self.scope))
-
-    @property
-    def spec(self) -> str:
-        suffix = "" if self.scope is PruneScope.LAYER else f":{self.scope.value}"
-        return f"{NAME}:{self.fraction!r}{suffix}"
-
-    def apply(
-        self,
-        update: SharedUpdate,
-        generator: torch.Generator,
-        client: ClientView | None = None,
-    ) -> SharedUpdate:
-        kept = masked_by_magnitude(update.tensors, self.fraction, self.scope, _keep_mask)
-        return with_tensors(update, kept)
+    name: ClassVar[str] = NAME
+    check_fraction = staticmethod(_check_fraction)
+    keep_mask = staticmethod(_keep_mask)
 
 
 def parse(args: list[str]) -> TopK:
