@@ -38,6 +38,7 @@ from gradleak.experiments.config import DATASET_CHOICES, PROTOCOLS, RunConfig
 from gradleak.experiments.run import RunResult, run_attack
 from gradleak.fl.update import UpdateKind
 from gradleak.report.compare_plots import Curve, GridRow, Tile, curves_png, snapshot_grid_png
+from gradleak.report.tables import write_csv
 
 RUNS_DIR = "runs"
 PARTIAL = ".partial"
@@ -564,14 +565,6 @@ def summary_markdown(spec: CompareSpec, rows: Sequence[Mapping[str, Any]]) -> st
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-
-
 def grid_rows(spec: CompareSpec, out_dir: Path, index: int) -> list[GridRow]:
     """One row per finished run on image `index`: its snapshots at the requested iterations,
     then the truth; the label names dataset, attack and final PSNR."""
@@ -652,8 +645,8 @@ def write_compare_outputs(
     """results.csv, summary.csv, summary.md and the figures, from the finished runs."""
     rows = collect_rows(spec, out_dir)
     try:
-        _write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
-        _write_csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summarise(rows))
+        write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
+        write_csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summarise(rows))
         (out_dir / "summary.md").write_text(summary_markdown(spec, rows), encoding="utf-8")
         spec_text = json.dumps(spec.describe(), indent=2)
         (out_dir / "compare.json").write_text(spec_text + "\n", encoding="utf-8")

@@ -23,7 +23,6 @@ Private batches stay with their peers and the evaluation side.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -49,6 +48,7 @@ from gradleak.fl.update import SharedUpdate, UpdateKind
 from gradleak.metrics import CONVENTION, Evaluation, evaluate_images
 from gradleak.report import save_comparison_grid, to_pil
 from gradleak.report.images import resolve_scale, save_png, tile_rows
+from gradleak.report.tables import write_csv
 from gradleak.threat_model import Knowledge
 
 State = dict[str, torch.Tensor]
@@ -440,10 +440,7 @@ def write_outputs(result: DecentralizedResult, out_dir: Path) -> None:
     }
     text = json.dumps(json_safe(summary), indent=2, allow_nan=False)
     (out_dir / "simulation.json").write_text(text + "\n")
-    with (out_dir / "simulation.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["attacker"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out_dir / "simulation.csv", list(rows[0]) if rows else ["attacker"], rows)
     (out_dir / "simulation.md").write_text(markdown_tables(result))
     if result.pairs:
         _save_attack_grid(result, out_dir / "grid.png")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from gradleak.data import get_dataset_spec, load_dataset, normalize, stack
 from gradleak.errors import GradleakError
 from gradleak.fl import FedSGDClient, PrivateBatch
 from gradleak.models import build_model, load_checkpoint
+from gradleak.report.tables import write_csv
 from gradleak.threat_model import Knowledge, Requirement
 
 DEFAULT_STRATEGIES = ("analytic", "sign", "yin", "count")
@@ -175,10 +175,7 @@ def write_label_results(rows: Sequence[LabelRow], out: Path) -> tuple[Path, Path
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "labels.csv", out / "labels.md"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_FIELDS)
-        writer.writeheader()
-        writer.writerows(asdict(row) for row in rows)
+    write_csv(csv_path, _FIELDS, [asdict(row) for row in rows])
     md_path.write_text(label_table(rows))
     return csv_path, md_path
 

@@ -8,7 +8,6 @@ half-written directory is removed and run again.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from gradleak.config import to_plain
 from gradleak.errors import GradleakError
 from gradleak.experiments.sweep_backends import Backend, LocalBackend
 from gradleak.experiments.sweep_spec import Cell, SweepSpec
+from gradleak.report.tables import write_csv
 
 CELLS = "cells"
 MARKER = "cell.json"
@@ -242,10 +242,10 @@ def _std(values: list[float]) -> float | None:
 
 def write_tables(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> None:
     """results.csv, summary.csv, summary.md (and results.parquet when pyarrow is there)."""
-    _write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
+    write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
     summary_columns = [*GROUP_BY, "cells", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std"]
     summary_columns += ["label_accuracy_mean", "success_rate"]
-    _write_csv(out_dir / "summary.csv", summary_columns, summary)
+    write_csv(out_dir / "summary.csv", summary_columns, summary)
     (out_dir / "summary.md").write_text(summary_markdown(summary))
     try:
         import pyarrow as pa
@@ -254,14 +254,6 @@ def write_tables(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[s
         return
     table = pa.Table.from_pylist([{k: r.get(k) for k in RESULT_COLUMNS} for r in rows])
     pq.write_table(table, out_dir / "results.parquet")
-
-
-def _write_csv(path: Path, columns: list[str], rows: Sequence[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
 
 
 def summary_markdown(summary: Sequence[dict[str, Any]]) -> str:

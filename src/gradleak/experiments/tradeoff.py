@@ -8,7 +8,6 @@ result is cached under `utility/` so a re-run only trains what is missing.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -24,6 +23,7 @@ from gradleak.experiments.sweep import run_sweep
 from gradleak.experiments.sweep_backends import Backend
 from gradleak.experiments.sweep_spec import NO_DEFENSE, SweepSpec, parse_spec, read_located
 from gradleak.experiments.utility import UtilityConfig, open_utility_data, train_with_defenses
+from gradleak.report.tables import write_csv
 
 RECOVERED_PSNR = 25.0  # the DLG paper's figures count an image as leaked from about here
 
@@ -146,11 +146,7 @@ COLUMNS = [
 
 
 def write_tradeoff(out_dir: Path, rows: list[dict[str, Any]], spec: TradeoffSpec) -> None:
-    with (out_dir / "tradeoff.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row[k] is None else row[k] for k in COLUMNS})
+    write_csv(out_dir / "tradeoff.csv", COLUMNS, rows)
     (out_dir / "tradeoff.md").write_text(tradeoff_markdown(rows, spec))
     (out_dir / "tradeoff.png").write_bytes(tradeoff_png(rows, spec))
 
