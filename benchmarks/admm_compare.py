@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gradleak import cli
+from gradleak.cli import app as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from gradleak.attacks.analytic import AnalyticAttack
-from gradleak.experiments import RunConfig, build_case
+from gradleak.attacks.closed_form.analytic import AnalyticAttack
 from gradleak.fl import FedSGDClient
 from gradleak.metrics import evaluate_images
+from gradleak.scenario import RunConfig, build_case
 
 IMAGES = tuple(range(10))
 BATCH_SIZES = (1, 2, 4)

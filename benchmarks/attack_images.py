@@ -21,8 +21,8 @@ import torch
 import yaml
 from selection import add_selection_arguments
 
-from gradleak.experiments import RunConfig
-from gradleak.experiments.run import attack_case
+from gradleak.scenario import RunConfig
+from gradleak.scenario.run import attack_case
 
 
 def attack_one(job: dict) -> dict:

@@ -28,15 +28,16 @@ from torch.func import replace_all_batch_norm_modules_
 from torch.nn import functional as F
 
 from gradleak import attacks
-from gradleak.attacks.matching import MatchingProblem, attacker_model
-from gradleak.attacks.memory import ensure_trials_fit
-from gradleak.attacks.objectives import cosine_distance
-from gradleak.attacks.optimize import optimize_adam, trial_inputs
+from gradleak.attacks.engine.adam import optimize_adam
+from gradleak.attacks.engine.memory import ensure_trials_fit
+from gradleak.attacks.engine.trials import trial_inputs
+from gradleak.attacks.matching.objectives import cosine_distance
+from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
 from gradleak.data.datasets import DATASETS
 from gradleak.data.normalize import pixel_bounds
-from gradleak.experiments import RunConfig, build_case
 from gradleak.fl import FedSGDClient
 from gradleak.models import build_model
+from gradleak.scenario import RunConfig, build_case
 
 TV_WEIGHT = 1e-4  # Inverting Gradients' CIFAR value
 LR = 0.1

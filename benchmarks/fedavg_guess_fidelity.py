@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from gradleak.attacks.matching import MatchingProblem, attacker_model
-from gradleak.attacks.objectives import get_objective
-from gradleak.attacks.replay import Replay
-from gradleak.experiments import RunConfig, build_case
+from gradleak.attacks.matching.objectives import get_objective
+from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
+from gradleak.attacks.matching.replay import Replay
 from gradleak.fl import LocalTraining, ProtocolSettings, simulate
+from gradleak.scenario import RunConfig, build_case
 
 SETTINGS = [  # (model, client batch-norm mode, local lr)
     ("resnet20", "eval", 0.01),

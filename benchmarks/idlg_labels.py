@@ -12,8 +12,8 @@ import json
 from selection import add_selection_arguments
 
 from gradleak.attacks.labels import idlg_label
-from gradleak.experiments import RunConfig, build_case
 from gradleak.fl import FedSGDClient
+from gradleak.scenario import RunConfig, build_case
 
 
 def main() -> None:

@@ -13,11 +13,7 @@ from pathlib import Path
 
 import torch
 
-from gradleak.experiments.label_recovery import (
-    evaluate_label_recovery,
-    label_table,
-    write_label_results,
-)
+from gradleak.studies.labels import evaluate_label_recovery, label_table, write_label_results
 
 CASES = (("lenet", "cifar10"), ("lenet", "mnist"), ("resnet20", "cifar10"))
 

@@ -22,8 +22,8 @@ from perf_report import machine, markdown_table, peak_rss_bytes, rss_bytes, writ
 from selection import SHARED_DATA
 
 from gradleak import attacks
-from gradleak.experiments import RunConfig
-from gradleak.experiments.run import attack_case
+from gradleak.scenario import RunConfig
+from gradleak.scenario.run import attack_case
 
 
 def run_preset(job: dict) -> dict:
@@ -47,7 +47,7 @@ def run_preset(job: dict) -> dict:
             stop_psnr=job["psnr"],
         )
         if base_rss is None:  # imports and one model in memory, before any attack
-            from gradleak.experiments.case import build_case
+            from gradleak.scenario.case import build_case
 
             build_case(config)
             base_rss = rss_bytes()

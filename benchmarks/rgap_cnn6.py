@@ -21,14 +21,14 @@ import torch
 
 from gradleak import attacks
 from gradleak.attacks import registry as attack_registry
-from gradleak.attacks import rgap
+from gradleak.attacks.closed_form import rgap
 from gradleak.attacks.reconstruction import Reconstruction
-from gradleak.experiments import RunConfig, build_case
-from gradleak.experiments.case import Case
 from gradleak.fl import FedSGDClient
 from gradleak.metrics import evaluate_images
 from gradleak.models import registry as model_registry
 from gradleak.models.cnn6 import CNN6
+from gradleak.scenario import RunConfig, build_case
+from gradleak.scenario.case import Case
 
 
 def _register() -> None:

@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from gradleak import cli
-from gradleak.experiments.training import epoch_checkpoint_path, history_path
+from gradleak.cli import app as cli
+from gradleak.training.trainer import epoch_checkpoint_path, history_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "benchmarks" / "sweeps"

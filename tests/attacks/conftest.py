@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.experiments import RunConfig, build_case
-from gradleak.experiments.case import Case
 from gradleak.fl import FedSGDClient
+from gradleak.scenario import RunConfig, build_case
+from gradleak.scenario.case import Case
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,12 @@ from gradleak.attacks.labels import (
     sign_labels,
     yin_labels,
 )
+from gradleak.core import PrivateBatch, SharedUpdate, UpdateKind
+from gradleak.core.errors import GradleakError
+from gradleak.core.knowledge import Knowledge
 from gradleak.data import get_dataset_spec, load_dataset, normalize, stack
-from gradleak.errors import GradleakError
-from gradleak.fl import FedSGDClient, PrivateBatch, SharedUpdate, UpdateKind
+from gradleak.fl import FedSGDClient
 from gradleak.models import build_model
-from gradleak.threat_model import Knowledge
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

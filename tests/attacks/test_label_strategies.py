@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from gradleak.attacks.labels import LABEL_STRATEGIES, idlg_label, resolve_label_strategy
+from gradleak.core import PrivateBatch
+from gradleak.core.errors import GradleakError
+from gradleak.core.knowledge import Knowledge, Requirement
 from gradleak.data import load_bundled_cifar10, normalize
-from gradleak.errors import GradleakError
-from gradleak.experiments import RunConfig, build_case
-from gradleak.fl import FedSGDClient, PrivateBatch
+from gradleak.fl import FedSGDClient
 from gradleak.models import build_model
-from gradleak.threat_model import Knowledge, Requirement
+from gradleak.scenario import RunConfig, build_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,11 +11,11 @@ import torch
 
 from gradleak import attacks
 from gradleak.attacks import GradientMatchingAttack, GradientMatchingConfig
-from gradleak.attacks.dlg import DLG_CONFIG
-from gradleak.errors import GradleakError
-from gradleak.experiments import RunConfig, build_case, run_attack
+from gradleak.attacks.presets import DLG_CONFIG
+from gradleak.core.errors import GradleakError
 from gradleak.fl import FedSGDClient
 from gradleak.metrics import psnr
+from gradleak.scenario import RunConfig, build_case, run_attack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

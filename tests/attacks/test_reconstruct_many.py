@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gradleak import attacks
-from gradleak.experiments import RunConfig, build_case
 from gradleak.fl import FedSGDClient
+from gradleak.scenario import RunConfig, build_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from gradleak.core.errors import GradleakError
 from gradleak.data import load_cifar10, load_cifar100, load_dataset
-from gradleak.errors import GradleakError
 
 
 def _write(path: Path, obj: object) -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from gradleak.core.errors import GradleakError
 from gradleak.data import ArrayImageSource, ImageSource, load_dataset, stack
-from gradleak.errors import GradleakError
 
 
 def _source() -> ArrayImageSource:

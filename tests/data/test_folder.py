@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import gradleak.data.folder as folder_module
+from gradleak.core.errors import GradleakError
 from gradleak.data import FolderImageSource, load_dataset, load_image_folder, stack
-from gradleak.errors import GradleakError
 
 
 def _png(path: Path, value: int, size: tuple[int, int] = (12, 10)) -> None:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from gradleak.core.errors import GradleakError
 from gradleak.data import IMAGE_SUFFIXES, is_image_file, load_image
-from gradleak.errors import GradleakError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

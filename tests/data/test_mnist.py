@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from gradleak.core.errors import GradleakError
 from gradleak.data import load_dataset, load_mnist
 from gradleak.data.mnist import read_idx
-from gradleak.errors import GradleakError
 
 
 def _idx(magic: int, array: np.ndarray) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gradleak.core.errors import GradleakError
 from gradleak.data import (
     DATASETS,
     DatasetSpec,
@@ -13,7 +14,6 @@ from gradleak.data import (
     normalize,
     pixel_bounds,
 )
-from gradleak.errors import GradleakError
 
 MEAN, STD = (0.5, 0.25, 0.0), (0.5, 0.25, 2.0)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.fl.update import SharedUpdate, UpdateKind
+from gradleak.core.update import SharedUpdate, UpdateKind
 
 
 @pytest.fixture

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from gradleak.core.batch import PrivateBatch
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate, UpdateKind
 from gradleak.defenses import ClientView
 from gradleak.defenses import dpsgd as dpsgd_module
 from gradleak.defenses.dpsgd import DPSGD, dp_epsilon, parse
-from gradleak.errors import GradleakError
-from gradleak.fl.client import FedSGDClient, PrivateBatch
-from gradleak.fl.update import SharedUpdate, UpdateKind
+from gradleak.fl.fedsgd import FedSGDClient
 from gradleak.models import build_model
 
 pytest.importorskip("opacus")  # DP-SGD is an optional extra

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate
 from gradleak.defenses import AdditiveNoise, NoiseKind, parse_defense
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate
 
 N = 1_000_000
 KURTOSIS = {NoiseKind.GAUSSIAN: 3.0, NoiseKind.LAPLACIAN: 6.0}

@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate, UpdateKind
 from gradleak.defenses.precision import LowPrecision, PrecisionKind, parse
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate, UpdateKind
 
 GEN = torch.Generator().manual_seed(0)  # low precision draws nothing; the interface takes one
 

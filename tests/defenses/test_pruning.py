@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gradleak.core.update import SharedUpdate
 from gradleak.defenses import PruneScope, Pruning, parse_defense
-from gradleak.fl.update import SharedUpdate
 
 GEN = torch.Generator().manual_seed(0)  # pruning draws nothing; the interface takes one
 

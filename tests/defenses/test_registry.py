@@ -7,6 +7,8 @@ import re
 import pytest
 import torch
 
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate
 from gradleak.defenses import (
     DEFENSES,
     AdditiveNoise,
@@ -19,8 +21,6 @@ from gradleak.defenses import (
     parse_defense,
     parse_defenses,
 )
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from gradleak.core.batch import PrivateBatch
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate, UpdateKind
 from gradleak.defenses import ClientView
 from gradleak.defenses import soteria as soteria_module
 from gradleak.defenses.soteria import Soteria, parse
-from gradleak.errors import GradleakError
-from gradleak.fl.client import FedSGDClient, PrivateBatch
-from gradleak.fl.update import SharedUpdate, UpdateKind
+from gradleak.fl.fedsgd import FedSGDClient
 from gradleak.models import build_model
 
 GEN = torch.Generator().manual_seed(0)  # Soteria draws nothing; the interface takes one

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate, UpdateKind
 from gradleak.defenses.pruning import PruneScope
 from gradleak.defenses.sparsify import TopK, parse
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate, UpdateKind
 
 GEN = torch.Generator().manual_seed(0)  # top-k draws nothing; the interface takes one
 

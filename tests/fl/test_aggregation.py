@@ -5,14 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.errors import GradleakError
+from gradleak.core import PrivateBatch, SharedUpdate, UpdateKind
+from gradleak.core.errors import GradleakError
 from gradleak.fl import (
     FedSGDClient,
     LocalTraining,
-    PrivateBatch,
     ProtocolSettings,
-    SharedUpdate,
-    UpdateKind,
     aggregate,
     simulate,
     split_users,

@@ -8,16 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from gradleak.errors import GradleakError
-from gradleak.fl import (
-    FedADMMClient,
-    FedSGDClient,
-    LocalTraining,
-    PrivateBatch,
-    ProtocolSettings,
-    UpdateKind,
-    simulate,
-)
+from gradleak.core import PrivateBatch, UpdateKind
+from gradleak.core.errors import GradleakError
+from gradleak.fl import FedADMMClient, FedSGDClient, LocalTraining, ProtocolSettings, simulate
 from gradleak.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from gradleak.errors import GradleakError
-from gradleak.fl import FedAvgClient, FedSGDClient, LocalTraining, PrivateBatch, UpdateKind
+from gradleak.core import PrivateBatch, UpdateKind
+from gradleak.core.errors import GradleakError
+from gradleak.fl import FedAvgClient, FedSGDClient, LocalTraining
 from gradleak.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

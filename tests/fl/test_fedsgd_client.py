@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from gradleak.fl import FedSGDClient, PrivateBatch, UpdateKind
+from gradleak.core import PrivateBatch, UpdateKind
+from gradleak.fl import FedSGDClient
 from gradleak.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

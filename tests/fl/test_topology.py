@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.fl.topology import TOPOLOGIES, build_topology, gossip
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.metrics import CONVENTION, PSNR_CEILING_DB, Evaluation, evaluate_images
 
 

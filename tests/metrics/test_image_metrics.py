@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.signal import correlate2d
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.metrics import PSNR_CEILING_DB, mse, psnr, ssim
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.metrics import match_reconstructions, pairwise_mse
 
 

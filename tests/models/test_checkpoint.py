@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.models import (
     build_model,
     check_checkpoint_model,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.models.cnn6 import CNN6
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.models import available_models, build_model, classifier_layer
 
 from .functional import input_grads

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.models import build_model
 from gradleak.models.resnet import BasicBlock, ResNet
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from gradleak.attacks.matching import attacker_model
-from gradleak.errors import GradleakError
+from gradleak.attacks.matching.problem import attacker_model
+from gradleak.core.errors import GradleakError
 from gradleak.models import available_models, build_model, classifier_layer
 from gradleak.models.resnet import BasicBlock
 

@@ -15,12 +15,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from gradleak.errors import GradleakError
-from gradleak.experiments import RunConfig, run_attack
-from gradleak.experiments.snapshots import SnapshotRecorder
+from gradleak.core.errors import GradleakError
 from gradleak.metrics import CONVENTION
 from gradleak.report.html import fmt, write_report, write_run_report, write_sweep_report
 from gradleak.report.plots import axis_plot_png, loss_curve_png, quality_curves_png
+from gradleak.scenario import RunConfig, run_attack
+from gradleak.scenario.snapshots import SnapshotRecorder
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VOID = {"img", "meta", "br", "hr", "link", "input"}

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.report import save_comparison_grid, save_image_strip, to_pil
 
 

@@ -7,10 +7,10 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from gradleak.attacks.optimize import Observer
+from gradleak.attacks.engine.hooks import Observer
 from gradleak.attacks.reconstruction import Reconstruction
-from gradleak.fl.update import SharedUpdate, UpdateKind
-from gradleak.threat_model import Knowledge
+from gradleak.core.knowledge import Knowledge
+from gradleak.core.update import SharedUpdate, UpdateKind
 
 
 class Attack(Protocol):

@@ -11,25 +11,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradleak.attacks.engine.adam import optimize_adam
+from gradleak.attacks.engine.hooks import Observer
+from gradleak.attacks.engine.lbfgs import optimize_lbfgs
+from gradleak.attacks.engine.memory import ensure_trials_fit
+from gradleak.attacks.engine.trials import TrialsResult, best_trial, trial_inputs
 from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES, LabelStrategy, resolve_label_strategy
-from gradleak.attacks.matching import MatchingProblem, attacker_model
-from gradleak.attacks.memory import ensure_trials_fit
-from gradleak.attacks.objectives import OBJECTIVES, get_objective
-from gradleak.attacks.optimize import (
-    Observer,
-    TrialsResult,
-    best_trial,
-    optimize_adam,
-    optimize_lbfgs,
-    trial_inputs,
-)
+from gradleak.attacks.matching.objectives import OBJECTIVES, get_objective
+from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
+from gradleak.attacks.matching.replay import Replay
 from gradleak.attacks.reconstruction import Reconstruction
-from gradleak.attacks.replay import Replay
-from gradleak.config import replace_checked
+from gradleak.core.errors import GradleakError
+from gradleak.core.knowledge import Knowledge, Requirement
+from gradleak.core.settings import replace_checked
+from gradleak.core.update import SharedUpdate, UpdateKind
 from gradleak.data.normalize import pixel_bounds
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate, UpdateKind
-from gradleak.threat_model import Knowledge, Requirement
 
 # Inverting Gradients' total-variation weights: 1e-4 for CIFAR-scale images (the reference
 # command-line default) and 1e-1 for ImageNet-scale images (its ImageNet ResNet examples).

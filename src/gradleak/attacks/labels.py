@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate, UpdateKind
+from gradleak.core.errors import GradleakError
+from gradleak.core.knowledge import Knowledge, Requirement
+from gradleak.core.update import SharedUpdate, UpdateKind
 from gradleak.models import classifier_layer
-from gradleak.threat_model import Knowledge, Requirement
 
 # None means "no fixed labels: optimise soft labels jointly with the images".
 LabelRecovery = Callable[[SharedUpdate, nn.Module, Knowledge], "torch.Tensor | None"]

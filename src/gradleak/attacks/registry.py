@@ -4,26 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gradleak.attacks import admm, analytic, dlg, idlg, inverting_gradients, rgap
+from gradleak.attacks import presets
 from gradleak.attacks.base import Attack
-from gradleak.errors import GradleakError
+from gradleak.attacks.closed_form import analytic, rgap
+from gradleak.core.errors import GradleakError
 
 ATTACKS: dict[str, tuple[Callable[[], Attack], str]] = {
-    "dlg": (dlg.build, "DLG: L2 matching, joint soft labels, L-BFGS (Zhu et al. 2019)"),
-    "idlg": (idlg.build, "iDLG: analytic label, then DLG matching (Zhao et al. 2020)"),
+    "dlg": (presets.dlg, "DLG: L2 matching, joint soft labels, L-BFGS (Zhu et al. 2019)"),
+    "idlg": (presets.idlg, "iDLG: analytic label, then DLG matching (Zhao et al. 2020)"),
     "dlg-admm": (
-        admm.build_dlg,
+        presets.dlg_admm,
         "DLG-ADMM: DLG on −Δ/η of a FedADMM increment Δ (a first round of one step gives "
         "Δ = −2η∇f: --guess-local-lr 2η matches it)",
     ),
-    "idlg-admm": (admm.build_idlg, "iDLG-ADMM: iDLG on −Δ/η of a FedADMM increment Δ"),
+    "idlg-admm": (presets.idlg_admm, "iDLG-ADMM: iDLG on −Δ/η of a FedADMM increment Δ"),
     "analytic": (
         analytic.build,
         "Analytic: the input of an MLP's first Linear from ∇W/∇b, exact for batch 1 "
         "(Geiping et al. 2020); larger batches give mixtures",
     ),
     "ig": (
-        inverting_gradients.build,
+        presets.ig,
         "Inverting Gradients: cosine + TV, signed Adam, restarts (Geiping et al. 2020)",
     ),
     "rgap": (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from gradleak.core.errors import GradleakError
 from gradleak.data.bundled import load_bundled_cifar10
 from gradleak.data.cifar import load_cifar10, load_cifar100
 from gradleak.data.datasets import DATASETS, DatasetSpec, get_dataset_spec
@@ -13,7 +14,6 @@ from gradleak.data.image import IMAGE_SUFFIXES, is_image_file, load_image
 from gradleak.data.mnist import load_mnist
 from gradleak.data.normalize import denormalize, normalize, pixel_bounds
 from gradleak.data.source import ArrayImageSource, ImageSource, stack
-from gradleak.errors import GradleakError
 
 __all__ = [
     "DATASETS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 
 
 def resolve_dataset_dir(root: Path | str, folder_name: str, expected: Sequence[str] = ()) -> Path:

@@ -7,7 +7,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 
 # A CIFAR batch needs only what numpy uses to rebuild an array (and, for files written
 # by Python 3 with protocol < 3, codecs.encode for raw bytes). Anything else in a pickle

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gradleak.core.errors import GradleakError
 from gradleak.data.source import ArrayImageSource
-from gradleak.errors import GradleakError
 
 if TYPE_CHECKING:  # importlib.resources.abc exists from Python 3.11 on
     from importlib.resources.abc import Traversable

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gradleak.core.errors import GradleakError
 from gradleak.data._paths import missing_files_error, resolve_dataset_dir
 from gradleak.data._pickle import read_pickle_dict
 from gradleak.data.source import ArrayImageSource
-from gradleak.errors import GradleakError
 
 _SIDE = 32
 _ROW_BYTES = 3 * _SIDE * _SIDE

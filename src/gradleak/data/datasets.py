@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 
 
 @dataclass(frozen=True)

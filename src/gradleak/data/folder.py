@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from gradleak.core.errors import GradleakError
 from gradleak.data.image import (
     IMAGE_SUFFIXES,
     check_size_and_channels,
@@ -14,7 +15,6 @@ from gradleak.data.image import (
     load_image,
 )
 from gradleak.data.source import check_index
-from gradleak.errors import GradleakError
 
 
 class FolderImageSource:

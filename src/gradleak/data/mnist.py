@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gradleak.core.errors import GradleakError
 from gradleak.data._paths import missing_files_error, resolve_dataset_dir
 from gradleak.data.source import ArrayImageSource
-from gradleak.errors import GradleakError
 
 _FOLDER = "mnist"
 _SPLIT_PREFIX = {"test": "t10k", "train": "train"}

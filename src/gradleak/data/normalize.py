@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 
 
 def _stats(x: Tensor | None, mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:

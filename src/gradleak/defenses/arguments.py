@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import TypeVar
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 
 E = TypeVar("E", bound=enum.Enum)
 

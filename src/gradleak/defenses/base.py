@@ -9,9 +9,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from gradleak.errors import GradleakError
-from gradleak.fl.client import PrivateBatch
-from gradleak.fl.update import SharedUpdate
+from gradleak.core.batch import PrivateBatch
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate
 
 
 @dataclass(frozen=True)

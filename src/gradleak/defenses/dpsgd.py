@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate, UpdateKind
 from gradleak.defenses.arguments import check_count, parse_number
 from gradleak.defenses.base import ClientView, require_client, with_tensors
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate, UpdateKind
 
 NAME = "dpsgd"
 USAGE = (

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate
 from gradleak.defenses.arguments import check_count, parse_choice, parse_number
 from gradleak.defenses.base import ClientView, check_floating, with_tensors
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate
 
 NAME = "noise"
 USAGE = "noise:KIND:VARIANCE with KIND one of gaussian, laplacian (e.g. noise:gaussian:1e-3)"

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from gradleak.core.update import SharedUpdate
 from gradleak.defenses.arguments import check_count, parse_choice
 from gradleak.defenses.base import ClientView, check_floating, with_tensors
-from gradleak.fl.update import SharedUpdate
 
 NAME = "precision"
 USAGE = "precision:KIND with KIND one of float16, bfloat16, int8, sign (e.g. precision:int8)"

@@ -17,10 +17,10 @@ from typing import ClassVar
 
 import torch
 
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate
 from gradleak.defenses.arguments import check_count, parse_choice, parse_number
 from gradleak.defenses.base import ClientView, with_tensors
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate
 
 NAME = "prune"
 USAGE = "prune:FRACTION[:SCOPE] with FRACTION in [0, 1) and SCOPE one of layer (default), global"

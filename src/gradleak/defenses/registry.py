@@ -11,10 +11,10 @@ from typing import NamedTuple
 
 import torch
 
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate
 from gradleak.defenses import dpsgd, noise, precision, pruning, soteria, sparsify
 from gradleak.defenses.base import ClientView, Defense
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate
 
 NONE = "none"
 

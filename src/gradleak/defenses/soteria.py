@@ -43,10 +43,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate
 from gradleak.defenses.arguments import check_count, parse_number
 from gradleak.defenses.base import ClientView, require_client, with_tensors
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate
 from gradleak.models import classifier_layer
 
 NAME = "soteria"

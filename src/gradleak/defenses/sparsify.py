@@ -14,9 +14,9 @@ from typing import ClassVar
 
 import torch
 
+from gradleak.core.errors import GradleakError
 from gradleak.defenses.arguments import check_count, parse_choice, parse_number
 from gradleak.defenses.pruning import MagnitudeMask, PruneScope, pruned_count
-from gradleak.errors import GradleakError
 
 NAME = "topk"
 USAGE = "topk:FRACTION[:SCOPE] with FRACTION in (0, 1] and SCOPE one of layer (default), global"

@@ -1,12 +1,13 @@
-"""Federated protocols and the update a client shares."""
+"""Federated protocols: the clients that produce updates, aggregation and simulated rounds."""
 
 from gradleak.fl.aggregation import aggregate
-from gradleak.fl.client import Client, FedSGDClient, PrivateBatch
+from gradleak.fl.client import Client
 from gradleak.fl.fedadmm import FedADMMClient
 from gradleak.fl.fedavg import FedAvgClient
+from gradleak.fl.fedsgd import FedSGDClient
 from gradleak.fl.local_training import LocalTraining
-from gradleak.fl.protocols import PROTOCOLS, ProtocolSettings, RoundResult, simulate, split_users
-from gradleak.fl.update import SharedUpdate, UpdateKind
+from gradleak.fl.protocols import PROTOCOLS, ProtocolSettings
+from gradleak.fl.rounds import RoundResult, simulate, split_users
 
 __all__ = [
     "PROTOCOLS",
@@ -15,11 +16,8 @@ __all__ = [
     "FedAvgClient",
     "FedSGDClient",
     "LocalTraining",
-    "PrivateBatch",
     "ProtocolSettings",
     "RoundResult",
-    "SharedUpdate",
-    "UpdateKind",
     "aggregate",
     "simulate",
     "split_users",

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from gradleak.errors import GradleakError
-from gradleak.fl.update import SharedUpdate
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate
 
 
 def aggregate(updates: Sequence[SharedUpdate]) -> SharedUpdate:

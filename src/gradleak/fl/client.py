@@ -1,27 +1,14 @@
-"""FedSGD client: computes the gradient of its loss on a private batch and shares it."""
+"""What every federated client offers, and what the protocols' clients share."""
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from gradleak.fl.update import SharedUpdate, UpdateKind
-
-
-@dataclass(frozen=True)
-class PrivateBatch:
-    """The client's data: normalised images B×C×H×W and integer labels. Never shared."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
+from gradleak.core.batch import PrivateBatch
+from gradleak.core.update import SharedUpdate
 
 
 class Client(Protocol):
@@ -35,32 +22,3 @@ class Client(Protocol):
 def buffers_of(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's buffers (batch-norm running statistics), detached copies."""
     return {name: b.detach().clone() for name, b in model.named_buffers()}
-
-
-class FedSGDClient:
-    """Shares the named-parameter gradient of mean cross-entropy on one private batch.
-
-    In train mode the forward pass also moves the batch-norm running statistics; with
-    `share_buffers` the client sends them along (as FedAvg-style systems often do).
-    """
-
-    def __init__(
-        self, server_model: nn.Module, *, model_mode: str = "train", share_buffers: bool = False
-    ) -> None:
-        # The client trains its own copy; the server's state is what the attacker holds.
-        self.model = copy.deepcopy(server_model)
-        self.model.train(model_mode == "train")
-        self.model_mode = model_mode
-        self.share_buffers = share_buffers
-
-    def compute_update(self, batch: PrivateBatch) -> SharedUpdate:
-        params = dict(self.model.named_parameters())
-        loss = F.cross_entropy(self.model(batch.images), batch.labels)
-        grads = torch.autograd.grad(loss, list(params.values()))
-        tensors = {name: g.detach() for name, g in zip(params, grads, strict=True)}
-        return SharedUpdate(
-            tensors,
-            UpdateKind.GRADIENT,
-            {"num_samples": len(batch), "protocol": "fedsgd"},
-            buffers=buffers_of(self.model) if self.share_buffers else {},
-        )

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gradleak.fl.client import PrivateBatch, buffers_of
+from gradleak.core.batch import PrivateBatch
+from gradleak.core.update import SharedUpdate, UpdateKind
+from gradleak.fl.client import buffers_of
 from gradleak.fl.local_training import LocalTraining
-from gradleak.fl.update import SharedUpdate, UpdateKind
 
 
 class FedAvgClient:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 
 Edge = tuple[int, int]
 State = Mapping[str, torch.Tensor]

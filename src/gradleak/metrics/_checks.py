@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 
 
 def as_image_batch(images: Tensor, name: str) -> Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.metrics._checks import image_pair
 from gradleak.metrics.image import (
     PSNR_CEILING_DB,

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.metrics._checks import image_pair
 
 PSNR_CEILING_DB = 100.0

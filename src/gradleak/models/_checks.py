@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 
 
 def positive_int(name: str, value: object) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.models.registry import canonical_model_name
 
 _WRAPPER_KEYS = ("state_dict", "model")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.models._checks import common_args, positive_int
 
 # (out_channels, kernel, stride, padding) per convolution. With 3x32x32 input the sizes go

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.models._checks import common_args, positive_int
 
 # Width multiples of each conv layer; "pool" marks a 3x3 max-pool.

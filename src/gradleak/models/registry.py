@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.models.cnn6 import CNN6
 from gradleak.models.convnet import ConvNet
 from gradleak.models.lenet import LeNet

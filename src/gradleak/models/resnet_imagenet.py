@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.models._checks import common_args
 from gradleak.models.resnet import BasicBlock, init_resnet_weights
 

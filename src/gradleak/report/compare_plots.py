@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.report.plots import COLORS, DPI, figure_png, log_y_axis
 
 LOG_X_FROM = 50

@@ -6,7 +6,7 @@ import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 
 
 def write_history_csv(rows: Sequence[Mapping[str, float | int | None]], path: Path) -> None:

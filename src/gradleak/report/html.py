@@ -22,7 +22,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from gradleak import __version__
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.metrics import CONVENTION
 from gradleak.report.plots import (
     DPI,

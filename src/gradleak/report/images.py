@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 from gradleak.metrics.matching import match_reconstructions
 
 GAP_PX = 2

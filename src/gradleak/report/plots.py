@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from gradleak.errors import GradleakError
+from gradleak.core.errors import GradleakError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -1,0 +1,1 @@
+"""Attacks solved in closed form from the gradients: no iterations, no restarts."""

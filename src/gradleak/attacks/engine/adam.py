@@ -1,0 +1,256 @@
+"""Adam on K stacked trials: one batched step for all trials, per-trial state and schedules.
+
+Adam trials are stacked on a leading trial axis and evaluated with one `vmap` of the
+functional matching loss, so restarts cost one batched forward/backward instead of K.
+Adam is element-wise, so stacking does not couple the trials.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from gradleak.attacks.engine.hooks import Observer, StopAttack
+from gradleak.attacks.engine.memory import ensure_trials_fit
+from gradleak.attacks.engine.step import Notice, TrialInputs, TrialStep, print_notice
+from gradleak.attacks.engine.trials import (
+    TrialsResult,
+    hard_labels,
+    per_trial,
+    progress_bar,
+    record,
+    score_trials,
+    trial_inputs,
+)
+from gradleak.attacks.matching.problem import MatchingProblem
+
+DECAY_FRACTIONS = (3 / 8, 5 / 8, 7 / 8)
+DECAY_FACTOR = 0.1
+
+
+def decay_milestones(iterations: int) -> list[int]:
+    return [int(iterations * f) for f in DECAY_FRACTIONS]
+
+
+class BatchedAdam:
+    """Adam (as torch.optim.Adam, no weight decay) on a K×… tensor, one trial per row.
+
+    A trial advances only when it is among the `index` rows given to `step`, so a trial
+    that stopped early keeps its state and its images. Step sizes and the decay schedule
+    are per trial and live on the host, so the hot loop never waits for the device.
+    """
+
+    def __init__(
+        self,
+        param: torch.Tensor,
+        lr: Sequence[float],
+        iterations: Sequence[int],
+        *,
+        lr_decay: bool = True,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        k = param.shape[0]
+        if len(lr) != k or len(iterations) != k:
+            raise ValueError(f"need one lr and one iteration count per trial ({k})")
+        self.param = param
+        self.base_lr = [float(v) for v in lr]
+        self.milestones = [decay_milestones(n) if lr_decay else [] for n in iterations]
+        self.betas = betas
+        self.eps = eps
+        self.steps = [0] * k
+        self.exp_avg = torch.zeros_like(param)
+        self.exp_avg_sq = torch.zeros_like(param)
+        self._view = (k,) + (1,) * (param.dim() - 1)
+        self._t = torch.zeros(k, dtype=param.dtype, device=param.device)
+        self._lr_values: list[float] = []
+        self._lr = torch.empty(0)
+
+    def lr(self, k: int) -> float:
+        """Trial k's step size for its next step."""
+        passed = sum(self.steps[k] >= m for m in self.milestones[k])
+        return self.base_lr[k] * DECAY_FACTOR**passed
+
+    def _refresh_lr(self) -> None:
+        lrs = [self.lr(k) for k in range(len(self.steps))]
+        if lrs != self._lr_values:
+            self._lr_values = lrs
+            self._lr = torch.tensor(lrs, dtype=self.param.dtype, device=self.param.device)
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor, index: list[int] | None = None) -> None:
+        """Apply one step to the trials in `index` (None: all); `grad` has their rows."""
+        rows = range(len(self.steps)) if index is None else index
+        self._refresh_lr()  # host-side schedule: a new tensor only when a step size changes
+        rows_t = None if index is None else torch.tensor(index, device=self.param.device)
+        pick = (lambda t: t) if rows_t is None else (lambda t: t[rows_t])
+        if rows_t is None:
+            self._t += 1
+        else:
+            self._t[rows_t] += 1
+        for k in rows:
+            self.steps[k] += 1
+        b1, b2 = self.betas
+        t = pick(self._t).reshape((-1,) + self._view[1:])
+        lr = pick(self._lr).reshape(t.shape)
+        step_size = lr / (1 - torch.pow(b1, t))
+        correction2 = (1 - torch.pow(b2, t)).sqrt()
+        param, m, v = pick(self.param), pick(self.exp_avg), pick(self.exp_avg_sq)
+        m.mul_(b1).add_(grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        param.sub_(step_size * m / (v.sqrt() / correction2 + self.eps))
+        if rows_t is not None:  # indexing copied the rows: write them back
+            self.param[rows_t], self.exp_avg[rows_t], self.exp_avg_sq[rows_t] = param, m, v
+
+
+def _clamp(x: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """Project stacked images onto the per-channel pixel box, in place."""
+    if bounds is not None:
+        with torch.no_grad():
+            x.clamp_(min=bounds[0], max=bounds[1])
+
+
+def optimize_adam(
+    problem: MatchingProblem,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    lr: float | Sequence[float],
+    iterations: int | Sequence[int],
+    signed: bool = True,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    lr_decay: bool = True,
+    log_every: int = 100,
+    observer: Observer | None = None,
+    progress: bool = True,
+    targets: Mapping[str, torch.Tensor] | None = None,
+    tv_weights: Sequence[float] | None = None,
+    tolerance: float = 0.0,
+    compile: bool = False,
+    notice: Notice = print_notice,
+    check_memory: bool = True,
+) -> TrialsResult:
+    """Adam on K stacked trials (`images` is K×B×C×H×W), all in one computation.
+
+    Each trial may have its own step size (`lr`), iteration budget and decay schedule
+    (`iterations`), TV weight (`tv_weights`), target update (`targets`, K× each tensor:
+    independent images) and labels: `labels` is B integers shared by all trials, K×B
+    integers, or K×B×classes soft labels that are optimised too. A trial stops early when
+    its loss is at most `tolerance` or not finite (checked every `log_every` iterations,
+    so the hot loop never waits for the device); stopped trials cost nothing more.
+    """
+    k = images.shape[0]
+    inputs = trial_inputs(images, labels, problem, targets, tv_weights)
+    budgets = [int(n) for n in per_trial(iterations, k, "iterations")]
+    step = TrialStep(problem, compile=compile, notice=notice)
+    if check_memory:
+        ensure_trials_fit(problem, images, inputs, k)
+    x = images.detach().clone()
+    soft_labels = inputs.labels.clone() if inputs.soft else None
+    rates = per_trial(lr, k, "lr")
+    adam = BatchedAdam(x, rates, budgets, lr_decay=lr_decay)
+    label_adam = None
+    if soft_labels is not None:
+        label_adam = BatchedAdam(soft_labels, rates, budgets, lr_decay=lr_decay)
+    active = [i for i in range(k) if budgets[i] > 0]
+    latest = torch.full((k,), torch.nan, dtype=x.dtype, device=x.device)
+    evaluations = k  # the final scoring of every trial
+    history: list[dict[str, float | int | None]] = []
+    total = max(budgets)
+    done = 0
+    interrupted = stopped = False
+    run_start = time.perf_counter()
+    bar = progress_bar(total, progress, "matching")
+    try:
+        for iteration in range(total):
+            active = [i for i in active if adam.steps[i] < budgets[i]]
+            if not active:
+                break
+            current = inputs if soft_labels is None else _with_labels(inputs, soft_labels)
+            grad_x, grad_labels, losses = _step_rows(step, x, current, active)
+            evaluations += k if step.compile else len(active)
+            if len(active) == k:
+                latest.copy_(losses.detach())
+            else:
+                latest[torch.tensor(active, device=x.device)] = losses.detach()
+            if iteration % log_every == 0:
+                loss = record(history, iteration, latest, x, observer)
+                bar.set_postfix(loss=f"{loss:.4g}")
+                running = _still_running(active, latest, tolerance)
+                if not running:
+                    break
+                if running != active:  # trials stopped at this check do not step again
+                    keep = [j for j, i in enumerate(active) if i in running]
+                    keep_t = torch.tensor(keep, dtype=torch.long, device=x.device)
+                    grad_x = grad_x[keep_t]
+                    grad_labels = None if grad_labels is None else grad_labels[keep_t]
+                    active = running
+            index = None if len(active) == k else active
+            adam.step(grad_x.sign() if signed else grad_x, index)
+            if label_adam is not None:
+                label_adam.step(grad_labels, index)
+            _clamp(x, bounds)
+            done = iteration + 1
+            bar.update(1)
+    except StopAttack:
+        stopped = True
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - run_start
+    _clamp(x, bounds)  # again: an interrupt may land between the step and the clamp
+    final_inputs = inputs if soft_labels is None else _with_labels(inputs, soft_labels)
+    try:
+        final = score_trials(problem, x, final_inputs)
+        record(history, done, final, x, observer)
+    except StopAttack:
+        stopped = True
+    except KeyboardInterrupt:
+        # Interrupted while scoring: keep the images, rank trials as unknown.
+        interrupted = True
+        final = torch.full((k,), torch.nan)
+    out_labels = hard_labels(final_inputs.labels)
+    if not inputs.labels_per_trial:
+        out_labels = out_labels.expand(k, -1)
+    return TrialsResult(
+        x,
+        out_labels.clone(),
+        final,
+        history,
+        done,
+        evaluations,
+        interrupted,
+        stopped,
+        trial_iterations=list(adam.steps),
+        compile_seconds=step.compile_seconds,
+        compiled=step.compiled,
+        seconds=seconds,
+    )
+
+
+def _step_rows(step: TrialStep, x: torch.Tensor, inputs: TrialInputs, active: list[int]):
+    """The step's outputs for the running trials only."""
+    if len(active) == x.shape[0]:
+        return step(x, inputs)
+    rows = torch.tensor(active, device=x.device)
+    if not step.compile:
+        return step(x[rows], inputs.select(rows))
+    # A compiled step keeps its input shape (no recompiling): compute all, keep the rows.
+    grad_x, grad_labels, losses = step(x, inputs)
+    return grad_x[rows], None if grad_labels is None else grad_labels[rows], losses[rows]
+
+
+def _with_labels(inputs: TrialInputs, labels: torch.Tensor) -> TrialInputs:
+    return TrialInputs(
+        labels, inputs.target, inputs.tv_weight, inputs.labels_per_trial, inputs.target_per_trial
+    )
+
+
+def _still_running(active: list[int], latest: torch.Tensor, tolerance: float) -> list[int]:
+    """Drop trials that reached `tolerance` or diverged (one device sync, at a check only)."""
+    values = latest.tolist()
+    return [i for i in active if math.isfinite(values[i]) and values[i] > tolerance]

@@ -1,0 +1,179 @@
+"""L-BFGS trials, one after another, each with its own curvature history and line search."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from gradleak.attacks.engine.hooks import Observer, StopAttack
+from gradleak.attacks.engine.step import Notice, TrialInputs, TrialStep, print_notice
+from gradleak.attacks.engine.trials import TrialsResult, hard_labels, progress_bar, record
+from gradleak.attacks.matching.problem import MatchingProblem
+
+# An L-BFGS trial has converged when its best loss has not improved for this many steps.
+LBFGS_PATIENCE = 10
+
+
+def optimize_lbfgs(
+    problem: MatchingProblem,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    lr: float = 1.0,
+    steps: int = 300,
+    inner_iterations: int = 20,
+    line_search: str | None = None,
+    tolerance: float = 0.0,
+    log_every: int = 10,
+    observer: Observer | None = None,
+    progress: bool = True,
+    compile: bool = False,
+    notice: Notice = print_notice,
+) -> TrialsResult:
+    """L-BFGS trials one after another; `labels` is B (integer) or K×B×classes (soft).
+
+    Trials are not stacked: L-BFGS's line search, curvature history and convergence tests
+    read the loss on the host after every evaluation, and each trial needs a different
+    number of evaluations per step (see docs/PERFORMANCE.md).
+    """
+    soft = labels.dtype != torch.long
+    step = TrialStep(problem, compile=compile, notice=notice)
+    results = []
+    start = time.perf_counter()
+    for trial in range(images.shape[0]):
+        trial_labels = labels[trial] if soft else labels
+        result = _lbfgs_trial(
+            problem,
+            images[trial],
+            trial_labels,
+            trial=trial,
+            step=step,
+            lr=lr,
+            steps=steps,
+            inner_iterations=inner_iterations,
+            line_search=line_search,
+            tolerance=tolerance,
+            log_every=log_every,
+            observer=observer,
+            progress=progress,
+        )
+        results.append(result)
+        if result.interrupted or result.stopped:  # the remaining trials do not run
+            break
+    return TrialsResult(
+        torch.cat([r.images for r in results]),
+        torch.cat([r.labels for r in results]),
+        torch.cat([r.losses for r in results]),
+        [row for r in results for row in r.history],
+        max(r.iterations for r in results),
+        sum(r.loss_evaluations for r in results),
+        any(r.interrupted for r in results),
+        any(r.stopped for r in results),
+        trial_iterations=[r.iterations for r in results],
+        compile_seconds=step.compile_seconds,
+        compiled=step.compiled,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _lbfgs_trial(
+    problem: MatchingProblem,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    trial: int,
+    step: TrialStep,
+    lr: float,
+    steps: int,
+    inner_iterations: int,
+    line_search: str | None,
+    tolerance: float,
+    log_every: int,
+    observer: Observer | None,
+    progress: bool,
+) -> TrialsResult:
+    soft = labels.dtype != torch.long
+    x = images.detach().clone().requires_grad_(True)
+    label_param = labels.detach().clone().requires_grad_(soft)
+    params = [x, label_param] if soft else [x]
+    optimizer = torch.optim.LBFGS(
+        params, lr=lr, max_iter=inner_iterations, history_size=100, line_search_fn=line_search
+    )
+    best = {"loss": math.inf, "x": x.detach().clone(), "labels": label_param.detach().clone()}
+    tv_weight = torch.tensor([problem.tv_weight], dtype=x.dtype, device=x.device)
+    evaluations = 0
+    last = math.inf
+
+    def closure() -> torch.Tensor:
+        nonlocal evaluations, last
+        inputs = TrialInputs(
+            label_param.detach().unsqueeze(0) if soft else label_param.detach(),
+            problem.target,
+            tv_weight,
+            labels_per_trial=soft,
+            target_per_trial=False,
+        )
+        grad_x, grad_labels, values = step(x.detach().unsqueeze(0), inputs)
+        x.grad = grad_x[0]
+        if soft:
+            label_param.grad = grad_labels[0]
+        value = values[0]
+        evaluations += 1
+        last = float(value)
+        # L-BFGS can diverge to NaN late in a run; keep the best iterate seen, not the last.
+        if last < best["loss"]:
+            best.update(loss=last, x=x.detach().clone(), labels=label_param.detach().clone())
+        return value
+
+    history: list[dict[str, float | int | None]] = []
+    done = 0
+    interrupted = stopped = False
+    bar = progress_bar(steps, progress, f"L-BFGS trial {trial}")
+    try:
+        stalled = 0
+        for outer in range(steps):
+            before = best["loss"]
+            optimizer.step(closure)
+            done = outer + 1
+            # Converged: no better iterate for LBFGS_PATIENCE steps.
+            stalled = stalled + 1 if best["loss"] >= before else 0
+            converged = stalled >= LBFGS_PATIENCE
+            bar.update(1)
+            if done % log_every == 0:
+                bar.set_postfix(loss=f"{best['loss']:.4g}")
+                record(
+                    history,
+                    done,
+                    torch.tensor([best["loss"]]),
+                    best["x"].unsqueeze(0),
+                    observer,
+                    trial,
+                )
+            if converged or best["loss"] <= tolerance or not math.isfinite(last):
+                break
+    except StopAttack:
+        stopped = True
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    losses = torch.tensor([best["loss"]])
+    if not history or history[-1]["iteration"] != done:
+        try:
+            record(history, done, losses, best["x"].unsqueeze(0), observer, trial)
+        except StopAttack:
+            stopped = True
+        except KeyboardInterrupt:
+            interrupted = True
+    return TrialsResult(
+        best["x"].unsqueeze(0),
+        hard_labels(best["labels"]).unsqueeze(0) if soft else best["labels"].unsqueeze(0),
+        losses,
+        history,
+        done,
+        evaluations,
+        interrupted,
+        stopped,
+    )

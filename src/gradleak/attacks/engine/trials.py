@@ -1,0 +1,117 @@
+"""What every optimiser of stacked trials shares: the inputs per trial, scoring, results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import vmap
+from tqdm.auto import tqdm
+
+from gradleak.attacks.engine.hooks import Observer
+from gradleak.attacks.engine.step import TrialInputs
+from gradleak.attacks.matching.problem import MatchingProblem
+
+
+def best_trial(losses: torch.Tensor) -> int:
+    """Index of the lowest finite loss (a diverged trial never wins)."""
+    return int(torch.where(torch.isfinite(losses), losses, torch.inf).argmin())
+
+
+@dataclass
+class TrialsResult:
+    """Final state of every trial: images K×B×C×H×W, labels K×B, matching loss K."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    losses: torch.Tensor
+    history: list[dict[str, float | int | None]] = field(default_factory=list)
+    iterations: int = 0
+    loss_evaluations: int = 0
+    interrupted: bool = False
+    stopped: bool = False  # an observer ended the run (StopAttack)
+    trial_iterations: list[int] = field(default_factory=list)
+    compile_seconds: float = 0.0  # spent compiling (the first compiled step included)
+    compiled: bool = False
+    seconds: float = 0.0  # the optimisation loop, compile time included
+
+    @property
+    def best(self) -> int:
+        return best_trial(self.losses)
+
+
+def hard_labels(labels: torch.Tensor) -> torch.Tensor:
+    return labels if labels.dtype == torch.long else labels.argmax(dim=-1)
+
+
+def progress_bar(total: int, enabled: bool, desc: str) -> tqdm:
+    # `delay` keeps short runs quiet: the bar appears only after two seconds.
+    return tqdm(
+        total=total,
+        desc=desc,
+        delay=2.0,
+        mininterval=0.5,
+        disable=None if enabled else True,  # None: only on a terminal
+        leave=False,
+    )
+
+
+def record(
+    history: list[dict[str, float | int | None]],
+    iteration: int,
+    losses: torch.Tensor,
+    images: torch.Tensor,
+    observer: Observer | None,
+    trial: int | None = None,
+) -> float:
+    best = best_trial(losses)
+    loss = float(losses[best])
+    row: dict[str, float | int | None] = {
+        "iteration": iteration,
+        "trial": best if trial is None else trial,
+        "loss": loss,
+    }
+    if observer is not None:
+        row.update(observer(iteration, losses.detach(), images.detach()) or {})
+    history.append(row)
+    return loss
+
+
+def per_trial(value: float | Sequence[float], k: int, name: str) -> list[float]:
+    values = [value] * k if isinstance(value, (int, float)) else list(value)
+    if len(values) != k:
+        raise ValueError(f"{name}: need one value per trial ({k}), got {len(values)}")
+    return values
+
+
+def trial_inputs(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    problem: MatchingProblem,
+    targets: Mapping[str, torch.Tensor] | None,
+    tv_weights: Sequence[float] | None,
+) -> TrialInputs:
+    """Stack what the K trials of `images` attack: labels, target update, TV weight."""
+    k = images.shape[0]
+    tv = problem.tv_weight if tv_weights is None else tv_weights
+    return TrialInputs(
+        labels=labels.detach(),
+        target=problem.target if targets is None else {n: targets[n] for n in problem.names},
+        tv_weight=torch.tensor(
+            per_trial(tv, k, "tv_weights"), dtype=images.dtype, device=images.device
+        ),
+        labels_per_trial=labels.dim() > 1,
+        target_per_trial=targets is not None,
+    )
+
+
+def score_trials(
+    problem: MatchingProblem, images: torch.Tensor, inputs: TrialInputs
+) -> torch.Tensor:
+    """The matching loss of every trial (no gradient with respect to the images)."""
+    axes = (0, 0 if inputs.labels_per_trial else None, 0 if inputs.target_per_trial else None, 0)
+    with torch.no_grad():
+        return vmap(problem.loss, in_dims=axes)(
+            images, inputs.labels, inputs.target, inputs.tv_weight
+        )

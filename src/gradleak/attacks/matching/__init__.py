@@ -1,0 +1,1 @@
+"""The matching problem: the replayed client update, the distance and the prior."""

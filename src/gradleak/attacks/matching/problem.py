@@ -1,0 +1,150 @@
+"""The gradient-matching problem as a pure function of a candidate batch (torch.func)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, replace_all_batch_norm_modules_
+from torch.nn import functional as F
+
+from gradleak.attacks.matching.objectives import Objective
+from gradleak.attacks.matching.priors import total_variation
+from gradleak.attacks.matching.replay import Replay
+
+
+def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against integer labels, or against softmax(labels) for soft logits."""
+    if labels.dtype == torch.long:
+        return F.cross_entropy(logits, labels)
+    return -(labels.softmax(dim=-1) * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+def attacker_model(server_model: nn.Module, model_mode: str) -> nn.Module:
+    """The attacker's replica of the server's model, in the client's batch-norm mode.
+
+    In train mode batch norm normalises with batch statistics; without running-stat
+    updates the forward pass is a pure function, which vmap needs.
+    """
+    replica = copy.deepcopy(server_model)
+    if model_mode == "train":
+        replace_all_batch_norm_modules_(replica)
+        replica.train()
+    else:
+        replica.eval()
+    return replica
+
+
+class MatchingProblem:
+    """loss(x, labels) = objective(∇θ ℓ(f(x), labels), shared) + tv_weight · TV(x).
+
+    `loss` is a pure function of its arguments (torch.func can vmap and compile it); the
+    target and the TV weight may be passed per call, which lets K trials attack K
+    different updates (independent images) or use K TV weights at once.
+    `value_and_grad` computes the same loss and its gradient for one trial with autograd's
+    `create_graph`, which is cheaper than torch.func when there is nothing to batch.
+    `replay` says how the shared update was produced (a gradient by default; FedAvg's
+    local steps, or the mean over several users).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target: Mapping[str, torch.Tensor],
+        objective: Objective,
+        tv_weight: float = 0.0,
+        replay: Replay | None = None,
+    ) -> None:
+        """`model` is the attacker's replica (attacker_model); its parameters stay trainable."""
+        self.model = model
+        self.replay = Replay() if replay is None else replay
+        self.names = [n for n, _ in model.named_parameters()]
+        self.params = {n: p.detach() for n, p in model.named_parameters()}
+        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
+        self.target = {n: target[n].detach() for n in self.names}
+        self.objective = objective
+        self.tv_weight = float(tv_weight)
+        # The autograd path differentiates through the replica's own parameters.
+        self._leaves = list(model.parameters())
+        if not all(p.requires_grad for p in self._leaves):
+            raise ValueError("the attacker's model must keep requires_grad on its parameters")
+
+    def client_loss(
+        self, params: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss the client differentiates, as a function of the parameters (pure)."""
+        logits = functional_call(self.model, (dict(params), self.buffers), (images,))
+        return label_loss(logits, labels)
+
+    def candidate_update(
+        self, params: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The update the client would share with these data (pure)."""
+        if self.replay.is_plain_gradient:
+            return grad(self.client_loss)(params, images, labels)
+        return self.replay(grad(self.client_loss), params, images, labels)
+
+    def _autograd_gradient(
+        self, params: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """∇θ of the client's loss with autograd's create_graph (params must need grad)."""
+        loss = self.client_loss(params, images, labels)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        return dict(zip(params, grads, strict=True))
+
+    def candidate_gradient(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return self.candidate_update(self.params, images, labels)
+
+    def match(
+        self,
+        candidate: Mapping[str, torch.Tensor],
+        images: torch.Tensor,
+        target: Mapping[str, torch.Tensor],
+        tv_weight: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """The matching loss given the candidate's gradient (pure)."""
+        return self.objective(candidate, target) + tv_weight * total_variation(images)
+
+    def loss(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        target: Mapping[str, torch.Tensor] | None = None,
+        tv_weight: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
+        """The matching loss of one trial (pure: safe under vmap, grad and compile)."""
+        target = self.target if target is None else target
+        tv_weight = self.tv_weight if tv_weight is None else tv_weight
+        return self.match(self.candidate_gradient(images, labels), images, target, tv_weight)
+
+    def value_and_grad(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        target: Mapping[str, torch.Tensor] | None = None,
+        tv_weight: torch.Tensor | float | None = None,
+        *,
+        soft: bool = False,
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """(∂loss/∂images[, ∂loss/∂labels]), loss for one trial, through autograd."""
+        target = self.target if target is None else target
+        tv_weight = self.tv_weight if tv_weight is None else tv_weight
+        images = images.detach().requires_grad_(True)
+        inputs = [images]
+        if soft:
+            labels = labels.detach().requires_grad_(True)
+            inputs.append(labels)
+        with torch.enable_grad():
+            if self.replay.is_plain_gradient:
+                client_loss = label_loss(self.model(images), labels)
+                grads = torch.autograd.grad(client_loss, self._leaves, create_graph=True)
+                candidate = dict(zip(self.names, grads, strict=True))
+            else:  # unrolled local steps or several users
+                leaves = dict(zip(self.names, self._leaves, strict=True))
+                candidate = self.replay(self._autograd_gradient, leaves, images, labels)
+            value = self.objective(candidate, target) + tv_weight * total_variation(images)
+            return torch.autograd.grad(value, inputs), value.detach()

@@ -1,0 +1,84 @@
+"""The published attacks' settings, as configurations of the gradient-matching attack.
+
+DLG (Zhu et al. 2019), iDLG (Zhao et al. 2020), Inverting Gradients (Geiping et al. 2020)
+and DLG-ADMM / iDLG-ADMM (DLG and iDLG on a FedADMM increment read as a gradient). Each
+factory returns the attack with its paper's defaults; `registry.py` names them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from gradleak.attacks.gradient_matching import GradientMatchingAttack, GradientMatchingConfig
+
+# DLG's reference setting: squared-L2 gradient distance, images and soft labels drawn from a
+# standard normal and optimised jointly by L-BFGS (lr 1, 20 inner iterations) for 300 steps.
+# One deliberate change: a strong-Wolfe line search. The reference's fixed unit step diverges
+# to NaN on some images (docs/RESULTS.md measures both); `line_search: none` restores it.
+DLG_CONFIG = GradientMatchingConfig(
+    objective="l2",
+    tv_weight=0.0,
+    optimizer="lbfgs",
+    lr=1.0,
+    iterations=300,
+    restarts=1,
+    signed=False,
+    boxed=False,
+    lr_decay=False,
+    init="randn",
+    label_strategy="optimize",
+    lbfgs_inner_iterations=20,
+    line_search="strong_wolfe",
+    tolerance=0.0,
+    log_every=1,
+)
+
+# iDLG: the same optimiser and distance as DLG; the label comes from the sign of the last
+# layer's gradient (batch 1), so only the image is optimised.
+IDLG_CONFIG = dataclasses.replace(DLG_CONFIG, label_strategy="analytic")
+
+# Inverting Gradients: cosine distance over all gradients plus total variation, Adam (lr 0.1)
+# on the sign of the gradient, images boxed to valid pixels, step size ÷10 at 3/8, 5/8 and
+# 7/8 of 24,000 iterations, 8 restarts from a standard normal, the best kept by final
+# matching loss.
+IG_CONFIG = GradientMatchingConfig(
+    objective="cosine",
+    tv_weight=None,
+    optimizer="adam",
+    lr=0.1,
+    iterations=24_000,
+    restarts=8,
+    signed=True,
+    boxed=True,
+    lr_decay=True,
+    init="randn",
+    label_strategy="auto",
+)
+
+
+def dlg() -> GradientMatchingAttack:
+    """DLG with its reference settings (and a strong-Wolfe line search)."""
+    return GradientMatchingAttack("dlg", DLG_CONFIG)
+
+
+def idlg() -> GradientMatchingAttack:
+    """iDLG: the analytic label, then DLG's matching."""
+    return GradientMatchingAttack("idlg", IDLG_CONFIG)
+
+
+def ig() -> GradientMatchingAttack:
+    """Inverting Gradients with the paper's CIFAR settings."""
+    return GradientMatchingAttack("ig", IG_CONFIG)
+
+
+# A FedADMM client shares the increment Δ of x + π/ρ. After local SGD steps of size η the
+# increment is a multiple of −η × the gradients it took (twice one gradient in a first
+# round of one step), so the -admm attacks match −Δ/η as if it were the client's gradient.
+def dlg_admm() -> GradientMatchingAttack:
+    """DLG on −Δ/η of a FedADMM increment Δ."""
+    return GradientMatchingAttack("dlg-admm", dataclasses.replace(DLG_CONFIG, admm=True))
+
+
+def idlg_admm() -> GradientMatchingAttack:
+    """iDLG on −Δ/η of a FedADMM increment Δ."""
+    return GradientMatchingAttack("idlg-admm", dataclasses.replace(IDLG_CONFIG, admm=True))

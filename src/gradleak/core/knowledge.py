@@ -1,0 +1,122 @@
+"""What the attacker knows: an explicit, validated record, and the checks attacks use."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from gradleak.core.errors import GradleakError
+from gradleak.fl.local_training import LocalTraining
+
+
+class Requirement(str, enum.Enum):
+    """A piece of knowledge an attack may need beyond the update and the server's model."""
+
+    LABELS = "labels"
+    SINGLE_SAMPLE = "single_sample"
+    LOCAL_TRAINING = "local_training"
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """Facts the threat model grants the attacker about the client's data and training."""
+
+    data_shape: tuple[int, int, int]
+    num_classes: int
+    batch_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    model_mode: str = "train"
+    labels: torch.Tensor | None = field(default=None, repr=False)
+    dataset: str = ""
+    # How many users' updates were averaged (the server knows whom it aggregated);
+    # batch_size counts the samples of all of them together.
+    num_users: int = 1
+    # The attacker's belief about the clients' local training (FedAvg, FedADMM), and
+    # whether it is a guess rather than the protocol's known setting.
+    local_training: LocalTraining | None = None
+    local_training_guessed: bool = False
+    # Whether model_mode is the attacker's guess rather than the client's known mode.
+    model_mode_guessed: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.data_shape) != 3 or any(int(s) < 1 for s in self.data_shape):
+            raise GradleakError(
+                "data_shape must be (channels, height, width) of positive sizes, "
+                f"got {self.data_shape}"
+            )
+        channels = self.data_shape[0]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise GradleakError(
+                f"normalisation has {len(self.mean)} means and {len(self.std)} stds for "
+                f"{channels} channels; give one per channel"
+            )
+        if any(s <= 0 for s in self.std):
+            raise GradleakError("normalisation std must be positive in every channel")
+        if self.num_classes < 2:
+            raise GradleakError(f"num_classes is {self.num_classes}; it must be at least 2")
+        if self.batch_size < 1:
+            raise GradleakError(f"batch_size is {self.batch_size}; it must be at least 1")
+        if self.model_mode not in ("train", "eval"):
+            raise GradleakError(f"model_mode {self.model_mode!r} is not one of: train, eval")
+        if self.num_users < 1 or self.batch_size % self.num_users:
+            raise GradleakError(
+                f"batch_size {self.batch_size} does not split evenly over {self.num_users} users"
+            )
+        if self.labels is not None:
+            labels = self.labels.detach().clone().long()
+            if labels.shape != (self.batch_size,):
+                raise GradleakError(
+                    f"known labels have shape {tuple(labels.shape)}; expected ({self.batch_size},)"
+                )
+            object.__setattr__(self, "labels", labels)
+
+    @property
+    def labels_known(self) -> bool:
+        return self.labels is not None
+
+    def grants(self, requirement: Requirement) -> bool:
+        checks = {
+            Requirement.LABELS: self.labels_known,
+            Requirement.SINGLE_SAMPLE: self.batch_size == 1,
+            Requirement.LOCAL_TRAINING: self.local_training is not None,
+        }
+        return checks[requirement]
+
+    def require(self, requirements: frozenset[Requirement] | set[Requirement], who: str) -> None:
+        """Refuse to run `who` when the threat model does not grant what it needs."""
+        hints = {
+            Requirement.LABELS: "grant them with --labels-known or pick a label strategy "
+            "that recovers labels",
+            Requirement.SINGLE_SAMPLE: "use --batch-size 1"
+            + (" and --users 1" if self.num_users > 1 else ""),
+            Requirement.LOCAL_TRAINING: "describe the client's local training (--local-steps "
+            "or --local-epochs, --local-lr), or the attacker's guess of it",
+        }
+        for requirement in sorted(requirements, key=lambda r: r.value):
+            if not self.grants(requirement):
+                raise GradleakError(
+                    f"{who} needs {requirement.value} but the threat model does not grant it; "
+                    f"{hints[requirement]}"
+                )
+
+    def describe(self) -> dict[str, object]:
+        """JSON-safe summary for reports (the labels themselves are summarised, not listed)."""
+        return {
+            "data_shape": list(self.data_shape),
+            "num_classes": self.num_classes,
+            "batch_size": self.batch_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "model_mode": self.model_mode,
+            "labels_known": self.labels_known,
+            "dataset": self.dataset,
+            "num_users": self.num_users,
+            "local_training": None
+            if self.local_training is None
+            else self.local_training.describe(),
+            "local_training_guessed": self.local_training_guessed,
+            "model_mode_guessed": self.model_mode_guessed,
+        }

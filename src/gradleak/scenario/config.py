@@ -1,0 +1,227 @@
+"""The configuration of one attack run: the scenario, the threat model and the attack."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gradleak.core.errors import GradleakError
+from gradleak.core.settings import read_mapping, replace_checked
+from gradleak.fl.local_training import LocalTraining
+from gradleak.fl.protocols import DEFAULT_LOCAL_LR, ProtocolSettings
+from gradleak.fl.protocols import PROTOCOLS as PROTOCOL_CLIENTS
+
+PROTOCOLS = tuple(PROTOCOL_CLIENTS)
+DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "folder")
+MODEL_MODES = ("train", "eval")
+SPLITS = ("test", "train")
+MAX_CLASSES = 100_000
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run. `attack_options` overrides the attack preset's hyper-parameters."""
+
+    attack: str = "dlg"
+    model: str = "lenet"
+    dataset: str = "cifar10"
+    data_root: Path | None = None  # None with cifar10: the bundled sample images
+    split: str = "test"
+    indices: tuple[int, ...] = (0,)
+    image: Path | None = None
+    label: int | None = None
+    num_classes: int | None = None
+    image_size: int | None = None  # for 'folder' and --image; default: the dataset's size
+    batch_size: int = 1  # samples per user
+    seed: int = 0
+    out: Path | None = None
+    checkpoint: Path | None = None
+    model_mode: str = "train"
+    labels_known: bool = False
+    attack_options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    # Evaluation side: end the attack once the reconstruction reaches this PSNR (dB).
+    # It reads the ground truth, so it measures time-to-quality; it is not attacker knowledge.
+    stop_psnr: float | None = None
+    protocol: str = "fedsgd"
+    # Client-side defenses, applied in order to the update (e.g. "prune:0.3").
+    defenses: tuple[str, ...] = ()
+    # Iterations at which the evaluation side keeps a picture of the reconstruction
+    # (None: about six, spread over the run).
+    snapshots: tuple[int, ...] | None = None
+    # The protocol's local training (fedavg, fedadmm); steps default to 1.
+    local_steps: int | None = None
+    local_epochs: int | None = None
+    local_batch_size: int | None = None  # None: all of a user's samples in every step
+    local_lr: float | None = None  # None: DEFAULT_LOCAL_LR
+    users: int = 1  # the server sees only the mean of this many users' updates
+    admm_rho: float = 1.0
+    rounds: int = 1  # fedavg/fedadmm: the attacked update is this round's
+    share_buffers: bool = False  # clients send their batch-norm statistics along
+    # Threat model: the attacker's guesses where it does not know the client's settings
+    # (None: it knows them).
+    guess_local_steps: int | None = None
+    guess_local_epochs: int | None = None
+    guess_local_batch_size: int | None = None
+    guess_local_lr: float | None = None
+    attacker_model_mode: str | None = None
+
+    def validate(self) -> RunConfig:
+        if self.dataset not in DATASET_CHOICES:
+            raise GradleakError(
+                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASET_CHOICES)}"
+            )
+        if self.model_mode not in MODEL_MODES:
+            raise GradleakError(
+                f"model_mode {self.model_mode!r} is not one of: {', '.join(MODEL_MODES)}"
+            )
+        if not 0 <= self.seed < 2**63:
+            raise GradleakError(f"seed must be in 0..2**63-1, got {self.seed}")
+        if self.protocol not in PROTOCOLS:
+            raise GradleakError(f"protocol {self.protocol!r} is not one of: {', '.join(PROTOCOLS)}")
+        if self.attacker_model_mode not in (None, *MODEL_MODES):
+            raise GradleakError(
+                f"attacker_model_mode {self.attacker_model_mode!r} is not one of: "
+                f"{', '.join(MODEL_MODES)}"
+            )
+        local_keys = [k for k in _LOCAL_KEYS if getattr(self, k) is not None]
+        if self.protocol == "fedsgd" and local_keys:
+            flag = "--" + local_keys[0].replace("_", "-")
+            raise GradleakError(
+                f"{flag} describes local training, which fedsgd does not do; "
+                "use --protocol fedavg or fedadmm"
+            )
+        if self.batch_size < 1:
+            raise GradleakError(f"batch size must be at least 1, got {self.batch_size}")
+        self.protocol_settings()  # checks the local training, users and rounds
+        self.attacker_local_training()
+        shape_guesses = [k for k in _LOCAL_KEYS[:3] if getattr(self, f"guess_{k}") is not None]
+        if self.attack.endswith("-admm") and shape_guesses:
+            flag = "--guess-" + shape_guesses[0].replace("_", "-")
+            raise GradleakError(
+                f"{self.attack} uses only the local learning rate of the attacker's belief; "
+                f"drop {flag} (use --guess-local-lr)"
+            )
+        if self.users > 1 and self.image is not None:
+            raise GradleakError("--image attacks one image; --users needs --dataset images")
+        if self.snapshots is not None and any(i < 0 for i in self.snapshots):
+            raise GradleakError(f"snapshot iterations must be >= 0, got {list(self.snapshots)}")
+        if self.split not in SPLITS:
+            raise GradleakError(f"split {self.split!r} is not one of: {', '.join(SPLITS)}")
+        if self.data_root is None and self.dataset == "cifar10" and self.split != "test":
+            raise GradleakError(
+                "the bundled CIFAR-10 images are test images; give --data-root for another split"
+            )
+        if len(set(self.indices)) != len(self.indices):
+            raise GradleakError(f"image indices repeat: {list(self.indices)}; give each once")
+        if self.label is not None and self.image is None:
+            raise GradleakError("--label sets the label of --image; dataset images have theirs")
+        if self.num_classes is not None and self.num_classes > MAX_CLASSES:
+            raise GradleakError(f"--num-classes must be at most {MAX_CLASSES}")
+        if self.batch_size < 1:
+            raise GradleakError(f"batch size must be at least 1, got {self.batch_size}")
+        if not self.indices:
+            raise GradleakError("give at least one image index")
+        if any(i < 0 for i in self.indices):
+            raise GradleakError(f"image indices must be non-negative, got {list(self.indices)}")
+        if len(self.indices) not in (1, self.total_samples):
+            what = f"batch size {self.batch_size}"
+            if self.users > 1:
+                what = f"{self.total_samples} images ({self.users} users × {what})"
+            raise GradleakError(
+                f"{len(self.indices)} indices given for {what}; give one start index or "
+                "exactly one index per image"
+            )
+        if self.image is not None and self.batch_size != 1:
+            raise GradleakError("--image attacks one image; drop --batch-size or use --dataset")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise GradleakError(f"--num-classes must be at least 2, got {self.num_classes}")
+        if self.stop_psnr is not None and not (0 < self.stop_psnr < math.inf):
+            raise GradleakError(
+                f"--stop-psnr must be a positive number of dB, got {self.stop_psnr}"
+            )
+        if self.image_size is not None and self.image_size < 4:
+            raise GradleakError(f"--image-size must be at least 4, got {self.image_size}")
+        return self
+
+    @property
+    def total_samples(self) -> int:
+        """Images of all users together (user i holds the i-th run of batch_size)."""
+        return self.batch_size * self.users
+
+    def batch_indices(self) -> list[int]:
+        if len(self.indices) == self.total_samples:
+            return list(self.indices)
+        return [self.indices[0] + i for i in range(self.total_samples)]
+
+    def protocol_settings(self) -> ProtocolSettings:
+        """What the simulated clients do."""
+        local = None
+        if self.protocol != "fedsgd":
+            local = LocalTraining(
+                lr=DEFAULT_LOCAL_LR if self.local_lr is None else self.local_lr,
+                steps=self.local_steps,
+                epochs=self.local_epochs,
+                batch_size=self.local_batch_size,
+            )
+            local.check(self.batch_size, "--local-batch-size")
+        return ProtocolSettings(
+            self.protocol,
+            local,
+            users=self.users,
+            rho=self.admm_rho,
+            rounds=self.rounds,
+            model_mode=self.model_mode,
+            share_buffers=self.share_buffers,
+        )
+
+    def attacker_local_training(self) -> tuple[LocalTraining | None, bool]:
+        """The attacker's belief about the local training, and whether it is a guess."""
+        truth = self.protocol_settings().local
+        guesses = {k: getattr(self, f"guess_{k}") for k in _LOCAL_KEYS}
+        if truth is None:
+            given = [k for k, v in guesses.items() if v is not None]
+            if given:
+                raise GradleakError(
+                    f"--guess-{given[0].replace('_', '-')} guesses local training, which "
+                    "fedsgd does not do; use --protocol fedavg or fedadmm"
+                )
+            return None, False
+        if all(v is None for v in guesses.values()):
+            return truth, False
+        steps, epochs = truth.steps, truth.epochs
+        if guesses["local_steps"] is not None or guesses["local_epochs"] is not None:
+            steps, epochs = guesses["local_steps"], guesses["local_epochs"]
+        guess = LocalTraining(
+            lr=truth.lr if guesses["local_lr"] is None else guesses["local_lr"],
+            steps=steps,
+            epochs=epochs,
+            batch_size=truth.batch_size
+            if guesses["local_batch_size"] is None
+            else guesses["local_batch_size"],
+        )
+        guess.check(self.batch_size, "--guess-local-batch-size")
+        return guess, True
+
+    def default_out(self) -> Path:
+        source = self.image.stem if self.image is not None else f"{self.dataset}-{self.indices[0]}"
+        protocol = "" if self.protocol == "fedsgd" else f"-{self.protocol}"
+        users = "" if self.users == 1 else f"-u{self.users}"
+        name = f"{self.attack}-{self.model}-{source}-b{self.batch_size}{users}{protocol}"
+        return Path("runs") / f"{name}-s{self.seed}"
+
+
+_LOCAL_KEYS = ("local_steps", "local_epochs", "local_batch_size", "local_lr")
+
+
+def load_run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """Defaults, then the config file, then explicit overrides (e.g. CLI flags)."""
+    config = RunConfig()
+    if path is not None:
+        config = replace_checked(config, read_mapping(path), f"config file {path}")
+    options = dict(config.attack_options)
+    options.update(overrides.pop("attack_options", {}))
+    config = replace_checked(config, {**overrides, "attack_options": options}, "arguments")
+    return config.validate()

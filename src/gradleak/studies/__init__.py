@@ -1,0 +1,1 @@
+"""Studies that run many attacks: sweeps, comparisons, trade-offs, label studies, peers."""

@@ -1,0 +1,669 @@
+"""Attacks side by side: each attack against its protocol on the same images of several
+datasets, one run directory per (dataset, image, attack), then tables and figures.
+
+Layout under the output folder:
+
+    runs/<dataset>/image-<i>/<attack>-<protocol>/   an ordinary run directory, plus
+        snapshots.pt (the reconstruction at the snapshot iterations and the truth) and
+        compare-run.json (what the run was asked for; written last, so its presence
+        means the run finished)
+    results.csv, summary.csv, summary.md            one row per run; means per dataset × attack
+    grid-image<i>.png                               snapshots per dataset × attack, truth last
+    curves-<dataset>.png                            image MSE and matching loss per iteration
+
+A run is written under a `.partial` name and renamed when it is complete; an interrupted run
+stays partial (and is removed by the next call), so tables and figures show finished runs
+only. Finished runs whose request is unchanged are not run again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gradleak import attacks
+from gradleak.core.errors import GradleakError
+from gradleak.core.settings import replace_checked, to_plain
+from gradleak.core.update import UpdateKind
+from gradleak.report.compare_plots import Curve, GridRow, Tile, curves_png, snapshot_grid_png
+from gradleak.report.tables import write_csv
+from gradleak.scenario.case import build_case
+from gradleak.scenario.config import DATASET_CHOICES, PROTOCOLS, RunConfig
+from gradleak.scenario.run import RunResult, run_attack
+
+RUNS_DIR = "runs"
+PARTIAL = ".partial"
+RUN_MARKER = "compare-run.json"
+SNAPSHOT_FILE = "snapshots.pt"
+
+DEFAULT_SNAPSHOTS = (1, 10, 30, 100, 300)
+# Settings of the protocol's local training: only runs whose protocol trains locally get them
+# (FedSGD refuses them, and its gradient does not depend on them).
+LOCAL_TRAINING_KEYS = frozenset(
+    {
+        "local_steps",
+        "local_epochs",
+        "local_batch_size",
+        "local_lr",
+        "admm_rho",
+        "rounds",
+        "guess_local_steps",
+        "guess_local_epochs",
+        "guess_local_batch_size",
+        "guess_local_lr",
+    }
+)
+FOLDER_KEYS = frozenset({"image_size"})  # only image folders are resized
+# Each cell sets these itself.
+CELL_KEYS = frozenset(
+    {"attack", "protocol", "dataset", "data_root", "indices", "out", "snapshots", "progress"}
+)
+RESULT_COLUMNS = [
+    "dataset",
+    "index",
+    "attack",
+    "protocol",
+    "psnr",
+    "ssim",
+    "mse",
+    "label_accuracy",
+    "iterations",
+    "seconds",
+    "matching_loss",
+    "run_dir",
+]
+SUMMARY_COLUMNS = [
+    "dataset",
+    "attack",
+    "protocol",
+    "images",
+    "psnr_mean",
+    "psnr_std",
+    "ssim_mean",
+    "mse_mean",
+    "label_accuracy_mean",
+    "iterations_mean",
+    "seconds_mean",
+]
+
+
+@dataclass(frozen=True)
+class AttackRun:
+    """One attack against the update of one protocol."""
+
+    attack: str
+    protocol: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.attack}-{self.protocol}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.attack} ({self.protocol})"
+
+
+def _reads_admm(attack: str) -> bool:
+    """Whether the named attack reads FedADMM increments (the -admm presets)."""
+    return UpdateKind.ADMM_INCREMENT in attacks.get(attack).reads
+
+
+def default_protocol(attack: str) -> str:
+    """The protocol whose update the attack reads: FedADMM for the -admm attacks."""
+    return "fedadmm" if _reads_admm(attack) else "fedsgd"
+
+
+def parse_attack_run(text: str) -> AttackRun:
+    """'ATTACK[:PROTOCOL]', e.g. 'dlg', 'dlg:fedsgd', 'idlg-admm:fedadmm'."""
+    attack, _, protocol = text.strip().partition(":")
+    attacks.get(attack)  # an unknown name is a one-line error naming the choices
+    protocol = protocol or default_protocol(attack)
+    if protocol not in PROTOCOLS:
+        raise GradleakError(
+            f"protocol {protocol!r} in {text!r} is not one of: {', '.join(PROTOCOLS)}"
+        )
+    return AttackRun(attack, protocol)
+
+
+DEFAULT_RUNS = (
+    AttackRun("dlg", "fedsgd"),
+    AttackRun("idlg", "fedsgd"),
+    AttackRun("dlg-admm", "fedadmm"),
+    AttackRun("idlg-admm", "fedadmm"),
+)
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A dataset and where its files are; named by the folder for image folders (e.g. lfw)."""
+
+    dataset: str
+    data_root: Path | None = None
+
+    @property
+    def label(self) -> str:
+        if self.dataset == "folder" and self.data_root is not None:
+            return self.data_root.resolve().name or "folder"
+        return self.dataset
+
+
+def parse_dataset(text: str) -> DatasetSource:
+    """'KIND[=ROOT]', e.g. 'mnist=/data/mnist', 'folder=/data/lfw', 'cifar10' (bundled)."""
+    kind, _, root = text.strip().partition("=")
+    if kind not in DATASET_CHOICES:
+        raise GradleakError(
+            f"dataset {kind!r} in {text!r} is not one of: {', '.join(DATASET_CHOICES)}; "
+            "write KIND=ROOT, e.g. mnist=/data/mnist"
+        )
+    if kind == "folder" and not root:
+        raise GradleakError(f"{text!r}: an image folder needs its path, e.g. folder=/data/lfw")
+    return DatasetSource(kind, Path(root).expanduser() if root else None)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the comparison: an attack on one image of one dataset."""
+
+    source: DatasetSource
+    index: int
+    run: AttackRun
+
+    @property
+    def path(self) -> Path:
+        """The run directory relative to the comparison's folder."""
+        return Path(RUNS_DIR) / self.source.label / f"image-{self.index}" / self.run.name
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    """What to compare: attacks × datasets × images, and the settings every run shares.
+
+    `settings` are RunConfig keys (model, seed, batch_size, local_lr, admm_rho, rounds, …);
+    local-training keys reach only runs whose protocol trains locally, `image_size` only
+    image folders. `attack_options` override every attack's hyper-parameters; by default
+    every iteration is logged, so snapshots fall on the requested iterations.
+    """
+
+    datasets: tuple[DatasetSource, ...]
+    runs: tuple[AttackRun, ...] = DEFAULT_RUNS
+    indices: tuple[int, ...] = (0,)
+    snapshots: tuple[int, ...] = DEFAULT_SNAPSHOTS
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    attack_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def cells(self) -> list[Cell]:
+        """Dataset by dataset, image by image, the attacks in the order given."""
+        return [
+            Cell(source, index, run)
+            for source in self.datasets
+            for index in self.indices
+            for run in self.runs
+        ]
+
+    def config(self, cell: Cell) -> RunConfig:
+        """The run configuration of one cell (not yet validated; `out` left unset)."""
+        settings = {
+            key: value
+            for key, value in self.settings.items()
+            if (key not in LOCAL_TRAINING_KEYS or cell.run.protocol != "fedsgd")
+            and (key not in FOLDER_KEYS or cell.source.dataset == "folder")
+        }
+        base = replace_checked(RunConfig(), settings, "comparison settings")
+        return replace(
+            base,
+            attack=cell.run.attack,
+            protocol=cell.run.protocol,
+            dataset=cell.source.dataset,
+            data_root=cell.source.data_root,
+            indices=(cell.index,),
+            snapshots=self.snapshots,
+            attack_options={"log_every": 1, **self.attack_options},
+        )
+
+    def check(self) -> None:
+        """Refuse a comparison that cannot run, before anything runs."""
+        if not self.datasets:
+            raise GradleakError("give at least one --dataset, e.g. --dataset mnist=/data/mnist")
+        if not self.runs:
+            raise GradleakError("give at least one attack in --runs, e.g. dlg:fedsgd")
+        if not self.indices:
+            raise GradleakError("give at least one image --index")
+        _unique([s.label for s in self.datasets], "dataset", "give each dataset once")
+        _unique([r.name for r in self.runs], "attack run", "give each ATTACK:PROTOCOL once")
+        _unique(list(self.indices), "image index", "give each index once")
+        if any(i < 0 for i in self.indices):
+            raise GradleakError(f"image indices must be non-negative, got {list(self.indices)}")
+        if not self.snapshots or any(s < 0 for s in self.snapshots):
+            raise GradleakError(
+                f"snapshot iterations must be non-negative and at least one, "
+                f"got {list(self.snapshots)}"
+            )
+        fixed = sorted(CELL_KEYS & set(self.settings))
+        if fixed:
+            raise GradleakError(
+                f"setting {fixed[0]!r} is chosen per run by the comparison; use --runs, "
+                "--dataset, --index, --snapshots or --out instead"
+            )
+        for run in self.runs:
+            _check_pairing(run)
+        for source in self.datasets:
+            for index in self.indices:
+                config = self.config(Cell(source, index, self.runs[0])).validate()
+                build_case(config)  # loads the image: a missing file or bad index fails now
+        for cell in self.cells():
+            config = self.config(cell).validate()
+            attack = attacks.get(config.attack).with_options(config.attack_options)
+            attack.config.validate()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "datasets": [
+                {"label": s.label, "dataset": s.dataset, "data_root": _plain_path(s.data_root)}
+                for s in self.datasets
+            ],
+            "runs": [{"attack": r.attack, "protocol": r.protocol} for r in self.runs],
+            "indices": list(self.indices),
+            "snapshots": list(self.snapshots),
+            "settings": to_plain_mapping(self.settings),
+            "attack_options": to_plain_mapping(self.attack_options),
+        }
+
+
+def _plain_path(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def to_plain_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+
+def _unique(values: Sequence[object], what: str, fix: str) -> None:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise GradleakError(f"{what} {repeated[0]} is given more than once; {fix}")
+
+
+def _check_pairing(run: AttackRun) -> None:
+    """An -admm attack reads only FedADMM increments, the others never do."""
+    admm = _reads_admm(run.attack)
+    if admm and run.protocol != "fedadmm":
+        raise GradleakError(
+            f"{run.attack} reads FedADMM increments; write {run.attack}:fedadmm, not "
+            f"{run.attack}:{run.protocol}"
+        )
+    if not admm and run.protocol == "fedadmm":
+        readers = [name for name in attacks.available() if _reads_admm(name)]
+        suggestion = f"{run.attack}-admm" if f"{run.attack}-admm" in readers else None
+        choices = suggestion or " or ".join(readers)
+        raise GradleakError(
+            f"{run.attack} cannot read a FedADMM increment; use {choices} with fedadmm"
+        )
+
+
+@dataclass
+class CompareResult:
+    """What a call did: runs made now, runs already there, and whether Ctrl-C ended it."""
+
+    out_dir: Path
+    cells: int
+    ran: int = 0
+    skipped: int = 0
+    removed_partial: int = 0
+    interrupted: bool = False
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+
+
+Report = Callable[[Cell, Mapping[str, Any]], None]
+
+
+def run_compare(
+    spec: CompareSpec, out_dir: Path, *, progress: bool = True, report: Report | None = None
+) -> CompareResult:
+    """Run every cell not yet finished, then write tables and figures from the finished ones.
+
+    `report(cell, metrics)` is called after each run that finishes now. Ctrl-C stops after
+    the current run's partial results are written; the tables and figures still appear.
+    """
+    spec.check()
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GradleakError(f"cannot create the comparison folder {out_dir}: {exc}") from exc
+    cells = spec.cells()
+    result = CompareResult(out_dir, len(cells), removed_partial=_remove_partial(out_dir))
+    for cell in cells:
+        final = out_dir / cell.path
+        if _finished(spec, cell, final):
+            result.skipped += 1
+            continue
+        try:
+            run = _run_cell(spec, cell, final, progress)
+        except KeyboardInterrupt:
+            result.interrupted = True
+            break
+        if run is None:  # Ctrl-C inside the attack: partial results stay unpublished
+            result.interrupted = True
+            break
+        result.ran += 1
+        if report is not None:
+            report(cell, run.metrics)
+    result.rows, result.figures = write_compare_outputs(spec, out_dir)
+    return result
+
+
+def _run_cell(spec: CompareSpec, cell: Cell, final: Path, progress: bool) -> RunResult | None:
+    """Run one cell into its partial directory and publish it; None if interrupted."""
+    partial = final.with_name(final.name + PARTIAL)
+    shutil.rmtree(partial, ignore_errors=True)
+    config = replace(spec.config(cell), out=partial, progress=progress).validate()
+    run = run_attack(config)
+    if run.reconstruction.interrupted:
+        return None
+    save_snapshots(run, partial / SNAPSHOT_FILE)
+    marker = json.dumps(_description(spec, cell), indent=2)
+    (partial / RUN_MARKER).write_text(marker + "\n", encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+    return run
+
+
+def _description(spec: CompareSpec, cell: Cell) -> dict[str, Any]:
+    """What a finished run was asked for; a run is reused only if this is unchanged."""
+    config = to_plain(spec.config(cell))
+    config.pop("out", None)
+    config.pop("progress", None)
+    return {
+        "dataset": cell.source.label,
+        "index": cell.index,
+        "attack": cell.run.attack,
+        "protocol": cell.run.protocol,
+        "config": config,
+    }
+
+
+def _finished(spec: CompareSpec, cell: Cell, run_dir: Path) -> bool:
+    marker = run_dir / RUN_MARKER
+    if not (marker.is_file() and (run_dir / "metrics.json").is_file()):
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")) == _description(spec, cell)
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def _remove_partial(out_dir: Path) -> int:
+    """Delete runs an earlier call left half-written (interrupted or crashed)."""
+    runs = out_dir / RUNS_DIR
+    if not runs.is_dir():
+        return 0
+    half = [p for p in runs.glob(f"*/*/*{PARTIAL}") if p.is_dir()]
+    for path in half:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(half)
+
+
+def save_snapshots(run: RunResult, path: Path) -> None:
+    """The recorded reconstructions (matched to the truth) and the truth, in [0, 1], as tensors."""
+    recorder = run.snapshots
+    snapshots = {} if recorder is None else recorder.snapshots
+    truth = run.case.to_pixels(run.case.batch.images).detach().cpu()
+    payload = {
+        "iterations": torch.tensor(list(snapshots), dtype=torch.int64),
+        "images": torch.stack(list(snapshots.values())) if snapshots else truth[:0].unsqueeze(0),
+        "truth": truth,
+    }
+    torch.save(payload, path)
+
+
+def load_snapshots(path: Path) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """(iteration → B×C×H×W reconstruction, truth) from `save_snapshots`."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    images = {int(i): payload["images"][k] for k, i in enumerate(payload["iterations"].tolist())}
+    return images, payload["truth"]
+
+
+def snapshot_at(snapshots: Mapping[int, torch.Tensor], requested: int) -> tuple[int, bool] | None:
+    """The recorded iteration that stands for `requested`, and whether the run ended before.
+
+    The recorder keeps the first logged iteration at or after a request; a run that
+    stopped earlier is shown by its final state.
+    """
+    if not snapshots:
+        return None
+    later = [i for i in snapshots if i >= requested]
+    if later:
+        return min(later), False
+    return max(snapshots), True
+
+
+# --- Tables and figures ---------------------------------------------------------------------
+
+
+def collect_rows(spec: CompareSpec, out_dir: Path) -> list[dict[str, Any]]:
+    """One row per finished run, in the spec's order."""
+    rows = []
+    for cell in spec.cells():
+        run_dir = out_dir / cell.path
+        if not _finished(spec, cell, run_dir):
+            continue
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        rows.append(
+            {
+                "dataset": cell.source.label,
+                "index": cell.index,
+                "attack": cell.run.attack,
+                "protocol": cell.run.protocol,
+                **{k: metrics.get(k) for k in ("psnr", "ssim", "mse", "label_accuracy")},
+                "iterations": metrics.get("iterations"),
+                "seconds": metrics.get("seconds"),
+                "matching_loss": metrics.get("matching_loss"),
+                "run_dir": cell.path.as_posix(),
+            }
+        )
+    return rows
+
+
+def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean (and PSNR's population std) per dataset × attack × protocol, in row order."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["attack"], row["protocol"]), []).append(row)
+    summary = []
+    for (dataset, attack, protocol), members in groups.items():
+
+        def mean(key: str, members: Sequence[Mapping[str, Any]] = members) -> float | None:
+            values = _finite(r.get(key) for r in members)
+            return statistics.fmean(values) if values else None
+
+        psnr = _finite(r.get("psnr") for r in members)
+        summary.append(
+            {
+                "dataset": dataset,
+                "attack": attack,
+                "protocol": protocol,
+                "images": len(members),
+                "psnr_mean": mean("psnr"),
+                "psnr_std": statistics.pstdev(psnr) if psnr else None,
+                "ssim_mean": mean("ssim"),
+                "mse_mean": mean("mse"),
+                "label_accuracy_mean": mean("label_accuracy"),
+                "iterations_mean": mean("iterations"),
+                "seconds_mean": mean("seconds"),
+            }
+        )
+    return summary
+
+
+def _finite(values: Any) -> list[float]:
+    out = []
+    for value in values:
+        if value is None or isinstance(value, bool):
+            continue
+        number = float(value)
+        if math.isfinite(number):
+            out.append(number)
+    return out
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def summary_markdown(spec: CompareSpec, rows: Sequence[Mapping[str, Any]]) -> str:
+    """The mean table per dataset × attack, then one line per run."""
+    settings = ", ".join(f"{k}={v}" for k, v in to_plain_mapping(spec.settings).items())
+    lines = [
+        "# Attack comparison",
+        "",
+        f"Images {', '.join(str(i) for i in spec.indices)} of each dataset; "
+        f"settings: {settings or 'defaults'}. PSNR/SSIM/MSE on [0, 1] pixels after matching; "
+        "label accuracy is null where labels were given.",
+        "",
+        "## Mean over images",
+        "",
+        "| dataset | attack | protocol | images | PSNR (dB) | SSIM | MSE | label acc. "
+        "| iterations | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summarise(rows):
+        psnr = "n/a"
+        if s["psnr_mean"] is not None:
+            psnr = f"{s['psnr_mean']:.2f} ± {s['psnr_std']:.2f}"
+        lines.append(
+            f"| {s['dataset']} | {s['attack']} | {s['protocol']} | {s['images']} | {psnr} "
+            f"| {_fmt(s['ssim_mean'], '.3f')} | {_fmt(s['mse_mean'], '.3g')} "
+            f"| {_fmt(s['label_accuracy_mean'], '.2f')} | {_fmt(s['iterations_mean'], '.0f')} "
+            f"| {_fmt(s['seconds_mean'], '.1f')} |"
+        )
+    lines += [
+        "",
+        "## Per run",
+        "",
+        "| dataset | image | attack | protocol | PSNR (dB) | SSIM | MSE | label acc. "
+        "| iterations | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {r['index']} | {r['attack']} | {r['protocol']} "
+            f"| {_fmt(r['psnr'], '.2f')} | {_fmt(r['ssim'], '.3f')} | {_fmt(r['mse'], '.3g')} "
+            f"| {_fmt(r['label_accuracy'], '.2f')} | {r['iterations']} "
+            f"| {_fmt(r['seconds'], '.1f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def grid_rows(spec: CompareSpec, out_dir: Path, index: int) -> list[GridRow]:
+    """One row per finished run on image `index`: its snapshots at the requested iterations,
+    then the truth; the label names dataset, attack and final PSNR."""
+    rows = []
+    for cell in spec.cells():
+        run_dir = out_dir / cell.path
+        if cell.index != index or not _finished(spec, cell, run_dir):
+            continue
+        snapshots, truth = load_snapshots(run_dir / SNAPSHOT_FILE)
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        tiles = []
+        for requested in spec.snapshots:
+            found = snapshot_at(snapshots, requested)
+            if found is None:
+                tiles.append(Tile(None, "not recorded"))
+                continue
+            iteration, ended = found
+            caption = f"ended at {iteration}" if ended else ""
+            if not ended and iteration != requested:
+                caption = f"at {iteration}"
+            tiles.append(Tile(snapshots[iteration], caption))
+        tiles.append(Tile(truth, ""))
+        label = f"{cell.source.label}\n{cell.run.label}\n{_fmt(metrics.get('psnr'), '.1f')} dB"
+        rows.append(GridRow(label, tiles))
+    return rows
+
+
+def grid_figure(spec: CompareSpec, out_dir: Path, index: int) -> bytes | None:
+    """Rows dataset × attack, columns the snapshot iterations then the truth; None if empty."""
+    rows = grid_rows(spec, out_dir, index)
+    if not rows:
+        return None
+    columns = [f"iteration {i}" for i in spec.snapshots] + ["ground truth"]
+    return snapshot_grid_png(columns, rows, f"Reconstructions of image {index} over iterations")
+
+
+def _history(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _column(rows: Sequence[Mapping[str, str]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for row in rows:
+        try:
+            x, y = float(row["iteration"]), float(row[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
+def curves_figure(spec: CompareSpec, out_dir: Path, source: DatasetSource) -> bytes | None:
+    """Image MSE and matching loss against iteration for every finished run of a dataset."""
+    mse_curves, loss_curves = [], []
+    for cell in spec.cells():
+        run_dir = out_dir / cell.path
+        if cell.source != source or not _finished(spec, cell, run_dir):
+            continue
+        history = _history(run_dir / "history.csv")
+        mse_curves.append(Curve(cell.run.label, *_column(history, "mse")))
+        loss_curves.append(Curve(cell.run.label, *_column(history, "loss")))
+    if not mse_curves:
+        return None
+    images = ", ".join(str(i) for i in spec.indices)
+    return curves_png(
+        [("image MSE (evaluation side)", mse_curves), ("matching loss", loss_curves)],
+        f"{source.label}: one line per attack and image (images {images})",
+    )
+
+
+def write_compare_outputs(
+    spec: CompareSpec, out_dir: Path
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """results.csv, summary.csv, summary.md and the figures, from the finished runs."""
+    rows = collect_rows(spec, out_dir)
+    try:
+        write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
+        write_csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summarise(rows))
+        (out_dir / "summary.md").write_text(summary_markdown(spec, rows), encoding="utf-8")
+        spec_text = json.dumps(spec.describe(), indent=2)
+        (out_dir / "compare.json").write_text(spec_text + "\n", encoding="utf-8")
+        figures = []
+        for index in spec.indices:
+            png = grid_figure(spec, out_dir, index)
+            if png is not None:
+                figures.append(_write_png(out_dir / f"grid-image{index}.png", png))
+        for source in spec.datasets:
+            png = curves_figure(spec, out_dir, source)
+            if png is not None:
+                figures.append(_write_png(out_dir / f"curves-{source.label}.png", png))
+    except OSError as exc:
+        raise GradleakError(f"cannot write the comparison outputs in {out_dir}: {exc}") from exc
+    return rows, figures
+
+
+def _write_png(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

@@ -1,0 +1,197 @@
+"""Label strategies on their own: recover the labels of many FedSGD batches and score them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gradleak.attacks.labels import LABEL_STRATEGIES
+from gradleak.core import PrivateBatch
+from gradleak.core.errors import GradleakError
+from gradleak.core.knowledge import Knowledge, Requirement
+from gradleak.data import get_dataset_spec, load_dataset, normalize, stack
+from gradleak.fl import FedSGDClient
+from gradleak.models import build_model, load_checkpoint
+from gradleak.report.tables import write_csv
+
+DEFAULT_STRATEGIES = ("analytic", "sign", "yin", "count")
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """How one recovered label multiset compares with the true one."""
+
+    set_exact: bool  # the predicted set of present classes equals the true set
+    precision: float  # predicted classes that are present
+    recall: float  # present classes that were predicted
+    count_accuracy: float  # Σ_c min(predicted_c, true_c) / B: samples whose label is accounted for
+
+
+def score_labels(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) -> LabelScore:
+    """Score predicted labels against the true ones as sets and as multisets (counts)."""
+    if predicted.shape != true.shape:
+        raise GradleakError(
+            f"predicted labels have shape {tuple(predicted.shape)} but the batch has "
+            f"{tuple(true.shape)}; give one label per sample"
+        )
+    pred_counts = torch.bincount(predicted.long(), minlength=num_classes)
+    true_counts = torch.bincount(true.long(), minlength=num_classes)
+    pred_set, true_set = pred_counts > 0, true_counts > 0
+    hits = int((pred_set & true_set).sum())
+    return LabelScore(
+        set_exact=bool(torch.equal(pred_set, true_set)),
+        precision=hits / max(1, int(pred_set.sum())),
+        recall=hits / max(1, int(true_set.sum())),
+        count_accuracy=int(torch.minimum(pred_counts, true_counts).sum()) / int(true.numel()),
+    )
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """Mean scores of one strategy at one batch size, over `batches` batches."""
+
+    model: str
+    dataset: str
+    state: str  # "untrained" or the checkpoint's file name
+    strategy: str
+    batch_size: int
+    batches: int
+    set_exact: float
+    precision: float
+    recall: float
+    count_accuracy: float
+
+
+def _summarise(scores: Sequence[LabelScore]) -> dict[str, float]:
+    n = len(scores)
+    return {
+        "set_exact": sum(s.set_exact for s in scores) / n,
+        "precision": sum(s.precision for s in scores) / n,
+        "recall": sum(s.recall for s in scores) / n,
+        "count_accuracy": sum(s.count_accuracy for s in scores) / n,
+    }
+
+
+def _applicable(strategy: str, batch_size: int) -> bool:
+    # iDLG's analytic label is only defined for one sample; it is skipped at larger batches.
+    requires = LABEL_STRATEGIES[strategy].requires
+    return Requirement.SINGLE_SAMPLE not in requires or batch_size == 1
+
+
+def check_strategies(strategies: Sequence[str]) -> tuple[str, ...]:
+    """The names, checked: each must be a label strategy that recovers labels."""
+    # Label-free strategies only: granted labels are no result, and 'optimize' returns none.
+    usable = [
+        n
+        for n, s in LABEL_STRATEGIES.items()
+        if s.recovers and n != "optimize" and s.requires <= {Requirement.SINGLE_SAMPLE}
+    ]
+    for name in strategies:
+        if name not in usable:
+            raise GradleakError(
+                f"label strategy {name!r} cannot be evaluated alone; choose from: "
+                f"{', '.join(usable)}"
+            )
+    if not strategies:
+        raise GradleakError(f"no label strategies given; choose from: {', '.join(usable)}")
+    return tuple(strategies)
+
+
+def evaluate_label_recovery(
+    model_name: str,
+    dataset: str,
+    data_root: Path,
+    *,
+    batch_sizes: Sequence[int] = (1, 8, 32, 64),
+    batches: int = 20,
+    strategies: Sequence[str] = DEFAULT_STRATEGIES,
+    checkpoint: Path | None = None,
+    seed: int = 0,
+) -> list[LabelRow]:
+    """Draw batches with replacement from the test split, compute FedSGD gradients, score."""
+    strategies = check_strategies(strategies)
+    if batches < 1 or any(b < 1 for b in batch_sizes) or not batch_sizes:
+        raise GradleakError("batch sizes and the number of batches must be positive integers")
+    spec = get_dataset_spec(dataset)
+    source = load_dataset(dataset, data_root, "test")
+    model: nn.Module = build_model(
+        model_name,
+        num_classes=spec.num_classes,
+        in_channels=spec.channels,
+        image_size=spec.image_size,
+        seed=seed,
+    )
+    state = "untrained"
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+        state = Path(checkpoint).name
+    generator = torch.Generator().manual_seed(seed)
+    rows: list[LabelRow] = []
+    for batch_size in batch_sizes:
+        knowledge = Knowledge(
+            data_shape=(spec.channels, *spec.image_size),
+            num_classes=spec.num_classes,
+            batch_size=batch_size,
+            mean=spec.mean,
+            std=spec.std,
+            dataset=dataset,
+        )
+        scores: dict[str, list[LabelScore]] = {s: [] for s in strategies}
+        for _ in range(batches):
+            indices = torch.randint(len(source), (batch_size,), generator=generator).tolist()
+            images, labels = stack(source, indices)
+            batch = PrivateBatch(normalize(images, spec.mean, spec.std), labels)
+            update = FedSGDClient(model).compute_update(batch)
+            for name in strategies:
+                if not _applicable(name, batch_size):
+                    continue
+                predicted = LABEL_STRATEGIES[name].recover(update, model, knowledge)
+                assert predicted is not None  # check_strategies keeps label-returning ones
+                scores[name].append(score_labels(predicted, labels, spec.num_classes))
+        for name in strategies:
+            if scores[name]:
+                rows.append(
+                    LabelRow(
+                        model_name,
+                        dataset,
+                        state,
+                        name,
+                        batch_size,
+                        batches,
+                        **_summarise(scores[name]),
+                    )
+                )
+    return rows
+
+
+_FIELDS = tuple(LabelRow.__dataclass_fields__)
+
+
+def write_label_results(rows: Sequence[LabelRow], out: Path) -> tuple[Path, Path]:
+    """Write rows to OUT/labels.csv and a markdown table to OUT/labels.md."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / "labels.csv", out / "labels.md"
+    write_csv(csv_path, _FIELDS, [asdict(row) for row in rows])
+    md_path.write_text(label_table(rows))
+    return csv_path, md_path
+
+
+def label_table(rows: Sequence[LabelRow]) -> str:
+    """Markdown table: exact-set match, precision, recall and count accuracy per row."""
+    lines = [
+        "| model | dataset | state | strategy | B | batches | set exact | precision | recall "
+        "| count acc |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.model} | {r.dataset} | {r.state} | {r.strategy} | {r.batch_size} | "
+            f"{r.batches} | {r.set_exact:.2f} | {r.precision:.2f} | {r.recall:.2f} | "
+            f"{r.count_accuracy:.2f} |"
+        )
+    return "\n".join(lines) + "\n"

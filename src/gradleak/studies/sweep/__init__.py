@@ -1,0 +1,1 @@
+"""Sweeps: a product of settings, one resumable run directory per cell."""

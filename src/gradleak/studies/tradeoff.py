@@ -1,0 +1,219 @@
+"""The privacy–utility trade-off: how much each defense setting stops each attack, beside
+the test accuracy a model keeps when trained with that setting.
+
+A trade-off spec is a sweep spec plus a `utility` mapping (UtilityConfig keys). The attacks
+run as a sweep (resumable, parallel); each defense setting is then trained once, and its
+result is cached under `utility/` so a re-run only trains what is missing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gradleak.core.errors import GradleakError
+from gradleak.core.settings import replace_checked, to_plain
+from gradleak.report.tables import write_csv
+from gradleak.studies.sweep.backends import Backend
+from gradleak.studies.sweep.runner import run_sweep
+from gradleak.studies.sweep.spec import NO_DEFENSE, SweepSpec, parse_spec, read_located
+from gradleak.training.utility import UtilityConfig, open_utility_data, train_with_defenses
+
+RECOVERED_PSNR = 25.0  # the DLG paper's figures count an image as leaked from about here
+
+
+@dataclass(frozen=True)
+class TradeoffSpec:
+    sweep: SweepSpec
+    utility: UtilityConfig
+    recovered_psnr: float = RECOVERED_PSNR
+
+
+def read_tradeoff(path: Path) -> TradeoffSpec:
+    """A sweep spec file with a `utility` mapping and an optional `recovered_psnr`."""
+    path = Path(path)
+    root = read_located(path, "trade-off spec")
+    utility = root.value.pop("utility", None)
+    root.children.pop("utility", None)
+    recovered = root.value.pop("recovered_psnr", RECOVERED_PSNR)
+    root.children.pop("recovered_psnr", None)
+    if not isinstance(utility, dict):
+        raise GradleakError(
+            f"{path}: the trade-off spec needs 'utility': a mapping of training settings "
+            "(model, dataset, data_root, epochs, ...)"
+        )
+    if "defenses" in utility:
+        raise GradleakError(f"{path}: 'utility' takes its defenses from the 'defenses' axis")
+    config = replace_checked(UtilityConfig(), utility, f"{path}: 'utility'").validate()
+    try:
+        open_utility_data(config)  # before any attack runs: the training data must be there
+    except GradleakError as exc:
+        raise GradleakError(f"{path}: 'utility': {exc}") from None
+    if isinstance(recovered, bool) or not isinstance(recovered, int | float) or recovered <= 0:
+        raise GradleakError(f"{path}: 'recovered_psnr' must be a positive number of dB")
+    return TradeoffSpec(parse_spec(root, str(path)), config, float(recovered))
+
+
+def run_tradeoff(
+    spec: TradeoffSpec,
+    out_dir: Path,
+    *,
+    backend: Backend | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Run the attacks and the utility trainings; write tradeoff.csv/.md/.png."""
+    result = run_sweep(spec.sweep, out_dir, backend=backend, progress=progress, threads=threads)
+    if result.interrupted:
+        return [], True
+    utility = {d: _utility(spec.utility, d, out_dir) for d in spec.sweep.defenses}
+    rows = tradeoff_rows(result.rows, utility, spec.recovered_psnr)
+    write_tradeoff(out_dir, rows, spec)
+    return rows, False
+
+
+def _label(defense: tuple[str, ...]) -> str:
+    return "+".join(defense) if defense else NO_DEFENSE
+
+
+def _utility(config: UtilityConfig, defense: tuple[str, ...], out_dir: Path) -> dict[str, Any]:
+    """Train once per defense setting; the result is cached with the settings it came from."""
+    config = replace(config, defenses=defense)
+    settings = to_plain(config)
+    cache = out_dir / "utility" / f"{_label(defense).replace(':', '-')}.json"
+    if cache.is_file():
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("settings") == settings:
+                return saved["result"]
+        except (json.JSONDecodeError, AttributeError):
+            pass  # a damaged cache file is a miss: train again
+    result = asdict(train_with_defenses(config))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial")
+    partial.write_text(json.dumps({"settings": settings, "result": result}, indent=2))
+    os.replace(partial, cache)  # never a half-written cache file
+    return result
+
+
+def tradeoff_rows(
+    cells: Sequence[dict[str, Any]],
+    utility: dict[tuple[str, ...], dict[str, Any]],
+    recovered_psnr: float,
+) -> list[dict[str, Any]]:
+    """Per (attack, defense): median PSNR, fraction recovered, labels, and the utility."""
+    rows = []
+    for defense, trained in utility.items():
+        label = _label(defense)
+        attacks = dict.fromkeys(c["attack"] for c in cells if c["defense"] == label)
+        for attack in attacks:
+            group = [c for c in cells if c["defense"] == label and c["attack"] == attack]
+            psnr = [float(c["psnr"]) for c in group if c["psnr"] is not None]
+            labels = [float(c["label_accuracy"]) for c in group if c["label_accuracy"] is not None]
+            rows.append(
+                {
+                    "attack": attack,
+                    "defense": label,
+                    "images": len(group),
+                    "psnr_median": statistics.median(psnr) if psnr else None,
+                    "psnr_mean": statistics.fmean(psnr) if psnr else None,
+                    "recovered": sum(p >= recovered_psnr for p in psnr) / len(group),
+                    "label_accuracy": statistics.fmean(labels) if labels else None,
+                    "test_accuracy": trained["accuracy"],
+                    "epsilon": trained["epsilon"],
+                }
+            )
+    return rows
+
+
+COLUMNS = [
+    "attack",
+    "defense",
+    "images",
+    "psnr_median",
+    "psnr_mean",
+    "recovered",
+    "label_accuracy",
+    "test_accuracy",
+    "epsilon",
+]
+
+
+def write_tradeoff(out_dir: Path, rows: list[dict[str, Any]], spec: TradeoffSpec) -> None:
+    write_csv(out_dir / "tradeoff.csv", COLUMNS, rows)
+    (out_dir / "tradeoff.md").write_text(tradeoff_markdown(rows, spec))
+    (out_dir / "tradeoff.png").write_bytes(tradeoff_png(rows, spec))
+
+
+def tradeoff_markdown(rows: Sequence[dict[str, Any]], spec: TradeoffSpec) -> str:
+    u = spec.utility
+    lines = [
+        f"| attack | defense | images | median PSNR dB | recovered (≥ {spec.recovered_psnr:g} dB) "
+        f"| label acc. | test acc. ({u.model}, {u.dataset}) | ε (δ = {u.delta:g}) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        median = "n/a" if r["psnr_median"] is None else f"{r['psnr_median']:.1f}"
+        labels = "n/a" if r["label_accuracy"] is None else f"{r['label_accuracy']:.2f}"
+        epsilon = "–" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        lines.append(
+            f"| {r['attack']} | {r['defense']} | {r['images']} | {median} "
+            f"| {r['recovered']:.0%} | {labels} | {r['test_accuracy']:.3f} | {epsilon} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def tradeoff_png(rows: Sequence[dict[str, Any]], spec: TradeoffSpec) -> bytes:
+    """Median PSNR per attack (top) and test accuracy (bottom) for every defense setting."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    figure = Figure(figsize=(max(6.0, 0.55 * len(defenses) + 2), 6.0), dpi=120)
+    FigureCanvasAgg(figure)
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    xs = range(len(defenses))
+    # Lines join the strengths of one defense family (e.g. prune:0.1 … prune:0.7) only.
+    families = [
+        d.split(":")[0] if d.split(":")[0] != "noise" else d.rsplit(":", 1)[0] for d in defenses
+    ]
+    colours = {}
+    for attack in attacks:
+        by = {r["defense"]: r for r in rows if r["attack"] == attack}
+        ys = [by[d]["psnr_median"] if d in by else None for d in defenses]
+        ys = [float("nan") if y is None else y for y in ys]
+        start = 0
+        for end in range(1, len(defenses) + 1):
+            if end == len(defenses) or families[end] != families[start]:
+                segment = range(start, end)
+                line = top.plot(
+                    list(segment),
+                    [ys[i] for i in segment],
+                    "o-",
+                    color=colours.get(attack),
+                    label=attack if attack not in colours else None,
+                )
+                colours.setdefault(attack, line[0].get_color())
+                start = end
+    top.axhline(spec.recovered_psnr, color="grey", linestyle="--", linewidth=1)
+    top.set_ylabel("median PSNR (dB)")
+    top.set_title("Reconstruction quality and model accuracy per defense setting")
+    top.legend(title="attack", frameon=False)
+    top.grid(alpha=0.3)
+    accuracy = {r["defense"]: r["test_accuracy"] for r in rows}
+    bottom.bar(xs, [accuracy[d] for d in defenses], color="tab:green", alpha=0.7)
+    bottom.set_ylabel(f"test accuracy\n({spec.utility.model}, {spec.utility.dataset})")
+    bottom.set_ylim(0, 1)
+    bottom.set_xticks(list(xs), defenses, rotation=45, ha="right")
+    bottom.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -1,0 +1,447 @@
+"""Train a model with SGD and save its states, so attacks can target a trained server model.
+
+Layout of the outputs for `out = DIR/NAME.pt`:
+
+- `DIR/NAME.pt`: the final state (the last completed epoch; after Ctrl-C, the last epoch
+  that finished before it);
+- `DIR/NAME.epochN.pt`: the state after epoch N, for every N in `save_epochs` (N = 0 is
+  the initial, untrained state);
+- `DIR/NAME.json`: the settings and the per-epoch loss and accuracy history.
+
+Every checkpoint is a tensors-only state dict with its buffers (batch-norm statistics
+included) plus metadata naming the model, the data and the epoch, so `--checkpoint` loads
+it into the model an attack builds and a checkpoint for another model is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from gradleak import __version__
+from gradleak.core.errors import GradleakError
+from gradleak.data import DATASETS, DatasetSpec, ImageSource, load_dataset, normalize, stack
+from gradleak.models import build_model, save_checkpoint
+from gradleak.scenario.case import FOLDER_IMAGE_SIZE, PHOTO_STATS
+from gradleak.scenario.config import DATASET_CHOICES, SPLITS
+
+TRAIN_DATASETS = DATASET_CHOICES
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+_EVAL_BATCH = 500  # held-out images scored per forward pass
+_FOLDER_CHANNELS = 3  # folder images are loaded as RGB, as the attacks load them
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: model, the images it learns from and is scored on, and SGD's settings.
+
+    Ranges are inclusive image indices into `split`: (100, 599) is images 100 … 599.
+    """
+
+    model: str
+    dataset: str
+    data_root: Path | None
+    split: str = "test"
+    train_range: tuple[int, int] | None = None  # None: every image of the split
+    test_range: tuple[int, int] | None = None  # None: no held-out accuracy
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    save_epochs: tuple[int, ...] = ()  # 0 saves the initial state too
+    image_size: int | None = None  # side of folder images (default 32); fixed for the others
+
+    def validate(self, dataset_size: int | None = None) -> TrainConfig:
+        """Check every setting; with `dataset_size`, also that the ranges lie in the split."""
+        if self.dataset not in TRAIN_DATASETS:
+            raise GradleakError(
+                f"unknown dataset {self.dataset!r} for training; choose one of: "
+                f"{', '.join(TRAIN_DATASETS)}"
+            )
+        if self.data_root is None:
+            raise GradleakError(
+                "training reads its images from disk: pass --data-root DIR (e.g. the folder "
+                "holding mnist/ or cifar-10-batches-py/)"
+            )
+        if self.split not in SPLITS:
+            raise GradleakError(f"unknown split {self.split!r}; choose one of: {', '.join(SPLITS)}")
+        for key in ("epochs", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise GradleakError(f"{key} must be an integer of at least 1, got {value!r}")
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed < 2**63
+        ):
+            raise GradleakError(f"seed must be an integer in 0..2**63-1, got {self.seed!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise GradleakError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise GradleakError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise GradleakError(f"weight_decay must be 0 or more, got {self.weight_decay}")
+        beyond = [e for e in self.save_epochs if not 0 <= e <= self.epochs]
+        if beyond:
+            raise GradleakError(
+                f"save epoch {beyond[0]} is outside 0..{self.epochs}; choose epochs up to "
+                f"--epochs {self.epochs} (0 saves the untrained state)"
+            )
+        if self.image_size is not None:
+            if self.dataset != "folder":
+                size = DATASETS[self.dataset].image_size[0]
+                raise GradleakError(
+                    f"{self.dataset} images are {size} pixels and are not resized; drop "
+                    "--image-size or use --dataset folder"
+                )
+            if self.image_size < 1:
+                raise GradleakError(f"image_size must be at least 1, got {self.image_size}")
+        self._check_ranges(dataset_size)
+        channels, size = self.input_shape()
+        # Builds a throwaway model so an unknown name or an impossible input size fails
+        # before any data is read (the class count does not change what can be built).
+        build_model(self.model, num_classes=2, in_channels=channels, image_size=size, seed=0)
+        return self
+
+    def _check_ranges(self, size: int | None) -> None:
+        where = f"the {self.dataset} {self.split} split"
+        for name, bounds in (("train", self.train_range), ("test", self.test_range)):
+            if bounds is None:
+                continue
+            first, last = bounds
+            if not 0 <= first <= last:
+                raise GradleakError(
+                    f"{name} range {first}-{last} is not A-B with 0 <= A <= B; give e.g. 100-599"
+                )
+            if size is not None and last >= size:
+                raise GradleakError(
+                    f"{name} range {first}-{last} goes past {where}, which has {size} images "
+                    f"(0-{size - 1}); choose indices up to {size - 1}"
+                )
+        train = self.train_range or ((0, size - 1) if size is not None else None)
+        test = self.test_range
+        if train is not None and test is not None and test[0] <= train[1] and train[0] <= test[1]:
+            raise GradleakError(
+                f"train range {train[0]}-{train[1]} overlaps the held-out range "
+                f"{test[0]}-{test[1]}; held-out images must not be trained on"
+            )
+        if train is not None and self.batch_size > train[1] - train[0] + 1:
+            raise GradleakError(
+                f"batch size {self.batch_size} is larger than the {train[1] - train[0] + 1} "
+                f"training images ({train[0]}-{train[1]}); use --batch-size "
+                f"{train[1] - train[0] + 1} or fewer"
+            )
+
+    def stats(self) -> DatasetSpec:
+        """Normalisation statistics: the dataset's own, or the photo ones for folders."""
+        return PHOTO_STATS if self.dataset == "folder" else DATASETS[self.dataset]
+
+    def input_shape(self) -> tuple[int, tuple[int, int]]:
+        """Channels and (height, width) of the model's input."""
+        if self.dataset == "folder":
+            side = self.image_size or FOLDER_IMAGE_SIZE
+            return _FOLDER_CHANNELS, (side, side)
+        spec = DATASETS[self.dataset]
+        return spec.channels, spec.image_size
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch: mean loss and running accuracy over its batches (train mode), held-out score."""
+
+    epoch: int
+    loss: float
+    train_accuracy: float
+    heldout_accuracy: float | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    path: Path
+    epoch: int
+    train_accuracy: float | None  # None for the untrained state (epoch 0)
+    heldout_accuracy: float | None
+    final: bool
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    model: nn.Module  # in the state of the final checkpoint
+    history: list[EpochRecord]
+    checkpoints: list[SavedCheckpoint]
+    history_path: Path
+    seconds: float
+    interrupted: bool = False
+
+    @property
+    def final(self) -> SavedCheckpoint | None:
+        """The checkpoint at `out`; None when Ctrl-C came before the first epoch ended."""
+        return next((c for c in self.checkpoints if c.final), None)
+
+
+def epoch_checkpoint_path(out: Path, epoch: int) -> Path:
+    """Where the state after `epoch` goes: NAME.epochN.pt beside NAME.pt."""
+    return out.with_name(f"{out.stem}.epoch{epoch}{out.suffix}")
+
+
+def history_path(out: Path) -> Path:
+    """Where the settings and per-epoch history go: NAME.json beside NAME.pt."""
+    return out.with_name(f"{out.stem}.json")
+
+
+@dataclass(frozen=True)
+class _Data:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    train_range: tuple[int, int]
+
+
+def train_model(
+    config: TrainConfig,
+    out: Path,
+    progress: bool = True,
+    on_save: Callable[[SavedCheckpoint], None] | None = None,
+) -> TrainResult:
+    """Train `config.model` with SGD on cross-entropy; save checkpoints and the history.
+
+    Ctrl-C ends training: the last completed epoch is saved at `out` and the result says
+    `interrupted`. `on_save` is called after each checkpoint is written.
+    """
+    config = config.validate()
+    out = _check_out(Path(out))
+    data = _load_data(config)
+    channels, size = config.input_shape()
+    model = build_model(
+        config.model,
+        num_classes=data.num_classes,
+        in_channels=channels,
+        image_size=size,
+        seed=config.seed,
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    # Its own generator: the batch order depends on the seed alone, not on global state.
+    order = torch.Generator().manual_seed(config.seed)
+    metadata = _metadata(config, data, channels, size)
+    history: list[EpochRecord] = []
+    saved: list[SavedCheckpoint] = []
+
+    def save(path: Path, record: EpochRecord | None, final: bool, **extra: object) -> None:
+        epoch = record.epoch if record else 0
+        train_acc = record.train_accuracy if record else None
+        heldout = record.heldout_accuracy if record else _accuracy(model, data)
+        save_checkpoint(
+            model,
+            path,
+            **metadata,
+            epoch=epoch,
+            train_loss=record.loss if record else None,
+            train_accuracy=train_acc,
+            heldout_accuracy=heldout,
+            **extra,
+        )
+        checkpoint = SavedCheckpoint(path, epoch, train_acc, heldout, final)
+        saved.append(checkpoint)
+        if on_save is not None:
+            on_save(checkpoint)
+
+    steps = math.ceil(len(data.train_y) / config.batch_size)
+    bar = tqdm(
+        total=config.epochs * steps,
+        desc="train",
+        unit="step",
+        mininterval=0.5,
+        disable=None if progress else True,  # None: only on a terminal
+        leave=False,
+    )
+    start = time.perf_counter()
+    last_state: dict[str, torch.Tensor] | None = None
+    interrupted = False
+    try:
+        if 0 in config.save_epochs:
+            save(epoch_checkpoint_path(out, 0), None, final=False)
+        for epoch in range(1, config.epochs + 1):
+            record = _train_epoch(model, optimizer, data, config, order, epoch, bar)
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            history.append(record)
+            last_state = state
+            if epoch in config.save_epochs:
+                save(epoch_checkpoint_path(out, epoch), record, final=False)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    if last_state is not None:
+        # After Ctrl-C mid-epoch the model holds a partial epoch; the final file is the
+        # last complete one.
+        model.load_state_dict(last_state)
+        save(out, history[-1], final=True, interrupted=interrupted, epochs_planned=config.epochs)
+    seconds = time.perf_counter() - start
+    result = TrainResult(config, model, history, saved, history_path(out), seconds, interrupted)
+    _write_history(result, data)
+    return result
+
+
+def _check_out(out: Path) -> Path:
+    if out.suffix not in CHECKPOINT_SUFFIXES:
+        raise GradleakError(
+            f"--out {out} must name a checkpoint file ending in .pt or .pth, e.g. "
+            f"{out.with_suffix('.pt')}"
+        )
+    if out.is_dir():
+        raise GradleakError(f"--out {out} is a folder; name the checkpoint file inside it")
+    return out
+
+
+def _load_data(config: TrainConfig) -> _Data:
+    """Normalised training and held-out images; the ranges are checked against the split."""
+    channels, size = config.input_shape()
+    if config.dataset == "folder":
+        source: ImageSource = load_dataset(
+            "folder", config.data_root, config.split, size=size, channels=channels
+        )
+    else:
+        source = load_dataset(config.dataset, config.data_root, config.split)
+    config.validate(len(source))
+    first, last = config.train_range or (0, len(source) - 1)
+    train_x, train_y = stack(source, range(first, last + 1))
+    stats = config.stats()
+    if config.test_range is None:
+        test_x, test_y = train_x[:0], train_y[:0]
+    else:
+        test_x, test_y = stack(source, range(config.test_range[0], config.test_range[1] + 1))
+    return _Data(
+        normalize(train_x, stats.mean, stats.std),
+        train_y,
+        normalize(test_x, stats.mean, stats.std),
+        test_y,
+        len(source.class_names),
+        (first, last),
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: _Data,
+    config: TrainConfig,
+    order: torch.Generator,
+    epoch: int,
+    bar: tqdm,
+) -> EpochRecord:
+    """One pass over the training images in a seeded random order."""
+    start = time.perf_counter()
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    permutation = torch.randperm(len(data.train_y), generator=order)
+    for first in range(0, len(permutation), config.batch_size):
+        index = permutation[first : first + config.batch_size]
+        images, labels = data.train_x[index], data.train_y[index]
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(labels)
+        correct += int((logits.detach().argmax(1) == labels).sum())
+        seen += len(labels)
+        # A dict keeps this order; keyword arguments would be sorted by name.
+        postfix = {
+            "epoch": f"{epoch}/{config.epochs}",
+            "loss": f"{total_loss / seen:.3f}",
+            "acc": f"{correct / seen:.3f}",
+        }
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+    return EpochRecord(
+        epoch=epoch,
+        loss=total_loss / seen,
+        train_accuracy=correct / seen,
+        heldout_accuracy=_accuracy(model, data),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _accuracy(model: nn.Module, data: _Data) -> float | None:
+    """Top-1 accuracy on the held-out images (eval mode: batch-norm running statistics)."""
+    if len(data.test_y) == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        correct = sum(
+            int(
+                (
+                    model(data.test_x[i : i + _EVAL_BATCH]).argmax(1)
+                    == data.test_y[i : i + _EVAL_BATCH]
+                ).sum()
+            )
+            for i in range(0, len(data.test_y), _EVAL_BATCH)
+        )
+    model.train(was_training)
+    return correct / len(data.test_y)
+
+
+def _metadata(
+    config: TrainConfig, data: _Data, channels: int, size: tuple[int, int]
+) -> dict[str, object]:
+    """What every checkpoint of this run records about where it came from."""
+    return {
+        "model": config.model.strip(),
+        "dataset": config.dataset,
+        "split": config.split,
+        "num_classes": data.num_classes,
+        "in_channels": channels,
+        "image_size": list(size),
+        "seed": config.seed,
+        "train_range": list(data.train_range),
+        "test_range": list(config.test_range) if config.test_range else None,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "momentum": config.momentum,
+        "weight_decay": config.weight_decay,
+        "gradleak_version": __version__,
+    }
+
+
+def _write_history(result: TrainResult, data: _Data) -> None:
+    config = asdict(result.config)
+    config["data_root"] = str(config["data_root"])
+    payload = {
+        "config": config,
+        "num_classes": data.num_classes,
+        "train_images": len(data.train_y),
+        "heldout_images": len(data.test_y),
+        "interrupted": result.interrupted,
+        "seconds": result.seconds,
+        "epochs": [asdict(r) for r in result.history],
+        "checkpoints": [
+            {"path": str(c.path), "epoch": c.epoch, "final": c.final} for c in result.checkpoints
+        ],
+    }
+    path = result.history_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(partial, path)

@@ -1,0 +1,128 @@
+"""What defenses cost: training with a defense on every step, and the trade-off table."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+import gradleak.studies.tradeoff as tradeoff_module
+from gradleak.core.errors import GradleakError
+from gradleak.studies.tradeoff import read_tradeoff, run_tradeoff
+from gradleak.training.utility import UtilityConfig, train_with_defenses
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MNIST = Path(__file__).resolve().parents[3] / "shared" / "data"
+TINY = {"dataset": "cifar10", "train_count": 6, "test_count": 2, "epochs": 1, "batch_size": 2}
+
+
+def test_same_seed_and_budget_give_the_same_model() -> None:
+    a = train_with_defenses(UtilityConfig(**TINY))
+    b = train_with_defenses(UtilityConfig(**TINY))
+    assert (a.accuracy, a.loss, a.steps) == (b.accuracy, b.loss, b.steps)
+    assert a.steps == 3 and a.epsilon is None
+
+
+def test_every_setting_trains_on_the_same_batches() -> None:
+    # A defense that draws random numbers but changes nothing must train exactly as none.
+    config = {**TINY, "epochs": 3}
+    plain = train_with_defenses(UtilityConfig(**config))
+    silent = train_with_defenses(UtilityConfig(**config, defenses=("noise:gaussian:0",)))
+    assert (silent.loss, silent.accuracy) == (plain.loss, plain.accuracy)
+
+
+def test_a_defense_changes_the_training() -> None:
+    plain = train_with_defenses(UtilityConfig(**TINY))
+    noisy = train_with_defenses(UtilityConfig(**TINY, defenses=("noise:gaussian:1",)))
+    assert plain.loss != noisy.loss
+
+
+def test_more_images_than_the_split_holds_is_one_line() -> None:
+    with pytest.raises(GradleakError, match="need 10, but the cifar10 test split has 8"):
+        train_with_defenses(UtilityConfig(**{**TINY, "train_count": 8}))
+
+
+@pytest.mark.skipif(not (MNIST / "mnist").is_dir(), reason="needs MNIST in ../shared/data")
+def test_strong_noise_costs_accuracy_on_mnist() -> None:
+    base = UtilityConfig(dataset="mnist", data_root=MNIST, epochs=1)
+    plain = train_with_defenses(base)
+    noisy = train_with_defenses(
+        UtilityConfig(**{**base.__dict__, "defenses": ("noise:gaussian:1e-1",)})
+    )
+    assert plain.accuracy > 0.8  # LeNet learns MNIST in one epoch
+    assert noisy.accuracy < plain.accuracy - 0.1
+
+
+SPEC = """\
+name: tiny-tradeoff
+attacks: [idlg]
+defenses: [none, "prune:0.5"]
+images: [0, 1]
+options: {idlg: {iterations: 2}}
+utility: {dataset: cifar10, train_count: 6, test_count: 2, epochs: 1, batch_size: 2}
+recovered_psnr: 9
+"""
+
+
+def test_tradeoff_table_has_attack_quality_beside_utility(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    spec = read_tradeoff(path)
+    out = tmp_path / "out"
+    rows, interrupted = run_tradeoff(spec, out, progress=False, threads=1)
+    assert not interrupted
+    assert [(r["attack"], r["defense"]) for r in rows] == [("idlg", "none"), ("idlg", "prune:0.5")]
+    with (out / "results.csv").open() as f:
+        cells = list(csv.DictReader(f))
+    for row in rows:
+        psnr = sorted(float(c["psnr"]) for c in cells if c["defense"] == row["defense"])
+        assert row["psnr_median"] == pytest.approx(sum(psnr) / 2)
+        assert row["recovered"] == sum(p >= 9 for p in psnr) / 2
+        expected = train_with_defenses(
+            UtilityConfig(**TINY, defenses=() if row["defense"] == "none" else ("prune:0.5",))
+        )
+        assert row["test_accuracy"] == expected.accuracy
+    assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| idlg | prune:0.5 | 2 |" in (out / "tradeoff.md").read_text()
+
+    def no_training(config):  # type: ignore[no-untyped-def]
+        raise AssertionError("a cached utility result was trained again")
+
+    monkeypatch.setattr(tradeoff_module, "train_with_defenses", no_training)
+    again, _ = run_tradeoff(spec, out, progress=False, threads=1)
+    assert again == rows
+
+    # A damaged cache file (a crash while writing it) is trained again, not a crash.
+    (out / "utility" / "none.json").write_text('{"settings": {"mod')
+    monkeypatch.setattr(tradeoff_module, "train_with_defenses", train_with_defenses)
+    repaired, _ = run_tradeoff(spec, out, progress=False, threads=1)
+    assert repaired == rows
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ("", "needs 'utility'"),
+        ("utility: {colour: red}\n", "unknown key 'colour'"),
+        ("utility: {epochs: 0}\n", "epochs must be at least 1"),
+        ("utility: {defenses: [prune:0.1]}\n", "takes its defenses from the 'defenses' axis"),
+        (
+            "utility: {dataset: cifar10, train_count: 6, test_count: 2, batch_size: 2}\n"
+            "recovered_psnr: -1\n",
+            "'recovered_psnr' must be a positive",
+        ),
+        ("utility: {dataset: nosuch}\n", "utility dataset 'nosuch' is not one of"),
+        ("utility: {model: vgg, dataset: cifar10}\n", "unknown model 'vgg'"),
+        ("utility: {dataset: mnist}\n", "--data-root"),
+        ("utility: {dataset: cifar10, batch_size: 64, train_count: 6}\n", "larger than"),
+    ],
+)
+def test_bad_tradeoff_specs(tmp_path: Path, extra: str, fragment: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text("attacks: [idlg]\n" + extra)
+    with pytest.raises(GradleakError, match=fragment.replace("(", r"\(")):
+        read_tradeoff(path)
