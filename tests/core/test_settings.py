@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gradleak.core import UpdateKind
 from gradleak.core.errors import GradleakError
 from gradleak.core.settings import read_mapping, replace_checked, to_plain
 from gradleak.scenario import RunConfig, load_run_config
@@ -142,3 +145,22 @@ def test_to_plain_round_trips_through_replace_checked() -> None:
 def test_read_mapping_rejects_lists(tmp_path: Path) -> None:
     with pytest.raises(GradleakError, match="must hold a mapping"):
         read_mapping(_write(tmp_path, "[1, 2]", "list.json"))
+
+
+def test_fixed_length_tuples_take_exactly_one_value_per_position() -> None:
+    @dataclass(frozen=True)
+    class Ranged:
+        span: tuple[int, int] | None = None
+        many: tuple[int, ...] = ()
+
+    assert replace_checked(Ranged(), {"span": [3, 9]}, "here").span == (3, 9)
+    assert replace_checked(Ranged(), {"many": [1, 2, 3]}, "here").many == (1, 2, 3)
+    with pytest.raises(GradleakError, match="here: span needs exactly 2 values, not 3"):
+        replace_checked(Ranged(), {"span": [1, 2, 3]}, "here")
+    with pytest.raises(GradleakError, match="span must be an integer"):
+        replace_checked(Ranged(), {"span": [1, "x"]}, "here")
+
+
+def test_to_plain_makes_results_json_safe() -> None:
+    value = {"a": (1.0, math.nan), "p": Path("x/y"), "k": UpdateKind.GRADIENT, "i": math.inf}
+    assert to_plain(value) == {"a": [1.0, None], "p": "x/y", "k": "gradient", "i": None}

@@ -1,9 +1,12 @@
-"""Typed configs filled from YAML/JSON files and CLI flags, with one-line errors."""
+"""Settings: typed configs filled from YAML/JSON files and flags with one-line errors, and the
+one conversion of settings and results to plain JSON/YAML values."""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -52,18 +55,25 @@ def replace_checked(instance: T, values: Mapping[str, Any], where: str) -> T:
     return dataclasses.replace(instance, **coerced)  # type: ignore[type-var]
 
 
-def to_plain(instance: Any) -> dict[str, Any]:
-    """A dataclass as JSON/YAML-safe primitives (paths become strings)."""
-    return {k: _plain(v) for k, v in dataclasses.asdict(instance).items()}
+def to_plain(value: Any) -> Any:
+    """`value` as JSON- and YAML-safe primitives, for every file gradleak writes.
 
-
-def _plain(value: Any) -> Any:
+    Dataclasses become mappings of their fields, paths strings, enums their values, tuples
+    lists, and non-finite floats None (JSON has no NaN or Infinity); mappings and lists are
+    converted item by item.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return to_plain(value.value)
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
     return value
 
 
@@ -89,8 +99,15 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
             value = [value]
-        (item_hint, *_rest) = typing.get_args(hint) or (Any,)
-        items = [_coerce(v, item_hint, where) for v in value]
+        args = typing.get_args(hint) or (Any, ...)
+        if origin is tuple and Ellipsis not in args:
+            # A fixed-length tuple (e.g. a range A-B): exactly one value per position.
+            if len(value) != len(args):
+                raise GradleakError(
+                    f"{where} needs exactly {len(args)} values, not {len(value)}: {value!r}"
+                )
+            return tuple(_coerce(v, h, where) for v, h in zip(value, args, strict=True))
+        items = [_coerce(v, args[0], where) for v in value]
         return tuple(items) if origin is tuple else items
     if hint is Any:
         return value

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,17 +32,6 @@ def check_out_dir(out_dir: Path) -> Path:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise GradleakError(f"cannot create the run directory {out_dir} under {existing}")
     return out_dir
-
-
-def json_safe(value: object) -> object:
-    """Non-finite floats become null: JSON has no NaN or Infinity."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def run_metrics(
@@ -114,5 +102,5 @@ def write_outputs(
         "threat_model": case.knowledge.describe(),
     }
     (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    text = json.dumps(json_safe(metrics), indent=2, allow_nan=False)
+    text = json.dumps(to_plain(metrics), indent=2, allow_nan=False)
     (out_dir / "metrics.json").write_text(text + "\n")

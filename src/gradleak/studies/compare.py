@@ -267,23 +267,15 @@ class CompareSpec:
     def describe(self) -> dict[str, Any]:
         return {
             "datasets": [
-                {"label": s.label, "dataset": s.dataset, "data_root": _plain_path(s.data_root)}
+                {"label": s.label, "dataset": s.dataset, "data_root": to_plain(s.data_root)}
                 for s in self.datasets
             ],
             "runs": [{"attack": r.attack, "protocol": r.protocol} for r in self.runs],
             "indices": list(self.indices),
             "snapshots": list(self.snapshots),
-            "settings": to_plain_mapping(self.settings),
-            "attack_options": to_plain_mapping(self.attack_options),
+            "settings": to_plain(self.settings),
+            "attack_options": to_plain(self.attack_options),
         }
-
-
-def _plain_path(path: Path | None) -> str | None:
-    return None if path is None else str(path)
-
-
-def to_plain_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
 
 def _unique(values: Sequence[object], what: str, fix: str) -> None:
@@ -523,7 +515,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def summary_markdown(spec: CompareSpec, rows: Sequence[Mapping[str, Any]]) -> str:
     """The mean table per dataset × attack, then one line per run."""
-    settings = ", ".join(f"{k}={v}" for k, v in to_plain_mapping(spec.settings).items())
+    settings = ", ".join(f"{k}={v}" for k, v in to_plain(spec.settings).items())
     lines = [
         "# Attack comparison",
         "",

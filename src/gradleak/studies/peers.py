@@ -50,7 +50,7 @@ from gradleak.report.images import resolve_scale, save_png, tile_rows
 from gradleak.report.tables import write_csv
 from gradleak.scenario.case import Case, build_case
 from gradleak.scenario.config import RunConfig
-from gradleak.scenario.outputs import check_out_dir, json_safe
+from gradleak.scenario.outputs import check_out_dir
 
 State = dict[str, torch.Tensor]
 
@@ -439,7 +439,7 @@ def write_outputs(result: DecentralizedResult, out_dir: Path) -> None:
         "interrupted": result.interrupted,
         "convention": CONVENTION,
     }
-    text = json.dumps(json_safe(summary), indent=2, allow_nan=False)
+    text = json.dumps(to_plain(summary), indent=2, allow_nan=False)
     (out_dir / "simulation.json").write_text(text + "\n")
     write_csv(out_dir / "simulation.csv", list(rows[0]) if rows else ["attacker"], rows)
     (out_dir / "simulation.md").write_text(markdown_tables(result))

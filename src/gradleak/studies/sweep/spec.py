@@ -18,7 +18,7 @@ import yaml
 
 from gradleak import attacks
 from gradleak.core.errors import GradleakError
-from gradleak.core.settings import replace_checked
+from gradleak.core.settings import replace_checked, to_plain
 from gradleak.models import available_models, build_model
 from gradleak.scenario.config import PROTOCOLS, RunConfig
 
@@ -125,22 +125,12 @@ class SweepSpec:
         """The resolved spec, as written next to the results."""
         return {
             "name": self.name,
-            "base": _plain(self.base),
+            "base": to_plain(self.base),
             "axes": self.axes(),
             "options": self.options,
             "success_psnr": self.success_psnr,
-            "protocol_settings": _plain(self.protocol_settings),
+            "protocol_settings": to_plain(self.protocol_settings),
         }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 # --- reading a spec file with line numbers ----------------------------------------------
