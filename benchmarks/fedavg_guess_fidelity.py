@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from gradleak.attacks.matching.objectives import get_objective
 from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
-from gradleak.attacks.matching.replay import Replay
+from gradleak.fl.replay import Replay
 from gradleak.fl import LocalTraining, ProtocolSettings, simulate
 from gradleak.scenario import RunConfig, build_case
 

@@ -15,6 +15,7 @@ from gradleak.attacks.presets import DLG_CONFIG
 from gradleak.core.errors import GradleakError
 from gradleak.fl import FedSGDClient
 from gradleak.metrics import psnr
+from gradleak.modalities import get_modality
 from gradleak.scenario import RunConfig, build_case, run_attack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,6 +43,9 @@ def test_registry() -> None:
         attacks.get("gan")
 
 
+IMAGES = get_modality("image")
+
+
 def test_presets_follow_the_papers() -> None:
     dlg, idlg, ig = (attacks.get(n).config for n in ("dlg", "idlg", "ig"))
     assert (dlg.objective, dlg.optimizer, dlg.label_strategy) == ("l2", "lbfgs", "optimize")
@@ -49,10 +53,10 @@ def test_presets_follow_the_papers() -> None:
     assert idlg.label_strategy == "analytic"
     assert (ig.objective, ig.optimizer, ig.signed, ig.boxed) == ("cosine", "adam", True, True)
     assert (ig.restarts, ig.iterations, ig.lr) == (8, 24_000, 0.1)
-    assert ig.tv_for((3, 32, 32)) == pytest.approx(1e-4)
-    assert ig.tv_for((1, 28, 28)) == pytest.approx(1e-4)
-    assert ig.tv_for((3, 224, 224)) == pytest.approx(1e-1)
-    assert dataclasses.replace(ig, tv_weight=0.5).tv_for((3, 224, 224)) == 0.5
+    assert ig.tv_for((3, 32, 32), IMAGES) == pytest.approx(1e-4)
+    assert ig.tv_for((1, 28, 28), IMAGES) == pytest.approx(1e-4)
+    assert ig.tv_for((3, 224, 224), IMAGES) == pytest.approx(1e-1)
+    assert dataclasses.replace(ig, tv_weight=0.5).tv_for((3, 224, 224), IMAGES) == 0.5
 
 
 def test_dlg_recovers_a_real_cifar_image() -> None:

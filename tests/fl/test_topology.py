@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from gradleak.core.errors import GradleakError
-from gradleak.fl.topology import TOPOLOGIES, build_topology, gossip
+from gradleak.fl.topology import TOPOLOGIES, build_topology, mix
+
+
+def gossip(states: list[dict[str, torch.Tensor]], weights: torch.Tensor) -> list[dict]:
+    """One gossip step for all peers through `mix`: peer i's new state is Σ_k W_ik states[k]."""
+    by_peer = dict(enumerate(states))
+    return [mix(by_peer, weights[i], i) for i in range(len(states))]
 
 
 def _states(peers: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -158,5 +164,5 @@ def test_bad_peer_scheme_and_weights_are_errors() -> None:
         ring.neighbours(3)
     with pytest.raises(GradleakError, match="unknown gossip weights 'max'"):
         ring.mixing_matrix("max")
-    with pytest.raises(GradleakError, match="gossip weights are"):
-        gossip(_states(2), ring.mixing_matrix())
+    with pytest.raises(GradleakError, match="gossip needs the models of peers"):
+        mix(dict(enumerate(_states(2))), ring.mixing_matrix()[2], 2)

@@ -19,19 +19,14 @@ from gradleak.attacks.engine.trials import TrialsResult, best_trial, trial_input
 from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES, LabelStrategy, resolve_label_strategy
 from gradleak.attacks.matching.objectives import OBJECTIVES, get_objective
 from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
-from gradleak.attacks.matching.replay import Replay
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.errors import GradleakError
-from gradleak.core.knowledge import Knowledge, Requirement
+from gradleak.core.knowledge import Knowledge
 from gradleak.core.settings import replace_checked
 from gradleak.core.update import SharedUpdate, UpdateKind
-from gradleak.data.normalize import pixel_bounds
-
-# Inverting Gradients' total-variation weights: 1e-4 for CIFAR-scale images (the reference
-# command-line default) and 1e-1 for ImageNet-scale images (its ImageNet ResNet examples).
-SMALL_IMAGE_TV_WEIGHT = 1e-4
-LARGE_IMAGE_TV_WEIGHT = 1e-1
-LARGE_IMAGE_SIDE = 64  # images at least this tall and wide count as ImageNet-scale
+from gradleak.fl.protocols import protocol_sharing
+from gradleak.fl.replay import Replay
+from gradleak.modalities import Modality, get_modality
 
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("randn", "uniform", "zeros")
@@ -43,7 +38,7 @@ class GradientMatchingConfig:
     """Every hyper-parameter of a gradient-matching attack; presets fill the papers' values."""
 
     objective: str = "cosine"
-    tv_weight: float | None = None  # None: the per-dataset default above
+    tv_weight: float | None = None  # None: the modality's default (images: by size)
     optimizer: str = "adam"
     lr: float = 0.1
     iterations: int = 24_000
@@ -87,11 +82,11 @@ class GradientMatchingConfig:
             raise GradleakError(f"log_every must be zero or positive, got {self.log_every}")
         return self
 
-    def tv_for(self, data_shape: tuple[int, int, int]) -> float:
+    def tv_for(self, data_shape: tuple[int, ...], modality: Modality) -> float:
+        """The prior's weight: `tv_weight` if set, else the modality's default for the shape."""
         if self.tv_weight is not None:
             return self.tv_weight
-        large = min(data_shape[1:]) >= LARGE_IMAGE_SIDE
-        return LARGE_IMAGE_TV_WEIGHT if large else SMALL_IMAGE_TV_WEIGHT
+        return modality.default_prior_weight(data_shape)
 
 
 class GradientMatchingAttack:
@@ -199,27 +194,14 @@ class GradientMatchingAttack:
     def _matched(
         self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
     ) -> tuple[SharedUpdate, Replay]:
-        """Check the update and say what is matched against it and how it was produced."""
+        """Check the update; return what is matched against it and the replay behind it."""
+        from gradleak.attacks.registry import check_readable
+
         update.validate_for(model)
-        kind = update.kind
-        if self.config.admm:
-            if kind is not UpdateKind.ADMM_INCREMENT:
-                raise GradleakError(
-                    f"attack '{self.name}' reads FedADMM increments but the update is a "
-                    f"{kind.value}; use --protocol fedadmm or an attack without -admm"
-                )
-            knowledge.require({Requirement.LOCAL_TRAINING}, f"attack '{self.name}'")
-            assert knowledge.local_training is not None
-            lr = knowledge.local_training.lr
-            return update.scaled(-1.0 / lr, UpdateKind.GRADIENT), Replay(knowledge.num_users)
-        if kind is UpdateKind.ADMM_INCREMENT:
-            raise GradleakError(
-                f"attack '{self.name}' cannot read a FedADMM increment; use dlg-admm or idlg-admm"
-            )
-        if kind is UpdateKind.WEIGHT_DELTA:
-            knowledge.require({Requirement.LOCAL_TRAINING}, f"attacking a {kind.value}")
-            return update, Replay(knowledge.num_users, knowledge.local_training)
-        return update, Replay(knowledge.num_users)
+        check_readable(self.name, self.reads, update.kind)
+        who = f"attack '{self.name}' on a {update.kind.value}"
+        replay = protocol_sharing(update.kind).replay(knowledge, who)
+        return replay.read(update), replay
 
     def _labels_for(
         self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
@@ -238,12 +220,14 @@ class GradientMatchingAttack:
     def _problem(
         self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge, replay: Replay
     ) -> MatchingProblem:
+        modality = get_modality(knowledge.modality)
         return MatchingProblem(
             attacker_model(model, knowledge.model_mode),
             update.tensors,
             get_objective(self.config.objective),
-            self.config.tv_for(knowledge.data_shape),
+            self.config.tv_for(knowledge.data_shape, modality),
             replay,
+            prior=modality.prior,
         )
 
     def _start(
@@ -252,7 +236,8 @@ class GradientMatchingAttack:
         """Initial images (K×B×C×H×W) and labels (B integers, or K×B×classes soft)."""
         k, b = self.config.restarts, knowledge.batch_size
         generator = torch.Generator().manual_seed(seed)
-        images = _initial_images(self.config.init, (k, b, *knowledge.data_shape), generator)
+        modality = get_modality(knowledge.modality)
+        images = modality.initial_inputs(self.config.init, (k, b, *knowledge.data_shape), generator)
         if fixed_labels is not None:
             return images, fixed_labels
         return images, torch.randn(k, b, knowledge.num_classes, generator=generator)
@@ -342,7 +327,7 @@ class GradientMatchingAttack:
                 progress=progress,
                 compile=cfg.compile,
             )
-        bounds = pixel_bounds(knowledge.mean, knowledge.std) if cfg.boxed else None
+        bounds = get_modality(knowledge.modality).bounds(knowledge) if cfg.boxed else None
         return optimize_adam(
             problem,
             images,
@@ -360,15 +345,6 @@ class GradientMatchingAttack:
             check_memory=False,  # checked before the trials were allocated
             targets=targets,
         )
-
-
-def _initial_images(init: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    makers = {
-        "randn": lambda: torch.randn(shape, generator=generator),
-        "uniform": lambda: torch.rand(shape, generator=generator) - 0.5,
-        "zeros": lambda: torch.zeros(shape),
-    }
-    return makers[init]()
 
 
 def _check_labels(labels: torch.Tensor, knowledge: Knowledge) -> None:

@@ -8,6 +8,7 @@ from gradleak.attacks import presets
 from gradleak.attacks.base import Attack
 from gradleak.attacks.closed_form import analytic, rgap
 from gradleak.core.errors import GradleakError
+from gradleak.core.update import UpdateKind
 
 ATTACKS: dict[str, tuple[Callable[[], Attack], str]] = {
     "dlg": (presets.dlg, "DLG: L2 matching, joint soft labels, L-BFGS (Zhu et al. 2019)"),
@@ -48,3 +49,31 @@ def get(name: str) -> Attack:
             f"unknown attack {name!r}; choose one of: {', '.join(ATTACKS)}"
         ) from None
     return factory()
+
+
+def readers_of(kind: UpdateKind) -> list[str]:
+    """The attacks that can attack an update of `kind`, in registry order."""
+    return [name for name in ATTACKS if kind in get(name).reads]
+
+
+def check_readable(name: str, reads: frozenset[UpdateKind], kind: UpdateKind) -> None:
+    """Refuse, in one line, an update of a kind the attack `name` cannot read.
+
+    Raises:
+        GradleakError: naming the attacks that read `kind` and the protocols that share
+            what `name` reads.
+    """
+    if kind in reads:
+        return
+    from gradleak.fl.protocols import protocols_read_by
+
+    readers = " or ".join(readers_of(kind))
+    protocols = " or ".join(p.name for p in protocols_read_by(reads))
+    raise GradleakError(
+        f"attack '{name}' reads {_words(reads)} but the update is a {kind.value} "
+        f"({kind.description}); use {readers}, or --protocol {protocols}"
+    )
+
+
+def _words(kinds: frozenset[UpdateKind]) -> str:
+    return " and ".join(k.description for k in UpdateKind if k in kinds)

@@ -1,14 +1,20 @@
-"""What the attacker knows: an explicit, validated record, and the checks attacks use."""
+"""What the attacker knows: an explicit, validated record, the checks attacks use, and the
+one function that grants it (`grant_knowledge`) for a run, a peer or a study.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from gradleak.core.errors import GradleakError
-from gradleak.fl.local_training import LocalTraining
+
+if TYPE_CHECKING:
+    from gradleak.fl.local_training import LocalTraining
+    from gradleak.fl.protocols import ProtocolSettings
 
 
 class Requirement(str, enum.Enum):
@@ -40,6 +46,9 @@ class Knowledge:
     local_training_guessed: bool = False
     # Whether model_mode is the attacker's guess rather than the client's known mode.
     model_mode_guessed: bool = False
+    # The kind of data (a name in gradleak.modalities): how inputs start, what bounds them,
+    # which prior applies, and how the evaluation side scores and shows them.
+    modality: str = "image"
 
     def __post_init__(self) -> None:
         if len(self.data_shape) != 3 or any(int(s) < 1 for s in self.data_shape):
@@ -120,3 +129,95 @@ class Knowledge:
             "local_training_guessed": self.local_training_guessed,
             "model_mode_guessed": self.model_mode_guessed,
         }
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """The format of the clients' data, which every threat model here grants the attacker.
+
+    Attributes:
+        shape: one input's (channels, height, width).
+        num_classes: the classes of the model's output.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation standard deviation.
+        name: the name of the normalisation statistics (the dataset's).
+        modality: the kind of data (a name in gradleak.modalities).
+    """
+
+    shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str = ""
+    modality: str = "image"
+
+
+# The local-training settings an attacker may guess, in the order flags are reported.
+GUESSABLE = ("steps", "epochs", "batch_size", "lr")
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What a threat model grants beyond the data's format, and where the attacker guesses.
+
+    Attributes:
+        labels_known: the attacker is told the true labels.
+        local_guess: the attacker's guesses of the local training (GUESSABLE keys; a
+            missing key is known, i.e. the protocol's true setting).
+        model_mode: the batch-norm mode the attacker assumes (None: the clients' true mode).
+    """
+
+    labels_known: bool = False
+    local_guess: dict[str, float | int | None] = field(default_factory=dict)
+    model_mode: str | None = None
+
+    def guessed(self) -> list[str]:
+        """The local-training settings the attacker guesses, in GUESSABLE order."""
+        return [k for k in GUESSABLE if self.local_guess.get(k) is not None]
+
+
+def grant_knowledge(
+    data: DataFacts,
+    labels: torch.Tensor,
+    protocol: ProtocolSettings,
+    grants: Grants | None = None,
+) -> Knowledge:
+    """What the threat model grants the attacker of one shared update: the only place that
+    builds `Knowledge` from the truth.
+
+    Args:
+        data: the data's format.
+        labels: the true labels of every sample behind the update (all users together);
+            they reach the attacker only when `grants.labels_known`.
+        protocol: what the clients really do (users, local training, batch-norm mode).
+        grants: what else is granted or guessed (default: nothing granted, nothing guessed).
+
+    Returns:
+        The attacker's knowledge: batch size and users from the truth, labels if granted,
+        the local training and batch-norm mode as known or as guessed.
+
+    Raises:
+        GradleakError: an impossible guess, or data facts that do not fit (one line each).
+    """
+    grants = grants or Grants()
+    batch_size = int(labels.shape[0])
+    if protocol.users < 1 or batch_size % protocol.users:
+        raise GradleakError(
+            f"batch_size {batch_size} does not split evenly over {protocol.users} users"
+        )
+    local, guessed = protocol.attacker_belief(grants, batch_size // protocol.users)
+    return Knowledge(
+        data_shape=data.shape,
+        num_classes=data.num_classes,
+        batch_size=batch_size,
+        mean=data.mean,
+        std=data.std,
+        model_mode=grants.model_mode or protocol.model_mode,
+        labels=labels if grants.labels_known else None,
+        dataset=data.name,
+        num_users=protocol.users,
+        local_training=local,
+        local_training_guessed=guessed,
+        model_mode_guessed=grants.model_mode is not None,
+        modality=data.modality,
+    )

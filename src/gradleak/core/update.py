@@ -22,6 +22,18 @@ class UpdateKind(str, enum.Enum):
     WEIGHT_DELTA = "weight_delta"
     ADMM_INCREMENT = "admm_increment"
 
+    @property
+    def description(self) -> str:
+        """What updates of this kind are, in words (plural)."""
+        return _KIND_WORDS[self]
+
+
+_KIND_WORDS = {
+    UpdateKind.GRADIENT: "gradients",
+    UpdateKind.WEIGHT_DELTA: "weight differences",
+    UpdateKind.ADMM_INCREMENT: "FedADMM increments",
+}
+
 
 @dataclass(frozen=True)
 class SharedUpdate:

@@ -8,9 +8,15 @@ consecutive samples, cycling through the data, one SGD step per mini-batch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+from torch import nn
+
+from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
+from gradleak.fl.client import client_gradient
 
 
 @dataclass(frozen=True)
@@ -63,3 +69,31 @@ class LocalTraining:
             "epochs": self.epochs,
             "batch_size": self.batch_size,
         }
+
+
+# The direction a local step descends for parameter `name` at `param` given its loss gradient
+# (FedADMM adds its dual and penalty terms); None: the plain gradient.
+StepDirection = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def local_sgd(
+    model: nn.Module,
+    batch: PrivateBatch,
+    local: LocalTraining,
+    direction: StepDirection | None = None,
+) -> None:
+    """Train `model` in place: one SGD step of size `local.lr` per mini-batch of `local`.
+
+    Args:
+        model: the client's own model, in its batch-norm mode.
+        batch: the client's private samples, walked in order (`local.step_slices`).
+        local: the local training.
+        direction: what each step descends instead of the plain loss gradient.
+    """
+    params = dict(model.named_parameters())
+    for rows in local.step_slices(len(batch)):
+        grads = client_gradient(model, batch.images[rows], batch.labels[rows])
+        with torch.no_grad():
+            for name, p in params.items():
+                step = grads[name] if direction is None else direction(name, p, grads[name])
+                p.sub_(local.lr * step)

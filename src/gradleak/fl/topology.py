@@ -14,7 +14,7 @@ peer's model by a weighted mean over its closed neighbourhood (itself and its ne
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -152,14 +152,3 @@ def mix(states: Mapping[int, State], row: torch.Tensor, own: int) -> dict[str, t
         total = sum(float(row[k]) * states[k][name].double() for k in partners)
         mixed[name] = torch.as_tensor(total).to(tensor.dtype)
     return mixed
-
-
-def gossip(states: Sequence[State], weights: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-    """One gossip step for all peers: peer i's new state is Σ_k W_ik states[k]."""
-    if weights.shape != (len(states), len(states)):
-        raise GradleakError(
-            f"gossip weights are {tuple(weights.shape)} for {len(states)} peers; "
-            "give one P×P matrix"
-        )
-    by_peer = dict(enumerate(states))
-    return [mix(by_peer, weights[i], i) for i in range(len(states))]

@@ -8,11 +8,11 @@ import torch
 from gradleak import attacks
 from gradleak.attacks.matching.objectives import get_objective
 from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
-from gradleak.attacks.matching.replay import Replay
 from gradleak.core import PrivateBatch, UpdateKind
 from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import Knowledge
 from gradleak.fl import LocalTraining, ProtocolSettings, simulate
+from gradleak.fl.replay import Replay
 from gradleak.models import build_model
 from gradleak.scenario import RunConfig, build_case
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -11,8 +11,11 @@ from torch.func import functional_call, grad, replace_all_batch_norm_modules_
 from torch.nn import functional as F
 
 from gradleak.attacks.matching.objectives import Objective
-from gradleak.attacks.matching.priors import total_variation
-from gradleak.attacks.matching.replay import Replay
+from gradleak.fl.replay import Replay
+from gradleak.modalities.image import total_variation
+
+# A prior on one trial's inputs (the modality's; images: total variation).
+Prior = Callable[[torch.Tensor], torch.Tensor]
 
 
 def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -38,7 +41,7 @@ def attacker_model(server_model: nn.Module, model_mode: str) -> nn.Module:
 
 
 class MatchingProblem:
-    """loss(x, labels) = objective(∇θ ℓ(f(x), labels), shared) + tv_weight · TV(x).
+    """loss(x, labels) = objective(replay(x, labels), shared) + tv_weight · prior(x).
 
     `loss` is a pure function of its arguments (torch.func can vmap and compile it); the
     target and the TV weight may be passed per call, which lets K trials attack K
@@ -46,7 +49,8 @@ class MatchingProblem:
     `value_and_grad` computes the same loss and its gradient for one trial with autograd's
     `create_graph`, which is cheaper than torch.func when there is nothing to batch.
     `replay` says how the shared update was produced (a gradient by default; FedAvg's
-    local steps, or the mean over several users).
+    local steps, or the mean over several users). `prior` is the modality's prior on the
+    inputs (images: total variation) and `tv_weight` its weight.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class MatchingProblem:
         objective: Objective,
         tv_weight: float = 0.0,
         replay: Replay | None = None,
+        prior: Prior = total_variation,
     ) -> None:
         """`model` is the attacker's replica (attacker_model); its parameters stay trainable."""
         self.model = model
@@ -66,6 +71,7 @@ class MatchingProblem:
         self.target = {n: target[n].detach() for n in self.names}
         self.objective = objective
         self.tv_weight = float(tv_weight)
+        self.prior = prior
         # The autograd path differentiates through the replica's own parameters.
         self._leaves = list(model.parameters())
         if not all(p.requires_grad for p in self._leaves):
@@ -107,7 +113,7 @@ class MatchingProblem:
         tv_weight: torch.Tensor | float,
     ) -> torch.Tensor:
         """The matching loss given the candidate's gradient (pure)."""
-        return self.objective(candidate, target) + tv_weight * total_variation(images)
+        return self.objective(candidate, target) + tv_weight * self.prior(images)
 
     def loss(
         self,
@@ -146,5 +152,5 @@ class MatchingProblem:
             else:  # unrolled local steps or several users
                 leaves = dict(zip(self.names, self._leaves, strict=True))
                 candidate = self.replay(self._autograd_gradient, leaves, images, labels)
-            value = self.objective(candidate, target) + tv_weight * total_variation(images)
+            value = self.objective(candidate, target) + tv_weight * self.prior(images)
             return torch.autograd.grad(value, inputs), value.detach()

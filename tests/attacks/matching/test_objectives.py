@@ -13,8 +13,8 @@ from gradleak.attacks.matching.objectives import (
     get_objective,
     l2_distance,
 )
-from gradleak.attacks.matching.priors import total_variation
 from gradleak.core.errors import GradleakError
+from gradleak.modalities.image import total_variation
 
 
 def _grads(a: list[float], b: list[list[float]]) -> dict[str, torch.Tensor]:

@@ -1,5 +1,9 @@
 """The attacker's replay of what the clients computed, as a pure function of candidate data.
 
+Each protocol module (`fedsgd`, `fedavg`, `fedadmm`) defines its client and the replay of
+that client side by side, and the protocol registry hands an attack the replay of the
+protocol that produced an update.
+
 FedSGD shares a gradient, so the replay is one gradient. FedAvg shares θ_local − θ_server,
 so the replay runs the client's local SGD steps on the candidate data, differentiably, and
 returns the difference (Inverting Gradients' FedAvg setting). With several users the
@@ -14,10 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from gradleak.fl.local_training import LocalTraining
+from gradleak.core.update import SharedUpdate, UpdateKind
+
+if TYPE_CHECKING:
+    from gradleak.fl.local_training import LocalTraining
 
 Params = Mapping[str, torch.Tensor]
 ParamGradient = Callable[[Params, torch.Tensor, torch.Tensor], "dict[str, torch.Tensor]"]
@@ -25,14 +33,26 @@ ParamGradient = Callable[[Params, torch.Tensor, torch.Tensor], "dict[str, torch.
 
 @dataclass(frozen=True)
 class Replay:
-    """How one update was produced: users averaged, and local training (None: a gradient)."""
+    """How one update was produced: users averaged, and local training (None: a gradient).
+
+    `read_scale`, when set, says the shared update is not replayed as it is: the update times
+    `read_scale` is matched as if it were a gradient (the -admm attacks' reading of a FedADMM
+    increment, −Δ/η).
+    """
 
     users: int = 1
     local: LocalTraining | None = None
+    read_scale: float | None = None
 
     @property
     def is_plain_gradient(self) -> bool:
         return self.users == 1 and self.local is None
+
+    def read(self, update: SharedUpdate) -> SharedUpdate:
+        """The shared update as the replay's output is compared with it."""
+        if self.read_scale is None:
+            return update
+        return update.scaled(self.read_scale, UpdateKind.GRADIENT)
 
     def __call__(
         self, gradient: ParamGradient, params: Params, images: torch.Tensor, labels: torch.Tensor

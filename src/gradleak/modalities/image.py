@@ -1,0 +1,99 @@
+"""Images: normally drawn dummy images, the valid-pixel box, total variation, pixels in
+[0, 1], PSNR/SSIM after matching, and PNG pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from gradleak.data.normalize import denormalize, pixel_bounds
+from gradleak.metrics import Evaluation, evaluate_images, match_reconstructions, mse, psnr
+from gradleak.report.images import save_comparison_grid, save_image_strip
+
+if TYPE_CHECKING:
+    from gradleak.core.knowledge import Knowledge
+
+# Inverting Gradients' total-variation weights: 1e-4 for CIFAR-scale images (the reference
+# command-line default) and 1e-1 for ImageNet-scale images (its ImageNet ResNet examples).
+SMALL_IMAGE_TV_WEIGHT = 1e-4
+LARGE_IMAGE_TV_WEIGHT = 1e-1
+LARGE_IMAGE_SIDE = 64  # images at least this tall and wide count as ImageNet-scale
+
+SNAPSHOT_DIR = "snapshots"
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between horizontal and vertical neighbours (anisotropic TV)."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    return dx + dy
+
+
+class ImageModality:
+    """Images attacked in normalised space and scored as [0, 1] pixels."""
+
+    name = "image"
+
+    def initial_inputs(
+        self, init: str, shape: tuple[int, ...], generator: torch.Generator
+    ) -> torch.Tensor:
+        """Dummy images: standard normal (randn), uniform in [−0.5, 0.5) or zeros."""
+        makers = {
+            "randn": lambda: torch.randn(shape, generator=generator),
+            "uniform": lambda: torch.rand(shape, generator=generator) - 0.5,
+            "zeros": lambda: torch.zeros(shape),
+        }
+        return makers[init]()
+
+    def bounds(self, knowledge: Knowledge) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised values of pixels 0 and 1, per channel (C×1×1 each)."""
+        return pixel_bounds(knowledge.mean, knowledge.std)
+
+    def prior(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Anisotropic total variation."""
+        return total_variation(inputs)
+
+    def default_prior_weight(self, data_shape: tuple[int, ...]) -> float:
+        """Inverting Gradients' TV weight: 1e-4 below 64 pixels a side, 1e-1 from 64 on."""
+        large = min(data_shape[1:]) >= LARGE_IMAGE_SIDE
+        return LARGE_IMAGE_TV_WEIGHT if large else SMALL_IMAGE_TV_WEIGHT
+
+    def decode(self, inputs: torch.Tensor, knowledge: Knowledge) -> torch.Tensor:
+        """Normalised images back to [0, 1] pixels, clamped."""
+        return denormalize(inputs, knowledge.mean, knowledge.std).clamp(0, 1)
+
+    def score(
+        self,
+        recon: torch.Tensor,
+        truth: torch.Tensor,
+        recon_labels: torch.Tensor | None,
+        true_labels: torch.Tensor | None,
+    ) -> Evaluation:
+        """PSNR, SSIM, MSE and label accuracy after Hungarian matching (`evaluate_images`)."""
+        return evaluate_images(recon, truth, recon_labels, true_labels)
+
+    def progress(
+        self, recon: torch.Tensor, truth: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The matching order, and the mean PSNR and MSE of the matched reconstructions."""
+        order = match_reconstructions(recon, truth)
+        value = float(psnr(recon[order], truth).mean())
+        error = float(mse(recon[order], truth).mean())
+        return order, {"psnr": value, "mse": error}
+
+    def render_run(
+        self, out_dir: Path, truth: torch.Tensor, recon: torch.Tensor, matching: list[int]
+    ) -> None:
+        """reconstruction.png (matched to the truth's order) and grid.png (truth above)."""
+        save_image_strip(recon[matching], out_dir / "reconstruction.png")
+        save_comparison_grid(truth, recon, out_dir / "grid.png", matching=matching)
+
+    def snapshot_file(self, iteration: int) -> str:
+        """snapshots/iter_NNNNNN.png."""
+        return f"{SNAPSHOT_DIR}/iter_{iteration:06d}.png"
+
+    def render_snapshot(self, decoded: torch.Tensor, path: Path) -> None:
+        """One PNG strip; a diverged iterate may hold NaN, shown black rather than failing."""
+        save_image_strip(torch.nan_to_num(decoded, nan=0.0), path)
