@@ -39,9 +39,11 @@ def _row(name: str, source: dict[str, object], b: int) -> str:
     for group in groups:
         config = RunConfig(model="mlp", indices=group, batch_size=b, progress=False, **source)
         case = build_case(config)
-        update = FedSGDClient(case.model).compute_update(case.batch)
-        rec = attack.reconstruct(update, case.model, case.knowledge)
-        evaluation = evaluate_images(case.to_pixels(rec.images), case.to_pixels(case.batch.images))
+        update = FedSGDClient(case.server.model).compute_update(case.client.batch)
+        rec = attack.reconstruct(update, case.server.model, case.server.knowledge)
+        evaluation = evaluate_images(
+            case.server.decode(rec.images), case.server.decode(case.client.batch.images)
+        )
         psnrs.extend(p["psnr"] for p in evaluation.per_image)
         usable.append(int(rec.details["usable_rows"]))
     shown = f"{groups[0][0]}-{groups[-1][-1]}"

@@ -233,7 +233,7 @@ def run_many(args: argparse.Namespace) -> None:
         cases = [
             build_case(RunConfig(model=name, indices=(i,), labels_known=True)) for i in range(8)
         ]
-        updates = [FedSGDClient(c.model).compute_update(c.batch) for c in cases]
+        updates = [FedSGDClient(c.server.model).compute_update(c.client.batch) for c in cases]
         model, knowledge = cases[0].model, cases[0].knowledge
         for k in args.trials:
             attack = attacks.get("ig").with_options({"iterations": args.iterations, "restarts": k})

@@ -21,8 +21,8 @@ from torch.nn import functional as F
 
 from gradleak.attacks.matching.objectives import get_objective
 from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
-from gradleak.fl.replay import Replay
 from gradleak.fl import LocalTraining, ProtocolSettings, simulate
+from gradleak.fl.replay import Replay
 from gradleak.scenario import RunConfig, build_case
 
 SETTINGS = [  # (model, client batch-norm mode, local lr)
@@ -52,25 +52,31 @@ def measure(data_root: Path) -> list[str]:
             case = build_case(config)
             gradient = _flat(
                 simulate(
-                    case.model, case.batch, ProtocolSettings("fedsgd", model_mode=mode)
+                    case.server.model,
+                    case.client.batch,
+                    ProtocolSettings("fedsgd", model_mode=mode),
                 ).update.tensors
             )
             for steps in STEPS:
                 truth = LocalTraining(lr=lr, steps=steps)
                 shared = simulate(
-                    case.model, case.batch, ProtocolSettings("fedavg", truth, model_mode=mode)
+                    case.server.model,
+                    case.client.batch,
+                    ProtocolSettings("fedavg", truth, model_mode=mode),
                 ).update
                 delta = _flat(shared.tensors)
                 guess = LocalTraining(lr=lr / 10, steps=1)
                 problem = MatchingProblem(
-                    attacker_model(case.model, mode),
+                    attacker_model(case.server.model, mode),
                     shared.tensors,
                     get_objective("cosine"),
                     0.0,
                     Replay(1, guess),
                 )
                 replay = _flat(
-                    problem.candidate_update(problem.params, case.batch.images, case.batch.labels)
+                    problem.candidate_update(
+                        problem.params, case.client.batch.images, case.client.batch.labels
+                    )
                 )
                 to_gradient = 1 - float(F.cosine_similarity(-delta, gradient, dim=0))
                 cos = 1 - float(F.cosine_similarity(replay, delta, dim=0))

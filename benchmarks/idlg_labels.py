@@ -31,10 +31,12 @@ def main() -> None:
             seed=args.seed,
         )
         case = build_case(config)
-        update = FedSGDClient(case.model).compute_update(case.batch)
-        recovered = int(idlg_label(update, case.model))
-        if recovered != int(case.batch.labels[0]):
-            wrong.append({"index": index, "true": int(case.batch.labels[0]), "got": recovered})
+        update = FedSGDClient(case.server.model).compute_update(case.client.batch)
+        recovered = int(idlg_label(update, case.server.model))
+        if recovered != int(case.client.batch.labels[0]):
+            wrong.append(
+                {"index": index, "true": int(case.client.batch.labels[0]), "got": recovered}
+            )
     summary = {
         "model": args.model,
         "dataset": args.dataset,

@@ -44,8 +44,10 @@ def _register() -> None:
 
 
 def _psnr(case: Case, rec: Reconstruction) -> float:
-    pixels = case.to_pixels(rec.images.detach())
-    evaluation = evaluate_images(pixels, case.to_pixels(case.batch.images), None, case.batch.labels)
+    pixels = case.server.decode(rec.images.detach())
+    evaluation = evaluate_images(
+        pixels, case.server.decode(case.client.batch.images), None, case.client.batch.labels
+    )
     return float(evaluation.per_image[0]["psnr"])
 
 
@@ -78,8 +80,8 @@ def main() -> None:
             progress=False,
         )
         case = build_case(config)
-        update = FedSGDClient(case.model).compute_update(case.batch)
-        rec = rgap.RGAPAttack().reconstruct(update, case.model, case.knowledge)
+        update = FedSGDClient(case.server.model).compute_update(case.client.batch)
+        rec = rgap.RGAPAttack().reconstruct(update, case.server.model, case.server.knowledge)
         ranks = cast(list[tuple[int, int, int]], rec.details["ranks"])
         full = sum(rank >= unknowns for unknowns, _, rank in ranks)
         cells = [f"{_psnr(case, rec):.2f}"]
@@ -94,7 +96,9 @@ def main() -> None:
             if options:
                 attack = attack.with_options(options)
             start = time.perf_counter()
-            other = attack.reconstruct(update, case.model, case.knowledge, seed=0, progress=False)
+            other = attack.reconstruct(
+                update, case.server.model, case.server.knowledge, seed=0, progress=False
+            )
             cells.append(f"{_psnr(case, other):.2f}")
             times.append(f"{time.perf_counter() - start:.1f}")
         print(

@@ -72,8 +72,8 @@ def test_idlg_label_on_real_datasets(shared_data: Path, dataset: str, indices: t
         case = build_case(
             RunConfig(dataset=dataset, data_root=shared_data, indices=(index,), progress=False)
         )
-        update = FedSGDClient(case.model).compute_update(case.batch)
-        assert idlg_label(update, case.model).tolist() == case.batch.labels.tolist()
+        update = FedSGDClient(case.server.model).compute_update(case.client.batch)
+        assert idlg_label(update, case.server.model).tolist() == case.client.batch.labels.tolist()
 
 
 def _knowledge(batch_size: int, labels: list[int] | None) -> Knowledge:

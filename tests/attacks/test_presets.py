@@ -23,9 +23,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _attack_bundled(name: str, options: dict, index: int = 0, seed: int = 0):
     case = build_case(RunConfig(attack=name, indices=(index,), progress=False))
-    update = FedSGDClient(case.model).compute_update(case.batch)
+    update = FedSGDClient(case.server.model).compute_update(case.client.batch)
     attack = attacks.get(name).with_options(options)
-    rec = attack.reconstruct(update, case.model, case.knowledge, seed=seed, progress=False)
+    rec = attack.reconstruct(
+        update, case.server.model, case.server.knowledge, seed=seed, progress=False
+    )
     return case, rec
 
 
@@ -61,15 +63,17 @@ def test_presets_follow_the_papers() -> None:
 
 def test_dlg_recovers_a_real_cifar_image() -> None:
     case, rec = _attack_bundled("dlg", {"iterations": 60})
-    score = float(psnr(case.to_pixels(rec.images), case.to_pixels(case.batch.images)).mean())
+    score = float(
+        psnr(case.server.decode(rec.images), case.server.decode(case.client.batch.images)).mean()
+    )
     assert score >= 30.0
     assert rec.label_strategy == "optimize"
     assert rec.labels is not None
-    assert rec.labels.tolist() == case.batch.labels.tolist()  # argmax of the soft label
+    assert rec.labels.tolist() == case.client.batch.labels.tolist()  # argmax of the soft label
     assert rec.iterations <= 60
     assert rec.loss_evaluations > rec.iterations  # L-BFGS evaluates several times per step
     assert math.isfinite(rec.loss) and rec.seconds > 0
-    assert rec.images.shape == case.batch.images.shape
+    assert rec.images.shape == case.client.batch.images.shape
 
 
 @pytest.mark.parametrize("index", [1, 4])
@@ -77,7 +81,7 @@ def test_idlg_reads_the_true_label(index: int) -> None:
     case, rec = _attack_bundled("idlg", {"iterations": 1}, index=index)
     assert rec.label_strategy == "analytic"
     assert rec.labels is not None
-    assert rec.labels.tolist() == case.batch.labels.tolist()
+    assert rec.labels.tolist() == case.client.batch.labels.tolist()
 
 
 def test_inverting_gradients_restarts_keep_the_best_trial() -> None:
@@ -91,10 +95,10 @@ def test_inverting_gradients_restarts_keep_the_best_trial() -> None:
     assert rec.iterations == 50
     assert rec.label_strategy == "analytic"  # auto, batch 1, labels not granted
     assert rec.details["tv_weight"] == pytest.approx(1e-4)
-    assert rec.images.shape == case.batch.images.shape
+    assert rec.images.shape == case.client.batch.images.shape
     # Boxed: the reconstruction is a valid image in pixel space.
-    pixels = rec.images * torch.tensor(case.knowledge.std).view(3, 1, 1)
-    pixels = pixels + torch.tensor(case.knowledge.mean).view(3, 1, 1)
+    pixels = rec.images * torch.tensor(case.server.knowledge.std).view(3, 1, 1)
+    pixels = pixels + torch.tensor(case.server.knowledge.mean).view(3, 1, 1)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 
@@ -117,7 +121,7 @@ def test_batch_of_two_with_known_labels_is_scored_after_matching(tmp_path: Path)
     )
     result = run_attack(config)
     rec, metrics = result.reconstruction, result.metrics
-    true_labels = result.case.batch.labels
+    true_labels = result.case.client.batch.labels
 
     assert rec.label_strategy == "known"
     assert rec.labels is not None and rec.labels.tolist() == true_labels.tolist()
@@ -127,8 +131,8 @@ def test_batch_of_two_with_known_labels_is_scored_after_matching(tmp_path: Path)
     # Labels handed over by the threat model are not a recovery result.
     assert metrics["label_accuracy"] is None
     # PSNR is the mean of per-image PSNRs of the matched pairs.
-    recon01 = result.case.to_pixels(rec.images)[matching]
-    truth01 = result.case.to_pixels(result.case.batch.images)
+    recon01 = result.case.server.decode(rec.images)[matching]
+    truth01 = result.case.server.decode(result.case.client.batch.images)
     per_image = psnr(recon01, truth01)
     assert [row["psnr"] for row in metrics["per_image"]] == pytest.approx(per_image.tolist())
     assert metrics["psnr"] == pytest.approx(float(per_image.mean()))

@@ -31,9 +31,9 @@ def _cases(labels_known: bool) -> list[Any]:
 )
 def test_many_updates_equal_one_by_one(preset: str, options: dict, labels_known: bool) -> None:
     cases = _cases(labels_known)
-    updates = [FedSGDClient(c.model).compute_update(c.batch) for c in cases]
+    updates = [FedSGDClient(c.server.model).compute_update(c.client.batch) for c in cases]
     attack = attacks.get(preset).with_options(options)
-    model, knowledge = cases[0].model, cases[0].knowledge
+    model, knowledge = cases[0].server.model, cases[0].server.knowledge
 
     together = attack.reconstruct_many(updates, model, knowledge, seed=7, progress=False)
     alone = [attack.reconstruct(u, model, knowledge, seed=7, progress=False) for u in updates]
@@ -53,4 +53,4 @@ def test_many_updates_equal_one_by_one(preset: str, options: dict, labels_known:
 def test_no_updates_give_no_reconstructions() -> None:
     case = _cases(True)[0]
     attack = attacks.get("ig")
-    assert attack.reconstruct_many([], case.model, case.knowledge) == []
+    assert attack.reconstruct_many([], case.server.model, case.server.knowledge) == []

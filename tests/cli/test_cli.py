@@ -285,10 +285,10 @@ def test_keyboard_interrupt_writes_partial_results(
 def test_keyboard_interrupt_before_any_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def interrupted(config):  # type: ignore[no-untyped-def]
+    def interrupted(*parts):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_module, "build_case", interrupted)
+    monkeypatch.setattr(run_module, "case_from", interrupted)
     assert _cli(["attack", "--out", str(tmp_path / "run")]) == 130
     assert "interrupted before any result" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -115,7 +115,7 @@ def test_require_passes_when_granted() -> None:
 
 def _lenet_case(**config: Any) -> tuple[Any, SharedUpdate]:
     case = build_case(RunConfig(progress=False, **config))
-    return case, FedSGDClient(case.model).compute_update(case.batch)
+    return case, FedSGDClient(case.server.model).compute_update(case.client.batch)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -123,7 +123,7 @@ def test_attack_with_known_labels_refused_when_labels_not_granted() -> None:
     case, update = _lenet_case()
     attack = attacks.get("dlg").with_options({"label_strategy": "known", "iterations": 1})
     with pytest.raises(GradleakError, match="needs labels"):
-        attack.reconstruct(update, case.model, case.knowledge, progress=False)
+        attack.reconstruct(update, case.server.model, case.server.knowledge, progress=False)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -131,7 +131,7 @@ def test_analytic_labels_refused_for_batch_of_two() -> None:
     case, update = _lenet_case(batch_size=2)
     attack = attacks.get("idlg").with_options({"iterations": 1})
     with pytest.raises(GradleakError, match="needs single_sample"):
-        attack.reconstruct(update, case.model, case.knowledge, progress=False)
+        attack.reconstruct(update, case.server.model, case.server.knowledge, progress=False)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -139,7 +139,9 @@ def test_attack_refuses_an_update_of_another_kind() -> None:
     case, update = _lenet_case()
     delta = SharedUpdate(update.tensors, UpdateKind.WEIGHT_DELTA, update.metadata)
     with pytest.raises(GradleakError, match="weight_delta"):
-        attacks.get("dlg").reconstruct(delta, case.model, case.knowledge, progress=False)
+        attacks.get("dlg").reconstruct(
+            delta, case.server.model, case.server.knowledge, progress=False
+        )
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -149,7 +151,7 @@ def test_attack_validates_the_update_against_the_model() -> None:
     tensors["classifier.bias"] = torch.full_like(tensors["classifier.bias"], math.nan)
     with pytest.raises(GradleakError, match="NaN or Inf"):
         attacks.get("dlg").reconstruct(
-            SharedUpdate(tensors), case.model, case.knowledge, progress=False
+            SharedUpdate(tensors), case.server.model, case.server.knowledge, progress=False
         )
 
 
@@ -161,13 +163,13 @@ def test_attack_validates_the_update_against_the_model() -> None:
 def test_knowledge_holds_labels_only_when_granted(labels_known: bool) -> None:
     case = build_case(RunConfig(batch_size=2, labels_known=labels_known, progress=False))
     if not labels_known:
-        assert case.knowledge.labels is None
-        assert not case.knowledge.labels_known
+        assert case.server.knowledge.labels is None
+        assert not case.server.knowledge.labels_known
         return
-    assert case.knowledge.labels is not None
-    assert torch.equal(case.knowledge.labels, case.batch.labels)
+    assert case.server.knowledge.labels is not None
+    assert torch.equal(case.server.knowledge.labels, case.client.batch.labels)
     # A copy: the knowledge does not alias the client's label tensor.
-    assert case.knowledge.labels.data_ptr() != case.batch.labels.data_ptr()
+    assert case.server.knowledge.labels.data_ptr() != case.client.batch.labels.data_ptr()
 
 
 def _attacker_tensors(
@@ -212,43 +214,47 @@ def test_attack_cannot_reach_the_private_batch() -> None:
     """
     case = build_case(RunConfig(attack="idlg", indices=(0,), progress=False))
     attack = attacks.get("idlg").with_options({"iterations": 60})
-    update = FedSGDClient(case.model).compute_update(case.batch)
-    truth = case.batch.images.clone()
-    true_labels = case.batch.labels.clone()
-    model_state = {n: t.clone() for n, t in case.model.state_dict().items()}
+    update = FedSGDClient(case.server.model).compute_update(case.client.batch)
+    truth = case.client.batch.images.clone()
+    true_labels = case.client.batch.labels.clone()
+    model_state = {n: t.clone() for n, t in case.server.model.state_dict().items()}
 
-    assert case.knowledge.labels is None
-    _assert_no_private_images(_attacker_tensors(update, case.model, case.knowledge), truth)
+    assert case.server.knowledge.labels is None
+    _assert_no_private_images(
+        _attacker_tensors(update, case.server.model, case.server.knowledge), truth
+    )
 
     # Destroy the private batch in place before the attack sees anything.
-    case.batch.images.fill_(math.nan)
-    case.batch.labels.fill_(-1)
+    case.client.batch.images.fill_(math.nan)
+    case.client.batch.labels.fill_(-1)
 
-    rec = attack.reconstruct(update, case.model, case.knowledge, seed=0, progress=False)
+    rec = attack.reconstruct(
+        update, case.server.model, case.server.knowledge, seed=0, progress=False
+    )
 
-    assert torch.isnan(case.batch.images).all()  # the attack did not restore it either
+    assert torch.isnan(case.client.batch.images).all()  # the attack did not restore it either
     assert torch.isfinite(rec.images).all()
-    score = psnr(case.to_pixels(rec.images), case.to_pixels(truth))
+    score = psnr(case.server.decode(rec.images), case.server.decode(truth))
     assert float(score.mean()) >= 30.0
     assert rec.labels is not None
     assert rec.labels.tolist() == true_labels.tolist()
     # The attack did not change the server's model either.
-    for name, value in case.model.state_dict().items():
+    for name, value in case.server.model.state_dict().items():
         assert torch.equal(value, model_state[name]), name
 
 
 @pytest.mark.usefixtures("one_thread")
 def test_known_labels_come_from_the_knowledge_not_the_batch() -> None:
     case = build_case(RunConfig(batch_size=2, labels_known=True, progress=False))
-    update = FedSGDClient(case.model).compute_update(case.batch)
-    true_labels = case.batch.labels.clone()
-    case.batch.images.fill_(math.nan)
-    case.batch.labels.fill_(-1)
+    update = FedSGDClient(case.server.model).compute_update(case.client.batch)
+    true_labels = case.client.batch.labels.clone()
+    case.client.batch.images.fill_(math.nan)
+    case.client.batch.labels.fill_(-1)
 
     attack = attacks.get("ig").with_options(
         {"iterations": 3, "restarts": 1, "label_strategy": "known"}
     )
-    rec = attack.reconstruct(update, case.model, case.knowledge, progress=False)
+    rec = attack.reconstruct(update, case.server.model, case.server.knowledge, progress=False)
 
     assert rec.label_strategy == "known"
     assert rec.labels is not None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
-from gradleak.defenses import PruneScope, Pruning, parse_defense
+from gradleak.defenses import PruneScope, Pruning, TopK, parse_defense, pruning, sparsify
+from gradleak.defenses.pruning import MagnitudeMask, parse_magnitude_mask
 
 GEN = torch.Generator().manual_seed(0)  # pruning draws nothing; the interface takes one
 
@@ -104,3 +106,30 @@ def test_keeps_dtype_and_shape_and_zero_fraction_is_identity(update: SharedUpdat
     for name, before in doubled.tensors.items():
         assert out.tensors[name].dtype == torch.float64
         assert torch.equal(out.tensors[name], before)
+
+
+@pytest.mark.parametrize(
+    ("defense", "usage", "fraction_range"),
+    [(Pruning, pruning.USAGE, pruning.FRACTION_RANGE), (TopK, sparsify.USAGE, "in (0, 1]")],
+)
+def test_parse_magnitude_mask_builds_either_defense(
+    defense: type[MagnitudeMask], usage: str, fraction_range: str
+) -> None:
+    def parse(args: list[str]) -> MagnitudeMask:
+        return parse_magnitude_mask(defense, args, usage, fraction_range)
+
+    assert parse(["0.25"]) == defense(0.25, PruneScope.LAYER)
+    assert parse([" 0.5 ", " GLOBAL "]) == defense(0.5, PruneScope.GLOBAL)
+    assert type(parse(["0.5"])) is defense
+    name = defense.name
+    with pytest.raises(GradleakError) as info:
+        parse([])
+    assert str(info.value) == (
+        f"defense {name!r} takes 1 to 2 argument(s), got 0 in {name!r}; spell it {usage}"
+    )
+    with pytest.raises(GradleakError) as info:
+        parse(["half"])
+    assert str(info.value) == f"{name} fraction must be {fraction_range}, got 'half'"
+    with pytest.raises(GradleakError) as info:
+        parse(["0.5", "row"])
+    assert str(info.value) == f"unknown {name} scope 'row'; choose one of: layer, global"

@@ -7,7 +7,7 @@ from torch import nn
 
 from gradleak.core.errors import GradleakError
 from gradleak.models import build_model
-from gradleak.models.resnet import BasicBlock, ResNet
+from gradleak.models.resnet import BasicBlock, ResNet, basic_stages
 
 from .functional import autograd_matching_grad, gradient_matching_grads, param_grads
 
@@ -89,3 +89,49 @@ def test_resnet_refuses_images_too_small_for_batch_norm() -> None:
         1,
         10,
     )
+
+
+def test_basic_stages_widths_strides_and_shortcuts() -> None:
+    stages = basic_stages(3, [4, 8], [1, 2], [2, 3])
+    assert [len(stage) for stage in stages] == [2, 3]
+    expected = [  # (in, out, stride, projection shortcut) per block
+        [(3, 4, 1, True), (4, 4, 1, False)],
+        [(4, 8, 2, True), (8, 8, 1, False), (8, 8, 1, False)],
+    ]
+    for stage, blocks in zip(stages, expected, strict=True):
+        assert isinstance(stage, nn.Sequential)
+        for block, (cin, cout, stride, projection) in zip(stage, blocks, strict=True):
+            assert isinstance(block, BasicBlock)
+            assert (block.conv1.in_channels, block.conv2.out_channels) == (cin, cout)
+            assert block.conv1.stride == (stride, stride)
+            assert block.conv2.stride == (1, 1)
+            assert isinstance(block.shortcut, nn.Identity) is not projection
+
+
+def test_basic_stages_draw_the_weights_block_after_block() -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        stages = nn.Sequential(*basic_stages(2, [3, 6], [1, 2], [2, 1]))
+        torch.manual_seed(5)
+        by_hand = nn.Sequential(
+            nn.Sequential(BasicBlock(2, 3, 1), BasicBlock(3, 3, 1)),
+            nn.Sequential(BasicBlock(3, 6, 2)),
+        )
+    assert stages.state_dict().keys() == by_hand.state_dict().keys()
+    for name, tensor in by_hand.state_dict().items():
+        assert torch.equal(stages.state_dict()[name], tensor)
+
+
+def test_basic_stages_need_one_entry_per_stage() -> None:
+    with pytest.raises(ValueError):
+        basic_stages(3, [4, 8], [1], [2, 2])
+
+
+def test_resnet_class_is_what_the_registry_builds() -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        direct = ResNet(10, 1, (16, 16), depth=32, width_factor=2)
+    built = build_model("resnet32-2", num_classes=10, in_channels=1, image_size=(16, 16), seed=0)
+    assert direct.state_dict().keys() == built.state_dict().keys()
+    for name, tensor in built.state_dict().items():
+        assert torch.equal(direct.state_dict()[name], tensor)

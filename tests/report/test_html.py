@@ -17,6 +17,7 @@ from PIL import Image
 
 from gradleak.core.errors import GradleakError
 from gradleak.metrics import CONVENTION
+from gradleak.modalities import get_modality
 from gradleak.report.html import fmt, write_report, write_run_report, write_sweep_report
 from gradleak.report.plots import axis_plot_png, loss_curve_png, quality_curves_png
 from gradleak.scenario import RunConfig, run_attack
@@ -24,6 +25,8 @@ from gradleak.scenario.snapshots import SnapshotRecorder
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VOID = {"img", "meta", "br", "hr", "link", "input"}
+
+IMAGE_MODALITY = get_modality("image")
 
 
 class Page(HTMLParser):
@@ -123,12 +126,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
     result = run_attack(
         RunConfig(attack="dlg", out=out, progress=False, attack_options={"iterations": 5})
     )
-    final = result.case.to_pixels(result.reconstruction.images)
+    final = result.case.server.decode(result.reconstruction.images)
     recorder = SnapshotRecorder([0, 2, 4])
     for iteration in range(1, result.reconstruction.iterations + 1):
         recorder.observe(iteration, final * iteration / 5)
     recorder.observe_final(result.reconstruction.iterations, final)
-    recorder.save(out)
+    recorder.save(out, IMAGE_MODALITY)
     return out
 
 

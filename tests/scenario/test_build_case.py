@@ -30,39 +30,41 @@ def _expected_batch(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
 def test_bundled_batch(indices: tuple[int, ...], batch_size: int, expected: list[int]) -> None:
     case = build_case(RunConfig(indices=indices, batch_size=batch_size, progress=False))
     images, labels = _expected_batch(expected)
-    torch.testing.assert_close(case.batch.images, images)
-    assert case.batch.labels.tolist() == labels.tolist()
+    torch.testing.assert_close(case.client.batch.images, images)
+    assert case.client.batch.labels.tolist() == labels.tolist()
     spec = get_dataset_spec("cifar10")
-    k = case.knowledge
+    k = case.server.knowledge
     assert (k.data_shape, k.num_classes, k.batch_size) == ((3, 32, 32), 10, batch_size)
     assert (k.mean, k.std, k.dataset) == (spec.mean, spec.std, "cifar10")
     assert k.labels is None
-    assert len(case.class_names) == 10
-    assert "bundled" in case.source
+    assert len(case.client.class_names) == 10
+    assert "bundled" in case.client.source
     # to_pixels undoes the normalisation.
     source = load_bundled_cifar10()
-    torch.testing.assert_close(case.to_pixels(case.batch.images)[0], source[expected[0]][0])
+    torch.testing.assert_close(
+        case.server.decode(case.client.batch.images)[0], source[expected[0]][0]
+    )
 
 
 def test_bundled_images_are_the_cifar10_test_images(shared_data: Path) -> None:
     bundled = build_case(RunConfig(indices=(0,), batch_size=8, progress=False))
     real = build_case(RunConfig(data_root=shared_data, indices=(0,), batch_size=8, progress=False))
-    assert torch.equal(bundled.batch.images, real.batch.images)
-    assert torch.equal(bundled.batch.labels, real.batch.labels)
-    assert bundled.class_names == real.class_names
+    assert torch.equal(bundled.client.batch.images, real.client.batch.images)
+    assert torch.equal(bundled.client.batch.labels, real.client.batch.labels)
+    assert bundled.client.class_names == real.client.class_names
 
 
 def test_mnist_case_has_one_channel(shared_data: Path) -> None:
     case = build_case(RunConfig(dataset="mnist", data_root=shared_data, progress=False))
-    assert case.batch.images.shape == (1, 1, 28, 28)
-    assert case.knowledge.data_shape == (1, 28, 28)
-    assert case.model(case.batch.images).shape == (1, 10)
+    assert case.client.batch.images.shape == (1, 1, 28, 28)
+    assert case.server.knowledge.data_shape == (1, 28, 28)
+    assert case.server.model(case.client.batch.images).shape == (1, 10)
 
 
 def test_model_is_seeded() -> None:
-    a = build_case(RunConfig(seed=3, progress=False)).model.state_dict()
-    b = build_case(RunConfig(seed=3, progress=False)).model.state_dict()
-    c = build_case(RunConfig(seed=4, progress=False)).model.state_dict()
+    a = build_case(RunConfig(seed=3, progress=False)).server.model.state_dict()
+    b = build_case(RunConfig(seed=3, progress=False)).server.model.state_dict()
+    c = build_case(RunConfig(seed=4, progress=False)).server.model.state_dict()
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert not all(torch.equal(a[n], c[n]) for n in a)
 
@@ -71,19 +73,19 @@ def test_single_image_file(tmp_path: Path) -> None:
     path = tmp_path / "photo.png"
     Image.new("RGB", (48, 40), (255, 0, 0)).save(path)
     case = build_case(RunConfig(image=path, label=7, progress=False))
-    assert case.batch.images.shape == (1, 3, 32, 32)
-    assert case.batch.labels.tolist() == [7]
-    pixels = case.to_pixels(case.batch.images)[0]
+    assert case.client.batch.images.shape == (1, 3, 32, 32)
+    assert case.client.batch.labels.tolist() == [7]
+    pixels = case.server.decode(case.client.batch.images)[0]
     torch.testing.assert_close(pixels[:, 5, 5], torch.tensor([1.0, 0.0, 0.0]))
-    assert case.knowledge.num_classes == 10
+    assert case.server.knowledge.num_classes == 10
 
 
 def test_single_image_with_more_classes(tmp_path: Path) -> None:
     path = tmp_path / "photo.png"
     Image.new("RGB", (32, 32), (0, 0, 255)).save(path)
     case = build_case(RunConfig(image=path, label=50, num_classes=100, progress=False))
-    assert case.knowledge.num_classes == 100
-    assert case.model(case.batch.images).shape == (1, 100)
+    assert case.server.knowledge.num_classes == 100
+    assert case.server.model(case.client.batch.images).shape == (1, 100)
 
 
 @pytest.mark.parametrize(

@@ -17,21 +17,26 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_attacker_knows_the_local_training_unless_it_guesses() -> None:
     config = RunConfig(protocol="fedavg", local_steps=5, local_lr=0.1)
-    assert config.attacker_local_training() == (LocalTraining(lr=0.1, steps=5), False)
+    assert config.protocol_settings().attacker_belief(config.grants(), config.batch_size) == (
+        LocalTraining(lr=0.1, steps=5),
+        False,
+    )
     guessed = RunConfig(protocol="fedavg", local_steps=5, local_lr=0.1, guess_local_steps=1)
-    local, is_guess = guessed.attacker_local_training()
+    local, is_guess = guessed.protocol_settings().attacker_belief(guessed.grants(), 1)
     assert is_guess and local == LocalTraining(lr=0.1, steps=1)
-    knowledge = build_case(guessed).knowledge
+    knowledge = build_case(guessed).server.knowledge
     assert knowledge.local_training_guessed
     assert knowledge.describe()["local_training"]["steps"] == 1
     epochs = RunConfig(protocol="fedadmm", local_steps=5, guess_local_epochs=2)
-    assert epochs.attacker_local_training()[0] == LocalTraining(lr=0.01, epochs=2)
+    assert epochs.protocol_settings().attacker_belief(epochs.grants(), 1)[0] == LocalTraining(
+        lr=0.01, epochs=2
+    )
 
 
 def test_users_share_the_images_and_the_attacker_reconstructs_all_of_them() -> None:
     case = build_case(RunConfig(users=3, batch_size=2, indices=(1,)))
-    assert case.batch.labels.shape == (6,)
-    assert case.knowledge.batch_size == 6 and case.knowledge.num_users == 3
+    assert case.client.batch.labels.shape == (6,)
+    assert case.server.knowledge.batch_size == 6 and case.server.knowledge.num_users == 3
 
 
 @pytest.mark.parametrize(

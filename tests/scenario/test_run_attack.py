@@ -51,14 +51,14 @@ def test_metrics_json(run: RunResult) -> None:
     assert (metrics["attack"], metrics["model"], metrics["dataset"]) == ("dlg", "lenet", "cifar10")
 
     rec, case = run.reconstruction, run.case
-    recon01, truth01 = case.to_pixels(rec.images), case.to_pixels(case.batch.images)
+    recon01, truth01 = case.server.decode(rec.images), case.server.decode(case.client.batch.images)
     assert metrics["psnr"] == pytest.approx(float(psnr(recon01, truth01).mean()))
     assert metrics["mse"] == pytest.approx(float(mse(recon01, truth01).mean()))
     assert metrics["ssim"] == pytest.approx(float(ssim(recon01, truth01).mean()))
     assert metrics["psnr"] == pytest.approx(10 * math.log10(1 / metrics["mse"]))
     assert rec.labels is not None
     assert metrics["recovered_labels"] == rec.labels.tolist()
-    assert metrics["true_labels"] == case.batch.labels.tolist() == [3]
+    assert metrics["true_labels"] == case.client.batch.labels.tolist() == [3]
     assert metrics["label_accuracy"] == float(rec.labels.tolist() == [3])
     assert metrics["iterations"] == rec.iterations
     assert 0 < metrics["iterations"] <= 20
@@ -75,15 +75,15 @@ def test_metrics_json(run: RunResult) -> None:
 def test_reconstruction_png_shows_the_reconstruction(run: RunResult) -> None:
     pixels = _png(run.out_dir / "reconstruction.png")
     assert pixels.shape == (TILE, TILE, 3)
-    expected = _hwc(run.case.to_pixels(run.reconstruction.images))
+    expected = _hwc(run.case.server.decode(run.reconstruction.images))
     np.testing.assert_allclose(pixels[::4, ::4], expected, atol=0.5 / 255 + 1e-6)
 
 
 def test_grid_has_truth_above_reconstruction(run: RunResult) -> None:
     pixels = _png(run.out_dir / "grid.png")
     assert pixels.shape == (2 * TILE + GAP, TILE, 3)
-    truth = _hwc(run.case.to_pixels(run.case.batch.images))
-    recon = _hwc(run.case.to_pixels(run.reconstruction.images))
+    truth = _hwc(run.case.server.decode(run.case.client.batch.images))
+    recon = _hwc(run.case.server.decode(run.reconstruction.images))
     np.testing.assert_allclose(pixels[:TILE:4, ::4], truth, atol=0.5 / 255 + 1e-6)
     np.testing.assert_allclose(pixels[TILE + GAP :: 4, ::4], recon, atol=0.5 / 255 + 1e-6)
 
@@ -125,13 +125,13 @@ def test_config_yaml_records_the_resolved_settings(run: RunResult, tmp_path: Pat
 def test_psnr_observer_scores_the_best_trial(run: RunResult) -> None:
     case = run.case
     observe = psnr_observer(case)
-    truth = case.batch.images
+    truth = case.client.batch.images
     noisy = truth + 0.5 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
     trials = torch.stack([noisy, truth])  # K=2: the second trial is exact
     row = observe(0, torch.tensor([1.0, 0.0]), trials)
     assert row["psnr"] == pytest.approx(100.0)  # capped PSNR of an exact image
     row = observe(0, torch.tensor([0.0, 1.0]), trials)
-    expected = float(psnr(case.to_pixels(noisy), case.to_pixels(truth)).mean())
+    expected = float(psnr(case.server.decode(noisy), case.server.decode(truth)).mean())
     assert row["psnr"] == pytest.approx(expected)
 
 

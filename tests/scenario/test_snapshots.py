@@ -12,8 +12,11 @@ from gradleak import attacks
 from gradleak.attacks.engine.trials import best_trial
 from gradleak.core.errors import GradleakError
 from gradleak.fl import FedSGDClient
+from gradleak.modalities import get_modality
 from gradleak.scenario import RunConfig, build_case
 from gradleak.scenario.snapshots import SnapshotRecorder, default_snapshot_iterations
+
+IMAGES = get_modality("image")
 
 
 def _pixels(value: float, batch: int = 1) -> torch.Tensor:
@@ -79,7 +82,7 @@ def test_save_writes_strips_and_index(tmp_path) -> None:
     nan_pixels = torch.rand(2, 3, 32, 32)
     nan_pixels[0, 0, 0, 0] = float("nan")  # a diverged iterate still gets a picture
     recorder.observe_final(15, nan_pixels)
-    index = recorder.save(tmp_path / "run")
+    index = recorder.save(tmp_path / "run", IMAGES)
 
     expected = [
         {"iteration": 2, "file": "snapshots/iter_000002.png"},
@@ -96,7 +99,7 @@ def test_save_writes_strips_and_index(tmp_path) -> None:
 
 
 def test_save_with_nothing_recorded_writes_an_empty_index(tmp_path) -> None:
-    SnapshotRecorder([0]).save(tmp_path)
+    SnapshotRecorder([0]).save(tmp_path, IMAGES)
     assert json.loads((tmp_path / "snapshots.json").read_text()) == []
 
 
@@ -118,21 +121,23 @@ def test_bad_pixels(pixels) -> None:
 def test_recorder_hooked_into_a_real_attack(tmp_path, one_thread) -> None:
     case = build_case(RunConfig(progress=False))
     attack = attacks.get("dlg").with_options({"iterations": 6})
-    update = FedSGDClient(case.model).compute_update(case.batch)
+    update = FedSGDClient(case.server.model).compute_update(case.client.batch)
     recorder = SnapshotRecorder(default_snapshot_iterations(6))
 
     def observe(iteration, losses, images):
         if recorder.wants(iteration):
-            recorder.observe(iteration, case.to_pixels(images[best_trial(losses)]))
+            recorder.observe(iteration, case.server.decode(images[best_trial(losses)]))
         return {}
 
-    rec = attack.reconstruct(update, case.model, case.knowledge, observer=observe, progress=False)
-    recorder.observe_final(rec.iterations, case.to_pixels(rec.images))
+    rec = attack.reconstruct(
+        update, case.server.model, case.server.knowledge, observer=observe, progress=False
+    )
+    recorder.observe_final(rec.iterations, case.server.decode(rec.images))
     logged = {row["iteration"] for row in rec.history}
     assert set(recorder.snapshots) <= logged | {rec.iterations}
     assert max(recorder.snapshots) == rec.iterations == recorder.final_iteration
     assert len(recorder.snapshots) >= 3
-    index = recorder.save(tmp_path)
+    index = recorder.save(tmp_path, IMAGES)
     assert all((tmp_path / entry["file"]).is_file() for entry in index)
 
 

@@ -191,7 +191,7 @@ def test_snapshots_hold_the_truth_and_the_scored_reconstruction(compared: Path) 
     case = build_case(config.validate())
     run_dir = compared / Cell(BUNDLED, 0, DEFAULT_RUNS[2]).path
     snapshots, truth = load_snapshots(run_dir / "snapshots.pt")
-    torch.testing.assert_close(truth, case.to_pixels(case.batch.images))
+    torch.testing.assert_close(truth, case.server.decode(case.client.batch.images))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     last = metrics["iterations"]
     assert sorted(snapshots) == sorted({i for i in (1, 2) if i <= last} | {last})

@@ -18,7 +18,7 @@ from gradleak.cli.simulate import add_simulate
 from gradleak.core import PrivateBatch
 from gradleak.core.errors import GradleakError
 from gradleak.fl import FedAvgClient, FedSGDClient, LocalTraining, split_users
-from gradleak.fl.topology import build_topology, gossip
+from gradleak.fl.topology import build_topology, mix
 from gradleak.metrics import psnr
 from gradleak.scenario import Case, RunConfig, build_case
 from gradleak.studies.peers import (
@@ -45,7 +45,7 @@ def _config(**changes: object) -> DecentralizedConfig:
 def _own_image(index: int) -> tuple[torch.nn.Module, PrivateBatch]:
     """Ground truth built apart from the simulation: the initial model and image `index`."""
     case = build_case(RunConfig(indices=(index,)))
-    return case.model, case.batch
+    return case.server.model, case.client.batch
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,8 @@ def test_peers_attack_exactly_their_neighbours(result: DecentralizedResult) -> N
 def test_psnr_is_scored_against_the_victims_own_image(result: DecentralizedResult) -> None:
     for (_, victim), pair in result.pairs.items():
         _, truth = _own_image(START + victim)
-        recon01 = result.case.to_pixels(pair.reconstruction.images)
-        expected = float(psnr(recon01, result.case.to_pixels(truth.images)).mean())
+        recon01 = result.case.server.decode(pair.reconstruction.images)
+        expected = float(psnr(recon01, result.case.server.decode(truth.images)).mean())
         assert pair.evaluation.psnr == pytest.approx(expected)
 
 
@@ -163,13 +163,15 @@ def test_attacker_sees_only_the_update_its_model_view_and_grants(
 
 def _two_rounds(topology: str, protocol: str) -> tuple[Case, list[PrivateBatch], Simulation]:
     case = build_case(RunConfig(indices=(0,), users=4))
-    batches = split_users(case.batch, 4)
+    batches = split_users(case.client.batch, 4)
     graph = build_topology(topology, 4)
     weights = graph.mixing_matrix()
     local = LocalTraining(lr=0.1, steps=2) if protocol == "fedavg" else None
     settings = _config(run=RunConfig(protocol=protocol)).protocol_settings()
     settings = replace(settings, local=local)
-    sim = simulate_peers(case.model, batches, graph, weights, settings, rounds=2, sgd_lr=0.05)
+    sim = simulate_peers(
+        case.server.model, batches, graph, weights, settings, rounds=2, sgd_lr=0.05
+    )
     return case, batches, sim
 
 
@@ -177,19 +179,19 @@ def _two_rounds(topology: str, protocol: str) -> tuple[Case, list[PrivateBatch],
 def test_second_round_updates_follow_step_and_gossip_by_hand(protocol: str) -> None:
     case, batches, sim = _two_rounds("ring", protocol)
     local = LocalTraining(lr=0.1, steps=2)
-    params = dict(case.model.named_parameters())
+    params = dict(case.server.model.named_parameters())
 
     def client(model: torch.nn.Module) -> FedSGDClient | FedAvgClient:
         return FedSGDClient(model) if protocol == "fedsgd" else FedAvgClient(model, local)
 
     half = []
     for batch in batches:
-        update = client(case.model).compute_update(batch)
+        update = client(case.server.model).compute_update(batch)
         step = -0.05 if protocol == "fedsgd" else 1.0
         half.append({n: p.detach() + step * update.tensors[n] for n, p in params.items()})
     for peer, batch in enumerate(batches):
         left, right = (peer - 1) % 4, (peer + 1) % 4
-        model = build_case(RunConfig(indices=(0,))).model
+        model = build_case(RunConfig(indices=(0,))).server.model
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_((half[left][n] + half[peer][n] + half[right][n]) / 3)
@@ -213,7 +215,7 @@ def test_later_rounds_ring_view_is_stale_full_view_is_exact() -> None:
     assert how == "recomputed"
     for name, tensor in sim.models[1][0].items():
         assert torch.equal(state[name], tensor)
-    consensus = gossip([m.model for m in sim.messages[0]], full.mixing_matrix())[0]
+    consensus = mix(dict(enumerate(m.model for m in sim.messages[0])), full.mixing_matrix()[0], 0)
     assert all(torch.equal(state[n], consensus[n]) for n in state)
 
 
@@ -245,8 +247,8 @@ def test_bad_settings_are_one_line_errors(changes: dict[str, object], message: s
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = cli._Parser(prog="gradleak")
-    add_simulate(parser.add_subparsers(dest="command", parser_class=cli._Parser))
+    parser = cli.Parser(prog="gradleak")
+    add_simulate(parser.add_subparsers(dest="command", parser_class=cli.Parser))
     return parser
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import gradleak.studies.tradeoff as tradeoff_module
 from gradleak.core.errors import GradleakError
-from gradleak.studies.tradeoff import read_tradeoff, run_tradeoff
+from gradleak.studies.tradeoff import read_tradeoff, run_tradeoff, tradeoff_rows
 from gradleak.training.utility import UtilityConfig, train_with_defenses
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,6 +64,33 @@ def test_tradeoff_table_has_attack_quality_beside_utility(
     monkeypatch.setattr(tradeoff_module, "train_with_defenses", train_with_defenses)
     repaired, _ = run_tradeoff(spec, out, progress=False, threads=1)
     assert repaired == rows
+
+
+def test_tradeoff_rows_by_hand_defense_by_defense_in_the_order_trained() -> None:
+    cells = [
+        {"attack": "idlg", "defense": "prune:0.5", "psnr": 30.0, "label_accuracy": 1.0},
+        {"attack": "dlg", "defense": "none", "psnr": 10.0, "label_accuracy": None},
+        {"attack": "idlg", "defense": "none", "psnr": 26.0, "label_accuracy": 0.5},
+        {"attack": "dlg", "defense": "none", "psnr": 30.0, "label_accuracy": 1.0},
+        {"attack": "idlg", "defense": "none", "psnr": None, "label_accuracy": 1.0},
+        {"attack": "dlg", "defense": "noise:0.1", "psnr": 5.0, "label_accuracy": 0.0},
+    ]
+    utility = {
+        (): {"accuracy": 0.9, "epsilon": None},
+        ("prune:0.5",): {"accuracy": 0.8, "epsilon": 2.0},
+    }
+    rows = tradeoff_rows(cells, utility, 25.0)
+    assert rows == [
+        {"attack": "dlg", "defense": "none", "images": 2, "psnr_median": 20.0,
+         "psnr_mean": 20.0, "recovered": 0.5, "label_accuracy": 1.0, "test_accuracy": 0.9,
+         "epsilon": None},
+        {"attack": "idlg", "defense": "none", "images": 2, "psnr_median": 26.0,
+         "psnr_mean": 26.0, "recovered": 0.5, "label_accuracy": 0.75, "test_accuracy": 0.9,
+         "epsilon": None},
+        {"attack": "idlg", "defense": "prune:0.5", "images": 1, "psnr_median": 30.0,
+         "psnr_mean": 30.0, "recovered": 1.0, "label_accuracy": 1.0, "test_accuracy": 0.8,
+         "epsilon": 2.0},
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,8 @@ from torch.nn import functional as F
 
 from gradleak.cli import app as cli
 from gradleak.core.errors import GradleakError
-from gradleak.data import load_dataset, normalize
+from gradleak.data import PHOTO_STATS, load_dataset, normalize
 from gradleak.models import build_model, load_checkpoint, read_checkpoint_metadata
-from gradleak.scenario.case import PHOTO_STATS
 from gradleak.training.trainer import TrainConfig, epoch_checkpoint_path, history_path, train_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""The `gradleak compare` subcommand: several attacks on the same images of several datasets."""
+"""The `gradleak compare` command: several attacks on the same images of several datasets."""
 
 from __future__ import annotations
 
@@ -7,35 +7,30 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradleak.core.errors import GradleakError
+from gradleak.cli import flags
+from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
+from gradleak.cli.overrides import ATTACK_OPTIONS, given
+from gradleak.cli.values import IntList
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from gradleak.studies.compare import Cell
+    from gradleak.studies.compare import Cell, CompareSpec
 
-EXIT_INTERRUPTED = 130
 DEFAULT_OUT = Path("bench") / "compare"
 
-
-def parse_iterations(text: str) -> tuple[int, ...]:
-    """'1,10,30' → (1, 10, 30): the snapshot iterations, sorted and unique."""
-    try:
-        values = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of iterations, e.g. 1,10,30,100,300"
-        ) from None
-    if not values or values[0] < 0:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give non-negative iterations, e.g. 1,10,30,100,300"
-        )
-    return tuple(values)
-
+# The iterations a snapshot grid shows, sorted and unique.
+parse_iterations = IntList(
+    noun="iterations",
+    example="1,10,30,100,300",
+    invalid="{text}: give non-negative iterations, e.g. {example}",
+    minimum=0,
+    sort_unique=True,
+)
 
 # Flags that become RunConfig settings shared by every run (local-training ones reach only
-# the runs whose protocol trains locally).
-_SETTING_FLAGS = (
+# the runs whose protocol trains locally), in the order the summary lists them.
+_SETTINGS = (
     "model",
     "seed",
     "batch_size",
@@ -47,11 +42,10 @@ _SETTING_FLAGS = (
     "rounds",
     "guess_local_lr",
 )
-_ATTACK_FLAGS = ("iterations",)
 
 
-def add_compare(commands: argparse._SubParsersAction) -> None:
-    """Register `gradleak compare` on the command's subparsers."""
+def add_compare(commands: flags.Commands) -> None:
+    """Register `gradleak compare` on the subcommands of `gradleak`."""
     p = commands.add_parser(
         "compare",
         help="several attacks (default DLG, iDLG, DLG-ADMM, iDLG-ADMM) on the same images "
@@ -82,13 +76,9 @@ def add_compare(commands: argparse._SubParsersAction) -> None:
         help="repeatable: a dataset (cifar10, cifar100, mnist, folder) and its files, e.g. "
         "mnist=/data/mnist or folder=/data/lfw (an image folder is named after its folder)",
     )
-    p.add_argument(
-        "--index",
-        dest="indices",
-        type=int,
-        nargs="+",
+    flags.INDICES.add(
+        p,
         default=[0],
-        metavar="I",
         help="images attacked, the same indices in every dataset; one run per image (default 0)",
     )
     p.add_argument(
@@ -98,33 +88,41 @@ def add_compare(commands: argparse._SubParsersAction) -> None:
         help="iterations shown in the grid (default 1,10,30,100,300; L-BFGS attacks are "
         "first observed after step 1; a run that stops earlier shows its final state)",
     )
-    p.add_argument("--model", metavar="NAME", help="model of every run (default lenet)")
-    p.add_argument("--seed", type=int, metavar="S", help="model init and attack start (0)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="private batch size (1)")
-    p.add_argument("--image-size", type=int, metavar="N", help="side of folder images (32)")
-    p.add_argument("--model-mode", choices=("train", "eval"), help="client batch-norm mode")
-    p.add_argument("--iterations", type=int, metavar="N", help="attack steps (presets' default)")
+    flags.MODEL.add(p, help="model of every run (default lenet)")
+    flags.SEED.add(p, help="model init and attack start (0)")
+    flags.BATCH_SIZE.add(p, help="private batch size (1)")
+    flags.IMAGE_SIZE.add(p, help="side of folder images (32)")
+    flags.MODEL_MODE.add(p, help="client batch-norm mode")
+    flags.ITERATIONS.add(p, help="attack steps (presets' default)")
     g = p.add_argument_group(
         "local training", "for runs whose protocol trains locally (fedavg, fedadmm) only"
     )
-    g.add_argument("--local-steps", type=int, metavar="S", help="local SGD steps (1)")
-    g.add_argument("--local-lr", type=float, metavar="LR", help="local learning rate η (0.01)")
-    g.add_argument("--admm-rho", type=float, metavar="RHO", help="FedADMM penalty ρ (1.0)")
-    g.add_argument("--rounds", type=int, metavar="R", help="attack round R's update (1)")
-    g.add_argument(
-        "--guess-local-lr",
-        type=float,
-        metavar="LR",
-        help="threat model: the η the attacker believes (default: the true one)",
+    flags.add_protocol_flags(g, only=("--local-steps", "--local-lr", "--admm-rho", "--rounds"))
+    flags.add_guess_flags(
+        g,
+        only=("--guess-local-lr",),
+        helps={
+            "--guess-local-lr": "threat model: the η the attacker believes (default: the true one)"
+        },
     )
-    p.add_argument("--out", type=Path, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.set_defaults(handler=run_compare_command)
+    flags.OUT.add(p, help=f"output folder (default {DEFAULT_OUT})")
+    flags.THREADS.add(p)
+    flags.NO_PROGRESS.add(p, help="hide the progress bars")
+    p.set_defaults(handler=handle)
 
 
-def spec_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]  # noqa: ANN201
-    """The CompareSpec the flags describe."""
+def spec_from_args(args: argparse.Namespace) -> CompareSpec:
+    """The comparison the flags describe (not yet checked).
+
+    Args:
+        args: the parsed flags of `gradleak compare`.
+
+    Returns:
+        The spec: default runs and snapshots where the flags give none.
+
+    Raises:
+        GradleakError: a --runs or --dataset entry that cannot be read.
+    """
     from gradleak.studies.compare import (
         DEFAULT_RUNS,
         DEFAULT_SNAPSHOTS,
@@ -133,29 +131,32 @@ def spec_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]  #
         parse_dataset,
     )
 
-    settings = {k: getattr(args, k) for k in _SETTING_FLAGS if getattr(args, k) is not None}
-    options = {k: getattr(args, k) for k in _ATTACK_FLAGS if getattr(args, k) is not None}
     runs = DEFAULT_RUNS if args.runs is None else tuple(parse_attack_run(r) for r in args.runs)
     return CompareSpec(
         datasets=tuple(parse_dataset(d) for d in args.datasets),
         runs=runs,
         indices=tuple(args.indices),
         snapshots=args.snapshots or DEFAULT_SNAPSHOTS,
-        settings=settings,
-        attack_options=options,
+        settings=given(args, _SETTINGS),
+        attack_options=given(args, ATTACK_OPTIONS),
     )
 
 
-def run_compare_command(args: argparse.Namespace) -> int:
-    """Run the comparison the flags describe; one line per run, then the summary table."""
-    import torch  # heavy imports only when running
+def handle(args: argparse.Namespace) -> int:
+    """Run the comparison the flags describe; one line per run, then the summary table.
 
-    from gradleak.studies.compare import run_compare
+    Args:
+        args: the parsed flags of `gradleak compare`.
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise GradleakError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    Returns:
+        0, or 130 after Ctrl-C once the figures of the finished runs are drawn.
+
+    Raises:
+        GradleakError: bad runs, datasets, images, settings or --threads.
+    """
+    from gradleak.studies.compare import run_compare  # heavy imports only when running
+
+    flags.apply_threads(args.threads)
     spec = spec_from_args(args)
     spec.check()  # bad input is one line before the count of runs is announced
     out = args.out or DEFAULT_OUT
@@ -185,7 +186,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    return 0
+    return EXIT_OK
 
 
 def _line(cell: Cell, metrics: Mapping[str, Any]) -> str:

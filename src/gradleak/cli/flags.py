@@ -1,44 +1,242 @@
-"""Flags several commands share, declared once so their spelling and help agree."""
+"""Flags several commands share, declared once so their spelling, parsing and help agree.
+
+A command declares a shared flag with `FLAG.add(parser)`, adapting only what its context
+changes (a help worded for the command, a default, `required`); the groups of flags that
+travel together have one `add_*_flags` function each. `apply_threads` is the one place
+that acts on --threads.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES
+from gradleak.core.errors import GradleakError
+from gradleak.fl.protocols import DEFAULT_LOCAL_LR
 from gradleak.models import available_models
-from gradleak.scenario.config import DATASET_CHOICES
+from gradleak.scenario.config import DATASET_CHOICES, MODEL_MODES, PROTOCOLS, SPLITS
 
 LABEL_STRATEGY_CHOICES = (AUTO, *LABEL_STRATEGIES)
 
 # argparse groups and parsers both have add_argument.
 Flags = argparse.ArgumentParser | argparse._ArgumentGroup
+# What `add_parser` is called on: the subcommands of `gradleak`.
+Commands = argparse._SubParsersAction
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flag: its spelling and the add_argument options every command gives it.
+
+    Attributes:
+        name: the spelling, e.g. '--model'.
+        options: add_argument keywords (type, metavar, choices, dest, usual help, ...).
+    """
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def help(self) -> str:
+        """The usual help, for a command that adds to it."""
+        return str(self.options.get("help", ""))
+
+    def add(self, p: Flags, **changes: Any) -> None:
+        """Declare the flag on a parser or argument group.
+
+        Args:
+            p: the parser or group.
+            **changes: add_argument keywords that replace the usual ones for this command.
+        """
+        p.add_argument(self.name, **{**self.options, **changes})
+
+
+def _flag(name: str, **options: Any) -> Flag:
+    return Flag(name, options)
+
+
+def add_flags(
+    p: Flags,
+    flags: Sequence[Flag],
+    *,
+    only: Collection[str] | None = None,
+    changes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Declare several flags, in the order of `flags`.
+
+    Args:
+        p: the parser or group.
+        flags: the flags, in the order their help lists them.
+        only: the spellings this command offers (default: all of `flags`).
+        changes: add_argument keywords that replace the usual ones, by spelling.
+
+    Raises:
+        ValueError: `only` or `changes` names a flag that is not in `flags`.
+    """
+    names = {flag.name for flag in flags}
+    unknown = (set(only or ()) | set(changes or {})) - names
+    if unknown:
+        raise ValueError(f"not among these flags: {', '.join(sorted(unknown))}")
+    for flag in flags:
+        if only is None or flag.name in only:
+            flag.add(p, **(changes or {}).get(flag.name, {}))
+
+
+# --- model and data ---------------------------------------------------------------------------
+
+MODEL = _flag("--model", metavar="NAME", help=f"model: {', '.join(available_models())}")
+DATASET = _flag("--dataset", choices=DATASET_CHOICES, help="dataset (default cifar10)")
+DATA_ROOT = _flag("--data-root", type=Path, metavar="DIR", help="folder with the dataset files")
+SPLIT = _flag("--split", choices=SPLITS, help="dataset split (default test)")
+INDICES = _flag("--index", dest="indices", type=int, nargs="+", metavar="I")
+BATCH_SIZE = _flag("--batch-size", type=int, metavar="B")
+IMAGE_SIZE = _flag("--image-size", type=int, metavar="N")
+CHECKPOINT = _flag("--checkpoint", type=Path, metavar="CKPT")
+MODEL_MODE = _flag("--model-mode", choices=MODEL_MODES)
+LABELS_KNOWN = _flag("--labels-known", action="store_true", default=None)
+SEED = _flag("--seed", type=int, metavar="S")
+OUT = _flag("--out", type=Path, metavar="DIR")
 
 
 def add_model_and_data_flags(p: Flags) -> None:
-    """--model, --dataset, --data-root, --split."""
-    p.add_argument(
-        "--model", metavar="NAME", help=f"model: {', '.join(available_models())} (default lenet)"
-    )
-    p.add_argument("--dataset", choices=DATASET_CHOICES, help="dataset (default cifar10)")
-    p.add_argument(
-        "--data-root",
-        type=Path,
-        metavar="DIR",
-        help="folder with the dataset files (default for cifar10: bundled sample images)",
-    )
-    p.add_argument("--split", choices=("test", "train"), help="dataset split (default test)")
+    """--model, --dataset, --data-root, --split, each optional with the run's default."""
+    MODEL.add(p, help=f"{MODEL.help} (default lenet)")
+    DATASET.add(p)
+    DATA_ROOT.add(p, help=f"{DATA_ROOT.help} (default for cifar10: bundled sample images)")
+    SPLIT.add(p)
 
 
-def add_attack_tuning_flags(p: Flags) -> None:
-    """--iterations, --restarts, --lr, --tv, --label-strategy: the attack's hyper-parameters."""
-    p.add_argument("--iterations", type=int, metavar="N", help="optimisation steps")
-    p.add_argument("--restarts", type=int, metavar="K", help="independent trials; best is kept")
-    p.add_argument("--lr", type=float, help="step size of the attack's optimiser")
-    p.add_argument("--tv", type=float, dest="tv_weight", help="total-variation weight")
-    p.add_argument(
+# --- the attack -------------------------------------------------------------------------------
+
+ITERATIONS = _flag("--iterations", type=int, metavar="N", help="optimisation steps")
+ATTACK_TUNING_FLAGS = (
+    ITERATIONS,
+    _flag("--restarts", type=int, metavar="K", help="independent trials; best is kept"),
+    _flag("--lr", type=float, help="step size of the attack's optimiser"),
+    _flag("--tv", type=float, dest="tv_weight", help="total-variation weight"),
+    _flag(
         "--label-strategy",
         choices=LABEL_STRATEGY_CHOICES,
         help="where the attack gets labels (auto: known if granted, else iDLG for batch 1, "
         "else optimised; sign, yin, count: read from the last layer for batches)",
+    ),
+)
+
+
+def add_attack_tuning_flags(p: Flags) -> None:
+    """--iterations, --restarts, --lr, --tv, --label-strategy: the attack's hyper-parameters."""
+    add_flags(p, ATTACK_TUNING_FLAGS)
+
+
+# --- the federated protocol and what the attacker guesses of it -------------------------------
+
+PROTOCOL_FLAGS = (
+    _flag("--protocol", choices=PROTOCOLS, help="the federated protocol (default fedsgd)"),
+    _flag("--local-steps", type=int, metavar="S", help="local SGD steps (default 1)"),
+    _flag("--local-epochs", type=int, metavar="E", help="local epochs instead of steps"),
+    _flag("--local-batch-size", type=int, metavar="b", help="local mini-batch (default: all n)"),
+    _flag("--local-lr", type=float, metavar="LR", help=f"local learning rate ({DEFAULT_LOCAL_LR})"),
+    _flag("--users", type=int, metavar="N", help="users aggregated by the server (1)"),
+    _flag("--admm-rho", type=float, metavar="RHO", help="FedADMM penalty ρ (1.0)"),
+    _flag("--rounds", type=int, metavar="R", help="attack round R's update (default 1)"),
+    _flag(
+        "--share-buffers",
+        action="store_true",
+        default=None,
+        help="clients send their batch-norm running statistics with the update",
+    ),
+)
+GUESS_FLAGS = (
+    _flag("--guess-local-steps", type=int, metavar="S"),
+    _flag("--guess-local-epochs", type=int, metavar="E"),
+    _flag("--guess-local-batch-size", type=int, metavar="b"),
+    _flag("--guess-local-lr", type=float, metavar="LR"),
+    _flag(
+        "--attacker-model-mode",
+        choices=MODEL_MODES,
+        help="the batch-norm mode the attacker assumes (default: the client's)",
+    ),
+)
+
+
+def add_protocol_flags(
+    p: Flags,
+    *,
+    only: Collection[str] | None = None,
+    protocols: Sequence[str] = PROTOCOLS,
+    helps: Mapping[str, str] | None = None,
+) -> None:
+    """The protocol the clients follow: --protocol, --local-*, --users, --admm-rho, ...
+
+    Args:
+        p: the parser or group.
+        only: the spellings this command offers (default: all).
+        protocols: the --protocol choices this command offers.
+        helps: help worded for this command, by spelling, where a flag means more here.
+    """
+    changes: dict[str, dict[str, Any]] = {"--protocol": {"choices": protocols}}
+    for name, text in (helps or {}).items():
+        changes.setdefault(name, {})["help"] = text
+    add_flags(p, PROTOCOL_FLAGS, only=only, changes=changes)
+
+
+def add_guess_flags(
+    p: Flags, *, only: Collection[str] | None = None, helps: Mapping[str, str] | None = None
+) -> None:
+    """What the attacker believes of the protocol: --guess-local-*, --attacker-model-mode.
+
+    Args:
+        p: the parser or group.
+        only: the spellings this command offers (default: all).
+        helps: help worded for this command, by spelling.
+    """
+    changes = {name: {"help": text} for name, text in (helps or {}).items()}
+    add_flags(p, GUESS_FLAGS, only=only, changes=changes)
+
+
+# --- how a command runs -----------------------------------------------------------------------
+
+THREADS = _flag("--threads", type=int, metavar="N", help="CPU threads for torch")
+NO_PROGRESS = _flag("--no-progress", action="store_true", help="hide the progress bar")
+CONFIG = _flag("--config", type=Path, metavar="FILE", help="YAML/JSON file of run settings")
+
+
+def add_execution_flags(p: Flags) -> None:
+    """Where sweep cells run: --workers, --backend, --address, --threads, --no-progress."""
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local processes, or Ray tasks (needs gradleak[ray])",
     )
+    p.add_argument(
+        "--address", metavar="ADDR", help="Ray cluster address (default: start Ray locally)"
+    )
+    THREADS.add(p, help="torch threads per cell (default: cores/workers)")
+    NO_PROGRESS.add(p)
+
+
+def apply_threads(threads: int | None, *, in_this_process: bool = True) -> None:
+    """Check --threads and give torch that many threads.
+
+    Args:
+        threads: the flag's value; None leaves torch's choice.
+        in_this_process: False where the threads go to sweep cells, which set their own:
+            then the value is only checked.
+
+    Raises:
+        GradleakError: `threads` is below 1.
+    """
+    if threads is None:
+        return
+    if threads < 1:
+        raise GradleakError(f"--threads must be at least 1, got {threads}")
+    if in_this_process:
+        import torch  # heavy: only once a command runs
+
+        torch.set_num_threads(threads)

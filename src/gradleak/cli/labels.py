@@ -1,32 +1,30 @@
-"""The `gradleak labels` subcommand: score label strategies alone over many FedSGD batches."""
+"""The `gradleak labels` command: score label strategies alone over many FedSGD batches."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from gradleak.models import available_models
+from gradleak.cli import flags
+from gradleak.cli.exits import EXIT_OK
+from gradleak.cli.values import IntList
 
-
-def _int_list(text: str) -> tuple[int, ...]:
-    """'1,8,32' → (1, 8, 32), each a positive integer."""
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integers, e.g. 1,8,32,64"
-        ) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r} needs positive integers, e.g. 1,8,32,64")
-    return values
+# The batch sizes studied, positive and in the order given.
+parse_batch_sizes = IntList(
+    noun="integers",
+    example="1,8,32,64",
+    invalid="{text} needs positive integers, e.g. {example}",
+    minimum=1,
+)
+# The datasets whose test split the study draws batches from.
+_DATASETS = ("cifar10", "cifar100", "mnist")
 
 
 def _name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def add_labels(commands: argparse._SubParsersAction) -> None:
-    """Register `gradleak labels` on the command's subparsers."""
+def add_labels(commands: flags.Commands) -> None:
+    """Register `gradleak labels` on the subcommands of `gradleak`."""
     from gradleak.studies.labels import DEFAULT_STRATEGIES
 
     p = commands.add_parser(
@@ -38,15 +36,15 @@ def add_labels(commands: argparse._SubParsersAction) -> None:
         "accuracy (the fraction of samples whose label is accounted for). Writes "
         "OUT/labels.csv and OUT/labels.md.",
     )
+    flags.MODEL.add(p, required=True)
+    flags.DATASET.add(p, required=True, choices=_DATASETS, help=None)
+    flags.DATA_ROOT.add(p, required=True)
     p.add_argument(
-        "--model", required=True, metavar="NAME", help=f"model: {', '.join(available_models())}"
-    )
-    p.add_argument("--dataset", required=True, choices=("cifar10", "cifar100", "mnist"))
-    p.add_argument(
-        "--data-root", required=True, type=Path, metavar="DIR", help="folder with the dataset files"
-    )
-    p.add_argument(
-        "--batch-sizes", type=_int_list, default=(1, 8, 32, 64), metavar="B,B", help="(1,8,32,64)"
+        "--batch-sizes",
+        type=parse_batch_sizes,
+        default=(1, 8, 32, 64),
+        metavar="B,B",
+        help="(1,8,32,64)",
     )
     p.add_argument("--batches", type=int, default=20, metavar="N", help="batches per size (20)")
     p.add_argument(
@@ -56,14 +54,24 @@ def add_labels(commands: argparse._SubParsersAction) -> None:
         metavar="S,S",
         help=f"label strategies ({','.join(DEFAULT_STRATEGIES)})",
     )
-    p.add_argument("--checkpoint", type=Path, metavar="CKPT", help="model state to load")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="model init and batches (0)")
-    p.set_defaults(handler=run_labels)
+    flags.CHECKPOINT.add(p, help="model state to load")
+    flags.OUT.add(p, required=True, help="output folder")
+    flags.SEED.add(p, default=0, help="model init and batches (0)")
+    p.set_defaults(handler=handle)
 
 
-def run_labels(args: argparse.Namespace) -> int:
-    """Evaluate the strategies, print the markdown table and where the files went."""
+def handle(args: argparse.Namespace) -> int:
+    """Evaluate the strategies, print the markdown table and where the files went.
+
+    Args:
+        args: the parsed flags of `gradleak labels`.
+
+    Returns:
+        0.
+
+    Raises:
+        GradleakError: an unknown strategy, bad batch sizes or missing data.
+    """
     from gradleak.studies.labels import evaluate_label_recovery, label_table, write_label_results
 
     rows = evaluate_label_recovery(
@@ -79,4 +87,4 @@ def run_labels(args: argparse.Namespace) -> int:
     csv_path, md_path = write_label_results(rows, args.out)
     print(label_table(rows), end="")
     print(f"results written to {csv_path} and {md_path}")
-    return 0
+    return EXIT_OK

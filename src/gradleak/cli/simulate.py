@@ -1,47 +1,29 @@
-"""The `gradleak simulate` subcommand: decentralised peers that attack their neighbours."""
+"""The `gradleak simulate` command: decentralised peers that attack their neighbours."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from gradleak.cli.flags import add_attack_tuning_flags, add_model_and_data_flags
-from gradleak.core.errors import GradleakError
+from gradleak.cli import flags
+from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
+from gradleak.cli.overrides import run_overrides
 from gradleak.fl.protocols import DEFAULT_LOCAL_LR
 from gradleak.fl.topology import MIXING, TOPOLOGIES
-from gradleak.scenario.config import MODEL_MODES, load_run_config
+from gradleak.scenario.config import load_run_config
 from gradleak.studies.peers import peer_attacks
 
 if TYPE_CHECKING:
     from gradleak.studies.peers import PairResult
 
-EXIT_INTERRUPTED = 130
-
-# Flags that fill the run settings (RunConfig) under the same name.
-_RUN_FLAGS = (
-    "attack",
-    "model",
-    "dataset",
-    "data_root",
-    "split",
-    "batch_size",
-    "checkpoint",
-    "seed",
-    "out",
-    "model_mode",
-    "labels_known",
-    "protocol",
-    "local_steps",
-    "local_epochs",
-    "local_batch_size",
-)
-_ATTACK_FLAGS = ("iterations", "restarts", "lr", "tv_weight", "label_strategy")
+# Flags that mean something else here than in a run's settings: --rounds counts the rounds
+# of peer training, and --local-lr is a peer's own SGD step under fedsgd.
+_NOT_RUN_SETTINGS = ("rounds", "local_lr")
 
 
-def add_simulate(commands: argparse._SubParsersAction) -> None:
-    """Register `gradleak simulate` on the command's subparsers."""
+def add_simulate(commands: flags.Commands) -> None:
+    """Register `gradleak simulate` on the subcommands of `gradleak`."""
     topologies = "; ".join(f"{name}: {shape.text}" for name, shape in TOPOLOGIES.items())
     p = commands.add_parser(
         "simulate",
@@ -67,61 +49,51 @@ def add_simulate(commands: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--rounds", type=int, default=1, metavar="R", help="rounds; round R is attacked (1)"
     )
-    g.add_argument(
-        "--protocol",
-        choices=("fedsgd", "fedavg"),
-        help="what peers share: a gradient, or the weight difference after local SGD",
-    )
-    g.add_argument("--local-steps", type=int, metavar="S", help="fedavg local steps (1)")
-    g.add_argument("--local-epochs", type=int, metavar="E", help="fedavg local epochs")
-    g.add_argument("--local-batch-size", type=int, metavar="b", help="fedavg local mini-batch")
-    g.add_argument(
-        "--local-lr",
-        type=float,
-        metavar="LR",
-        help=f"step size of a peer's own SGD step (fedsgd) or local SGD (fedavg) "
-        f"({DEFAULT_LOCAL_LR})",
+    flags.add_protocol_flags(
+        g,
+        only=("--protocol", "--local-steps", "--local-epochs", "--local-batch-size", "--local-lr"),
+        protocols=("fedsgd", "fedavg"),
+        helps={
+            "--protocol": "what peers share: a gradient, or the weight difference after local SGD",
+            "--local-lr": "step size of a peer's own SGD step (fedsgd) or local SGD (fedavg) "
+            f"({DEFAULT_LOCAL_LR})",
+        },
     )
     d = p.add_argument_group("data, model and attack")
     d.add_argument("--attack", choices=peer_attacks(), help="attack preset (default dlg)")
-    add_model_and_data_flags(d)
+    flags.add_model_and_data_flags(d)
     d.add_argument("--index", type=int, metavar="START", help="first image of peer 0 (0)")
-    d.add_argument("--batch-size", type=int, metavar="b", help="images per peer (default 1)")
-    d.add_argument("--checkpoint", type=Path, metavar="CKPT", help="initial model state")
-    d.add_argument("--model-mode", choices=MODEL_MODES, help="peers' batch-norm mode (train)")
-    d.add_argument(
-        "--labels-known",
-        action="store_true",
-        default=None,
-        help="threat model: attackers know their neighbours' labels",
-    )
-    add_attack_tuning_flags(d)
-    p.add_argument("--seed", type=int, metavar="S", help="model init; attackers' seeds derive")
-    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default runs/...)")
-    p.add_argument("--config", type=Path, metavar="FILE", help="YAML/JSON file of run settings")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.set_defaults(handler=run_simulate)
+    flags.BATCH_SIZE.add(d, metavar="b", help="images per peer (default 1)")
+    flags.CHECKPOINT.add(d, help="initial model state")
+    flags.MODEL_MODE.add(d, help="peers' batch-norm mode (train)")
+    flags.LABELS_KNOWN.add(d, help="threat model: attackers know their neighbours' labels")
+    flags.add_attack_tuning_flags(d)
+    flags.SEED.add(p, help="model init; attackers' seeds derive")
+    flags.OUT.add(p, help="output folder (default runs/...)")
+    flags.CONFIG.add(p)
+    flags.THREADS.add(p)
+    flags.NO_PROGRESS.add(p, help="hide the progress bars")
+    p.set_defaults(handler=handle)
 
 
-def run_simulate(args: argparse.Namespace) -> int:
-    """Simulate and attack as the flags say; print the tables; 130 after Ctrl-C."""
-    import torch  # heavy imports only when simulating
+def handle(args: argparse.Namespace) -> int:
+    """Simulate and attack as the flags say; one line per attack, then the tables.
 
+    Args:
+        args: the parsed flags of `gradleak simulate`.
+
+    Returns:
+        0, or 130 after Ctrl-C once the partial results are written.
+
+    Raises:
+        GradleakError: bad network, settings, data or --threads.
+    """
     from gradleak.studies.peers import DecentralizedConfig, markdown_tables, run_decentralized
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise GradleakError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    overrides: dict[str, Any] = {k: getattr(args, k) for k in _RUN_FLAGS}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    flags.apply_threads(args.threads)
+    overrides = run_overrides(args, skip=_NOT_RUN_SETTINGS)
     if args.index is not None:
         overrides["indices"] = [args.index]
-    options = {k: getattr(args, k) for k in _ATTACK_FLAGS if getattr(args, k) is not None}
-    overrides["attack_options"] = options
-    if args.no_progress:
-        overrides["progress"] = False
     run = load_run_config(args.config, dict(overrides))
     sgd_lr = DEFAULT_LOCAL_LR
     if args.local_lr is not None:
@@ -155,4 +127,4 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(f"interrupted: partial results written to {result.out_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"outputs written to {result.out_dir}")
-    return 0
+    return EXIT_OK

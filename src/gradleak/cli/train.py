@@ -1,21 +1,19 @@
-"""The `gradleak train` subcommand: train a model and save the states attacks can target."""
+"""The `gradleak train` command: train a model and save the states attacks can target."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gradleak.core.errors import GradleakError
-from gradleak.models import available_models
-from gradleak.scenario.config import DATASET_CHOICES
+from gradleak.cli import flags
+from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
+from gradleak.cli.values import IntList
 
 if TYPE_CHECKING:
     from gradleak.training.trainer import SavedCheckpoint
 
-EXIT_INTERRUPTED = 130
 _RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
 
 
@@ -34,21 +32,18 @@ def parse_range(text: str) -> tuple[int, int]:
     return first, last
 
 
-def parse_epochs(text: str) -> tuple[int, ...]:
-    """'1,5' → (1, 5): the epochs whose states are saved (0 is the untrained state)."""
-    try:
-        epochs = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of epochs, e.g. 1,5"
-        ) from None
-    if not epochs:
-        raise argparse.ArgumentTypeError("--save-epochs needs at least one epoch, e.g. 1,5")
-    return tuple(epochs)
+# The epochs whose states are saved, sorted and unique (0 is the untrained state); an epoch
+# outside the training is refused by TrainConfig with the range it allows.
+parse_epochs = IntList(
+    noun="epochs",
+    example="1,5",
+    invalid="--save-epochs needs at least one epoch, e.g. {example}",
+    sort_unique=True,
+)
 
 
-def add_train(commands: argparse._SubParsersAction) -> None:
-    """Register `gradleak train` on the command's subparsers."""
+def add_train(commands: flags.Commands) -> None:
+    """Register `gradleak train` on the subcommands of `gradleak`."""
     p = commands.add_parser(
         "train",
         help="train a model with SGD and save checkpoints for attacks (--checkpoint)",
@@ -58,16 +53,12 @@ def add_train(commands: argparse._SubParsersAction) -> None:
         "per-epoch loss and accuracy in CKPT.json. Ctrl-C saves the last completed epoch "
         "and exits with 130.",
     )
-    p.add_argument(
-        "--model", required=True, metavar="NAME", help=f"model: {', '.join(available_models())}"
-    )
-    p.add_argument("--dataset", required=True, choices=DATASET_CHOICES)
-    p.add_argument(
-        "--data-root", required=True, type=Path, metavar="DIR", help="folder with the dataset files"
-    )
-    p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="final checkpoint (.pt)")
+    flags.MODEL.add(p, required=True)
+    flags.DATASET.add(p, required=True, help=None)
+    flags.DATA_ROOT.add(p, required=True)
+    flags.OUT.add(p, required=True, metavar="CKPT", help="final checkpoint (.pt)")
     p.add_argument("--epochs", type=int, default=1, metavar="E", help="passes over the images (1)")
-    p.add_argument("--split", choices=("test", "train"), default="test", help="split (test)")
+    flags.SPLIT.add(p, default="test", help="split (test)")
     p.add_argument(
         "--train-range",
         type=parse_range,
@@ -81,7 +72,7 @@ def add_train(commands: argparse._SubParsersAction) -> None:
         metavar="A-B",
         help="held-out images A..B scored after every epoch (default: none)",
     )
-    p.add_argument("--batch-size", type=int, default=64, metavar="B", help="SGD batch size (64)")
+    flags.BATCH_SIZE.add(p, default=64, help="SGD batch size (64)")
     p.add_argument("--lr", type=float, default=0.1, help="SGD step size (0.1)")
     p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (0)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay (0)")
@@ -92,26 +83,30 @@ def add_train(commands: argparse._SubParsersAction) -> None:
         metavar="N,M",
         help="also save the states after these epochs as CKPT.epochN.pt (0: untrained)",
     )
-    p.add_argument("--image-size", type=int, metavar="N", help="side of folder images (default 32)")
-    p.add_argument(
-        "--seed", type=int, default=0, metavar="S", help="model init and batch order (0)"
-    )
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(handler=run_train)
+    flags.IMAGE_SIZE.add(p, help="side of folder images (default 32)")
+    flags.SEED.add(p, default=0, help="model init and batch order (0)")
+    flags.THREADS.add(p)
+    flags.NO_PROGRESS.add(p)
+    p.set_defaults(handler=handle)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Train as the flags say; one line per saved checkpoint; 130 after Ctrl-C."""
-    import torch  # heavy imports only when training
-    from tqdm.auto import tqdm
+def handle(args: argparse.Namespace) -> int:
+    """Train as the flags say; one line per saved checkpoint.
+
+    Args:
+        args: the parsed flags of `gradleak train`.
+
+    Returns:
+        0, or 130 after Ctrl-C once the last completed epoch is saved.
+
+    Raises:
+        GradleakError: bad settings, data, --out or --threads.
+    """
+    from tqdm.auto import tqdm  # heavy imports only when training
 
     from gradleak.training.trainer import TrainConfig, train_model
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise GradleakError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    flags.apply_threads(args.threads)
     config = TrainConfig(
         model=args.model,
         dataset=args.dataset,
@@ -140,7 +135,7 @@ def run_train(args: argparse.Namespace) -> int:
         where = f"epoch {done} saved to {args.out}" if result.final else "no epoch completed"
         print(f"interrupted: {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return 0
+    return EXIT_OK
 
 
 def _summary(checkpoint: SavedCheckpoint) -> str:

@@ -111,6 +111,12 @@ class Knowledge:
                     f"{hints[requirement]}"
                 )
 
+    def data_facts(self) -> DataFacts:
+        """The data's format, as granted."""
+        return DataFacts(
+            self.data_shape, self.num_classes, self.mean, self.std, self.dataset, self.modality
+        )
+
     def describe(self) -> dict[str, object]:
         """JSON-safe summary for reports (the labels themselves are summarised, not listed)."""
         return {

@@ -69,7 +69,21 @@ def _check_sigma(sigma: float) -> None:
 
 @dataclass(frozen=True)
 class DPSGD:
-    """Replace the update by the DP-SGD gradient of the client's batch: clip C, noise σC."""
+    """Replace the update by the DP-SGD gradient of the client's batch: clip C, noise σC.
+
+    Spelled `dpsgd:CLIP:SIGMA`. The update becomes (Σ_i clip_C(g_i) + N(0, σ²C²)) / B over
+    the B samples of the client's batch; see the top of this module.
+
+    Args:
+        clip: the per-sample clipping norm C, the largest L2 norm a sample's gradient (over
+            all parameters together) keeps; a finite number > 0.
+        noise_multiplier: σ, so that each entry of the clipped sum gets Gaussian noise of
+            standard deviation σ·C (σ·C / B on the mean); a finite number >= 0.
+
+    Raises:
+        GradleakError: when `clip` is not a finite number > 0 (NaN included).
+        GradleakError: when `noise_multiplier` is not a finite number >= 0 (NaN included).
+    """
 
     clip: float
     noise_multiplier: float
@@ -82,6 +96,7 @@ class DPSGD:
 
     @property
     def spec(self) -> str:
+        """`dpsgd:CLIP:SIGMA`, which `parse_defense` reads back as an equal defense."""
         return f"{NAME}:{self.clip!r}:{self.noise_multiplier!r}"
 
     def apply(
@@ -90,6 +105,30 @@ class DPSGD:
         generator: torch.Generator,
         client: ClientView | None = None,
     ) -> SharedUpdate:
+        """Recompute the client's FedSGD gradient with per-sample clipping and noise.
+
+        The incoming values are discarded; only the tensor names are used, and they must
+        be the client model's parameters. The noise is drawn from `generator` on its
+        device, tensor by tensor in the update's order, so a seed repeats it.
+
+        Args:
+            update: a gradient update of the client's model; left unchanged.
+            generator: the source of the Gaussian noise.
+            client: the client's model (in its batch-norm mode, without BatchNorm layers)
+                and its batch; required.
+
+        Returns:
+            A new gradient update, each tensor the clipped, noised mean over the batch, with
+            `update`'s tensor order, metadata and buffers.
+
+        Raises:
+            GradleakError: when `client` is None.
+            GradleakError: when `update` is not a gradient (FedAvg or FedADMM updates).
+            GradleakError: when the update's tensor names are not the model's parameters.
+            GradleakError: when the opacus package is missing.
+            GradleakError: when Opacus cannot take the model's per-sample gradients (BatchNorm).
+            GradleakError: when a parameter of the model is frozen.
+        """
         view = require_client(client, self.spec)
         if update.kind is not UpdateKind.GRADIENT:
             raise GradleakError(
@@ -177,6 +216,23 @@ def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: f
     `sample_rate` is the probability that a record is in a step's batch (batch size over
     dataset size, Poisson sampling as in the analysis). σ = 0 gives no privacy (ε = inf);
     zero steps spend none (ε = 0).
+
+    Args:
+        noise_multiplier: σ, the noise standard deviation over the clipping norm; a finite
+            number >= 0.
+        sample_rate: the probability that a record is in a step's batch, in (0, 1].
+        steps: how many DP-SGD steps were taken; an int >= 0.
+        delta: the δ of the guarantee, in (0, 1); typically below 1 / dataset size.
+
+    Returns:
+        ε as a float: 0.0 for zero steps, inf for σ = 0, else the accountant's value.
+
+    Raises:
+        GradleakError: when the opacus package is missing.
+        GradleakError: when `noise_multiplier` is not a finite number >= 0.
+        GradleakError: when `sample_rate` is not in (0, 1].
+        GradleakError: when `steps` is not a non-negative int (a bool included).
+        GradleakError: when `delta` is not in (0, 1).
     """
     _opacus("the DP-SGD accountant")
     from opacus.accountants import RDPAccountant

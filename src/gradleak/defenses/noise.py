@@ -17,7 +17,7 @@ import torch
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
 from gradleak.defenses.arguments import check_count, parse_choice, parse_number
-from gradleak.defenses.base import ClientView, check_floating, with_tensors
+from gradleak.defenses.base import ClientView, map_floating
 
 NAME = "noise"
 USAGE = "noise:KIND:VARIANCE with KIND one of gaussian, laplacian (e.g. noise:gaussian:1e-3)"
@@ -26,6 +26,8 @@ HELP = "add zero-mean Gaussian or Laplacian noise of the given variance to every
 
 
 class NoiseKind(str, enum.Enum):
+    """The distribution of `AdditiveNoise`: Gaussian or Laplacian, both zero-mean."""
+
     GAUSSIAN = "gaussian"
     LAPLACIAN = "laplacian"
 
@@ -60,7 +62,20 @@ SAMPLERS: dict[NoiseKind, Sampler] = {
 
 @dataclass(frozen=True)
 class AdditiveNoise:
-    """Add independent zero-mean noise of variance `variance` to every entry of every tensor."""
+    """Add independent zero-mean noise of variance `variance` to every entry of every tensor.
+
+    Spelled `noise:KIND:VARIANCE`. Gaussian noise is N(0, variance); Laplacian noise has
+    scale √(variance/2), hence the same variance.
+
+    Args:
+        kind: `NoiseKind.GAUSSIAN` or `NoiseKind.LAPLACIAN` (or its value, "gaussian" or
+            "laplacian").
+        variance: the variance of every entry's noise, in squared units of the update; a
+            finite number >= 0 (0 adds exact zeros).
+
+    Raises:
+        GradleakError: when `variance` is negative, infinite or NaN.
+    """
 
     kind: NoiseKind
     variance: float
@@ -73,6 +88,7 @@ class AdditiveNoise:
 
     @property
     def spec(self) -> str:
+        """`noise:KIND:VARIANCE`, which `parse_defense` reads back as an equal defense."""
         return f"{NAME}:{self.kind.value}:{self.variance!r}"
 
     def apply(
@@ -81,13 +97,28 @@ class AdditiveNoise:
         generator: torch.Generator,
         client: ClientView | None = None,
     ) -> SharedUpdate:
+        """Add fresh noise to every entry of every tensor of `update`.
+
+        Args:
+            update: the update to perturb; left unchanged.
+            generator: the source of the noise, drawn on its device in each tensor's dtype,
+                tensor by tensor in the update's order, so a seed repeats it.
+            client: ignored; default None.
+
+        Returns:
+            A new update whose tensors are the old ones plus noise (same shape, dtype and
+            device), with `update`'s kind, metadata and buffers.
+
+        Raises:
+            GradleakError: when a tensor of `update` is not floating point.
+        """
         sample = SAMPLERS[self.kind]
-        noisy = {}
-        for name, tensor in update.tensors.items():
-            check_floating(name, tensor, "add noise to", "noise")
+
+        def noisy(tensor: torch.Tensor) -> torch.Tensor:
             noise = sample(tensor.shape, tensor.dtype, self.variance, generator)
-            noisy[name] = tensor + noise.to(tensor.device)
-        return with_tensors(update, noisy)
+            return tensor + noise.to(tensor.device)
+
+        return map_floating(update, noisy, "add noise to", "noise")
 
 
 def parse(args: list[str]) -> AdditiveNoise:

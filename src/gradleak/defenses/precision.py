@@ -24,7 +24,7 @@ import torch
 
 from gradleak.core.update import SharedUpdate
 from gradleak.defenses.arguments import check_count, parse_choice
-from gradleak.defenses.base import ClientView, check_floating, with_tensors
+from gradleak.defenses.base import ClientView, map_floating
 
 NAME = "precision"
 USAGE = "precision:KIND with KIND one of float16, bfloat16, int8, sign (e.g. precision:int8)"
@@ -34,6 +34,8 @@ INT8_LEVELS = 127  # symmetric: q in [-127, 127], so 255 values and 0 is exact
 
 
 class PrecisionKind(str, enum.Enum):
+    """The coarse format `LowPrecision` shares in (see the top of this module)."""
+
     FLOAT16 = "float16"
     BFLOAT16 = "bfloat16"
     INT8 = "int8"
@@ -72,7 +74,14 @@ QUANTISERS: dict[PrecisionKind, Callable[[torch.Tensor], torch.Tensor]] = {
 
 @dataclass(frozen=True)
 class LowPrecision:
-    """Send every tensor as `kind` holds it, returned in the tensor's own dtype."""
+    """Send every tensor as `kind` holds it, returned in the tensor's own dtype.
+
+    Spelled `precision:KIND`; the kinds are described at the top of this module.
+
+    Args:
+        kind: `PrecisionKind.FLOAT16`, `BFLOAT16`, `INT8` or `SIGN` (or its value, e.g.
+            "int8").
+    """
 
     kind: PrecisionKind
 
@@ -81,6 +90,7 @@ class LowPrecision:
 
     @property
     def spec(self) -> str:
+        """`precision:KIND`, which `parse_defense` reads back as an equal defense."""
         return f"{NAME}:{self.kind.value}"
 
     def apply(
@@ -89,12 +99,29 @@ class LowPrecision:
         generator: torch.Generator,
         client: ClientView | None = None,
     ) -> SharedUpdate:
+        """Replace every tensor by the values the coarse format `kind` can hold.
+
+        Each tensor is quantised on its own (int8 and sign scale per tensor); an empty
+        tensor is copied as it is. Nothing is drawn.
+
+        Args:
+            update: the update to coarsen; left unchanged.
+            generator: unused (low precision is deterministic).
+            client: ignored; default None.
+
+        Returns:
+            A new update of the coarsened tensors, each in its own shape, dtype and device,
+            with `update`'s kind, metadata and buffers.
+
+        Raises:
+            GradleakError: when a tensor of `update` is not floating point.
+        """
         quantise = QUANTISERS[self.kind]
-        shared = {}
-        for name, tensor in update.tensors.items():
-            check_floating(name, tensor, f"apply {self.spec!r} to", "low precision")
-            shared[name] = quantise(tensor) if tensor.numel() else tensor.clone()
-        return with_tensors(update, shared)
+
+        def shared(tensor: torch.Tensor) -> torch.Tensor:
+            return quantise(tensor) if tensor.numel() else tensor.clone()
+
+        return map_floating(update, shared, f"apply {self.spec!r} to", "low precision")
 
 
 def parse(args: list[str]) -> LowPrecision:

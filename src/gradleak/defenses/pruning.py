@@ -13,7 +13,7 @@ import enum
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 
@@ -29,6 +29,8 @@ HELP = "zero the smallest-magnitude fraction of entries, per tensor or across al
 
 
 class PruneScope(str, enum.Enum):
+    """Whether `Pruning` and `TopK` rank each tensor alone (`layer`) or all together."""
+
     LAYER = "layer"
     GLOBAL = "global"
 
@@ -78,7 +80,11 @@ def masked_by_magnitude(
 
 @dataclass(frozen=True)
 class MagnitudeMask:
-    """Zero entries chosen by magnitude (`keep_mask`), per tensor or over all tensors."""
+    """Zero entries chosen by magnitude (`keep_mask`), per tensor or over all tensors.
+
+    The shared base of `Pruning` and `TopK`: a subclass names its spelling (`name`), the
+    check of its fraction (`check_fraction`) and which entries it keeps (`keep_mask`).
+    """
 
     fraction: float
     scope: PruneScope = PruneScope.LAYER
@@ -100,6 +106,7 @@ class MagnitudeMask:
 
     @property
     def spec(self) -> str:
+        """`NAME:FRACTION`, plus `:global` for that scope; `parse_defense` reads it back."""
         suffix = "" if self.scope is PruneScope.LAYER else f":{self.scope.value}"
         return f"{self.name}:{self.fraction!r}{suffix}"
 
@@ -109,6 +116,21 @@ class MagnitudeMask:
         generator: torch.Generator,
         client: ClientView | None = None,
     ) -> SharedUpdate:
+        """Zero the entries the mask drops; every other entry is kept bit for bit.
+
+        Entries are ranked by |value| within each tensor (scope `layer`) or over all the
+        update's tensors together (scope `global`); equal magnitudes by position. Nothing
+        is drawn.
+
+        Args:
+            update: the update to mask; left unchanged.
+            generator: unused (masking is deterministic).
+            client: ignored; default None.
+
+        Returns:
+            A new update of the masked tensors, each in its own shape, dtype and device,
+            with `update`'s kind, metadata and buffers.
+        """
         masked = masked_by_magnitude(update.tensors, self.fraction, self.scope, self.keep_mask)
         return with_tensors(update, masked)
 
@@ -120,16 +142,52 @@ def _check_fraction(fraction: float) -> None:
 
 @dataclass(frozen=True)
 class Pruning(MagnitudeMask):
-    """Zero the `fraction` smallest-magnitude entries, per tensor or over all tensors."""
+    """Zero the `fraction` smallest-magnitude entries, per tensor or over all tensors.
+
+    Spelled `prune:FRACTION[:SCOPE]`. Of n entries (one tensor's, or all tensors' for scope
+    `global`), exactly round(fraction · n) become zero, halves rounded up.
+
+    Args:
+        fraction: the share of entries to zero, in [0, 1) (0 keeps everything).
+        scope: `PruneScope.LAYER` (or "layer", the default) ranks each tensor alone;
+            `PruneScope.GLOBAL` (or "global") ranks all tensors together.
+
+    Raises:
+        GradleakError: when `fraction` is outside [0, 1) or NaN.
+    """
 
     name: ClassVar[str] = NAME
     check_fraction = staticmethod(_check_fraction)
     keep_mask = staticmethod(_keep_mask)
 
 
+M = TypeVar("M", bound=MagnitudeMask)
+
+
+def parse_magnitude_mask(defense: type[M], args: list[str], usage: str, fraction_range: str) -> M:
+    """`NAME:FRACTION[:SCOPE]` for the magnitude-mask defense `defense`, scope layer if unsaid.
+
+    Args:
+        defense: `Pruning` or `TopK`; its `name` prefixes the errors ("prune fraction").
+        args: the arguments after the name, split on ':'.
+        usage: how to spell the defense, for the error about the argument count.
+        fraction_range: the allowed fractions in words, for the error about a non-number.
+
+    Returns:
+        `defense(fraction, scope)`.
+
+    Raises:
+        GradleakError: when there are not 1 or 2 arguments.
+        GradleakError: when FRACTION is not a number.
+        GradleakError: when FRACTION is out of `defense`'s range (its own check).
+        GradleakError: when SCOPE is neither layer nor global (any case).
+    """
+    check_count(defense.name, args, usage, 1, 2)
+    fraction = parse_number(args[0], f"{defense.name} fraction", fraction_range)
+    scope = parse_choice(args[1], PruneScope, f"{defense.name} scope") if len(args) > 1 else None
+    return defense(fraction, scope or PruneScope.LAYER)
+
+
 def parse(args: list[str]) -> Pruning:
     """`prune:FRACTION[:SCOPE]`."""
-    check_count(NAME, args, USAGE, 1, 2)
-    fraction = parse_number(args[0], "prune fraction", FRACTION_RANGE)
-    scope = parse_choice(args[1], PruneScope, "prune scope") if len(args) > 1 else None
-    return Pruning(fraction, scope or PruneScope.LAYER)
+    return parse_magnitude_mask(Pruning, args, USAGE, FRACTION_RANGE)

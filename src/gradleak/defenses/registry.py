@@ -36,12 +36,33 @@ DEFENSES: dict[str, DefenseEntry] = {
 
 
 def available_defenses() -> list[str]:
-    """One spelling hint per defense, `none` first, for help text."""
+    """One spelling hint per defense, `none` first, for help text.
+
+    Returns:
+        `"none (no defense)"`, then each defense's usage line (e.g. "noise:KIND:VARIANCE
+        with KIND one of gaussian, laplacian (e.g. noise:gaussian:1e-3)"), in registry order.
+    """
     return [f"{NONE} (no defense)", *(entry.usage for entry in DEFENSES.values())]
 
 
 def parse_defense(spec: str) -> Defense:
-    """The defense spelled `spec`, e.g. `noise:gaussian:1e-3` or `prune:0.3:global`."""
+    """The defense spelled `spec`, e.g. `noise:gaussian:1e-3` or `prune:0.3:global`.
+
+    The name is matched case-insensitively; blanks around the name and each argument are
+    ignored. `none` is not a defense here: `parse_defenses` handles it.
+
+    Args:
+        spec: `NAME[:ARG[:ARG...]]`, with NAME one of `DEFENSES` and the arguments that
+            defense takes (see `available_defenses`).
+
+    Returns:
+        The defense, equal to `parse_defense(defense.spec)`.
+
+    Raises:
+        GradleakError: when `spec` is not a string or is blank.
+        GradleakError: when NAME is not a known defense.
+        GradleakError: when the arguments do not suit that defense (count, number, range).
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise GradleakError(
             f"a defense must be spelled NAME[:ARGS] with NAME one of: {', '.join(DEFENSES)}, "
@@ -59,7 +80,19 @@ def parse_defense(spec: str) -> Defense:
 
 
 def parse_defenses(specs: Iterable[str] | str | None) -> list[Defense]:
-    """The defenses spelled `specs`, in order; `none`, an empty list or None give none."""
+    """The defenses spelled `specs`, in order; `none`, an empty list or None give none.
+
+    Args:
+        specs: one spelling, several (applied in the given order), `"none"` (any case), or
+            None.
+
+    Returns:
+        One defense per spelling, in order; an empty list for None, `none` or no specs.
+
+    Raises:
+        GradleakError: when `none` is given together with other defenses.
+        GradleakError: when a spelling is not a valid defense (see `parse_defense`).
+    """
     if specs is None:
         return []
     specs = [specs] if isinstance(specs, str) else list(specs)
@@ -79,7 +112,24 @@ def apply_defenses(
     generator: torch.Generator,
     client: ClientView | None = None,
 ) -> SharedUpdate:
-    """Apply `defenses` to `update` in the given order; the input update is left as it was."""
+    """Apply `defenses` to `update` in the given order; the input update is left as it was.
+
+    Each defense gets the previous one's output, the same `generator` (so the draws follow
+    one another and one seed repeats the whole chain) and the same `client`.
+
+    Args:
+        update: the update as the client computed it.
+        defenses: the defenses to apply, first to last; empty returns `update` itself.
+        generator: the source of every defense's randomness.
+        client: the client's model and batch, for defenses that need them (DP-SGD,
+            Soteria); default None.
+
+    Returns:
+        The update after the last defense.
+
+    Raises:
+        GradleakError: when a defense cannot be applied (see that defense's `apply`).
+    """
     for defense in defenses:
         update = defense.apply(update, generator, client)
     return update

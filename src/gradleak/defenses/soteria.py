@@ -116,7 +116,18 @@ def _check_percent(percent: float) -> None:
 
 @dataclass(frozen=True)
 class Soteria:
-    """Zero the classifier weight-gradient columns of the `percent`% most revealing features."""
+    """Zero the classifier weight-gradient columns of the `percent`% most revealing features.
+
+    Spelled `soteria:PERCENT`; how the features are scored is described at the top of
+    this module.
+
+    Args:
+        percent: the share of the classifier's input features to prune, in percent, in
+            [0, 100); round(percent/100 · D) of the D features are pruned, halves up.
+
+    Raises:
+        GradleakError: when `percent` is outside [0, 100) or NaN.
+    """
 
     percent: float
 
@@ -126,6 +137,7 @@ class Soteria:
 
     @property
     def spec(self) -> str:
+        """`soteria:PERCENT`, which `parse_defense` reads back as an equal defense."""
         return f"{NAME}:{self.percent!r}"
 
     def apply(
@@ -134,6 +146,27 @@ class Soteria:
         generator: torch.Generator,
         client: ClientView | None = None,
     ) -> SharedUpdate:
+        """Zero the classifier weight-gradient columns of the lowest-scoring features.
+
+        The scores come from the client's model (on a copy) and batch; when no feature is
+        to be pruned they are not computed. Nothing is drawn.
+
+        Args:
+            update: an update of the client's model holding its classifier's weight
+                tensor; left unchanged.
+            generator: unused (Soteria is deterministic).
+            client: the client's model (in its batch-norm mode) and its batch; required.
+
+        Returns:
+            A new update in which only the classifier weight tensor differs: its pruned
+            columns are zero. Kind, metadata and buffers are `update`'s.
+
+        Raises:
+            GradleakError: when `client` is None.
+            GradleakError: when the client's model has no nn.Linear layer.
+            GradleakError: when the update lacks the classifier weight, in its shape.
+            GradleakError: when the classifier's input is not one vector per sample.
+        """
         view = require_client(client, self.spec)
         layer_name, layer = classifier_layer(view.model)
         key = f"{layer_name}.weight" if layer_name else "weight"

@@ -15,8 +15,7 @@ from typing import ClassVar
 import torch
 
 from gradleak.core.errors import GradleakError
-from gradleak.defenses.arguments import check_count, parse_choice, parse_number
-from gradleak.defenses.pruning import MagnitudeMask, PruneScope, pruned_count
+from gradleak.defenses.pruning import MagnitudeMask, parse_magnitude_mask, pruned_count
 
 NAME = "topk"
 USAGE = "topk:FRACTION[:SCOPE] with FRACTION in (0, 1] and SCOPE one of layer (default), global"
@@ -45,7 +44,20 @@ def _check_fraction(fraction: float) -> None:
 
 @dataclass(frozen=True)
 class TopK(MagnitudeMask):
-    """Keep the `fraction` largest-magnitude entries, per tensor or over all tensors."""
+    """Keep the `fraction` largest-magnitude entries, per tensor or over all tensors.
+
+    Spelled `topk:FRACTION[:SCOPE]`. Of n entries (one tensor's, or all tensors' for scope
+    `global`), exactly max(1, round(fraction · n)) keep their value, halves rounded up; an
+    empty tensor keeps nothing.
+
+    Args:
+        fraction: the share of entries to keep, in (0, 1] (1 keeps everything).
+        scope: `PruneScope.LAYER` (or "layer", the default) ranks each tensor alone;
+            `PruneScope.GLOBAL` (or "global") ranks all tensors together.
+
+    Raises:
+        GradleakError: when `fraction` is outside (0, 1] or NaN.
+    """
 
     name: ClassVar[str] = NAME
     check_fraction = staticmethod(_check_fraction)
@@ -54,7 +66,4 @@ class TopK(MagnitudeMask):
 
 def parse(args: list[str]) -> TopK:
     """`topk:FRACTION[:SCOPE]`."""
-    check_count(NAME, args, USAGE, 1, 2)
-    fraction = parse_number(args[0], "topk fraction", FRACTION_RANGE)
-    scope = parse_choice(args[1], PruneScope, "topk scope") if len(args) > 1 else None
-    return TopK(fraction, scope or PruneScope.LAYER)
+    return parse_magnitude_mask(TopK, args, USAGE, FRACTION_RANGE)

@@ -191,9 +191,8 @@ class ProtocolSettings:
         epochs replaces both; other guesses replace their own setting only.
 
         Raises:
-            GradleakError: a guess for a protocol without local training, a guess this
-                protocol's replay would ignore, or a guessed mini-batch larger than a user's
-                samples.
+            GradleakError: a guess for a protocol without local training, or a guessed
+                mini-batch larger than a user's samples.
         """
         guessed = grants.guessed()
         if self.local is None:
@@ -206,15 +205,6 @@ class ProtocolSettings:
             return None, False
         if not guessed:
             return self.local, False
-        used = self.protocol.belief_used
-        ignored = [k for k in guessed if k not in used]
-        if ignored:
-            words = " and ".join(_FIELD_WORDS[k] for k in GUESSABLE if k in used)
-            flags = " ".join(_guess_flag(k) for k in GUESSABLE if k in used)
-            raise GradleakError(
-                f"attacking a {self.name} update uses only the local {words} of the "
-                f"attacker's belief; drop {_guess_flag(ignored[0])} (use {flags})"
-            )
         guess = grants.local_guess
         changes: dict[str, object] = {
             k: guess[k] for k in ("lr", "batch_size") if guess.get(k) is not None
@@ -224,6 +214,24 @@ class ProtocolSettings:
         belief = dataclasses.replace(self.local, **changes)
         belief.check(samples_per_user, "--guess-local-batch-size")
         return belief, True
+
+    def refuse_ignored_guesses(self, grants: Grants) -> None:
+        """Refuse guesses of settings this protocol's replay does not read.
+
+        A guess that changes nothing would still mark the run as guessed, so it is an error.
+
+        Raises:
+            GradleakError: naming the guess to drop and the guesses that do count.
+        """
+        used = self.protocol.belief_used
+        ignored = [k for k in grants.guessed() if k not in used]
+        if ignored and used:
+            words = " and ".join(_FIELD_WORDS[k] for k in GUESSABLE if k in used)
+            flags = " ".join(_guess_flag(k) for k in GUESSABLE if k in used)
+            raise GradleakError(
+                f"attacking a {self.name} update uses only the local {words} of the "
+                f"attacker's belief; drop {_guess_flag(ignored[0])} (use {flags})"
+            )
 
     def describe(self) -> dict[str, object]:
         return {

@@ -33,11 +33,28 @@ CONVENTION: str = (
     f"it is not reported for images smaller than {SSIM_WINDOW}×{SSIM_WINDOW}. Label accuracy "
     "is the fraction of recovered labels equal to the true label of the matched image."
 )
+"""How `evaluate_images` scores, in words, for reports and result files."""
 
 
 @dataclass
 class Evaluation:
-    """Metrics of one reconstructed batch; means are over ground-truth images."""
+    """Metrics of one reconstructed batch; means are over ground-truth images.
+
+    Built by `evaluate_images`, after matching each ground-truth image to a reconstruction.
+
+    Attributes:
+        psnr: the mean over images of each matched pair's PSNR, in dB (not the PSNR of the
+            mean MSE); at most 100.
+        ssim: the mean over images of each matched pair's SSIM, or None when the images
+            are smaller than the 11×11 SSIM window.
+        mse: the mean over images of each matched pair's MSE, on [0, 1] images.
+        label_accuracy: the share of recovered labels equal to their matched image's true
+            label, in [0, 1], or None when labels were not given.
+        per_image: one dict per ground-truth image i, in order, with keys "index" (i),
+            "matched_reconstruction" (its reconstruction's index), "psnr", "ssim" (None
+            as above) and "mse".
+        matching: matching[i] is the index of the reconstruction matched to image i.
+    """
 
     psnr: float
     ssim: float | None  # None when the images are smaller than the SSIM window
@@ -47,7 +64,11 @@ class Evaluation:
     matching: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain floats, ints, lists and None, ready for json.dump."""
+        """Plain floats, ints, lists and None, ready for json.dump.
+
+        Returns:
+            A dict with one key per attribute, `per_image` as a list of dicts.
+        """
         return asdict(self)
 
 
@@ -57,7 +78,32 @@ def evaluate_images(
     recon_labels: Tensor | None = None,
     true_labels: Tensor | None = None,
 ) -> Evaluation:
-    """Match reconstructions to ground truth, then score the matched pairs and labels."""
+    """Match reconstructions to ground truth, then score the matched pairs and labels.
+
+    Reconstructions are assigned one-to-one to ground-truth images so that the total MSE
+    is smallest (`match_reconstructions`); each pair is then scored by MSE, PSNR and SSIM
+    (see `CONVENTION`), and each recovered label follows its reconstruction.
+
+    Args:
+        recon01: reconstructed images B×C×H×W, floating point, values in [0, 1] (others
+            are clamped), in any order.
+        truth01: ground-truth images of the same shape.
+        recon_labels: the label recovered for each reconstruction, a 1-D integer tensor
+            in the order of `recon01`; default None.
+        true_labels: the true label of each ground-truth image, a 1-D integer tensor;
+            default None. Label accuracy is scored only when both label tensors are given.
+
+    Returns:
+        The `Evaluation`: means over images, the per-image scores and the matching.
+
+    Raises:
+        GradleakError: when `recon01` or `truth01` is not a B×C×H×W floating-point torch.Tensor.
+        GradleakError: when `recon01` or `truth01` is empty or contains NaN.
+        GradleakError: when `recon01` and `truth01` differ in shape.
+        GradleakError: when a label tensor is not a 1-D tensor of integers.
+        GradleakError: when `recon_labels` does not hold one label per image.
+        GradleakError: when `true_labels` does not hold one label per image.
+    """
     recon, truth = image_pair(recon01, truth01, "reconstruction", "ground truth")
     order = match_reconstructions(recon, truth)
     matched = recon[order]

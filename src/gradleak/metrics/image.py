@@ -22,18 +22,63 @@ _SSIM_MARGIN = SSIM_WINDOW // 2
 
 
 def mse(x: Tensor, y: Tensor) -> Tensor:
-    """Mean squared error of each image pair of two B×C×H×W batches; returns float64[B]."""
+    """Mean squared error of each image pair of two B×C×H×W batches; returns float64[B].
+
+    Both batches are clamped to [0, 1] and compared in float64 on the CPU; the error of a
+    pair is averaged over its channels and pixels. The order of `x` and `y` does not
+    matter.
+
+    Args:
+        x: images B×C×H×W, floating point, values in [0, 1] (others are clamped).
+        y: images of the same shape, scored against `x` image by image.
+
+    Returns:
+        float64 tensor of shape [B]: the MSE of x[i] against y[i], in [0, 1].
+
+    Raises:
+        GradleakError: when `x` or `y` is not a B×C×H×W floating-point torch.Tensor.
+        GradleakError: when `x` or `y` is empty or contains NaN.
+        GradleakError: when `x` and `y` differ in shape.
+    """
     x64, y64 = image_pair(x, y)
     return (x64 - y64).pow(2).flatten(1).mean(dim=1)
 
 
 def psnr_from_mse(errors: Tensor) -> Tensor:
-    """PSNR in dB for a peak of 1, capped at PSNR_CEILING_DB where the error is (near) zero."""
+    """PSNR in dB for a peak of 1, capped at PSNR_CEILING_DB where the error is (near) zero.
+
+    10·log10(1 / MSE) entrywise, with every MSE below 1e-10 (including 0) taken as 1e-10,
+    so the result is at most PSNR_CEILING_DB (100 dB) and always finite. Nothing is
+    checked: pass MSEs of [0, 1] images, e.g. from `mse`.
+
+    Args:
+        errors: mean squared errors, any shape, floating point.
+
+    Returns:
+        PSNRs in dB, of the same shape and dtype as `errors`.
+    """
     return 10.0 * torch.log10(1.0 / errors.clamp_min(_MSE_FLOOR))
 
 
 def psnr(x: Tensor, y: Tensor) -> Tensor:
-    """PSNR in dB of each image pair (peak 1, capped at PSNR_CEILING_DB); returns float64[B]."""
+    """PSNR in dB of each image pair (peak 1, capped at PSNR_CEILING_DB); returns float64[B].
+
+    `psnr_from_mse(mse(x, y))`: images are clamped to [0, 1], and an exact reconstruction
+    scores PSNR_CEILING_DB (100 dB) instead of +inf. Average the result yourself for a
+    batch PSNR (the mean of per-image PSNRs, as `evaluate_images` reports).
+
+    Args:
+        x: images B×C×H×W, floating point, values in [0, 1] (others are clamped).
+        y: images of the same shape, scored against `x` image by image.
+
+    Returns:
+        float64 tensor of shape [B]: the PSNR of x[i] against y[i], in dB, at most 100.
+
+    Raises:
+        GradleakError: when `x` or `y` is not a B×C×H×W floating-point torch.Tensor.
+        GradleakError: when `x` or `y` is empty or contains NaN.
+        GradleakError: when `x` and `y` differ in shape.
+    """
     return psnr_from_mse(mse(x, y))
 
 
@@ -47,6 +92,23 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
 
     The SSIM map is averaged over the windows that lie fully inside the image (the
     standard definition, as in Wang et al. and scikit-image); channels are averaged.
+    Constants K1 = 0.01, K2 = 0.03 and data range 1; images are clamped to [0, 1] and
+    compared in float64 on the CPU.
+
+    Args:
+        x: images B×C×H×W, floating point, values in [0, 1] (others are clamped), each
+            side at least 11 pixels.
+        y: images of the same shape, scored against `x` image by image.
+
+    Returns:
+        float64 tensor of shape [B]: the SSIM of x[i] against y[i], at most 1 (1 for
+        identical images).
+
+    Raises:
+        GradleakError: when `x` or `y` is not a B×C×H×W floating-point torch.Tensor.
+        GradleakError: when `x` or `y` is empty or contains NaN.
+        GradleakError: when `x` and `y` differ in shape.
+        GradleakError: when the images are smaller than 11×11 pixels.
     """
     x64, y64 = image_pair(x, y)
     height, width = x64.shape[-2:]

@@ -28,7 +28,23 @@ def as_label_vector(labels: Tensor, name: str) -> Tensor:
 
 
 def label_accuracy(predicted: Tensor, true: Tensor) -> float:
-    """Fraction of positions where predicted equals true (pass predicted in matched order)."""
+    """Fraction of positions where predicted equals true (pass predicted in matched order).
+
+    Args:
+        predicted: recovered labels, a 1-D tensor of integer class indices, one per image,
+            in the order of the ground-truth images.
+        true: the true labels, a 1-D integer tensor of the same length.
+
+    Returns:
+        The share of equal entries, a float in [0, 1].
+
+    Raises:
+        GradleakError: when `predicted` or `true` is not a torch.Tensor.
+        GradleakError: when `predicted` or `true` is not 1-D.
+        GradleakError: when `predicted` or `true` is floating point or complex.
+        GradleakError: when `predicted` and `true` differ in length.
+        GradleakError: when both are empty.
+    """
     pred = as_label_vector(predicted, "predicted labels")
     truth = as_label_vector(true, "true labels")
     if pred.shape != truth.shape:

@@ -25,6 +25,7 @@ class Modality(Protocol):
     """One kind of data (images, text, …) as the engine and the evaluation side see it."""
 
     name: str
+    convention: str  # how reconstructions are scored, in words (recorded with every result)
 
     # --- the attack side -------------------------------------------------------------------
     def initial_inputs(

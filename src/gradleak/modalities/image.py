@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from gradleak.data.normalize import denormalize, pixel_bounds
-from gradleak.metrics import Evaluation, evaluate_images, match_reconstructions, mse, psnr
+from gradleak.metrics import (
+    CONVENTION,
+    Evaluation,
+    evaluate_images,
+    match_reconstructions,
+    mse,
+    psnr,
+)
 from gradleak.report.images import save_comparison_grid, save_image_strip
 
 if TYPE_CHECKING:
@@ -35,6 +42,7 @@ class ImageModality:
     """Images attacked in normalised space and scored as [0, 1] pixels."""
 
     name = "image"
+    convention = CONVENTION
 
     def initial_inputs(
         self, init: str, shape: tuple[int, ...], generator: torch.Generator

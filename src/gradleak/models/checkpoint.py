@@ -20,7 +20,24 @@ _PRIMITIVES = (str, int, float, bool, type(None))
 
 
 def save_checkpoint(model: nn.Module, path: Path | str, /, **metadata: object) -> Path:
-    """Write {"state_dict": ..., "metadata": {...}} to `path`; metadata must be primitives."""
+    """Write {"state_dict": ..., "metadata": {...}} to `path`; metadata must be primitives.
+
+    The tensors are saved detached and on the CPU. The file is written beside `path` and
+    renamed into place, so an interrupted save leaves no partial checkpoint; missing
+    parent folders are created.
+
+    Args:
+        model: the model whose `state_dict()` is saved (positional only).
+        path: where to write, usually a `.pt` file (positional only).
+        **metadata: values to save alongside, e.g. model="lenet", epoch=3: str, int,
+            float, bool, None, or lists/tuples/dicts (str keys) of them.
+
+    Returns:
+        `path` as a Path.
+
+    Raises:
+        GradleakError: when a metadata value is not one of the plain types above.
+    """
     # model and path are positional-only so metadata may itself use the keys "model"/"path".
     for key, value in metadata.items():
         if not _is_plain(value):
@@ -57,6 +74,21 @@ def load_checkpoint(model: nn.Module, path: Path | str) -> nn.Module:
     """Load weights from `path` into `model` (in place) and return it.
 
     Accepts a raw state_dict or a dict holding one under "state_dict" or "model".
+    The file is read tensors-only (no pickled code runs), and a "module." prefix on every
+    key (nn.DataParallel) is dropped.
+
+    Args:
+        model: the model to load into; its keys and shapes must match the checkpoint's.
+        path: the checkpoint file.
+
+    Returns:
+        `model` itself, with the loaded weights.
+
+    Raises:
+        GradleakError: when `path` is not a file.
+        GradleakError: when the file is not a tensors-only checkpoint torch can read.
+        GradleakError: when it holds no non-empty state_dict of tensors.
+        GradleakError: when its keys or shapes differ from `model`'s (the error names them).
     """
     path = Path(path)
     state = _extract_state_dict(_read(path), path)
@@ -66,7 +98,19 @@ def load_checkpoint(model: nn.Module, path: Path | str) -> nn.Module:
 
 
 def read_checkpoint_metadata(path: Path | str) -> dict[str, object]:
-    """The metadata saved with a checkpoint; {} for a file that carries none."""
+    """The metadata saved with a checkpoint; {} for a file that carries none.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        A copy of the "metadata" dict `save_checkpoint` wrote; {} for a checkpoint without
+        one (e.g. a raw state_dict).
+
+    Raises:
+        GradleakError: when `path` is not a file.
+        GradleakError: when the file is not a tensors-only checkpoint torch can read.
+    """
     path = Path(path)
     loaded = _read(path)
     metadata = loaded.get("metadata") if isinstance(loaded, Mapping) else None
@@ -77,6 +121,16 @@ def check_checkpoint_model(path: Path | str, model_name: str) -> None:
     """Refuse a checkpoint whose metadata names a model other than `model_name`.
 
     Checkpoints without a model name pass; load_checkpoint still checks that they fit.
+    Names are compared by `canonical_model_name`, so "resnet20" and "resnet20-1" agree.
+
+    Args:
+        path: the checkpoint file.
+        model_name: the name of the model it is about to be loaded into.
+
+    Raises:
+        GradleakError: when `path` is not a file.
+        GradleakError: when the file is not a tensors-only checkpoint torch can read.
+        GradleakError: when the saved model name differs from `model_name`.
     """
     saved = read_checkpoint_metadata(path).get("model")
     if not isinstance(saved, str) or not saved.strip():

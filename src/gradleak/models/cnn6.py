@@ -32,7 +32,28 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 class CNN6(nn.Module):
-    """Six conv layers with LeakyReLU(0.2) and no pooling, then one Linear classifier."""
+    """Six conv layers with LeakyReLU(0.2) and no pooling, then one Linear classifier.
+
+    Built by name as `cnn6` (`build_model`). The convolutions have kernels 4, 3, 3, 3, 3, 3,
+    strides 2, 2, 1, 1, 2, 1 and padding 1, with biases; the classifier takes the flattened
+    last feature map (48×4×4 = 768 features for 32×32 images). It maps images B×C×H×W of
+    the given size to logits B×num_classes.
+
+    Args:
+        num_classes: number of output logits; an int >= 1.
+        in_channels: channels of the input images; an int >= 1, default 3.
+        image_size: (height, width) of the input images, which sizes the classifier;
+            default (32, 32).
+        widths: the output channels of the six convolutions, each an int >= 1; default
+            None, meaning 12, 24, 24, 24, 48, 48.
+
+    Raises:
+        GradleakError: when `num_classes` or `in_channels` is not an int >= 1.
+        GradleakError: when `image_size` is not a (height, width) pair of ints >= 1.
+        GradleakError: when `widths` does not hold six entries.
+        GradleakError: when an entry of `widths` is not a positive int.
+        GradleakError: when the image is too small for the strided convolutions.
+    """
 
     def __init__(
         self,

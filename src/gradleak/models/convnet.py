@@ -26,7 +26,21 @@ class ConvNet(nn.Module):
     conv0 (w), conv1 (2w), conv2 (2w), conv3 (4w), conv4 (4w), conv5 (4w), pool0 (3x3),
     conv6 (4w), conv7 (4w), conv8 (4w), pool1 (3x3), adaptive average pool to 3x3,
     flatten, classifier Linear(4w*9 -> num_classes).
-    Each convN is followed by bnN and reluN.
+    Each convN is followed by bnN and reluN. Built by name as `convnet[-W]` (`build_model`,
+    W = 64 by default). It maps images B×C×H×W to logits B×num_classes; the adaptive pool
+    makes it accept any image size of at least 9×9.
+
+    Args:
+        num_classes: number of output logits; an int >= 1.
+        in_channels: channels of the input images; an int >= 1, default 3.
+        image_size: (height, width) of the input images, each at least 9; default (32, 32).
+        width: w, the channels of the first convolution; an int >= 1, default 64.
+
+    Raises:
+        GradleakError: when `num_classes` or `in_channels` is not an int >= 1.
+        GradleakError: when `image_size` is not a (height, width) pair of ints >= 1.
+        GradleakError: when `width` is not a positive int.
+        GradleakError: when the image is smaller than 9×9.
     """
 
     def __init__(

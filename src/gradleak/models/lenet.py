@@ -25,7 +25,20 @@ class LeNet(nn.Module):
 
     With 3x32x32 input the classifier sees 12*8*8 = 768 features, with 1x28x28 it sees
     12*7*7 = 588. Sigmoid (not ReLU) keeps the network twice differentiable everywhere,
-    which gradient matching relies on.
+    which gradient matching relies on. Built by name as `lenet` (`build_model`). It maps
+    images B×C×H×W of the given size to logits B×num_classes.
+
+    Args:
+        num_classes: number of output logits; an int >= 1.
+        in_channels: channels of the input images; an int >= 1, default 3.
+        image_size: (height, width) of the input images, which sizes the classifier;
+            default (32, 32).
+        uniform_init: draw every weight and bias from U(-0.5, 0.5), as the DLG reference
+            code does; False keeps PyTorch's default initialisation. Default True.
+
+    Raises:
+        GradleakError: when `num_classes` or `in_channels` is not an int >= 1.
+        GradleakError: when `image_size` is not a (height, width) pair of ints >= 1.
     """
 
     def __init__(

@@ -14,7 +14,24 @@ class MLP(nn.Module):
 
     The first layer is always a Linear with bias: analytic attacks recover its input
     exactly from the ratio of its weight and bias gradients. depth=0 gives a plain
-    linear (softmax regression) model.
+    linear (softmax regression) model. Built by name as `mlp[D][-W]` (`build_model`,
+    D = 2 and W = 1024 by default). It maps images B×C×H×W of the given size to logits
+    B×num_classes.
+
+    Args:
+        num_classes: number of output logits; an int >= 1.
+        in_channels: channels of the input images; an int >= 1, default 3.
+        image_size: (height, width) of the input images, which sizes the first layer
+            (C·H·W inputs); default (32, 32).
+        width: units of each hidden layer; an int >= 1, default 1024 (checked even for
+            depth 0).
+        depth: number of hidden layers; an int >= 0, default 2.
+
+    Raises:
+        GradleakError: when `num_classes` or `in_channels` is not an int >= 1.
+        GradleakError: when `image_size` is not a (height, width) pair of ints >= 1.
+        GradleakError: when `width` is not a positive int.
+        GradleakError: when `depth` is not a non-negative int.
     """
 
     def __init__(

@@ -93,7 +93,12 @@ _TABLE: tuple[_Entry, ...] = (
 
 
 def available_models() -> list[str]:
-    """The accepted name patterns, for help texts: W is a width, K a width factor."""
+    """The accepted name patterns, for help texts: W is a width, K a width factor.
+
+    Returns:
+        The patterns in lookup order: lenet, cnn6, convnet[-W], mlp[D][-W] (D hidden
+        layers), resnet20[-K], resnet32[-K], resnet56[-K] and resnet18.
+    """
     return [entry.display for entry in _TABLE]
 
 
@@ -110,6 +115,26 @@ def build_model(
     With an integer seed the parameters are drawn from a forked RNG, so the caller's
     global random state is left untouched. seed=None draws from (and advances) the
     global RNG.
+
+    Args:
+        name: one of the patterns of `available_models` ("lenet", "convnet-32",
+            "mlp3-256", "resnet20-4", ...); case and surrounding blanks are ignored.
+        num_classes: number of output logits; an int >= 1.
+        in_channels: channels of the input images; an int >= 1, default 3.
+        image_size: (height, width) of the input images; default (32, 32). Some models
+            need a minimum size (convnet 9×9, resnets 8×8, resnet18 64×64).
+        seed: an int >= 0 fixing the initial parameters, or None for the global RNG;
+            default 0.
+
+    Returns:
+        The model on the CPU, in train mode, mapping images B×C×H×W to logits
+        B×num_classes.
+
+    Raises:
+        GradleakError: when `name` is not a string.
+        GradleakError: when `name` matches no pattern of `available_models`.
+        GradleakError: when `seed` is neither None nor an int >= 0.
+        GradleakError: when the model refuses its arguments (see its class).
     """
     if not isinstance(name, str):
         raise GradleakError(f"model name must be a string, got {name!r}; pass e.g. 'lenet'")
@@ -133,6 +158,14 @@ def canonical_model_name(name: str) -> str:
     """The name with its default suffix spelled out ("resnet20" → "resnet20-1"), for comparing.
 
     Names the registry does not know come back stripped and lower-cased.
+
+    Args:
+        name: a model name, e.g. "ResNet20" or "convnet-64".
+
+    Returns:
+        The name stripped and lower-cased, with the default width or width factor added
+        where the pattern has one and the name leaves it out ("convnet" → "convnet-64",
+        "mlp" → "mlp-1024"); names without such a suffix ("lenet") are only normalised.
     """
     key = name.strip().lower()
     entry, match = _lookup(key)
@@ -152,7 +185,18 @@ def _lookup(key: str) -> tuple[_Entry | None, re.Match[str] | None]:
 
 
 def classifier_layer(model: nn.Module) -> tuple[str, nn.Linear]:
-    """Name and module of the model's last nn.Linear (its output layer)."""
+    """Name and module of the model's last nn.Linear (its output layer).
+
+    Args:
+        model: any module; its submodules are searched in `named_modules` order.
+
+    Returns:
+        (name, layer): the qualified name of the last nn.Linear ("classifier" for every
+        model of `build_model`; "" when `model` itself is the Linear) and that layer.
+
+    Raises:
+        GradleakError: when `model` holds no nn.Linear.
+    """
     found: tuple[str, nn.Linear] | None = None
     for module_name, module in model.named_modules():
         if isinstance(module, nn.Linear):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -30,7 +32,13 @@ def init_resnet_weights(model: nn.Module) -> None:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv + BN layers with a residual connection; 1x1 conv + BN when shapes change."""
+    """Two 3x3 conv + BN layers with a residual connection; 1x1 conv + BN when shapes change.
+
+    Args:
+        in_channels: channels of the block's input.
+        out_channels: channels of its output (and of its two convolutions).
+        stride: stride of the first convolution and of the shortcut; 2 halves each side.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
@@ -56,11 +64,60 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
+def basic_stages(
+    in_channels: int, widths: Sequence[int], strides: Sequence[int], blocks: Sequence[int]
+) -> list[nn.Sequential]:
+    """The residual stages of a ResNet: stage i holds `blocks[i]` BasicBlocks `widths[i]` wide.
+
+    The first block of stage i takes the previous stage's channels (`in_channels` for the
+    first stage) with stride `strides[i]`; the stage's other blocks keep its width with
+    stride 1. Blocks are built in order, stage by stage.
+
+    Args:
+        in_channels: channels of the first stage's input (the stem's output).
+        widths: output channels of each stage.
+        strides: stride of each stage's first block.
+        blocks: number of blocks of each stage, each >= 1.
+
+    Returns:
+        One nn.Sequential of BasicBlocks per stage.
+
+    Raises:
+        ValueError: when `widths`, `strides` and `blocks` differ in length.
+    """
+    channels = in_channels
+    stages = []
+    for out_channels, stride, count in zip(widths, strides, blocks, strict=True):
+        stage = []
+        for index in range(count):
+            stage.append(BasicBlock(channels, out_channels, stride if index == 0 else 1))
+            channels = out_channels
+        stages.append(nn.Sequential(*stage))
+    return stages
+
+
 class ResNet(nn.Module):
     """CIFAR ResNet: 3x3 stem, three stages of BasicBlocks (16k, 32k, 64k wide), pool, Linear.
 
     `depth` must be 6n+2 (20, 32, 56, ...): each stage holds n blocks. `width_factor` k
     multiplies every width, so ResNet20-4 has stages 64, 128 and 256 channels wide.
+    Built by name as `resnet20[-K]`, `resnet32[-K]` or `resnet56[-K]` (`build_model`). It
+    maps images B×C×H×W to logits B×num_classes; global average pooling makes it accept
+    any image size of at least 8×8.
+
+    Args:
+        num_classes: number of output logits; an int >= 1.
+        in_channels: channels of the input images; an int >= 1, default 3.
+        image_size: (height, width) of the input images, each at least 8; default (32, 32).
+        depth: 6n+2 layers with n >= 1 (20, 32, 56, ...); default 20.
+        width_factor: k, multiplying every width; an int >= 1, default 1.
+
+    Raises:
+        GradleakError: when `num_classes` or `in_channels` is not an int >= 1.
+        GradleakError: when `image_size` is not a (height, width) pair of ints >= 1.
+        GradleakError: when the image is smaller than 8×8.
+        GradleakError: when `depth` or `width_factor` is not an int >= 1.
+        GradleakError: when `depth` is not 6n+2 with n >= 1.
     """
 
     def __init__(
@@ -94,54 +151,15 @@ class ResNet(nn.Module):
         self.conv1 = _conv3x3(in_channels, stem_width)
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=False)
-        channels = stem_width
-        stages = []
-        for multiple, stride in zip(_STAGE_MULTIPLES, _STAGE_STRIDES, strict=True):
-            out_channels = stem_width * multiple
-            blocks = []
-            for index in range(blocks_per_stage):
-                blocks.append(BasicBlock(channels, out_channels, stride if index == 0 else 1))
-                channels = out_channels
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
+        widths = [stem_width * multiple for multiple in _STAGE_MULTIPLES]
+        self.layer1, self.layer2, self.layer3 = basic_stages(
+            stem_width, widths, _STAGE_STRIDES, [blocks_per_stage] * len(widths)
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
+        self.classifier = nn.Linear(widths[-1], num_classes)
         init_resnet_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.classifier(torch.flatten(self.pool(out), 1))
-
-
-def resnet20(
-    num_classes: int,
-    in_channels: int = 3,
-    image_size: tuple[int, int] = (32, 32),
-    *,
-    width_factor: int = 1,
-) -> ResNet:
-    """ResNet20 (3 blocks per stage)."""
-    return ResNet(num_classes, in_channels, image_size, depth=20, width_factor=width_factor)
-
-
-def resnet32(
-    num_classes: int,
-    in_channels: int = 3,
-    image_size: tuple[int, int] = (32, 32),
-    *,
-    width_factor: int = 1,
-) -> ResNet:
-    """ResNet32 (5 blocks per stage)."""
-    return ResNet(num_classes, in_channels, image_size, depth=32, width_factor=width_factor)
-
-
-def resnet56(
-    num_classes: int,
-    in_channels: int = 3,
-    image_size: tuple[int, int] = (32, 32),
-    *,
-    width_factor: int = 1,
-) -> ResNet:
-    """ResNet56 (9 blocks per stage)."""
-    return ResNet(num_classes, in_channels, image_size, depth=56, width_factor=width_factor)

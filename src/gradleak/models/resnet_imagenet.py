@@ -7,7 +7,7 @@ from torch import nn
 
 from gradleak.core.errors import GradleakError
 from gradleak.models._checks import common_args
-from gradleak.models.resnet import BasicBlock, init_resnet_weights
+from gradleak.models.resnet import basic_stages, init_resnet_weights
 
 _STEM_WIDTH = 64
 _STAGE_WIDTHS = (64, 128, 256, 512)
@@ -25,7 +25,20 @@ class ResNet18(nn.Module):
 
     Each stage holds two BasicBlocks, 64, 128, 256 and 512 channels wide with strides 1, 2, 2
     and 2; a block's shortcut is a 1x1 conv + BN where its shape changes. With 1000 classes
-    and 3 input channels it has torchvision's 11,689,512 parameters.
+    and 3 input channels it has torchvision's 11,689,512 parameters. Built by name as
+    `resnet18` (`build_model`). It maps images B×C×H×W to logits B×num_classes; global
+    average pooling makes it accept any image size of at least 64×64.
+
+    Args:
+        num_classes: number of output logits; an int >= 1.
+        in_channels: channels of the input images; an int >= 1, default 3.
+        image_size: (height, width) of the input images, each at least 64; default
+            (224, 224).
+
+    Raises:
+        GradleakError: when `num_classes` or `in_channels` is not an int >= 1.
+        GradleakError: when `image_size` is not a (height, width) pair of ints >= 1.
+        GradleakError: when the image is smaller than 64×64.
     """
 
     def __init__(
@@ -48,19 +61,11 @@ class ResNet18(nn.Module):
         self.bn1 = nn.BatchNorm2d(_STEM_WIDTH)
         self.relu = nn.ReLU(inplace=False)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        channels = _STEM_WIDTH
-        stages = []
-        for out_channels, stride, count in zip(
-            _STAGE_WIDTHS, _STAGE_STRIDES, _BLOCKS_PER_STAGE, strict=True
-        ):
-            blocks = []
-            for index in range(count):
-                blocks.append(BasicBlock(channels, out_channels, stride if index == 0 else 1))
-                channels = out_channels
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.layer1, self.layer2, self.layer3, self.layer4 = basic_stages(
+            _STEM_WIDTH, _STAGE_WIDTHS, _STAGE_STRIDES, _BLOCKS_PER_STAGE
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
+        self.classifier = nn.Linear(_STAGE_WIDTHS[-1], num_classes)
         init_resnet_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,49 +1,80 @@
-"""A Case: the server's model, one client's private batch, and the attacker's knowledge."""
+"""A case: the server's view (its model and the attacker's knowledge) and the clients'
+private data, built as two separate objects so that only the first can reach an attack."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
-from gradleak.core.knowledge import Knowledge
+from gradleak.core.knowledge import DataFacts, Grants, Knowledge, grant_knowledge
 from gradleak.data import (
-    DatasetSpec,
-    ImageSource,
-    denormalize,
-    get_dataset_spec,
-    load_bundled_cifar10,
-    load_dataset,
+    FOLDER_IMAGE_CLASSES,
+    LoadedImages,
+    dataset_stats,
+    input_shape,
     load_image,
     normalize,
-    stack,
+    open_images,
 )
+from gradleak.data.loading import FOLDER
+from gradleak.fl.protocols import ProtocolSettings
+from gradleak.modalities import Modality, get_modality
 from gradleak.models import build_model, check_checkpoint_model, load_checkpoint
 from gradleak.scenario.config import RunConfig
-
-# Normalisation of images that come from a folder or a single file: the usual photo statistics.
-PHOTO_STATS = get_dataset_spec("imagenet")
-FOLDER_IMAGE_SIZE = 32  # folder images and --image with --dataset folder, unless --image-size
-FOLDER_IMAGE_CLASSES = 10  # classes of the model for --image with --dataset folder
+from gradleak.scenario.plan import DataRequest, ModelRequest, plan_run
 
 
 @dataclass(frozen=True)
-class Case:
-    """Everything one run needs. Only `model` and `knowledge` may reach the attacker."""
+class ServerView:
+    """What the server holds and the threat model grants: all an attack may be given.
+
+    Attributes:
+        model: the server's model (the one the clients receive).
+        knowledge: what the threat model grants the attacker.
+    """
 
     model: nn.Module
-    batch: PrivateBatch
     knowledge: Knowledge
+
+    @property
+    def modality(self) -> Modality:
+        return get_modality(self.knowledge.modality)
+
+    def decode(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Attacked inputs in the data's own values (images: [0, 1] pixels, clamped).
+
+        The normalisation is public knowledge; the evaluation side uses this to score and
+        show inputs, the truth included.
+        """
+        return self.modality.decode(inputs, self.knowledge)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """The clients' private data: it goes to the clients and to the evaluation side only.
+
+    Attributes:
+        batch: all users' private samples, user i's share the i-th.
+        class_names: the names of the dataset's classes.
+        source: where the samples come from, for reports.
+    """
+
+    batch: PrivateBatch
     class_names: tuple[str, ...]
     source: str
 
-    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised images back to [0, 1] pixels (clamped), for metrics and pictures."""
-        return denormalize(images, self.knowledge.mean, self.knowledge.std).clamp(0, 1)
+
+class Case(NamedTuple):
+    """A built case: the server's view and the clients' data, two separate objects."""
+
+    server: ServerView
+    client: ClientData
 
 
 @dataclass(frozen=True)
@@ -59,104 +90,109 @@ class _Data:
 
 
 def build_case(config: RunConfig) -> Case:
-    """Load the private batch and the server's model that `config` describes."""
-    config = config.validate()
-    data = _load_data(config)
-    channels, height, width = data.images01.shape[1:]
-    model = build_model(
-        config.model,
-        num_classes=data.num_classes,
+    """Load the clients' private data and the server's model that `config` describes.
+
+    Args:
+        config: the run's settings.
+
+    Returns:
+        The server's view (model, knowledge) and the clients' data, as two objects; only
+        the first may be handed to an attack.
+
+    Raises:
+        GradleakError: bad settings, missing or unreadable data, an unusable checkpoint.
+    """
+    plan = plan_run(config)
+    return case_from(plan.data, plan.model, plan.protocol, plan.grants)
+
+
+def case_from(
+    data: DataRequest, model: ModelRequest, protocol: ProtocolSettings, grants: Grants
+) -> Case:
+    """Build a case from the resolved parts of a run (see `plan_run`).
+
+    Args:
+        data: which private images the clients hold.
+        model: the server's model.
+        protocol: what the clients do (users, local training, batch-norm mode).
+        grants: what the threat model grants or makes the attacker guess.
+
+    Returns:
+        The server's view and the clients' data.
+
+    Raises:
+        GradleakError: missing or unreadable data, labels outside the classes, a
+            checkpoint of another model.
+    """
+    loaded = _load_data(data)
+    channels, height, width = loaded.images01.shape[1:]
+    server_model = build_model(
+        model.name,
+        num_classes=loaded.num_classes,
         in_channels=channels,
         image_size=(height, width),
-        seed=config.seed,
+        seed=model.seed,
     )
-    if config.checkpoint is not None:
-        check_checkpoint_model(config.checkpoint, config.model)
-        load_checkpoint(model, config.checkpoint)
-    batch = PrivateBatch(normalize(data.images01, data.mean, data.std), data.labels)
-    local, guessed = config.attacker_local_training()
-    knowledge = Knowledge(
-        data_shape=(channels, height, width),
-        num_classes=data.num_classes,
-        batch_size=config.total_samples,
-        mean=data.mean,
-        std=data.std,
-        model_mode=config.attacker_model_mode or config.model_mode,
-        labels=data.labels if config.labels_known else None,
-        dataset=data.stats_name,
-        num_users=config.users,
-        local_training=local,
-        local_training_guessed=guessed,
-        model_mode_guessed=config.attacker_model_mode is not None,
+    if model.checkpoint is not None:
+        check_checkpoint_model(model.checkpoint, model.name)
+        load_checkpoint(server_model, model.checkpoint)
+    batch = PrivateBatch(normalize(loaded.images01, loaded.mean, loaded.std), loaded.labels)
+    facts = DataFacts(
+        (channels, height, width), loaded.num_classes, loaded.mean, loaded.std, loaded.stats_name
     )
-    return Case(model, batch, knowledge, data.class_names, data.source)
+    knowledge = grant_knowledge(facts, loaded.labels, protocol, grants)
+    server = ServerView(server_model, knowledge)
+    return Case(server, ClientData(batch, loaded.class_names, loaded.source))
 
 
-def _load_data(config: RunConfig) -> _Data:
-    if config.image is not None:
-        return _single_image(config)
-    if config.dataset == "folder":
-        size = config.image_size or FOLDER_IMAGE_SIZE
-        source = load_dataset(
-            "folder", config.data_root, config.split, size=(size, size), channels=3
-        )
-        return _from_source(config, source, PHOTO_STATS, f"folder {config.data_root}")
-    spec = get_dataset_spec(config.dataset)
-    if config.image_size not in (None, spec.image_size[0]):
-        raise GradleakError(
-            f"{spec.name} images are {spec.image_size[0]} pixels; drop --image-size or use "
-            "--dataset folder"
-        )
-    if config.data_root is None and config.dataset == "cifar10":
-        return _from_source(config, load_bundled_cifar10(), spec, "bundled CIFAR-10 test images")
-    source = load_dataset(config.dataset, config.data_root, config.split)
-    return _from_source(config, source, spec, f"{spec.name} {config.split} split")
-
-
-def _from_source(
-    config: RunConfig, source: ImageSource, stats: DatasetSpec, description: str
-) -> _Data:
-    if config.total_samples > len(source):
-        if config.users > 1:
-            raise GradleakError(
-                f"{config.users} users × {config.batch_size} samples need "
-                f"{config.total_samples} images but {description} has {len(source)}; use "
-                "fewer users (peers) or a smaller --batch-size"
-            )
-        raise GradleakError(
-            f"batch size {config.batch_size} is larger than the {len(source)} images in "
-            f"{description}; use --batch-size {len(source)} or fewer"
-        )
-    indices = config.batch_indices()
-    if max(indices) >= len(source):
-        raise GradleakError(
-            f"image index {max(indices)} is out of range: {description} has {len(source)} "
-            f"images (0..{len(source) - 1})"
-        )
-    images01, labels = stack(source, indices)
-    num_classes = config.num_classes or len(source.class_names)
+def _load_data(request: DataRequest) -> _Data:
+    if request.image is not None:
+        return _single_image(request)
+    images = open_images(request.dataset, request.data_root, request.split, request.image_size)
+    _check_enough(request, images)
+    images01, labels = images.pixels(request.indices)
+    num_classes = request.num_classes or images.num_classes
     _check_label_range(labels, num_classes)
-    shown = ", ".join(str(i) for i in indices)
+    stats = images.stats
     return _Data(
         images01,
         labels,
-        tuple(source.class_names),
+        images.class_names,
         num_classes,
         stats.mean,
         stats.std,
         stats.name,
-        f"{description}, indices {shown}",
+        images.describe(request.indices),
     )
 
 
-def _single_image(config: RunConfig) -> _Data:
-    # The image takes the shape and statistics of the chosen dataset (CIFAR-10 by default).
-    folder = config.dataset == "folder"
-    stats = PHOTO_STATS if folder else get_dataset_spec(config.dataset)
-    size = config.image_size or (FOLDER_IMAGE_SIZE if folder else stats.image_size[0])
-    image01 = load_image(Path(config.image), (size, size), stats.channels)
-    num_classes = config.num_classes or (FOLDER_IMAGE_CLASSES if folder else stats.num_classes)
-    label = 0 if config.label is None else config.label
+def _check_enough(request: DataRequest, images: LoadedImages) -> None:
+    """Refuse more images than the dataset has, naming the flag that fixes it."""
+    total, have = len(request.indices), len(images)
+    if total <= have:
+        return
+    if request.users > 1:
+        raise GradleakError(
+            f"{request.users} users × {request.per_user} samples need {total} images but "
+            f"{images.description} has {have}; use fewer users (peers) or a smaller "
+            "--batch-size"
+        )
+    raise GradleakError(
+        f"batch size {request.per_user} is larger than the {have} images in "
+        f"{images.description}; use --batch-size {have} or fewer"
+    )
+
+
+def _single_image(request: DataRequest) -> _Data:
+    # The image takes the shape and statistics of the chosen dataset (CIFAR-10 by default);
+    # unlike a dataset's own images it may be resized to any --image-size.
+    stats = dataset_stats(request.dataset)
+    channels, (side, _) = input_shape(request.dataset)
+    size = request.image_size or side
+    image01 = load_image(Path(request.image), (size, size), channels)
+    folder = request.dataset == FOLDER
+    num_classes = request.num_classes or (FOLDER_IMAGE_CLASSES if folder else stats.num_classes)
+    label = 0 if request.label is None else request.label
     labels = torch.tensor([label])
     _check_label_range(labels, num_classes)
     names = tuple(str(i) for i in range(num_classes))
@@ -168,7 +204,7 @@ def _single_image(config: RunConfig) -> _Data:
         stats.mean,
         stats.std,
         stats.name,
-        f"image {config.image}, label {label}",
+        f"image {request.image}, label {label}",
     )
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from gradleak.core.errors import GradleakError
+from gradleak.core.knowledge import GUESSABLE, Grants
 from gradleak.core.settings import read_mapping, replace_checked
 from gradleak.fl.local_training import LocalTraining
-from gradleak.fl.protocols import DEFAULT_LOCAL_LR, ProtocolSettings
-from gradleak.fl.protocols import PROTOCOLS as PROTOCOL_CLIENTS
+from gradleak.fl.protocols import DEFAULT_LOCAL_LR, PROTOCOLS, ProtocolSettings, get_protocol
 
-PROTOCOLS = tuple(PROTOCOL_CLIENTS)
+DEFAULT_PROTOCOL = "fedsgd"
 DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "folder")
 MODEL_MODES = ("train", "eval")
 SPLITS = ("test", "train")
@@ -45,7 +45,7 @@ class RunConfig:
     # Evaluation side: end the attack once the reconstruction reaches this PSNR (dB).
     # It reads the ground truth, so it measures time-to-quality; it is not attacker knowledge.
     stop_psnr: float | None = None
-    protocol: str = "fedsgd"
+    protocol: str = DEFAULT_PROTOCOL
     # Client-side defenses, applied in order to the update (e.g. "prune:0.3").
     defenses: tuple[str, ...] = ()
     # Iterations at which the evaluation side keeps a picture of the reconstruction
@@ -79,31 +79,27 @@ class RunConfig:
             )
         if not 0 <= self.seed < 2**63:
             raise GradleakError(f"seed must be in 0..2**63-1, got {self.seed}")
-        if self.protocol not in PROTOCOLS:
-            raise GradleakError(f"protocol {self.protocol!r} is not one of: {', '.join(PROTOCOLS)}")
+        protocol = get_protocol(self.protocol)
         if self.attacker_model_mode not in (None, *MODEL_MODES):
             raise GradleakError(
                 f"attacker_model_mode {self.attacker_model_mode!r} is not one of: "
                 f"{', '.join(MODEL_MODES)}"
             )
         local_keys = [k for k in _LOCAL_KEYS if getattr(self, k) is not None]
-        if self.protocol == "fedsgd" and local_keys:
+        if not protocol.trains_locally and local_keys:
             flag = "--" + local_keys[0].replace("_", "-")
+            trainers = " or ".join(p.name for p in PROTOCOLS.values() if p.trains_locally)
             raise GradleakError(
-                f"{flag} describes local training, which fedsgd does not do; "
-                "use --protocol fedavg or fedadmm"
+                f"{flag} describes local training, which {self.protocol} does not do; "
+                f"use --protocol {trainers}"
             )
         if self.batch_size < 1:
             raise GradleakError(f"batch size must be at least 1, got {self.batch_size}")
-        self.protocol_settings()  # checks the local training, users and rounds
-        self.attacker_local_training()
-        shape_guesses = [k for k in _LOCAL_KEYS[:3] if getattr(self, f"guess_{k}") is not None]
-        if self.attack.endswith("-admm") and shape_guesses:
-            flag = "--guess-" + shape_guesses[0].replace("_", "-")
-            raise GradleakError(
-                f"{self.attack} uses only the local learning rate of the attacker's belief; "
-                f"drop {flag} (use --guess-local-lr)"
-            )
+        # The protocol's settings and the attacker's belief of them are checked here, before
+        # any data is read.
+        settings, grants = self.protocol_settings(), self.grants()
+        settings.attacker_belief(grants, self.batch_size)
+        settings.refuse_ignored_guesses(grants)
         if self.users > 1 and self.image is not None:
             raise GradleakError("--image attacks one image; --users needs --dataset images")
         if self.snapshots is not None and any(i < 0 for i in self.snapshots):
@@ -120,8 +116,6 @@ class RunConfig:
             raise GradleakError("--label sets the label of --image; dataset images have theirs")
         if self.num_classes is not None and self.num_classes > MAX_CLASSES:
             raise GradleakError(f"--num-classes must be at most {MAX_CLASSES}")
-        if self.batch_size < 1:
-            raise GradleakError(f"batch size must be at least 1, got {self.batch_size}")
         if not self.indices:
             raise GradleakError("give at least one image index")
         if any(i < 0 for i in self.indices):
@@ -159,7 +153,7 @@ class RunConfig:
     def protocol_settings(self) -> ProtocolSettings:
         """What the simulated clients do."""
         local = None
-        if self.protocol != "fedsgd":
+        if get_protocol(self.protocol).trains_locally:
             local = LocalTraining(
                 lr=DEFAULT_LOCAL_LR if self.local_lr is None else self.local_lr,
                 steps=self.local_steps,
@@ -177,37 +171,18 @@ class RunConfig:
             share_buffers=self.share_buffers,
         )
 
-    def attacker_local_training(self) -> tuple[LocalTraining | None, bool]:
-        """The attacker's belief about the local training, and whether it is a guess."""
-        truth = self.protocol_settings().local
-        guesses = {k: getattr(self, f"guess_{k}") for k in _LOCAL_KEYS}
-        if truth is None:
-            given = [k for k, v in guesses.items() if v is not None]
-            if given:
-                raise GradleakError(
-                    f"--guess-{given[0].replace('_', '-')} guesses local training, which "
-                    "fedsgd does not do; use --protocol fedavg or fedadmm"
-                )
-            return None, False
-        if all(v is None for v in guesses.values()):
-            return truth, False
-        steps, epochs = truth.steps, truth.epochs
-        if guesses["local_steps"] is not None or guesses["local_epochs"] is not None:
-            steps, epochs = guesses["local_steps"], guesses["local_epochs"]
-        guess = LocalTraining(
-            lr=truth.lr if guesses["local_lr"] is None else guesses["local_lr"],
-            steps=steps,
-            epochs=epochs,
-            batch_size=truth.batch_size
-            if guesses["local_batch_size"] is None
-            else guesses["local_batch_size"],
+    def grants(self) -> Grants:
+        """What the threat model grants the attacker, and where it guesses."""
+        guesses = {k: getattr(self, f"guess_local_{k}") for k in GUESSABLE}
+        return Grants(
+            labels_known=self.labels_known,
+            local_guess={k: v for k, v in guesses.items() if v is not None},
+            model_mode=self.attacker_model_mode,
         )
-        guess.check(self.batch_size, "--guess-local-batch-size")
-        return guess, True
 
     def default_out(self) -> Path:
         source = self.image.stem if self.image is not None else f"{self.dataset}-{self.indices[0]}"
-        protocol = "" if self.protocol == "fedsgd" else f"-{self.protocol}"
+        protocol = "" if self.protocol == DEFAULT_PROTOCOL else f"-{self.protocol}"
         users = "" if self.users == 1 else f"-u{self.users}"
         name = f"{self.attack}-{self.model}-{source}-b{self.batch_size}{users}{protocol}"
         return Path("runs") / f"{name}-s{self.seed}"

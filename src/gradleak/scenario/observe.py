@@ -1,4 +1,9 @@
-"""The evaluation side's view of a running attack: scores against the truth, early stop."""
+"""The evaluation side of a run: it reads the truth, the attack never does.
+
+Its functions decode and score reconstructions against the clients' data, and
+offer the engine's callback hook (`psnr_observer`) that adds the PSNR and MSE of the best
+trial to the history, keeps snapshots and, with a target PSNR, ends the attack early.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,33 @@ import torch
 
 from gradleak.attacks.engine.hooks import Observer, StopAttack
 from gradleak.attacks.engine.trials import best_trial
-from gradleak.metrics import (
-    match_reconstructions,
-    mse,
-    psnr,
-)
-from gradleak.scenario.case import Case
+from gradleak.attacks.reconstruction import Reconstruction
+from gradleak.core.batch import PrivateBatch
+from gradleak.metrics import Evaluation
+from gradleak.scenario.case import Case, ServerView
 from gradleak.scenario.snapshots import SnapshotRecorder
+
+
+def score(server: ServerView, truth: PrivateBatch, reconstruction: Reconstruction) -> Evaluation:
+    """Score a reconstruction against the private batch behind the update it attacked.
+
+    Labels handed over by the threat model are not scored as a recovery.
+
+    Args:
+        server: the attacked server's view (its knowledge says how to decode inputs).
+        truth: the private samples behind the attacked update.
+        reconstruction: what the attack returned.
+
+    Returns:
+        The modality's scores after one-to-one matching of reconstructions to the truth.
+    """
+    rec = reconstruction
+    return server.modality.score(
+        server.decode(rec.images),
+        server.decode(truth.images),
+        rec.labels if rec.labels_recovered else None,
+        truth.labels,
+    )
 
 
 def psnr_observer(
@@ -24,21 +49,29 @@ def psnr_observer(
 
     With `stop_at`, the first time the PSNR reaches it the attack is stopped (once); with a
     `recorder`, pictures of the reconstruction are kept at the recorder's iterations.
+
+    Args:
+        case: the server's view (to decode inputs) and the clients' data (the truth).
+        stop_at: end the attack once the PSNR reaches this many dB.
+        recorder: keeps the reconstruction at chosen iterations.
+
+    Returns:
+        The engine's callback hook.
     """
-    truth01 = case.to_pixels(case.batch.images)
+    server, client = case
+    modality = server.modality
+    truth = server.decode(client.batch.images)
     stopped = False
 
     def observe(iteration: int, losses: torch.Tensor, images: torch.Tensor) -> Mapping[str, float]:
         nonlocal stopped
-        recon01 = case.to_pixels(images[best_trial(losses)])
-        order = match_reconstructions(recon01, truth01)
+        recon = server.decode(images[best_trial(losses)])
+        order, columns = modality.progress(recon, truth)
         if recorder is not None and recorder.wants(iteration):
-            recorder.observe(iteration, recon01[order])
-        value = float(psnr(recon01[order], truth01).mean())
-        error = float(mse(recon01[order], truth01).mean())
-        if stop_at is not None and value >= stop_at and not stopped:
+            recorder.observe(iteration, recon[order])
+        if stop_at is not None and columns["psnr"] >= stop_at and not stopped:
             stopped = True
-            raise StopAttack(f"PSNR {value:.2f} dB reached {stop_at} dB")
-        return {"psnr": value, "mse": error}
+            raise StopAttack(f"PSNR {columns['psnr']:.2f} dB reached {stop_at} dB")
+        return columns
 
     return observe

@@ -6,20 +6,17 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from gradleak import attacks
-from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.errors import GradleakError
 from gradleak.core.settings import to_plain
-from gradleak.metrics import (
-    CONVENTION,
-    Evaluation,
-)
-from gradleak.report import save_comparison_grid, save_image_strip, write_history_csv
-from gradleak.scenario.case import Case
-from gradleak.scenario.config import RunConfig
+from gradleak.report import write_history_csv
+from gradleak.scenario.plan import RunPlan
+
+if TYPE_CHECKING:
+    from gradleak.scenario.run import AttackOutcome
 
 
 def check_out_dir(out_dir: Path) -> Path:
@@ -34,25 +31,22 @@ def check_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def run_metrics(
-    config: RunConfig,
-    case: Case,
-    attack: attacks.Attack,
-    rec: Reconstruction,
-    evaluation: Evaluation,
-) -> dict[str, object]:
-    ev = evaluation.to_dict()
+def run_metrics(plan: RunPlan, outcome: AttackOutcome) -> dict[str, object]:
+    """Everything metrics.json records about one run: settings, scores, the threat model."""
+    config, rec = plan.config, outcome.reconstruction
+    server, client = outcome.case
+    ev = outcome.evaluation.to_dict()
     return {
         "attack": config.attack,
         "model": config.model,
         "dataset": config.dataset,
-        "source": case.source,
+        "source": client.source,
         "batch_size": config.batch_size,
         "protocol": config.protocol,
         "users": config.users,
-        "protocol_settings": config.protocol_settings().describe(),
+        "protocol_settings": plan.protocol.describe(),
         "defenses": list(config.defenses),
-        "seed": config.seed,
+        "seed": plan.seed,
         "psnr": ev["psnr"],
         "ssim": ev["ssim"],
         "mse": ev["mse"],
@@ -60,47 +54,47 @@ def run_metrics(
         "iterations": rec.iterations,
         "loss_evaluations": rec.loss_evaluations,
         "seconds": rec.seconds,
-        "stopped_at_psnr": config.stop_psnr if rec.stopped else None,
+        "stopped_at_psnr": plan.output.stop_psnr if rec.stopped else None,
         "compiled": rec.compiled,
         "compile_seconds": rec.compile_seconds,
-        "restarts": attack.config.restarts,
+        "restarts": plan.attack.config.restarts,
         "trials_run": len(rec.trial_losses),
         "best_trial": rec.best_trial,
         "matching_loss": rec.loss,
         "trial_losses": rec.trial_losses,
         "label_strategy": rec.label_strategy,
         "recovered_labels": [] if rec.labels is None else rec.labels.tolist(),
-        "true_labels": case.batch.labels.tolist(),
+        "true_labels": client.batch.labels.tolist(),
         "matching": ev["matching"],
         "per_image": ev["per_image"],
         "interrupted": rec.interrupted,
-        "threat_model": case.knowledge.describe(),
-        "convention": CONVENTION,
+        "threat_model": server.knowledge.describe(),
+        "convention": server.modality.convention,
     }
 
 
 def write_outputs(
-    out_dir: Path,
-    config: RunConfig,
-    attack_config: object,
-    case: Case,
-    rec: Reconstruction,
-    evaluation: Evaluation,
-    metrics: Mapping[str, object],
+    out_dir: Path, plan: RunPlan, outcome: AttackOutcome, metrics: Mapping[str, object]
 ) -> None:
-    """metrics.json, reconstruction.png, grid.png, history.csv and the resolved config.yaml."""
+    """The run directory: the modality's pictures, snapshots, history.csv, the resolved
+    config.yaml and metrics.json (written last, so its presence means the run is complete).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    recon01 = case.to_pixels(rec.images)
-    truth01 = case.to_pixels(case.batch.images)
-    order = evaluation.matching
-    save_image_strip(recon01[order], out_dir / "reconstruction.png")
-    save_comparison_grid(truth01, recon01, out_dir / "grid.png", matching=order)
+    server, client = outcome.case
+    rec = outcome.reconstruction
+    modality = server.modality
+    recon = server.decode(rec.images)
+    modality.render_run(
+        out_dir, server.decode(client.batch.images), recon, outcome.evaluation.matching
+    )
     write_history_csv(rec.history, out_dir / "history.csv")
     resolved = {
-        "run": to_plain(config),
-        "attack": {"name": config.attack, **to_plain(attack_config), **rec.details},
-        "threat_model": case.knowledge.describe(),
+        "run": to_plain(plan.config),
+        "attack": {"name": plan.config.attack, **to_plain(plan.attack.config), **rec.details},
+        "threat_model": server.knowledge.describe(),
     }
     (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    if outcome.snapshots is not None:
+        outcome.snapshots.save(out_dir, modality)
     text = json.dumps(to_plain(metrics), indent=2, allow_nan=False)
     (out_dir / "metrics.json").write_text(text + "\n")

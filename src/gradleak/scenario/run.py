@@ -12,18 +12,16 @@ from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
-from gradleak.defenses import ClientView, apply_defenses, parse_defenses
+from gradleak.defenses import ClientView, apply_defenses
 from gradleak.fl.client import Client
 from gradleak.fl.rounds import simulate
-from gradleak.metrics import (
-    Evaluation,
-    evaluate_images,
-)
-from gradleak.scenario.case import Case, build_case
+from gradleak.metrics import Evaluation
+from gradleak.scenario.case import Case, ServerView, case_from
 from gradleak.scenario.config import RunConfig
-from gradleak.scenario.observe import psnr_observer
+from gradleak.scenario.observe import psnr_observer, score
 from gradleak.scenario.outputs import check_out_dir, run_metrics, write_outputs
-from gradleak.scenario.snapshots import SnapshotRecorder, default_snapshot_iterations
+from gradleak.scenario.plan import RunPlan, plan_run
+from gradleak.scenario.snapshots import SnapshotRecorder
 
 
 @dataclass
@@ -47,50 +45,71 @@ class RunResult(AttackOutcome):
 
 
 def attack_case(config: RunConfig) -> AttackOutcome:
-    """Simulate the client, attack its update and score the reconstruction (writes nothing)."""
-    case = build_case(config)
-    attack = attacks.get(config.attack).with_options(config.attack_options)
-    iterations = config.snapshots or default_snapshot_iterations(attack.config.iterations)
-    recorder = SnapshotRecorder(iterations)
-    defenses = parse_defenses(config.defenses)
-    generator = torch.Generator().manual_seed(config.seed)
+    """Simulate the clients, attack their update and score the reconstruction; write nothing.
 
-    def defend(update: SharedUpdate, client: Client, batch: PrivateBatch) -> SharedUpdate:
+    Args:
+        config: the run's settings.
+
+    Returns:
+        The case, the attack, the shared update, the reconstruction, its scores and the
+        snapshots the evaluation side kept.
+
+    Raises:
+        GradleakError: settings that cannot run, missing data, an update the attack cannot
+            read (one line each, before the attack starts).
+    """
+    return execute(plan_run(config))
+
+
+def execute(plan: RunPlan) -> AttackOutcome:
+    """Run a resolved plan: build the case, simulate, attack, score (writes nothing)."""
+    case = case_from(plan.data, plan.model, plan.protocol, plan.grants)
+    server, client = case
+    recorder = SnapshotRecorder(plan.output.snapshots)
+    generator = torch.Generator().manual_seed(plan.seed)
+
+    def defend(update: SharedUpdate, member: Client, batch: PrivateBatch) -> SharedUpdate:
         # Each client defends its own update before sharing it.
-        return apply_defenses(update, defenses, generator, ClientView(client.model, batch))
+        return apply_defenses(update, plan.defenses, generator, ClientView(member.model, batch))
 
-    shared = simulate(case.model, case.batch, config.protocol_settings(), defend)
-    update = shared.update
-    reconstruction = attack.reconstruct(
-        update,
-        shared.server_model,
-        case.knowledge,
-        seed=config.seed,
-        observer=psnr_observer(case, config.stop_psnr, recorder=recorder),
-        progress=config.progress,
+    shared = simulate(server.model, client.batch, plan.protocol, defend)
+    # The attacker holds the server's model of the attacked round and what is granted.
+    attacked = ServerView(shared.server_model, server.knowledge)
+    reconstruction = plan.attack.reconstruct(
+        shared.update,
+        attacked.model,
+        attacked.knowledge,
+        seed=plan.seed,
+        observer=psnr_observer(case, plan.output.stop_psnr, recorder=recorder),
+        progress=plan.output.progress,
     )
-    # Labels handed over by the threat model are not scored as a recovery.
-    evaluation = evaluate_images(
-        case.to_pixels(reconstruction.images),
-        case.to_pixels(case.batch.images),
-        reconstruction.labels if reconstruction.labels_recovered else None,
-        case.batch.labels,
-    )
-    final01 = case.to_pixels(reconstruction.images)[evaluation.matching]
-    recorder.observe_final(reconstruction.iterations, final01)
-    return AttackOutcome(case, attack, update, reconstruction, evaluation, recorder)
+    evaluation = score(attacked, client.batch, reconstruction)
+    final = attacked.decode(reconstruction.images)[evaluation.matching]
+    recorder.observe_final(reconstruction.iterations, final)
+    return AttackOutcome(case, plan.attack, shared.update, reconstruction, evaluation, recorder)
 
 
 def run_attack(config: RunConfig) -> RunResult:
-    """attack_case, then save everything under the run directory."""
-    out_dir = check_out_dir(Path(config.out or config.default_out()))
-    outcome = attack_case(config)
-    case, rec, evaluation = outcome.case, outcome.reconstruction, outcome.evaluation
-    metrics = run_metrics(config, case, outcome.attack, rec, evaluation)
+    """Run one attack end to end and write its run directory.
+
+    Args:
+        config: the run's settings (`config.out` is the run directory; None: runs/NAME).
+
+    Returns:
+        The outcome, the metrics written to metrics.json and the run directory. After
+        Ctrl-C during the attack, what was reconstructed so far is scored and written, and
+        `reconstruction.interrupted` is set.
+
+    Raises:
+        GradleakError: settings that cannot run or an unusable run directory, before any
+            work; a run directory that cannot be written.
+    """
+    plan = plan_run(config)
+    out_dir = check_out_dir(plan.output.out_dir)
+    outcome = execute(plan)
+    metrics = run_metrics(plan, outcome)
     try:
-        write_outputs(out_dir, config, outcome.attack.config, case, rec, evaluation, metrics)
-        if outcome.snapshots is not None:
-            outcome.snapshots.save(out_dir)
+        write_outputs(out_dir, plan, outcome, metrics)
     except OSError as exc:
         raise GradleakError(f"cannot write the run directory {out_dir}: {exc}") from exc
     return RunResult(**vars(outcome), metrics=metrics, out_dir=out_dir)

@@ -1,9 +1,10 @@
 """Snapshots of the reconstruction over the iterations, for the run report.
 
-The evaluation-side observer hands the recorder the current best reconstruction (in [0, 1])
-at every logged iteration; the recorder keeps a CPU copy of the first observation at or
-after each requested iteration, and always the final state. `save` writes one PNG strip per
-snapshot under `snapshots/` and an index `snapshots.json` in the run directory.
+The evaluation-side observer hands the recorder the current best reconstruction (decoded:
+images in [0, 1]) at every logged iteration; the recorder keeps a CPU copy of the first
+observation at or after each requested iteration, and always the final state. `save` lets
+the modality render each snapshot (images: one PNG strip under `snapshots/`) and writes an
+index `snapshots.json` in the run directory.
 """
 
 from __future__ import annotations
@@ -17,18 +18,12 @@ import torch
 from torch import Tensor
 
 from gradleak.core.errors import GradleakError
-from gradleak.report.images import save_image_strip
+from gradleak.modalities import Modality
 
-SNAPSHOT_DIR = "snapshots"
 INDEX_FILE = "snapshots.json"
 
 _NICE_MANTISSAS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.5)
 _MAX_RATIO = math.sqrt(10.0)  # 1-3-10-30-… spacing at most
-
-
-def snapshot_file(iteration: int) -> str:
-    """The snapshot's path relative to the run directory."""
-    return f"{SNAPSHOT_DIR}/iter_{iteration:06d}.png"
 
 
 def _nice(value: float) -> int:
@@ -114,14 +109,21 @@ class SnapshotRecorder:
         self._final = iteration
         self._pending = []
 
-    def save(self, run_dir: Path) -> list[dict[str, object]]:
-        """Write snapshots/iter_NNNNNN.png strips and snapshots.json; return the index."""
+    def save(self, run_dir: Path, modality: Modality) -> list[dict[str, object]]:
+        """Render every snapshot as `modality` does and write snapshots.json; return the index.
+
+        Args:
+            run_dir: the run directory.
+            modality: renders one snapshot (images: snapshots/iter_NNNNNN.png strips).
+
+        Returns:
+            One entry per snapshot: its iteration and its file relative to `run_dir`.
+        """
         run_dir = Path(run_dir)
         index: list[dict[str, object]] = []
-        for iteration, pixels in self.snapshots.items():
-            file = snapshot_file(iteration)
-            # A diverged iterate may hold NaN; the picture shows it black rather than failing.
-            save_image_strip(torch.nan_to_num(pixels, nan=0.0), run_dir / file)
+        for iteration, decoded in self.snapshots.items():
+            file = modality.snapshot_file(iteration)
+            modality.render_snapshot(decoded, run_dir / file)
             index.append({"iteration": iteration, "file": file})
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")

@@ -13,15 +13,14 @@ Layout under the output folder:
 
 A run is written under a `.partial` name and renamed when it is complete; an interrupted run
 stays partial (and is removed by the next call), so tables and figures show finished runs
-only. Finished runs whose request is unchanged are not run again.
+only. Finished runs whose request is unchanged are not run again (see studies/cells.py).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
-import math
-import shutil
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,15 +32,16 @@ import torch
 from gradleak import attacks
 from gradleak.core.errors import GradleakError
 from gradleak.core.settings import replace_checked, to_plain
-from gradleak.core.update import UpdateKind
+from gradleak.fl.protocols import PROTOCOLS, protocols_read_by
 from gradleak.report.compare_plots import Curve, GridRow, Tile, curves_png, snapshot_grid_png
 from gradleak.report.tables import write_csv
 from gradleak.scenario.case import build_case
-from gradleak.scenario.config import DATASET_CHOICES, PROTOCOLS, RunConfig
+from gradleak.scenario.config import DATASET_CHOICES, RunConfig
 from gradleak.scenario.run import RunResult, run_attack
+from gradleak.studies.cells import CellRef, CellStore, described_config
+from gradleak.studies.summary import of, summarise_groups
 
 RUNS_DIR = "runs"
-PARTIAL = ".partial"
 RUN_MARKER = "compare-run.json"
 SNAPSHOT_FILE = "snapshots.pt"
 
@@ -112,14 +112,9 @@ class AttackRun:
         return f"{self.attack} ({self.protocol})"
 
 
-def _reads_admm(attack: str) -> bool:
-    """Whether the named attack reads FedADMM increments (the -admm presets)."""
-    return UpdateKind.ADMM_INCREMENT in attacks.get(attack).reads
-
-
 def default_protocol(attack: str) -> str:
-    """The protocol whose update the attack reads: FedADMM for the -admm attacks."""
-    return "fedadmm" if _reads_admm(attack) else "fedsgd"
+    """The first protocol (in registry order) whose updates the attack reads."""
+    return protocols_read_by(attacks.get(attack).reads)[0].name
 
 
 def parse_attack_run(text: str) -> AttackRun:
@@ -285,20 +280,24 @@ def _unique(values: Sequence[object], what: str, fix: str) -> None:
 
 
 def _check_pairing(run: AttackRun) -> None:
-    """An -admm attack reads only FedADMM increments, the others never do."""
-    admm = _reads_admm(run.attack)
-    if admm and run.protocol != "fedadmm":
+    """Refuse an attack against a protocol whose updates it cannot read."""
+    reads = attacks.get(run.attack).reads
+    shared = PROTOCOLS[run.protocol].shares
+    if shared in reads:
+        return
+    readable = protocols_read_by(reads)
+    if len(readable) == 1:
         raise GradleakError(
-            f"{run.attack} reads FedADMM increments; write {run.attack}:fedadmm, not "
-            f"{run.attack}:{run.protocol}"
+            f"{run.attack} reads {readable[0].shares.description}; write "
+            f"{run.attack}:{readable[0].name}, not {run.attack}:{run.protocol}"
         )
-    if not admm and run.protocol == "fedadmm":
-        readers = [name for name in attacks.available() if _reads_admm(name)]
-        suggestion = f"{run.attack}-admm" if f"{run.attack}-admm" in readers else None
-        choices = suggestion or " or ".join(readers)
-        raise GradleakError(
-            f"{run.attack} cannot read a FedADMM increment; use {choices} with fedadmm"
-        )
+    readers = [name for name in attacks.available() if shared in attacks.get(name).reads]
+    # The same attack's variant for this protocol, when there is one (dlg → dlg-admm).
+    variant = next((n for n in readers if n.startswith(f"{run.attack}-")), None)
+    choices = variant or " or ".join(readers)
+    raise GradleakError(
+        f"{run.attack} cannot read {shared.description}; use {choices} with {run.protocol}"
+    )
 
 
 @dataclass
@@ -332,15 +331,16 @@ def run_compare(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GradleakError(f"cannot create the comparison folder {out_dir}: {exc}") from exc
+    store = cell_store(out_dir)
     cells = spec.cells()
-    result = CompareResult(out_dir, len(cells), removed_partial=_remove_partial(out_dir))
+    result = CompareResult(out_dir, len(cells), removed_partial=store.remove_leftovers())
     for cell in cells:
-        final = out_dir / cell.path
-        if _finished(spec, cell, final):
+        ref = _ref(spec, cell)
+        if store.finished(ref):
             result.skipped += 1
             continue
         try:
-            run = _run_cell(spec, cell, final, progress)
+            run = store.publish(ref, functools.partial(_write_run, spec, cell, progress=progress))
         except KeyboardInterrupt:
             result.interrupted = True
             break
@@ -354,63 +354,49 @@ def run_compare(
     return result
 
 
-def _run_cell(spec: CompareSpec, cell: Cell, final: Path, progress: bool) -> RunResult | None:
-    """Run one cell into its partial directory and publish it; None if interrupted."""
-    partial = final.with_name(final.name + PARTIAL)
-    shutil.rmtree(partial, ignore_errors=True)
+def cell_store(out_dir: Path) -> CellStore:
+    """The comparison's runs: `runs/<dataset>/image-<i>/<attack>-<protocol>/`, each finished
+    one marked by its `compare-run.json`; an interrupted run keeps what it wrote so far
+    under its `.partial` name until the next call."""
+    return CellStore(Path(out_dir), RUN_MARKER, layout=f"{RUNS_DIR}/*/*/*", keep_unpublished=True)
+
+
+def _write_run(spec: CompareSpec, cell: Cell, partial: Path, progress: bool) -> RunResult | None:
+    """Run one cell into `partial` with its snapshots; None if Ctrl-C reached the attack."""
     config = replace(spec.config(cell), out=partial, progress=progress).validate()
     run = run_attack(config)
     if run.reconstruction.interrupted:
         return None
     save_snapshots(run, partial / SNAPSHOT_FILE)
-    marker = json.dumps(_description(spec, cell), indent=2)
-    (partial / RUN_MARKER).write_text(marker + "\n", encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    partial.rename(final)
     return run
 
 
 def _description(spec: CompareSpec, cell: Cell) -> dict[str, Any]:
     """What a finished run was asked for; a run is reused only if this is unchanged."""
-    config = to_plain(spec.config(cell))
-    config.pop("out", None)
-    config.pop("progress", None)
     return {
         "dataset": cell.source.label,
         "index": cell.index,
         "attack": cell.run.attack,
         "protocol": cell.run.protocol,
-        "config": config,
+        "config": described_config(spec.config(cell)),
     }
 
 
-def _finished(spec: CompareSpec, cell: Cell, run_dir: Path) -> bool:
-    marker = run_dir / RUN_MARKER
-    if not (marker.is_file() and (run_dir / "metrics.json").is_file()):
-        return False
-    try:
-        return json.loads(marker.read_text(encoding="utf-8")) == _description(spec, cell)
-    except (json.JSONDecodeError, OSError):
-        return False
+def _ref(spec: CompareSpec, cell: Cell) -> CellRef:
+    return CellRef(cell.path, _description(spec, cell))
 
 
-def _remove_partial(out_dir: Path) -> int:
-    """Delete runs an earlier call left half-written (interrupted or crashed)."""
-    runs = out_dir / RUNS_DIR
-    if not runs.is_dir():
-        return 0
-    half = [p for p in runs.glob(f"*/*/*{PARTIAL}") if p.is_dir()]
-    for path in half:
-        shutil.rmtree(path, ignore_errors=True)
-    return len(half)
+def _finished_runs(spec: CompareSpec, out_dir: Path) -> list[tuple[Cell, dict[str, Any]]]:
+    """(cell, metrics) of every finished run, in the spec's order."""
+    return cell_store(out_dir).collect((cell, _ref(spec, cell)) for cell in spec.cells())
 
 
 def save_snapshots(run: RunResult, path: Path) -> None:
     """The recorded reconstructions (matched to the truth) and the truth, in [0, 1], as tensors."""
     recorder = run.snapshots
     snapshots = {} if recorder is None else recorder.snapshots
-    truth = run.case.to_pixels(run.case.batch.images).detach().cpu()
+    server, client = run.case
+    truth = server.decode(client.batch.images).detach().cpu()
     payload = {
         "iterations": torch.tensor(list(snapshots), dtype=torch.int64),
         "images": torch.stack(list(snapshots.values())) if snapshots else truth[:0].unsqueeze(0),
@@ -445,68 +431,42 @@ def snapshot_at(snapshots: Mapping[int, torch.Tensor], requested: int) -> tuple[
 
 def collect_rows(spec: CompareSpec, out_dir: Path) -> list[dict[str, Any]]:
     """One row per finished run, in the spec's order."""
-    rows = []
-    for cell in spec.cells():
-        run_dir = out_dir / cell.path
-        if not _finished(spec, cell, run_dir):
-            continue
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-        rows.append(
-            {
-                "dataset": cell.source.label,
-                "index": cell.index,
-                "attack": cell.run.attack,
-                "protocol": cell.run.protocol,
-                **{k: metrics.get(k) for k in ("psnr", "ssim", "mse", "label_accuracy")},
-                "iterations": metrics.get("iterations"),
-                "seconds": metrics.get("seconds"),
-                "matching_loss": metrics.get("matching_loss"),
-                "run_dir": cell.path.as_posix(),
-            }
-        )
-    return rows
+    return [
+        {
+            "dataset": cell.source.label,
+            "index": cell.index,
+            "attack": cell.run.attack,
+            "protocol": cell.run.protocol,
+            **{k: metrics.get(k) for k in ("psnr", "ssim", "mse", "label_accuracy")},
+            "iterations": metrics.get("iterations"),
+            "seconds": metrics.get("seconds"),
+            "matching_loss": metrics.get("matching_loss"),
+            "run_dir": cell.path.as_posix(),
+        }
+        for cell, metrics in _finished_runs(spec, out_dir)
+    ]
 
 
 def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean (and PSNR's population std) per dataset × attack × protocol, in row order."""
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["dataset"], row["attack"], row["protocol"]), []).append(row)
-    summary = []
-    for (dataset, attack, protocol), members in groups.items():
+    """Mean (and PSNR's population std) per dataset × attack × protocol, in row order.
 
-        def mean(key: str, members: Sequence[Mapping[str, Any]] = members) -> float | None:
-            values = _finite(r.get(key) for r in members)
-            return statistics.fmean(values) if values else None
+    Args:
+        rows: results rows, as `collect_rows` makes them.
 
-        psnr = _finite(r.get("psnr") for r in members)
-        summary.append(
-            {
-                "dataset": dataset,
-                "attack": attack,
-                "protocol": protocol,
-                "images": len(members),
-                "psnr_mean": mean("psnr"),
-                "psnr_std": statistics.pstdev(psnr) if psnr else None,
-                "ssim_mean": mean("ssim"),
-                "mse_mean": mean("mse"),
-                "label_accuracy_mean": mean("label_accuracy"),
-                "iterations_mean": mean("iterations"),
-                "seconds_mean": mean("seconds"),
-            }
-        )
-    return summary
-
-
-def _finite(values: Any) -> list[float]:
-    out = []
-    for value in values:
-        if value is None or isinstance(value, bool):
-            continue
-        number = float(value)
-        if math.isfinite(number):
-            out.append(number)
-    return out
+    Returns:
+        One row per dataset × attack × protocol; each statistic over the finite values of
+        its key only, None where there is none.
+    """
+    stats = {
+        "images": len,
+        "psnr_mean": of(statistics.fmean, "psnr"),
+        "psnr_std": of(statistics.pstdev, "psnr"),
+        **{
+            f"{key}_mean": of(statistics.fmean, key)
+            for key in ("ssim", "mse", "label_accuracy", "iterations", "seconds")
+        },
+    }
+    return summarise_groups(rows, ("dataset", "attack", "protocol"), stats)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -561,12 +521,10 @@ def grid_rows(spec: CompareSpec, out_dir: Path, index: int) -> list[GridRow]:
     """One row per finished run on image `index`: its snapshots at the requested iterations,
     then the truth; the label names dataset, attack and final PSNR."""
     rows = []
-    for cell in spec.cells():
-        run_dir = out_dir / cell.path
-        if cell.index != index or not _finished(spec, cell, run_dir):
+    for cell, metrics in _finished_runs(spec, out_dir):
+        if cell.index != index:
             continue
-        snapshots, truth = load_snapshots(run_dir / SNAPSHOT_FILE)
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        snapshots, truth = load_snapshots(out_dir / cell.path / SNAPSHOT_FILE)
         tiles = []
         for requested in spec.snapshots:
             found = snapshot_at(snapshots, requested)
@@ -615,11 +573,10 @@ def _column(rows: Sequence[Mapping[str, str]], key: str) -> tuple[list[float], l
 def curves_figure(spec: CompareSpec, out_dir: Path, source: DatasetSource) -> bytes | None:
     """Image MSE and matching loss against iteration for every finished run of a dataset."""
     mse_curves, loss_curves = [], []
-    for cell in spec.cells():
-        run_dir = out_dir / cell.path
-        if cell.source != source or not _finished(spec, cell, run_dir):
+    for cell, _ in _finished_runs(spec, out_dir):
+        if cell.source != source:
             continue
-        history = _history(run_dir / "history.csv")
+        history = _history(out_dir / cell.path / "history.csv")
         mse_curves.append(Curve(cell.run.label, *_column(history, "mse")))
         loss_curves.append(Curve(cell.run.label, *_column(history, "loss")))
     if not mse_curves:

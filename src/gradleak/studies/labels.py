@@ -12,9 +12,9 @@ from torch import nn
 from gradleak.attacks.labels import LABEL_STRATEGIES
 from gradleak.core import PrivateBatch
 from gradleak.core.errors import GradleakError
-from gradleak.core.knowledge import Knowledge, Requirement
-from gradleak.data import get_dataset_spec, load_dataset, normalize, stack
-from gradleak.fl import FedSGDClient
+from gradleak.core.knowledge import DataFacts, Requirement, grant_knowledge
+from gradleak.data import get_dataset_spec, open_images
+from gradleak.fl.protocols import ProtocolSettings
 from gradleak.models import build_model, load_checkpoint
 from gradleak.report.tables import write_csv
 
@@ -117,7 +117,7 @@ def evaluate_label_recovery(
     if batches < 1 or any(b < 1 for b in batch_sizes) or not batch_sizes:
         raise GradleakError("batch sizes and the number of batches must be positive integers")
     spec = get_dataset_spec(dataset)
-    source = load_dataset(dataset, data_root, "test")
+    images = open_images(dataset, data_root, "test")
     model: nn.Module = build_model(
         model_name,
         num_classes=spec.num_classes,
@@ -130,28 +130,24 @@ def evaluate_label_recovery(
         load_checkpoint(model, checkpoint)
         state = Path(checkpoint).name
     generator = torch.Generator().manual_seed(seed)
+    facts = DataFacts(
+        (spec.channels, *spec.image_size), spec.num_classes, spec.mean, spec.std, dataset
+    )
+    fedsgd = ProtocolSettings()  # one FedSGD client in train mode; nothing else is granted
     rows: list[LabelRow] = []
     for batch_size in batch_sizes:
-        knowledge = Knowledge(
-            data_shape=(spec.channels, *spec.image_size),
-            num_classes=spec.num_classes,
-            batch_size=batch_size,
-            mean=spec.mean,
-            std=spec.std,
-            dataset=dataset,
-        )
         scores: dict[str, list[LabelScore]] = {s: [] for s in strategies}
         for _ in range(batches):
-            indices = torch.randint(len(source), (batch_size,), generator=generator).tolist()
-            images, labels = stack(source, indices)
-            batch = PrivateBatch(normalize(images, spec.mean, spec.std), labels)
-            update = FedSGDClient(model).compute_update(batch)
+            indices = torch.randint(len(images), (batch_size,), generator=generator).tolist()
+            batch = PrivateBatch(*images.normalized(indices))
+            knowledge = grant_knowledge(facts, batch.labels, fedsgd)
+            update = fedsgd.client(model).compute_update(batch)
             for name in strategies:
                 if not _applicable(name, batch_size):
                     continue
                 predicted = LABEL_STRATEGIES[name].recover(update, model, knowledge)
                 assert predicted is not None  # check_strategies keeps label-returning ones
-                scores[name].append(score_labels(predicted, labels, spec.num_classes))
+                scores[name].append(score_labels(predicted, batch.labels, spec.num_classes))
         for name in strategies:
             if scores[name]:
                 rows.append(

@@ -38,33 +38,33 @@ from gradleak import attacks
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
-from gradleak.core.knowledge import Knowledge
+from gradleak.core.knowledge import DataFacts, Grants, Knowledge, grant_knowledge
 from gradleak.core.settings import to_plain
 from gradleak.core.update import SharedUpdate, UpdateKind
-from gradleak.fl.protocols import DEFAULT_LOCAL_LR, ProtocolSettings
+from gradleak.fl.protocols import DEFAULT_LOCAL_LR, PROTOCOLS, ProtocolSettings
 from gradleak.fl.rounds import split_users
 from gradleak.fl.topology import MIXING, Topology, build_topology, mix
-from gradleak.metrics import CONVENTION, Evaluation, evaluate_images
+from gradleak.metrics import Evaluation
 from gradleak.report import save_comparison_grid, to_pil
 from gradleak.report.images import resolve_scale, save_png, tile_rows
 from gradleak.report.tables import write_csv
-from gradleak.scenario.case import Case, build_case
+from gradleak.scenario.case import Case, ServerView, case_from
 from gradleak.scenario.config import RunConfig
+from gradleak.scenario.observe import score
 from gradleak.scenario.outputs import check_out_dir
+from gradleak.scenario.plan import plan_run
 
 State = dict[str, torch.Tensor]
 
-# A peer's own step from its update: (parameter, update tensor, SGD step size) → new value.
-STEPS: dict[UpdateKind, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
-    UpdateKind.GRADIENT: lambda p, u, lr: p - lr * u,
-    UpdateKind.WEIGHT_DELTA: lambda p, u, lr: p + u,
-}
-PEER_PROTOCOLS = ("fedsgd", "fedavg")  # FedADMM's dual state assumes one central server
+
+def peer_protocols() -> list[str]:
+    """The protocols peers can run without a central server."""
+    return [name for name, p in PROTOCOLS.items() if p.peer_to_peer]
 
 
 def peer_attacks() -> list[str]:
-    """The attack presets that read what peers share (not FedADMM increments)."""
-    kinds = {UpdateKind.GRADIENT, UpdateKind.WEIGHT_DELTA}
+    """The attack presets that read what peers share under every peer protocol."""
+    kinds = {PROTOCOLS[name].shares for name in peer_protocols()}
     return [name for name in attacks.available() if kinds <= attacks.get(name).reads]
 
 
@@ -94,15 +94,15 @@ class DecentralizedConfig:
         if not (self.sgd_lr > 0 and math.isfinite(self.sgd_lr)):
             raise GradleakError(f"--local-lr must be positive, got {self.sgd_lr}")
         run = self.run
-        if run.protocol not in PEER_PROTOCOLS:
+        if run.protocol not in peer_protocols():
+            names = " or ".join(peer_protocols())
+            raise GradleakError(f"peers run {names}, not {run.protocol}; use --protocol {names}")
+        reads = attacks.get(run.attack).reads
+        if PROTOCOLS[run.protocol].shares not in reads:
+            kinds = " and ".join(k.description for k in UpdateKind if k in reads)
             raise GradleakError(
-                f"peers run {' or '.join(PEER_PROTOCOLS)}, not {run.protocol}; "
-                "use --protocol fedsgd or fedavg"
-            )
-        if UpdateKind.ADMM_INCREMENT in attacks.get(run.attack).reads:
-            raise GradleakError(
-                f"attack {run.attack!r} reads FedADMM increments, which peers do not share; "
-                f"use one of: {', '.join(peer_attacks())}"
+                f"attack {run.attack!r} reads {kinds}, which {run.protocol} peers do not "
+                f"share; use one of: {', '.join(peer_attacks())}"
             )
         refused = {
             "image": (run.image is not None, "peers hold dataset images; drop --image"),
@@ -197,7 +197,7 @@ def simulate_peers(
         for peer, batch in enumerate(batches):
             client = settings.client(_module(model, states[peer]))
             update = client.compute_update(batch)
-            step = STEPS[update.kind]
+            step = settings.protocol.step
             # Buffers (batch-norm statistics) come from the client's own forward passes.
             stepped = _state(client.model)
             for name, tensor in update.tensors.items():
@@ -234,12 +234,11 @@ def attacker_view(
     return received[victim], "stale"
 
 
-def peer_knowledge(knowledge: Knowledge, peer: int, batch_size: int) -> Knowledge:
+def peer_knowledge(
+    data: DataFacts, batch: PrivateBatch, protocol: ProtocolSettings, grants: Grants
+) -> Knowledge:
     """What the threat model grants about one peer's batch (its labels only if granted)."""
-    labels = knowledge.labels
-    if labels is not None:
-        labels = labels[peer * batch_size : (peer + 1) * batch_size]
-    return replace(knowledge, batch_size=batch_size, num_users=1, labels=labels)
+    return grant_knowledge(data, batch.labels, protocol, grants)
 
 
 def attacker_seed(seed: int, attacker: int) -> int:
@@ -290,6 +289,7 @@ class DecentralizedResult:
     simulation: Simulation
     pairs: dict[tuple[int, int], PairResult]
     attack_config: dict[str, object] = field(default_factory=dict)  # the resolved preset
+    knowledge: list[Knowledge] = field(default_factory=list)  # what each victim's attackers know
     interrupted: bool = False
     out_dir: Path | None = None
 
@@ -325,47 +325,43 @@ def run_decentralized(
     """Simulate the peers, let each attack its neighbours' last-round updates, score, write."""
     config = config.validate()
     out_dir = check_out_dir(Path(config.run.out or config.default_out())) if write else None
-    case = build_case(config.case_config())
+    plan = plan_run(config.case_config())
+    case = case_from(plan.data, plan.model, plan.protocol, plan.grants)
+    server, client = case
     topology = config.graph()
     weights = topology.mixing_matrix(config.mixing)
-    batches = split_users(case.batch, config.peers)
+    batches = split_users(client.batch, config.peers)
+    settings = config.protocol_settings()
     simulation = simulate_peers(
-        case.model,
-        batches,
+        server.model, batches, topology, weights, settings, config.rounds, config.sgd_lr
+    )
+    attack = plan.attack
+    facts = server.knowledge.data_facts()
+    knowledge = [peer_knowledge(facts, batch, settings, plan.grants) for batch in batches]
+    last = config.rounds - 1
+    names = [name for name, _ in server.model.named_parameters()]
+    result = DecentralizedResult(
+        config,
+        case,
         topology,
         weights,
-        config.protocol_settings(),
-        config.rounds,
-        config.sgd_lr,
-    )
-    attack = attacks.get(config.run.attack).with_options(config.run.attack_options)
-    b = config.run.batch_size
-    knowledge = [peer_knowledge(case.knowledge, i, b) for i in range(config.peers)]
-    last = config.rounds - 1
-    names = [name for name, _ in case.model.named_parameters()]
-    result = DecentralizedResult(
-        config, case, topology, weights, batches, simulation, {}, to_plain(attack.config)
+        batches,
+        simulation,
+        {},
+        to_plain(attack.config),
+        knowledge,
     )
     for attacker, victim in topology.directed_pairs():
         # The attacker's side: the victim's message, its belief of the model, the grants.
         update = simulation.messages[last][victim].update
         view, how = attacker_view(attacker, victim, last, simulation, topology, weights)
         seed = attacker_seed(config.run.seed, attacker)
+        attacked = ServerView(_module(server.model, view), knowledge[victim])
         rec = attack.reconstruct(
-            update,
-            _module(case.model, view),
-            knowledge[victim],
-            seed=seed,
-            progress=config.run.progress,
+            update, attacked.model, attacked.knowledge, seed=seed, progress=config.run.progress
         )
         # The evaluation side: the victim's batch and true model.
-        truth = batches[victim]
-        evaluation = evaluate_images(
-            case.to_pixels(rec.images),
-            case.to_pixels(truth.images),
-            rec.labels if rec.labels_recovered else None,
-            truth.labels,
-        )
+        evaluation = score(attacked, batches[victim], rec)
         error = _model_error(view, simulation.models[last][victim], names)
         pair = PairResult(attacker, victim, seed, how, error, rec, evaluation)
         result.pairs[attacker, victim] = pair
@@ -414,14 +410,13 @@ def write_outputs(result: DecentralizedResult, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [pair.row() for pair in result.pairs.values()]
     config = result.config
-    b = config.run.batch_size
     summary = {
         **config.describe(),
-        "source": result.case.source,
+        "source": result.case.client.source,
         "attack_config": result.attack_config,
         "graph": result.topology.describe(),
         "gossip_weights": result.weights.tolist(),
-        "threat_model": peer_knowledge(result.case.knowledge, 0, b).describe(),
+        "threat_model": result.knowledge[0].describe(),
         "true_labels": {str(i): batch.labels.tolist() for i, batch in enumerate(result.batches)},
         "pairs": [
             {
@@ -437,7 +432,7 @@ def write_outputs(result: DecentralizedResult, out_dir: Path) -> None:
         "psnr_table": result.psnr_table(),
         "best_per_victim": {str(v): p.attacker for v, p in result.best_per_victim().items()},
         "interrupted": result.interrupted,
-        "convention": CONVENTION,
+        "convention": result.case.server.modality.convention,
     }
     text = json.dumps(to_plain(summary), indent=2, allow_nan=False)
     (out_dir / "simulation.json").write_text(text + "\n")
@@ -446,7 +441,7 @@ def write_outputs(result: DecentralizedResult, out_dir: Path) -> None:
     if result.pairs:
         _save_attack_grid(result, out_dir / "grid.png")
         best = result.best_per_victim()
-        truths = torch.cat([result.case.to_pixels(result.batches[v].images) for v in best])
+        truths = torch.cat([result.case.server.decode(result.batches[v].images) for v in best])
         recons = torch.cat([_matched_pixels(result, p) for p in best.values()])
         save_comparison_grid(
             truths, recons, out_dir / "best.png", matching=list(range(len(truths)))
@@ -455,7 +450,7 @@ def write_outputs(result: DecentralizedResult, out_dir: Path) -> None:
 
 def _matched_pixels(result: DecentralizedResult, pair: PairResult) -> torch.Tensor:
     """The pair's reconstruction in [0, 1], ordered like the victim's images."""
-    pixels = result.case.to_pixels(pair.reconstruction.images).nan_to_num(0.0)
+    pixels = result.case.server.decode(pair.reconstruction.images).nan_to_num(0.0)
     return pixels[pair.evaluation.matching]
 
 
@@ -463,7 +458,9 @@ def _save_attack_grid(result: DecentralizedResult, path: Path) -> None:
     """Top row: every victim's images; row 1 + j: what attacker j reconstructed of each."""
     peers = range(result.topology.peers)
     truth = [
-        to_pil(image) for v in peers for image in result.case.to_pixels(result.batches[v].images)
+        to_pil(image)
+        for v in peers
+        for image in result.case.server.decode(result.batches[v].images)
     ]
     blank = Image.new(
         truth[0].mode, truth[0].size, 255 if truth[0].mode == "L" else (255, 255, 255)
@@ -478,5 +475,5 @@ def _save_attack_grid(result: DecentralizedResult, path: Path) -> None:
                 [blank] * b if pair is None else [to_pil(x) for x in _matched_pixels(result, pair)]
             )
         rows.append(row)
-    height = result.case.knowledge.data_shape[1]
+    height = result.case.server.knowledge.data_shape[1]
     save_png(tile_rows(rows, resolve_scale(height, None)), path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -20,6 +19,8 @@ from typing import Any
 from gradleak.core.errors import GradleakError
 from gradleak.core.settings import replace_checked, to_plain
 from gradleak.report.tables import write_csv
+from gradleak.studies.cells import write_atomically
+from gradleak.studies.summary import of, present, share_at_least, summarise_groups
 from gradleak.studies.sweep.backends import Backend
 from gradleak.studies.sweep.runner import run_sweep
 from gradleak.studies.sweep.spec import NO_DEFENSE, SweepSpec, parse_spec, read_located
@@ -95,10 +96,7 @@ def _utility(config: UtilityConfig, defense: tuple[str, ...], out_dir: Path) -> 
         except (json.JSONDecodeError, AttributeError):
             pass  # a damaged cache file is a miss: train again
     result = asdict(train_with_defenses(config))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".partial")
-    partial.write_text(json.dumps({"settings": settings, "result": result}, indent=2))
-    os.replace(partial, cache)  # never a half-written cache file
+    write_atomically(cache, json.dumps({"settings": settings, "result": result}, indent=2))
     return result
 
 
@@ -107,28 +105,33 @@ def tradeoff_rows(
     utility: dict[tuple[str, ...], dict[str, Any]],
     recovered_psnr: float,
 ) -> list[dict[str, Any]]:
-    """Per (attack, defense): median PSNR, fraction recovered, labels, and the utility."""
+    """Per (attack, defense): median PSNR, fraction recovered, labels, and the utility.
+
+    Args:
+        cells: the sweep's results rows.
+        utility: per defense setting, its utility training result (accuracy, epsilon).
+        recovered_psnr: the PSNR (dB) from which an image counts as recovered.
+
+    Returns:
+        Defense by defense in the order of `utility`, its attacks in the order of the cells;
+        the scores over every value given (only None is skipped).
+    """
+    stats = {
+        "images": len,
+        "psnr_median": of(statistics.median, "psnr", present),
+        "psnr_mean": of(statistics.fmean, "psnr", present),
+        "recovered": share_at_least("psnr", recovered_psnr, present),
+        "label_accuracy": of(statistics.fmean, "label_accuracy", present),
+    }
+    groups = summarise_groups(cells, ("attack", "defense"), stats)
     rows = []
     for defense, trained in utility.items():
         label = _label(defense)
-        attacks = dict.fromkeys(c["attack"] for c in cells if c["defense"] == label)
-        for attack in attacks:
-            group = [c for c in cells if c["defense"] == label and c["attack"] == attack]
-            psnr = [float(c["psnr"]) for c in group if c["psnr"] is not None]
-            labels = [float(c["label_accuracy"]) for c in group if c["label_accuracy"] is not None]
-            rows.append(
-                {
-                    "attack": attack,
-                    "defense": label,
-                    "images": len(group),
-                    "psnr_median": statistics.median(psnr) if psnr else None,
-                    "psnr_mean": statistics.fmean(psnr) if psnr else None,
-                    "recovered": sum(p >= recovered_psnr for p in psnr) / len(group),
-                    "label_accuracy": statistics.fmean(labels) if labels else None,
-                    "test_accuracy": trained["accuracy"],
-                    "epsilon": trained["epsilon"],
-                }
-            )
+        for group in groups:
+            if group["defense"] == label:
+                rows.append(
+                    {**group, "test_accuracy": trained["accuracy"], "epsilon": trained["epsilon"]}
+                )
     return rows
 
 

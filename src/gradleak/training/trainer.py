@@ -25,20 +25,17 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from gradleak import __version__
 from gradleak.core.errors import GradleakError
-from gradleak.data import DATASETS, DatasetSpec, ImageSource, load_dataset, normalize, stack
+from gradleak.data import DATASETS, DatasetSpec, dataset_stats, input_shape, open_images
 from gradleak.models import build_model, save_checkpoint
-from gradleak.scenario.case import FOLDER_IMAGE_SIZE, PHOTO_STATS
 from gradleak.scenario.config import DATASET_CHOICES, SPLITS
+from gradleak.training.sgd import EpochStats, accuracy, sgd_epochs
 
 TRAIN_DATASETS = DATASET_CHOICES
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
-_EVAL_BATCH = 500  # held-out images scored per forward pass
-_FOLDER_CHANNELS = 3  # folder images are loaded as RGB, as the attacks load them
 
 
 @dataclass(frozen=True)
@@ -146,15 +143,11 @@ class TrainConfig:
 
     def stats(self) -> DatasetSpec:
         """Normalisation statistics: the dataset's own, or the photo ones for folders."""
-        return PHOTO_STATS if self.dataset == "folder" else DATASETS[self.dataset]
+        return dataset_stats(self.dataset)
 
     def input_shape(self) -> tuple[int, tuple[int, int]]:
         """Channels and (height, width) of the model's input."""
-        if self.dataset == "folder":
-            side = self.image_size or FOLDER_IMAGE_SIZE
-            return _FOLDER_CHANNELS, (side, side)
-        spec = DATASETS[self.dataset]
-        return spec.channels, spec.image_size
+        return input_shape(self.dataset, self.image_size)
 
 
 @dataclass(frozen=True)
@@ -222,7 +215,21 @@ def train_model(
     """Train `config.model` with SGD on cross-entropy; save checkpoints and the history.
 
     Ctrl-C ends training: the last completed epoch is saved at `out` and the result says
-    `interrupted`. `on_save` is called after each checkpoint is written.
+    `interrupted`.
+
+    Args:
+        config: the run's settings; checked before anything is read or written.
+        out: the final checkpoint (.pt or .pth); the others and the history go beside it.
+        progress: show a progress bar (on a terminal only).
+        on_save: called after each checkpoint is written.
+
+    Returns:
+        The trained model, the per-epoch history, the saved checkpoints and where the
+        history went.
+
+    Raises:
+        GradleakError: if a setting is invalid, `out` names no checkpoint file, or the data
+            cannot be read or does not hold the ranges.
     """
     config = config.validate()
     out = _check_out(Path(out))
@@ -241,8 +248,6 @@ def train_model(
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    # Its own generator: the batch order depends on the seed alone, not on global state.
-    order = torch.Generator().manual_seed(config.seed)
     metadata = _metadata(config, data, channels, size)
     history: list[EpochRecord] = []
     saved: list[SavedCheckpoint] = []
@@ -250,7 +255,7 @@ def train_model(
     def save(path: Path, record: EpochRecord | None, final: bool, **extra: object) -> None:
         epoch = record.epoch if record else 0
         train_acc = record.train_accuracy if record else None
-        heldout = record.heldout_accuracy if record else _accuracy(model, data)
+        heldout = record.heldout_accuracy if record else accuracy(model, data.test_x, data.test_y)
         save_checkpoint(
             model,
             path,
@@ -266,28 +271,30 @@ def train_model(
         if on_save is not None:
             on_save(checkpoint)
 
-    steps = math.ceil(len(data.train_y) / config.batch_size)
-    bar = tqdm(
-        total=config.epochs * steps,
-        desc="train",
-        unit="step",
-        mininterval=0.5,
-        disable=None if progress else True,  # None: only on a terminal
-        leave=False,
-    )
+    bar = _progress_bar(config, len(data.train_y), progress)
     start = time.perf_counter()
     last_state: dict[str, torch.Tensor] | None = None
     interrupted = False
     try:
         if 0 in config.save_epochs:
             save(epoch_checkpoint_path(out, 0), None, final=False)
-        for epoch in range(1, config.epochs + 1):
-            record = _train_epoch(model, optimizer, data, config, order, epoch, bar)
+        epochs = sgd_epochs(
+            model,
+            optimizer,
+            data.train_x,
+            data.train_y,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            on_step=lambda stats: _show(bar, stats, config.epochs),
+        )
+        for stats in epochs:
+            record = _record(stats, model, data)
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             history.append(record)
             last_state = state
-            if epoch in config.save_epochs:
-                save(epoch_checkpoint_path(out, epoch), record, final=False)
+            if record.epoch in config.save_epochs:
+                save(epoch_checkpoint_path(out, record.epoch), record, final=False)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -316,91 +323,52 @@ def _check_out(out: Path) -> Path:
 
 def _load_data(config: TrainConfig) -> _Data:
     """Normalised training and held-out images; the ranges are checked against the split."""
-    channels, size = config.input_shape()
-    if config.dataset == "folder":
-        source: ImageSource = load_dataset(
-            "folder", config.data_root, config.split, size=size, channels=channels
-        )
-    else:
-        source = load_dataset(config.dataset, config.data_root, config.split)
-    config.validate(len(source))
-    first, last = config.train_range or (0, len(source) - 1)
-    train_x, train_y = stack(source, range(first, last + 1))
-    stats = config.stats()
+    images = open_images(config.dataset, config.data_root, config.split, config.image_size)
+    config.validate(len(images))
+    first, last = config.train_range or (0, len(images) - 1)
+    train_x, train_y = images.normalized(range(first, last + 1))
     if config.test_range is None:
         test_x, test_y = train_x[:0], train_y[:0]
     else:
-        test_x, test_y = stack(source, range(config.test_range[0], config.test_range[1] + 1))
-    return _Data(
-        normalize(train_x, stats.mean, stats.std),
-        train_y,
-        normalize(test_x, stats.mean, stats.std),
-        test_y,
-        len(source.class_names),
-        (first, last),
+        test_x, test_y = images.normalized(range(config.test_range[0], config.test_range[1] + 1))
+    return _Data(train_x, train_y, test_x, test_y, images.num_classes, (first, last))
+
+
+def _progress_bar(config: TrainConfig, images: int, progress: bool) -> tqdm:
+    """A bar over every step of the run."""
+    return tqdm(
+        total=config.epochs * math.ceil(images / config.batch_size),
+        desc="train",
+        unit="step",
+        mininterval=0.5,
+        disable=None if progress else True,  # None: only on a terminal
+        leave=False,
     )
 
 
-def _train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    data: _Data,
-    config: TrainConfig,
-    order: torch.Generator,
-    epoch: int,
-    bar: tqdm,
-) -> EpochRecord:
-    """One pass over the training images in a seeded random order."""
+def _show(bar: tqdm, stats: EpochStats, epochs: int) -> None:
+    """Advance the bar by one step and show the epoch's running loss and accuracy."""
+    # A dict keeps this order; keyword arguments would be sorted by name.
+    postfix = {
+        "epoch": f"{stats.epoch}/{epochs}",
+        "loss": f"{stats.sample_loss:.3f}",
+        "acc": f"{stats.accuracy:.3f}",
+    }
+    bar.set_postfix(postfix, refresh=False)
+    bar.update(1)
+
+
+def _record(stats: EpochStats, model: nn.Module, data: _Data) -> EpochRecord:
+    """The epoch's history entry: its training statistics and the held-out score after it."""
     start = time.perf_counter()
-    model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    permutation = torch.randperm(len(data.train_y), generator=order)
-    for first in range(0, len(permutation), config.batch_size):
-        index = permutation[first : first + config.batch_size]
-        images, labels = data.train_x[index], data.train_y[index]
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += float(loss.detach()) * len(labels)
-        correct += int((logits.detach().argmax(1) == labels).sum())
-        seen += len(labels)
-        # A dict keeps this order; keyword arguments would be sorted by name.
-        postfix = {
-            "epoch": f"{epoch}/{config.epochs}",
-            "loss": f"{total_loss / seen:.3f}",
-            "acc": f"{correct / seen:.3f}",
-        }
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(1)
+    heldout = accuracy(model, data.test_x, data.test_y)
     return EpochRecord(
-        epoch=epoch,
-        loss=total_loss / seen,
-        train_accuracy=correct / seen,
-        heldout_accuracy=_accuracy(model, data),
-        seconds=time.perf_counter() - start,
+        epoch=stats.epoch,
+        loss=stats.sample_loss,
+        train_accuracy=stats.accuracy,
+        heldout_accuracy=heldout,
+        seconds=stats.seconds + time.perf_counter() - start,
     )
-
-
-def _accuracy(model: nn.Module, data: _Data) -> float | None:
-    """Top-1 accuracy on the held-out images (eval mode: batch-norm running statistics)."""
-    if len(data.test_y) == 0:
-        return None
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        correct = sum(
-            int(
-                (
-                    model(data.test_x[i : i + _EVAL_BATCH]).argmax(1)
-                    == data.test_y[i : i + _EVAL_BATCH]
-                ).sum()
-            )
-            for i in range(0, len(data.test_y), _EVAL_BATCH)
-        )
-    model.train(was_training)
-    return correct / len(data.test_y)
 
 
 def _metadata(

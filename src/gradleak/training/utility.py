@@ -12,16 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
+from torch import nn
 
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
-from gradleak.core.update import SharedUpdate, UpdateKind
-from gradleak.data import ImageSource, load_bundled_cifar10, load_dataset
-from gradleak.data.datasets import DATASETS
-from gradleak.data.normalize import normalize
-from gradleak.defenses import ClientView, apply_defenses, parse_defenses
+from gradleak.core.update import SharedUpdate
+from gradleak.data import DATASETS, LoadedImages, open_images
+from gradleak.defenses import ClientView, Defense, apply_defenses, parse_defenses
 from gradleak.models import build_model
+from gradleak.training.sgd import StepTransform, accuracy, sgd_epochs
 
 
 @dataclass(frozen=True)
@@ -79,84 +78,86 @@ class UtilityResult:
     delta: float | None
 
 
-def open_utility_data(config: UtilityConfig) -> ImageSource:
-    """The images a utility run trains and tests on (checked to be enough)."""
-    if config.data_root is None and config.dataset == "cifar10" and config.split == "test":
-        source = load_bundled_cifar10()  # the 8 bundled test images: enough for a smoke run
-    else:
-        source = load_dataset(config.dataset, config.data_root, config.split)
+def open_utility_data(config: UtilityConfig) -> LoadedImages:
+    """The images a utility run trains and tests on, checked to be enough.
+
+    Raises:
+        GradleakError: if the data cannot be read or holds fewer than train + test images.
+    """
+    images = open_images(config.dataset, config.data_root, config.split)
     total = config.train_count + config.test_count
-    if total > len(source):
+    if total > len(images):
         raise GradleakError(
             f"{config.train_count} training + {config.test_count} test images need {total}, "
-            f"but the {config.dataset} {config.split} split has {len(source)}"
+            f"but the {config.dataset} {config.split} split has {len(images)}"
         )
-    return source
+    return images
 
 
 def train_with_defenses(config: UtilityConfig) -> UtilityResult:
-    """Train with the defenses on every step and score test accuracy."""
+    """Train with the defenses on every step and score test accuracy.
+
+    Args:
+        config: the run; the first `train_count` images of the split train, the next
+            `test_count` are scored.
+
+    Returns:
+        Test accuracy, the last epoch's mean batch loss, the number of steps, the time
+        taken, and DP-SGD's (ε, δ) when DP-SGD is among the defenses.
+
+    Raises:
+        GradleakError: if a setting is invalid or the data cannot be read or is too small.
+    """
     config = config.validate()
-    spec = DATASETS[config.dataset]
-    source = open_utility_data(config)
+    images = open_utility_data(config)
+    train_x, train_y = images.normalized(range(config.train_count))
     total = config.train_count + config.test_count
-    images = torch.stack([source[i][0] for i in range(total)])
-    labels = torch.tensor([source[i][1] for i in range(total)])
-    x = normalize(images, spec.mean, spec.std)
-    train_x, test_x = x[: config.train_count], x[config.train_count :]
-    train_y, test_y = labels[: config.train_count], labels[config.train_count :]
-    channels, height, width = images.shape[1:]
+    test_x, test_y = images.normalized(range(config.train_count, total))
     model = build_model(
         config.model,
-        num_classes=spec.num_classes,
-        in_channels=channels,
-        image_size=(height, width),
+        num_classes=images.num_classes,
+        in_channels=images.channels,
+        image_size=images.size,
         seed=config.seed,
     )
     defenses = parse_defenses(config.defenses)
-    # Separate streams: the batch order must not depend on what a defense draws, so every
-    # setting trains on the same batches.
-    order_generator = torch.Generator().manual_seed(config.seed)
+    # Its own generator, apart from the one that orders the batches: every setting trains
+    # on the same batches, whatever its defenses draw.
     generator = torch.Generator().manual_seed(config.seed + 1)
-    params = dict(model.named_parameters())
     start = time.perf_counter()
-    steps, losses = 0, []
-    for _ in range(config.epochs):
-        model.train()
-        losses = []
-        order = torch.randperm(config.train_count, generator=order_generator)
-        for first in range(0, config.train_count, config.batch_size):
-            index = order[first : first + config.batch_size]
-            batch = PrivateBatch(train_x[index], train_y[index])
-            loss = F.cross_entropy(model(batch.images), batch.labels)
-            grads = torch.autograd.grad(loss, list(params.values()))
-            update = SharedUpdate(
-                {n: g.detach() for n, g in zip(params, grads, strict=True)},
-                UpdateKind.GRADIENT,
-                {"num_samples": len(batch)},
-            )
-            if defenses:
-                update = apply_defenses(update, defenses, generator, ClientView(model, batch))
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.sub_(config.lr * update.tensors[name])
-            losses.append(float(loss))
-            steps += 1
-    model.eval()
-    with torch.no_grad():
-        correct = sum(
-            int((model(test_x[i : i + 500]).argmax(1) == test_y[i : i + 500]).sum())
-            for i in range(0, config.test_count, 500)
+    epochs = list(
+        sgd_epochs(
+            model,
+            torch.optim.SGD(model.parameters(), lr=config.lr),
+            train_x,
+            train_y,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            transform=_defend(model, defenses, generator) if defenses else None,
         )
+    )
+    score = accuracy(model, test_x, test_y)
+    assert score is not None  # validate() asks for at least one test image
+    steps = sum(e.steps for e in epochs)
     epsilon = _epsilon(defenses, config, steps)
     return UtilityResult(
-        accuracy=correct / config.test_count,
-        loss=sum(losses) / max(1, len(losses)),
+        accuracy=score,
+        loss=epochs[-1].batch_loss,
         steps=steps,
         seconds=time.perf_counter() - start,
         epsilon=epsilon,
         delta=config.delta if epsilon is not None else None,
     )
+
+
+def _defend(model: nn.Module, defenses: list[Defense], generator: torch.Generator) -> StepTransform:
+    """A step transform applying `defenses` as the client does before sharing its update."""
+
+    def transform(update: SharedUpdate, batch: PrivateBatch) -> SharedUpdate:
+        return apply_defenses(update, defenses, generator, ClientView(model, batch))
+
+    return transform
 
 
 def _epsilon(defenses: list, config: UtilityConfig, steps: int) -> float | None:

@@ -43,18 +43,18 @@ def mlp_case():
 
 
 def test_the_mlp_model_starts_with_a_biased_linear_on_the_flat_image(mlp_case) -> None:
-    name, layer = find_first_linear(mlp_case.model)
+    name, layer = find_first_linear(mlp_case.server.model)
     assert layer.bias is not None
     assert layer.in_features == 3 * 32 * 32
     assert name == "features.1"
 
 
 def test_mlp_recovers_the_bundled_cifar10_image_and_its_label(mlp_case) -> None:
-    update = FedSGDClient(mlp_case.model).compute_update(mlp_case.batch)
-    rec = AnalyticAttack().reconstruct(update, mlp_case.model, mlp_case.knowledge)
-    assert rec.images.shape == mlp_case.batch.images.shape
-    assert _relative_error(rec.images, mlp_case.batch.images) < 1e-5
-    assert rec.labels is not None and rec.labels.tolist() == mlp_case.batch.labels.tolist()
+    update = FedSGDClient(mlp_case.server.model).compute_update(mlp_case.client.batch)
+    rec = AnalyticAttack().reconstruct(update, mlp_case.server.model, mlp_case.server.knowledge)
+    assert rec.images.shape == mlp_case.client.batch.images.shape
+    assert _relative_error(rec.images, mlp_case.client.batch.images) < 1e-5
+    assert rec.labels is not None and rec.labels.tolist() == mlp_case.client.batch.labels.tolist()
     assert rec.iterations == 0 and rec.loss < 1e-5
     assert 0 < rec.details["usable_rows"] <= 1024
 
@@ -75,12 +75,12 @@ def test_mlp_recovers_a_random_image() -> None:
 
 def test_lenet_first_linear_gives_its_input_features_but_no_image() -> None:
     case = build_case(RunConfig(model="lenet", indices=(0,), progress=False))
-    name, layer = find_first_linear(case.model)
+    name, layer = find_first_linear(case.server.model)
     seen: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach()))
     try:
-        update = FedSGDClient(case.model).compute_update(case.batch)
-        case.model(case.batch.images)
+        update = FedSGDClient(case.server.model).compute_update(case.client.batch)
+        case.server.model(case.client.batch.images)
     finally:
         handle.remove()
     truth = seen[-1]
@@ -88,7 +88,7 @@ def test_lenet_first_linear_gives_its_input_features_but_no_image() -> None:
     assert result.features.shape == truth.shape == (1, 768)
     assert _relative_error(result.features, truth) < 1e-5
     with pytest.raises(GradleakError, match="input features of layer 'classifier', not the image"):
-        AnalyticAttack().reconstruct(update, case.model, case.knowledge)
+        AnalyticAttack().reconstruct(update, case.server.model, case.server.knowledge)
 
 
 def test_batch_of_two_gives_each_rows_weighted_mix_of_the_samples() -> None:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _problem(case: Case, target: Mapping[str, torch.Tensor], objective: str) -> MatchingProblem:
     tv = 1e-4 if objective == "cosine" else 0.0
     return MatchingProblem(
-        attacker_model(case.model, "train"), target, get_objective(objective), tv
+        attacker_model(case.server.model, "train"), target, get_objective(objective), tv
     )
 
 
@@ -39,12 +39,12 @@ def _start(k: int, seed: int = 1, classes: int = 10) -> tuple[torch.Tensor, torc
 def test_matching_loss_is_zero_at_the_true_batch(lenet_case: Any) -> None:
     case, target = lenet_case
     problem = _problem(case, target, "l2")
-    grads = problem.candidate_gradient(case.batch.images, case.batch.labels)
+    grads = problem.candidate_gradient(case.client.batch.images, case.client.batch.labels)
     for name, tensor in target.items():
         torch.testing.assert_close(grads[name], tensor, rtol=1e-4, atol=1e-6)
-    assert problem.loss(case.batch.images, case.batch.labels).item() < 1e-10
-    wrong = (case.batch.labels + 1) % 10
-    assert problem.loss(case.batch.images, wrong).item() > 1e-3
+    assert problem.loss(case.client.batch.images, case.client.batch.labels).item() < 1e-10
+    wrong = (case.client.batch.labels + 1) % 10
+    assert problem.loss(case.client.batch.images, wrong).item() > 1e-3
 
 
 def test_soft_label_loss_matches_cross_entropy_for_one_hot_logits() -> None:
@@ -62,12 +62,12 @@ def test_stacked_trials_equal_trials_run_alone(lenet_case: Any, soft: bool) -> N
     case, target = lenet_case
     problem = _problem(case, target, "cosine")
     images, soft_labels = _start(3)
-    labels = soft_labels if soft else case.batch.labels
+    labels = soft_labels if soft else case.client.batch.labels
     options: dict[str, Any] = {
         "lr": 0.1,
         "iterations": 8,
         "signed": True,
-        "bounds": pixel_bounds(case.knowledge.mean, case.knowledge.std),
+        "bounds": pixel_bounds(case.server.knowledge.mean, case.server.knowledge.std),
         "lr_decay": True,
         "log_every": 2,
         "progress": False,
@@ -93,7 +93,7 @@ def test_trial_does_not_depend_on_its_neighbours_with_batch_norm() -> None:
     # ResNet batch norm in train mode normalises with batch statistics: each trial must use
     # its own batch, never statistics pooled over the stacked trials.
     case = build_case(RunConfig(model="resnet20", batch_size=2, progress=False))
-    update = FedSGDClient(case.model).compute_update(case.batch)
+    update = FedSGDClient(case.server.model).compute_update(case.client.batch)
     problem = _problem(case, update.tensors, "cosine")
     g = torch.Generator().manual_seed(3)
     first = torch.randn(3, 2, 3, 32, 32, generator=g)
@@ -101,8 +101,8 @@ def test_trial_does_not_depend_on_its_neighbours_with_batch_norm() -> None:
     second[1:] = torch.randn(2, 2, 3, 32, 32, generator=g)
     options: dict[str, Any] = {"lr": 0.1, "iterations": 2, "log_every": 1, "progress": False}
 
-    a = optimize_adam(problem, first, case.batch.labels, **options)
-    b = optimize_adam(problem, second, case.batch.labels, **options)
+    a = optimize_adam(problem, first, case.client.batch.labels, **options)
+    b = optimize_adam(problem, second, case.client.batch.labels, **options)
 
     assert torch.equal(a.images[0], b.images[0])
     assert torch.equal(a.losses[0], b.losses[0])
@@ -114,11 +114,13 @@ def test_signed_adam_with_box_stays_within_pixel_bounds(lenet_case: Any) -> None
     problem = _problem(case, target, "cosine")
     images, _ = _start(2)
     images = images * 3.0  # start well outside the box
-    lower, upper = pixel_bounds(case.knowledge.mean, case.knowledge.std)
+    lower, upper = pixel_bounds(case.server.knowledge.mean, case.server.knowledge.std)
     options: dict[str, Any] = {"lr": 0.5, "iterations": 4, "signed": True, "progress": False}
 
-    boxed = optimize_adam(problem, images, case.batch.labels, bounds=(lower, upper), **options)
-    free = optimize_adam(problem, images, case.batch.labels, bounds=None, **options)
+    boxed = optimize_adam(
+        problem, images, case.client.batch.labels, bounds=(lower, upper), **options
+    )
+    free = optimize_adam(problem, images, case.client.batch.labels, bounds=None, **options)
 
     assert (boxed.images >= lower).all()
     assert (boxed.images <= upper).all()
@@ -139,7 +141,7 @@ def test_adam_history_rows_and_result_fields(lenet_case: Any) -> None:
     result = optimize_adam(
         problem,
         images,
-        case.batch.labels,
+        case.client.batch.labels,
         lr=0.1,
         iterations=10,
         log_every=4,
@@ -159,7 +161,7 @@ def test_adam_history_rows_and_result_fields(lenet_case: Any) -> None:
     # The last row reports the final loss of the best trial, which the result's losses hold.
     assert result.history[-1]["loss"] == pytest.approx(float(result.losses.min()))
     assert result.best == int(result.losses.argmin())
-    recomputed = problem.loss(result.images[result.best], case.batch.labels)
+    recomputed = problem.loss(result.images[result.best], case.client.batch.labels)
     assert recomputed.item() == pytest.approx(float(result.losses[result.best]), rel=1e-5)
 
 
@@ -168,9 +170,9 @@ def test_adam_lowers_the_matching_loss(lenet_case: Any) -> None:
     problem = _problem(case, target, "cosine")
     images, _ = _start(2)
     result = optimize_adam(
-        problem, images, case.batch.labels, lr=0.1, iterations=20, progress=False
+        problem, images, case.client.batch.labels, lr=0.1, iterations=20, progress=False
     )
-    start = [problem.loss(images[i], case.batch.labels).item() for i in range(2)]
+    start = [problem.loss(images[i], case.client.batch.labels).item() for i in range(2)]
     for i in range(2):
         assert result.losses[i].item() < start[i]
 
@@ -199,7 +201,7 @@ def test_adam_keyboard_interrupt_returns_partial_result(lenet_case: Any) -> None
     result = optimize_adam(
         problem,
         images,
-        case.batch.labels,
+        case.client.batch.labels,
         lr=0.1,
         iterations=50,
         log_every=1,
@@ -279,7 +281,7 @@ def test_lbfgs_keeps_the_best_iterate(lenet_case: Any, monkeypatch: pytest.Monke
     case, target = lenet_case
     problem = _problem(case, target, "l2")
     images, _ = _start(1)
-    labels = case.batch.labels
+    labels = case.client.batch.labels
     evaluated: list[float] = []
 
     class RecordingLBFGS(torch.optim.LBFGS):

@@ -33,11 +33,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def three_images(one_thread: None) -> tuple[Case, list[dict[str, torch.Tensor]]]:
     """Three private images and the true gradient each one alone shares."""
     case = build_case(RunConfig(model="lenet", indices=(0, 1, 2), batch_size=3, progress=False))
-    client = FedSGDClient(case.model)
+    client = FedSGDClient(case.server.model)
     updates = [
         dict(
             client.compute_update(
-                PrivateBatch(case.batch.images[i : i + 1], case.batch.labels[i : i + 1])
+                PrivateBatch(
+                    case.client.batch.images[i : i + 1], case.client.batch.labels[i : i + 1]
+                )
             ).tensors
         )
         for i in range(3)
@@ -51,7 +53,7 @@ def _problem(
     if tv is None:
         tv = 1e-4 if objective == "cosine" else 0.0
     return MatchingProblem(
-        attacker_model(case.model, "train"), target, get_objective(objective), tv
+        attacker_model(case.server.model, "train"), target, get_objective(objective), tv
     )
 
 
@@ -66,7 +68,7 @@ def _start(k: int, seed: int = 1, batch: int = 1) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def resnet20_case(one_thread: None) -> tuple[Case, dict[str, torch.Tensor]]:
     case = build_case(RunConfig(model="resnet20", batch_size=2, progress=False))
-    update = FedSGDClient(case.model).compute_update(case.batch)
+    update = FedSGDClient(case.server.model).compute_update(case.client.batch)
     return case, dict(update.tensors)
 
 
@@ -78,10 +80,10 @@ def test_value_and_grad_equals_functional_grad(
 ) -> None:
     case, target = request.getfixturevalue(f"{model}_case")
     problem = _problem(case, target, objective, tv=0.05)
-    batch = case.batch.images.shape[0]
+    batch = case.client.batch.images.shape[0]
     g = torch.Generator().manual_seed(7)
     images = torch.randn(batch, 3, 32, 32, generator=g)
-    labels = torch.randn(batch, 10, generator=g) if soft else case.batch.labels
+    labels = torch.randn(batch, 10, generator=g) if soft else case.client.batch.labels
     tv = torch.tensor(0.03)  # a per-call TV weight, as TrialStep passes it
     if model == "resnet20":
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in problem.model.modules())
@@ -115,14 +117,14 @@ def test_value_and_grad_equals_functional_grad(
 def test_stacked_independent_trials_equal_trials_run_alone(three_images: Any) -> None:
     case, updates = three_images
     targets = {n: torch.stack([u[n] for u in updates]) for n in updates[0]}
-    labels = case.batch.labels.reshape(3, 1)  # K×B: each trial attacks its own image
+    labels = case.client.batch.labels.reshape(3, 1)  # K×B: each trial attacks its own image
     # The problem's own target is image 0's; `targets` must override it per trial.
     problem = _problem(case, updates[0], "cosine")
     images = _start(3, seed=4)
     lrs, budgets, tvs = [0.1, 0.05, 0.2], [6, 10, 8], [1e-4, 0.0, 1e-2]
     options: dict[str, Any] = {
         "signed": True,
-        "bounds": pixel_bounds(case.knowledge.mean, case.knowledge.std),
+        "bounds": pixel_bounds(case.server.knowledge.mean, case.server.knowledge.std),
         "log_every": 3,
         "progress": False,
     }
@@ -272,9 +274,11 @@ def test_trial_at_tolerance_stops_and_keeps_its_images(lenet_case: Any) -> None:
     case, target = lenet_case
     problem = _problem(case, target, "l2")
     g = torch.Generator().manual_seed(2)
-    near = case.batch.images + 0.05 * torch.randn(case.batch.images.shape, generator=g)
+    near = case.client.batch.images + 0.05 * torch.randn(
+        case.client.batch.images.shape, generator=g
+    )
     images = torch.stack([near, _start(1, seed=5)[0]])
-    labels = case.batch.labels
+    labels = case.client.batch.labels
     options: dict[str, Any] = {"lr": 0.01, "iterations": 9, "log_every": 3, "progress": False}
     seen: dict[int, torch.Tensor] = {}
     seen_losses: dict[int, list[float]] = {}
@@ -305,11 +309,11 @@ def test_trial_at_tolerance_stops_and_keeps_its_images(lenet_case: Any) -> None:
 def test_trial_starting_at_the_truth_stops_at_the_first_check(lenet_case: Any) -> None:
     case, target = lenet_case
     problem = _problem(case, target, "l2")
-    images = torch.stack([case.batch.images, _start(1, seed=5)[0]])
+    images = torch.stack([case.client.batch.images, _start(1, seed=5)[0]])
     result = optimize_adam(
         problem,
         images,
-        case.batch.labels,
+        case.client.batch.labels,
         lr=0.1,
         iterations=6,
         log_every=2,
@@ -329,7 +333,7 @@ def test_non_finite_trial_stops_and_never_wins(lenet_case: Any) -> None:
     images[1] = torch.nan
     options: dict[str, Any] = {"lr": 0.1, "iterations": 6, "log_every": 2, "progress": False}
 
-    result = optimize_adam(problem, images, case.batch.labels, **options)
+    result = optimize_adam(problem, images, case.client.batch.labels, **options)
 
     assert result.trial_iterations == [6, 0, 6]
     assert not torch.isfinite(result.losses[1])
@@ -337,7 +341,7 @@ def test_non_finite_trial_stops_and_never_wins(lenet_case: Any) -> None:
     assert result.best in (0, 2)
     assert result.best == int(result.losses[[0, 2]].argmin()) * 2
     # The diverged trial does not disturb the others.
-    alone = optimize_adam(problem, images[[0, 2]], case.batch.labels, **options)
+    alone = optimize_adam(problem, images[[0, 2]], case.client.batch.labels, **options)
     torch.testing.assert_close(result.images[[0, 2]], alone.images, rtol=0, atol=1e-5)
 
 
@@ -348,12 +352,12 @@ def test_every_trial_stopping_at_the_same_check_ends_the_run(lenet_case: Any, ca
     if case_ == "two-nan-trials":
         images = torch.full((2, 1, 3, 32, 32), torch.nan)
     else:  # a single trial whose loss is already within the tolerance
-        images = case.batch.images.unsqueeze(0)
+        images = case.client.batch.images.unsqueeze(0)
 
     result = optimize_adam(
         problem,
         images,
-        case.batch.labels,
+        case.client.batch.labels,
         lr=0.1,
         iterations=4,
         log_every=2,
@@ -395,12 +399,12 @@ def test_adam_compile_fallback_notices_once_and_matches_eager(
         "log_every": 1,
         "progress": False,
     }
-    eager = optimize_adam(problem, images, case.batch.labels, **options)
+    eager = optimize_adam(problem, images, case.client.batch.labels, **options)
     monkeypatch.setattr(trial_step.torch, "compile", _broken_compile(where))
     notes: list[str] = []
 
     result = optimize_adam(
-        problem, images, case.batch.labels, compile=True, notice=notes.append, **options
+        problem, images, case.client.batch.labels, compile=True, notice=notes.append, **options
     )
 
     assert len(notes) == 1
@@ -425,12 +429,12 @@ def test_lbfgs_compile_fallback_notices_once_and_matches_eager(
         "log_every": 1,
         "progress": False,
     }
-    eager = optimize_lbfgs(problem, images, case.batch.labels, **options)
+    eager = optimize_lbfgs(problem, images, case.client.batch.labels, **options)
     monkeypatch.setattr(trial_step.torch, "compile", _broken_compile("compile"))
     notes: list[str] = []
 
     result = optimize_lbfgs(
-        problem, images, case.batch.labels, compile=True, notice=notes.append, **options
+        problem, images, case.client.batch.labels, compile=True, notice=notes.append, **options
     )
 
     assert len(notes) == 1 and "compile" in notes[0]
@@ -464,11 +468,11 @@ def test_compiled_adam_matches_eager(lenet_case: Any) -> None:
     torch._dynamo.reset()
     try:
         compiled = optimize_adam(
-            problem, images, case.batch.labels, compile=True, notice=notes.append, **options
+            problem, images, case.client.batch.labels, compile=True, notice=notes.append, **options
         )
     finally:
         torch._dynamo.reset()
-    eager = optimize_adam(problem, images, case.batch.labels, **options)
+    eager = optimize_adam(problem, images, case.client.batch.labels, **options)
 
     assert notes == []
     assert compiled.compiled is True
@@ -507,7 +511,7 @@ def test_ensure_trials_fit_raises_when_memory_is_short(
     case, target = lenet_case
     problem = _problem(case, target, "cosine")
     images = _start(7)
-    inputs = _inputs(problem, images, case.batch.labels)
+    inputs = _inputs(problem, images, case.client.batch.labels)
     one = step_bytes(problem, images, inputs)
 
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1 << 50)
@@ -550,9 +554,9 @@ def test_optimize_adam_checks_memory_before_running(
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1024)
 
     with pytest.raises(GradleakError, match="3 trials"):
-        optimize_adam(problem, images, case.batch.labels, check_memory=True, **options)
+        optimize_adam(problem, images, case.client.batch.labels, check_memory=True, **options)
     assert calls == []
 
     # The check is what refused: without it the same run goes ahead.
-    result = optimize_adam(problem, images, case.batch.labels, check_memory=False, **options)
+    result = optimize_adam(problem, images, case.client.batch.labels, check_memory=False, **options)
     assert calls and result.trial_iterations == [2, 2, 2]

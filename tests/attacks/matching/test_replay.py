@@ -126,11 +126,11 @@ def test_idlg_label_is_read_from_a_fedavg_weight_difference() -> None:
         attack="idlg", protocol="fedavg", local_steps=3, local_lr=0.1, indices=(2,), progress=False
     )
     case = build_case(config)
-    update = simulate(case.model, case.batch, config.protocol_settings()).update
+    update = simulate(case.server.model, case.client.batch, config.protocol_settings()).update
     attack = attacks.get("idlg").with_options({"iterations": 1})
-    rec = attack.reconstruct(update, case.model, case.knowledge, progress=False)
+    rec = attack.reconstruct(update, case.server.model, case.server.knowledge, progress=False)
     assert rec.label_strategy == "analytic"
-    assert rec.labels.tolist() == case.batch.labels.tolist()
+    assert rec.labels.tolist() == case.client.batch.labels.tolist()
 
 
 def test_a_wrong_batch_norm_mode_does_not_match_the_truth() -> None:
@@ -145,12 +145,12 @@ def test_a_wrong_batch_norm_mode_does_not_match_the_truth() -> None:
 
 def test_attacker_model_mode_is_a_threat_model_setting() -> None:
     config = RunConfig(model="resnet20", model_mode="train", attacker_model_mode="eval")
-    knowledge = build_case(config).knowledge
+    knowledge = build_case(config).server.knowledge
     assert knowledge.model_mode == "eval" and knowledge.model_mode_guessed
     assert config.protocol_settings().model_mode == "train"
     shared = simulate(
-        build_case(config).model,
-        build_case(config).batch,
+        build_case(config).server.model,
+        build_case(config).client.batch,
         RunConfig(model="resnet20", share_buffers=True).protocol_settings(),
     ).update
     assert "bn1.running_mean" in shared.buffers

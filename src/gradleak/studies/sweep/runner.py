@@ -1,20 +1,16 @@
 """Run a sweep: one run directory per cell, resumable, on local workers or on Ray.
 
-A cell runs in `cells/<name>.partial-<id>/` and is renamed to `cells/<name>/` only after
-its outputs and its `cell.json` are written, so a crash or Ctrl-C never leaves a cell that
-looks finished. On a re-run, finished cells whose `cell.json` matches are skipped and any
-half-written directory is removed and run again.
+A cell runs in `cells/<name>.partial/` and is renamed to `cells/<name>/` only after its
+outputs and its `cell.json` are written, so a crash or Ctrl-C never leaves a cell that looks
+finished. On a re-run, finished cells whose `cell.json` matches are skipped and any
+half-written directory is removed and run again (see studies/cells.py).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
 import statistics
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,14 +19,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from gradleak.core.errors import GradleakError
-from gradleak.core.settings import to_plain
 from gradleak.report.tables import write_csv
+from gradleak.studies.cells import CellRef, CellStore, described_config
+from gradleak.studies.summary import of, share_at_least, summarise_groups
 from gradleak.studies.sweep.backends import Backend, LocalBackend
 from gradleak.studies.sweep.spec import Cell, SweepSpec
 
 CELLS = "cells"
 MARKER = "cell.json"
-PARTIAL = ".partial-"
 RESULT_COLUMNS = [
     "cell",
     "attack",
@@ -62,6 +58,15 @@ class SweepResult:
     interrupted: bool = False
 
 
+def cell_store(sweep_dir: Path) -> CellStore:
+    """The sweep's cells: `cells/<name>/`, each finished one marked by its `cell.json`.
+
+    Everything in `cells/` is a cell, so a directory there without its marker is
+    half-written too.
+    """
+    return CellStore(Path(sweep_dir), MARKER, layout=f"{CELLS}/*", remove_unmarked=True)
+
+
 def cell_job(
     spec: SweepSpec, cell: Cell, sweep_dir: Path, threads: int, progress: bool = False
 ) -> dict[str, Any]:
@@ -76,28 +81,33 @@ def cell_job(
 
 
 def run_cell(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one cell into a partial directory and publish it; returns its results row."""
+    """Run one cell and publish it; returns its results row.
+
+    Args:
+        job: from `cell_job`.
+
+    Returns:
+        The cell's row of results.csv.
+
+    Raises:
+        KeyboardInterrupt: if Ctrl-C reached the attack; nothing of the cell is left.
+    """
     import torch
 
     from gradleak.scenario.run import run_attack
 
     torch.set_num_threads(job["threads"])
     cell: Cell = job["cell"]
-    sweep_dir = Path(job["sweep_dir"])
-    final = sweep_dir / CELLS / cell.name
-    partial = final.with_name(f"{cell.name}{PARTIAL}{uuid.uuid4().hex[:8]}")
-    try:
+    store = cell_store(Path(job["sweep_dir"]))
+    ref = CellRef(_cell_path(cell), job["description"])
+
+    def write(partial: Path) -> bool | None:
         result = run_attack(replace(job["config"], out=partial))
-        if result.reconstruction.interrupted:  # Ctrl-C reached the attack: not a result
-            raise KeyboardInterrupt
-        (partial / MARKER).write_text(json.dumps(job["description"], indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
-    return _row(cell, json.loads((final / "metrics.json").read_text()), sweep_dir)
+        return None if result.reconstruction.interrupted else True
+
+    if store.publish(ref, write) is None:  # an interrupted attack is not a result
+        raise KeyboardInterrupt
+    return _row(cell, store.metrics(ref))
 
 
 def run_sweep(
@@ -116,9 +126,10 @@ def run_sweep(
         (out_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     except OSError as exc:
         raise GradleakError(f"cannot write the sweep directory {out_dir}: {exc}") from exc
-    removed = _remove_partial(out_dir)
+    store = cell_store(out_dir)
+    removed = store.remove_leftovers()
     cells = spec.cells()
-    pending = [c for c in cells if not _finished(spec, c, out_dir)]
+    pending = [c for c in cells if not store.finished(_ref(spec, c))]
     per_job = threads or max(1, (os.cpu_count() or 1) // backend.workers)
     # Each attack's own progress bar only when cells run here, one at a time.
     attack_bars = progress and isinstance(backend, LocalBackend) and backend.workers == 1
@@ -152,92 +163,58 @@ def _write_results(spec: SweepSpec, result: SweepResult) -> None:
     write_tables(result.out_dir, result.rows, result.summary)
 
 
+def _cell_path(cell: Cell) -> Path:
+    return Path(CELLS) / cell.name
+
+
 def _description(spec: SweepSpec, cell: Cell) -> dict[str, Any]:
     """What makes a finished cell valid for this spec: its axis values and full config."""
-    config = to_plain(spec.run_config(cell, Path(".")))
-    config.pop("out", None)
-    config.pop("progress", None)
+    config = described_config(spec.run_config(cell, Path(".")))
     return {"cell": cell.name, **cell.axis_values(), "config": config}
 
 
-def _complete(cell_dir: Path) -> bool:
-    return (cell_dir / MARKER).is_file() and (cell_dir / "metrics.json").is_file()
+def _ref(spec: SweepSpec, cell: Cell) -> CellRef:
+    return CellRef(_cell_path(cell), _description(spec, cell))
 
 
-def _finished(spec: SweepSpec, cell: Cell, out_dir: Path) -> bool:
-    final = out_dir / CELLS / cell.name
-    if not _complete(final):
-        return False
-    try:
-        return json.loads((final / MARKER).read_text()) == _description(spec, cell)
-    except json.JSONDecodeError:
-        return False
-
-
-def _remove_partial(out_dir: Path) -> int:
-    """Delete what a crash left: partial directories and cells without their marker."""
-    half = [p for p in (out_dir / CELLS).iterdir() if PARTIAL in p.name or not _complete(p)]
-    for path in half:
-        shutil.rmtree(path, ignore_errors=True)
-    return len(half)
-
-
-def _row(cell: Cell, metrics: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
+def _row(cell: Cell, metrics: dict[str, Any]) -> dict[str, Any]:
     return {
         "cell": cell.name,
         **cell.axis_values(),
         **{k: metrics.get(k) for k in ("psnr", "ssim", "mse", "label_accuracy")},
         "seconds": metrics.get("seconds"),
         "iterations": metrics.get("iterations"),
-        "run_dir": f"{CELLS}/{cell.name}",
+        "run_dir": _cell_path(cell).as_posix(),
     }
 
 
 def collect_results(spec: SweepSpec, out_dir: Path) -> list[dict[str, Any]]:
     """One row per finished cell of `spec`, in the spec's order."""
-    rows = []
-    for cell in spec.cells():
-        if _finished(spec, cell, out_dir):
-            metrics = json.loads((out_dir / CELLS / cell.name / "metrics.json").read_text())
-            rows.append(_row(cell, metrics, out_dir))
-    return rows
+    finished = cell_store(out_dir).collect((c, _ref(spec, c)) for c in spec.cells())
+    return [_row(cell, metrics) for cell, metrics in finished]
 
 
 def summarise(rows: Sequence[dict[str, Any]], success_psnr: float) -> list[dict[str, Any]]:
-    """Per setting (attack, model, defense, protocol): mean ± std and success rate."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row[k] for k in GROUP_BY), []).append(row)
-    summary = []
-    for key, members in groups.items():
-        psnr = _finite(r["psnr"] for r in members)
-        ssim = _finite(r["ssim"] for r in members)
-        labels = _finite(r["label_accuracy"] for r in members)
-        summary.append(
-            {
-                **dict(zip(GROUP_BY, key, strict=True)),
-                "cells": len(members),
-                "psnr_mean": _mean(psnr),
-                "psnr_std": _std(psnr),
-                "ssim_mean": _mean(ssim),
-                "ssim_std": _std(ssim),
-                "label_accuracy_mean": _mean(labels),
-                "success_rate": sum(p >= success_psnr for p in psnr) / len(members),
-            }
-        )
-    return summary
+    """Per setting (attack, model, defense, protocol): mean ± std and success rate.
 
+    Args:
+        rows: results rows, as `collect_results` makes them.
+        success_psnr: the PSNR (dB) from which a cell counts as a success.
 
-def _finite(values: Iterator[Any]) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
-
-
-def _mean(values: list[float]) -> float | None:
-    return statistics.fmean(values) if values else None
-
-
-def _std(values: list[float]) -> float | None:
-    return statistics.pstdev(values) if values else None
+    Returns:
+        One row per setting, in the order of the rows; statistics over finite scores only
+        (None where a setting has none), the success rate over all of its cells.
+    """
+    stats = {
+        "cells": len,
+        "psnr_mean": of(statistics.fmean, "psnr"),
+        "psnr_std": of(statistics.pstdev, "psnr"),
+        "ssim_mean": of(statistics.fmean, "ssim"),
+        "ssim_std": of(statistics.pstdev, "ssim"),
+        "label_accuracy_mean": of(statistics.fmean, "label_accuracy"),
+        "success_rate": share_at_least("psnr", success_psnr),
+    }
+    return summarise_groups(rows, GROUP_BY, stats)
 
 
 def write_tables(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> None:

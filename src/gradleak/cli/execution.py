@@ -1,0 +1,81 @@
+"""What the execution flags mean: the backend that runs sweep cells, and a study run on it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
+from gradleak.cli.flags import apply_threads
+from gradleak.core.errors import GradleakError
+
+if TYPE_CHECKING:
+    from gradleak.studies.sweep.backends import LocalBackend, RayBackend
+    from gradleak.studies.sweep.spec import SweepSpec
+
+
+def open_backend(args: argparse.Namespace) -> LocalBackend | RayBackend:
+    """The backend --backend, --workers and --address choose, to use in a `with` block.
+
+    Args:
+        args: parsed flags declared by `flags.add_execution_flags`.
+
+    Returns:
+        Local worker processes, or Ray tasks.
+
+    Raises:
+        GradleakError: bad --threads or --workers, --address without --backend ray, or a Ray
+            cluster that cannot be reached.
+    """
+    from gradleak.studies.sweep.backends import LocalBackend, RayBackend
+
+    # Each cell sets its own threads; here only the value is checked.
+    apply_threads(args.threads, in_this_process=False)
+    if args.backend == "ray":
+        return RayBackend(args.address, workers=args.workers)
+    if args.address is not None:
+        raise GradleakError("--address is for --backend ray; add --backend ray or drop it")
+    return LocalBackend(args.workers)
+
+
+def run_study(spec: SweepSpec, out: Path, args: argparse.Namespace) -> int:
+    """Run a sweep spec's cells not yet finished under `out`; print the summary table.
+
+    Args:
+        spec: the sweep.
+        out: the sweep directory.
+        args: parsed execution flags.
+
+    Returns:
+        The exit code: 0, or 130 after Ctrl-C (with how to finish on stderr).
+
+    Raises:
+        GradleakError: bad execution flags, or a sweep that cannot run.
+    """
+    from gradleak.studies.sweep.runner import run_sweep
+
+    with open_backend(args) as backend:
+        result = run_sweep(
+            spec, out, backend=backend, progress=not args.no_progress, threads=args.threads
+        )
+    if result.removed_partial:
+        print(
+            f"removed {result.removed_partial} half-written cell director(ies) left by an "
+            "earlier run; their cells run again"
+        )
+    print(
+        f"{result.cells} cells: {result.ran} run now, {result.skipped} already done; "
+        f"tables in {out}/summary.md, results.csv"
+    )
+    print((out / "summary.md").read_text(), end="")
+    if result.interrupted:
+        done = result.ran + result.skipped
+        print(
+            f"interrupted: {done} of {result.cells} cells done; run the same command again "
+            "to finish",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return EXIT_OK

@@ -1,0 +1,38 @@
+"""The `gradleak list` command: the attacks, models, datasets and defenses there are."""
+
+from __future__ import annotations
+
+import argparse
+
+from gradleak.attacks.registry import ATTACKS
+from gradleak.cli import flags
+from gradleak.cli.exits import EXIT_OK
+from gradleak.defenses import available_defenses
+from gradleak.models import available_models
+from gradleak.scenario.config import DATASET_CHOICES
+
+
+def add_list(commands: flags.Commands) -> None:
+    """Register `gradleak list` on the subcommands of `gradleak`."""
+    p = commands.add_parser("list", help="list attacks, models and datasets")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Print every attack, model, dataset and defense spelling.
+
+    Args:
+        args: the parsed flags of `gradleak list` (none).
+
+    Returns:
+        0.
+    """
+    print("attacks:")
+    for name, (_, text) in ATTACKS.items():
+        print(f"  {name:6} {text}")
+    print(f"models:   {', '.join(available_models())}")
+    print(f"datasets: {', '.join(DATASET_CHOICES)}")
+    print("defenses:")
+    for spelling in available_defenses():
+        print(f"  {spelling}")
+    return EXIT_OK

@@ -1,0 +1,53 @@
+"""argparse value types: the text of a flag turned into the value a command uses."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class IntList:
+    """'A,B,C' → (A, B, C): an argparse type for a comma-separated list of integers.
+
+    Attributes:
+        noun: what the integers are, as the message for text that is not a list names them.
+        example: a valid list, shown in every message.
+        invalid: the message for an empty list or a value below `minimum`; `{text}` is the
+            quoted text and `{example}` the example.
+        minimum: the smallest value accepted (None: any, left to the command's own checks).
+        sort_unique: sort the values and drop repeats (else keep them as given).
+    """
+
+    noun: str
+    example: str
+    invalid: str
+    minimum: int | None = None
+    sort_unique: bool = False
+
+    def __call__(self, text: str) -> tuple[int, ...]:
+        """Parse `text`.
+
+        Args:
+            text: the flag's argument, e.g. '1, 10,30'; empty parts are ignored.
+
+        Returns:
+            The integers, sorted and unique where `sort_unique`, else in the order given.
+
+        Raises:
+            argparse.ArgumentTypeError: a part is not an integer, no integer is given, or one
+                is below `minimum` (argparse turns it into a one-line usage error).
+        """
+        try:
+            values = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of {self.noun}, e.g. {self.example}"
+            ) from None
+        if self.sort_unique:
+            values = sorted(set(values))
+        if not values or (self.minimum is not None and min(values) < self.minimum):
+            raise argparse.ArgumentTypeError(
+                self.invalid.format(text=repr(text), example=self.example)
+            )
+        return tuple(values)
