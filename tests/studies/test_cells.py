@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gradleak.studies.cells import CellRef, CellStore, described_config, write_atomically
+from gradleak.studies.cells import CellRef, CellStore, described_config
 
 CELL = CellRef(Path("cells") / "a", {"cell": "a", "config": {"lr": 0.1}})
 
@@ -145,14 +145,6 @@ def test_an_interrupted_run_keeps_its_partial_until_the_next_call_when_asked(
     assert store.publish(changed, _writes(20.0)) == "finished"
     assert _children(cells) == ["a"]
     assert _children(cells / "a") == ["cell.json", "metrics.json", "run-20.0.txt"]
-
-
-def test_write_atomically_replaces_the_whole_file_and_leaves_no_partial(tmp_path: Path) -> None:
-    path = tmp_path / "cache" / "none.json"
-    write_atomically(path, '{"a": 1}')
-    write_atomically(path, '{"b": 2}')
-    assert path.read_text() == '{"b": 2}'
-    assert _children(path.parent) == ["none.json"]
 
 
 def test_described_config_leaves_out_where_and_how_a_run_is_shown() -> None:

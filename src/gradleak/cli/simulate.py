@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from gradleak.cli import flags
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
 from gradleak.cli.overrides import run_overrides
-from gradleak.fl.protocols import DEFAULT_LOCAL_LR
+from gradleak.fl.protocols import DEFAULT_LOCAL_LR, PROTOCOLS
 from gradleak.fl.topology import MIXING, TOPOLOGIES
 from gradleak.scenario.config import load_run_config
 from gradleak.studies.peers import peer_attacks
@@ -97,8 +97,8 @@ def handle(args: argparse.Namespace) -> int:
     run = load_run_config(args.config, dict(overrides))
     sgd_lr = DEFAULT_LOCAL_LR
     if args.local_lr is not None:
-        # fedsgd has no local training: the rate is the peer's own gradient step.
-        if run.protocol == "fedsgd":
+        # Without local training the rate is the peer's own gradient step.
+        if not PROTOCOLS[run.protocol].trains_locally:
             sgd_lr = args.local_lr
         else:
             run = load_run_config(args.config, {**overrides, "local_lr": args.local_lr})

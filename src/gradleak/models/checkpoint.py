@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import replaced_atomically
 from gradleak.models.registry import canonical_model_name
 
 _WRAPPER_KEYS = ("state_dict", "model")
@@ -46,16 +46,11 @@ def save_checkpoint(model: nn.Module, path: Path | str, /, **metadata: object) -
                 "float, bool, None or lists/dicts of them"
             )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     # Written beside the target and renamed, so an interrupted save never leaves half a file
     # where a checkpoint is expected.
-    partial = path.with_name(f".{path.name}.partial")
-    try:
+    with replaced_atomically(path) as partial:
         torch.save({"state_dict": state, "metadata": dict(metadata)}, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 

@@ -29,7 +29,6 @@ from gradleak.report.plots import (
     axis_plot_png,
     has_column,
     loss_curve_png,
-    mean_std,
     number,
     quality_curves_png,
 )
@@ -467,28 +466,29 @@ def _spec_axes(spec: Mapping[str, Any], results: Sequence[Mapping[str, str]]) ->
 def _summary_from_results(
     results: Sequence[Mapping[str, str]], success_psnr: float
 ) -> list[dict[str, object]]:
-    """The summary.csv columns computed here, for a sweep that has not written one yet."""
-    groups: dict[tuple[str, ...], list[Mapping[str, str]]] = {}
-    for row in results:
-        groups.setdefault(tuple(row.get(k, "") for k in SUMMARY_KEYS), []).append(row)
-    summary = []
-    for key, rows in groups.items():
-        out: dict[str, object] = dict(zip(SUMMARY_KEYS, key, strict=True))
-        out["cells"] = len(rows)
-        for metric in ("psnr", "ssim"):
-            values = [v for v in (number(r.get(metric)) for r in rows) if math.isfinite(v)]
-            out[f"{metric}_mean"], out[f"{metric}_std"] = mean_std(values)
-        accuracies = [
-            v for v in (number(r.get("label_accuracy")) for r in rows) if math.isfinite(v)
-        ]
-        out["label_accuracy_mean"] = sum(accuracies) / len(accuracies) if accuracies else math.nan
-        psnrs = [number(r.get("psnr")) for r in rows]
-        out["success_rate"] = (
-            sum(1 for v in psnrs if math.isfinite(v) and v >= success_psnr) / len(rows)
-            if math.isfinite(success_psnr)
-            else math.nan
-        )
-        summary.append(out)
+    """The summary.csv columns computed here, for a sweep that has not written one yet.
+
+    The same per-setting summary the sweep writes (its runner's `summarise`), on the CSV's
+    text read as numbers; what a setting lacks is NaN, shown as n/a.
+    """
+    from gradleak.studies.sweep.runner import summarise  # the sweep's own summary
+
+    scores = ("psnr", "ssim", "label_accuracy")
+    rows = [
+        {
+            **{k: row.get(k, "") for k in SUMMARY_KEYS},
+            **{k: number(row.get(k)) for k in scores},
+        }
+        for row in results
+    ]
+    threshold = success_psnr if math.isfinite(success_psnr) else math.inf
+    summary = summarise(rows, threshold)
+    for out in summary:
+        for key, value in out.items():
+            if value is None:
+                out[key] = math.nan
+        if not math.isfinite(success_psnr):
+            out["success_rate"] = math.nan
     return summary
 
 

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
-from gradleak.core.errors import GradleakError
 from gradleak.core.settings import to_plain
 from gradleak.report import write_history_csv
 from gradleak.scenario.plan import RunPlan
 
 if TYPE_CHECKING:
     from gradleak.scenario.run import AttackOutcome
-
-
-def check_out_dir(out_dir: Path) -> Path:
-    """Refuse an unusable run directory before the attack, so a bad --out costs no work."""
-    existing = out_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing == out_dir and not out_dir.is_dir():
-        raise GradleakError(f"--out {out_dir} is a file, not a directory; choose another --out")
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise GradleakError(f"cannot create the run directory {out_dir} under {existing}")
-    return out_dir
 
 
 def run_metrics(plan: RunPlan, outcome: AttackOutcome) -> dict[str, object]:

@@ -11,6 +11,7 @@ from gradleak import attacks
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import check_out_dir
 from gradleak.core.update import SharedUpdate
 from gradleak.defenses import ClientView, apply_defenses
 from gradleak.fl.client import Client
@@ -19,7 +20,7 @@ from gradleak.metrics import Evaluation
 from gradleak.scenario.case import Case, ServerView, case_from
 from gradleak.scenario.config import RunConfig
 from gradleak.scenario.observe import psnr_observer, score
-from gradleak.scenario.outputs import check_out_dir, run_metrics, write_outputs
+from gradleak.scenario.outputs import run_metrics, write_outputs
 from gradleak.scenario.plan import RunPlan, plan_run
 from gradleak.scenario.snapshots import SnapshotRecorder
 

@@ -49,19 +49,6 @@ def described_config(config: object) -> dict[str, Any]:
     return plain
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the whole new one.
-
-    Args:
-        path: the file to write; its folder is created if missing.
-        text: the whole content.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}{PARTIAL}")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 @dataclass(frozen=True)
 class CellRef:
     """One cell of a study: where its run directory is and what it was asked for.

@@ -209,7 +209,7 @@ class CompareSpec:
         settings = {
             key: value
             for key, value in self.settings.items()
-            if (key not in LOCAL_TRAINING_KEYS or cell.run.protocol != "fedsgd")
+            if (key not in LOCAL_TRAINING_KEYS or PROTOCOLS[cell.run.protocol].trains_locally)
             and (key not in FOLDER_KEYS or cell.source.dataset == "folder")
         }
         base = replace_checked(RunConfig(), settings, "comparison settings")

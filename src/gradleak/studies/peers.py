@@ -38,6 +38,7 @@ from gradleak import attacks
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import check_out_dir
 from gradleak.core.knowledge import DataFacts, Grants, Knowledge, grant_knowledge
 from gradleak.core.settings import to_plain
 from gradleak.core.update import SharedUpdate, UpdateKind
@@ -51,7 +52,6 @@ from gradleak.report.tables import write_csv
 from gradleak.scenario.case import Case, ServerView, case_from
 from gradleak.scenario.config import RunConfig
 from gradleak.scenario.observe import score
-from gradleak.scenario.outputs import check_out_dir
 from gradleak.scenario.plan import plan_run
 
 State = dict[str, torch.Tensor]
@@ -142,7 +142,7 @@ class DecentralizedConfig:
             "mixing": self.mixing,
             "rounds": self.rounds,
             "attacked_round": self.rounds,
-            "sgd_lr": self.sgd_lr if self.run.protocol == "fedsgd" else None,
+            "sgd_lr": None if PROTOCOLS[self.run.protocol].trains_locally else self.sgd_lr,
             "run": to_plain(self.run),
             "protocol_settings": self.protocol_settings().describe(),
         }

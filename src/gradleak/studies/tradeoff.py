@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import write_atomically
 from gradleak.core.settings import replace_checked, to_plain
 from gradleak.report.tables import write_csv
-from gradleak.studies.cells import write_atomically
 from gradleak.studies.summary import of, present, share_at_least, summarise_groups
 from gradleak.studies.sweep.backends import Backend
 from gradleak.studies.sweep.runner import run_sweep

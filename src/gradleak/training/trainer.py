@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from gradleak import __version__
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import write_atomically
 from gradleak.data import DATASETS, DatasetSpec, dataset_stats, input_shape, open_images
 from gradleak.models import build_model, save_checkpoint
 from gradleak.scenario.config import DATASET_CHOICES, SPLITS
@@ -408,8 +408,4 @@ def _write_history(result: TrainResult, data: _Data) -> None:
             {"path": str(c.path), "epoch": c.epoch, "final": c.final} for c in result.checkpoints
         ],
     }
-    path = result.history_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(partial, path)
+    write_atomically(result.history_path, json.dumps(payload, indent=2) + "\n")
