@@ -14,17 +14,50 @@ from gradleak.core.update import SharedUpdate, UpdateKind
 
 
 class Attack(Protocol):
-    """An attack sees only the shared update, the server's model and the granted knowledge."""
+    """An attack sees only the shared update, the server's model and the granted knowledge.
+
+    Attacks are obtained by name from `gradleak.attacks.registry.get`, configured with
+    `with_options` and run with `reconstruct`. They never see the clients' private data:
+    the evaluation side scores what they return against the truth, and may watch a run
+    through the `observer` hook.
+
+    Attributes:
+        name: the attack's name in the registry (e.g. "dlg", "ig", "rgap"); errors and
+            reports use it.
+        config: the attack's settings, a frozen dataclass. `iterations` (optimisation
+            steps per trial, 0 for closed forms) and `restarts` (trials, 1 for closed
+            forms) are always there.
+    """
 
     name: str
     config: Any  # a frozen dataclass; `iterations` and `restarts` are always there
 
     @property
     def reads(self) -> frozenset[UpdateKind]:
-        """The kinds of update this attack can attack."""
+        """The kinds of update this attack can attack.
+
+        Returns:
+            The update kinds `reconstruct` accepts (gradients, weight differences, FedADMM
+            increments); `reconstruct` refuses any other kind.
+        """
         ...
 
-    def with_options(self, options: Mapping[str, Any]) -> Attack: ...
+    def with_options(self, options: Mapping[str, Any]) -> Attack:
+        """A copy of the attack with some of its settings overridden.
+
+        Args:
+            options: setting names of `config` mapped to new values; a float setting also
+                takes an integer or a numeric string (e.g. "1e-3").
+
+        Returns:
+            A new attack of the same name and kind; this one is left unchanged.
+
+        Raises:
+            GradleakError: when a key is not a setting of `config`.
+            GradleakError: when a value does not have, or convert to, the setting's type.
+            GradleakError: when the new settings are invalid (the config's own checks).
+        """
+        ...
 
     def reconstruct(
         self,
@@ -35,4 +68,31 @@ class Attack(Protocol):
         seed: int = 0,
         observer: Observer | None = None,
         progress: bool = True,
-    ) -> Reconstruction: ...
+    ) -> Reconstruction:
+        """Reconstruct the private inputs (and labels) behind one shared update.
+
+        Args:
+            update: the update the clients shared (the mean over `knowledge.num_users`
+                users); its tensors must match `model`'s named parameters.
+            model: the server's model the update was computed at; the attack works on its
+                own copy, so the model is left unchanged.
+            knowledge: what the threat model grants the attacker (data format, batch size,
+                users, labels if granted, local training, batch-norm mode).
+            seed: seeds every random draw of the attack (dummy inputs, soft labels);
+                the same seed gives the same result.
+            observer: the engine's callback hook (see `gradleak.attacks.engine.hooks`),
+                e.g. the evaluation side's `gradleak.scenario.observe.psnr_observer`;
+                None: nothing watches. Closed-form attacks never call it.
+            progress: show a progress bar on a terminal while the attack runs.
+
+        Returns:
+            The reconstruction: inputs B×C×H×W in the attacked (normalised) space, the
+            labels it recovered or was given (None when it has none), the matching loss
+            and how the attack got there.
+
+        Raises:
+            GradleakError: when the update does not fit `model` or is a kind the attack
+                does not read, or the threat model does not grant what the attack needs
+                (one line naming the fix).
+        """
+        ...

@@ -35,7 +35,67 @@ LINE_SEARCHES = ("none", "strong_wolfe")
 
 @dataclass(frozen=True)
 class GradientMatchingConfig:
-    """Every hyper-parameter of a gradient-matching attack; presets fill the papers' values."""
+    """Every hyper-parameter of a gradient-matching attack; presets fill the papers' values.
+
+    The attack draws `restarts` trials of dummy inputs (and, without fixed labels, soft
+    labels) and moves them so that the update they would produce matches the shared one:
+    the loss is `objective`(replayed update, shared update) + weight × the modality's prior
+    (images: total variation). The trial with the lowest final loss is returned. Adam runs
+    all trials at once as one stacked computation; L-BFGS runs them one after another.
+
+    Attributes:
+        objective: the distance between the replayed and the shared update, both
+            optimisers: "cosine" (1 − cosine similarity of all tensors as one vector,
+            Inverting Gradients) or "l2" (sum of squared differences, DLG). Default
+            "cosine".
+        tv_weight: the weight of the modality's prior (images: anisotropic total
+            variation) in the loss, both optimisers; >= 0 and finite. None (default): the
+            modality's default for the data's shape (images: 1e-4 below 64 pixels a side,
+            1e-1 from 64 on).
+        optimizer: "adam" (default; all trials stacked in one computation) or "lbfgs"
+            (torch.optim.LBFGS, one trial after another).
+        lr: the step size, > 0 and finite. Adam: the base step size of every trial
+            (default 0.1), divided by 10 at 3/8, 5/8 and 7/8 of the run with `lr_decay`.
+            L-BFGS: torch's `lr`, the step length along each search direction (with
+            "strong_wolfe", the length the line search starts from).
+        iterations: optimisation steps per trial, > 0 (default 24,000). Adam: steps per
+            trial. L-BFGS: outer steps per trial, each up to `lbfgs_inner_iterations`
+            L-BFGS iterations; a trial also ends after 10 outer steps without a better
+            loss. Also sets the default `log_every` and snapshot iterations.
+        restarts: trials K, > 0 (default 8), each from its own dummy inputs; the best by
+            final matching loss is kept (a diverged trial never wins).
+        signed: Adam only: step with the sign of the gradient (Inverting Gradients'
+            signed Adam). Default True.
+        boxed: Adam only: after every step, clamp the inputs to the modality's box of
+            valid values (images: the normalised values of pixels 0 and 1, per channel).
+            Default True.
+        lr_decay: Adam only: multiply the step size by 0.1 at 3/8, 5/8 and 7/8 of each
+            trial's iterations. Default True.
+        init: how the dummy inputs start, both optimisers: "randn" (standard normal,
+            default), "uniform" (uniform in [−0.5, 0.5)) or "zeros"; drawn in the
+            attacked (normalised) space from `seed`.
+        label_strategy: where the labels matched with come from, both optimisers: "auto"
+            (default: "known" when the labels are granted, else "analytic" for batch 1,
+            else "optimize"), "known", "analytic", "optimize" (soft labels optimised with
+            the inputs), "sign", "yin" or "count" (see `gradleak.attacks.labels`).
+        lbfgs_inner_iterations: L-BFGS only: torch's `max_iter`, the L-BFGS iterations
+            of one outer step, > 0 (default 20).
+        line_search: L-BFGS only: "none" (default; a fixed step, as DLG) or
+            "strong_wolfe" (torch's strong-Wolfe line search).
+        tolerance: a trial stops once its matching loss is at most this, >= 0 and finite
+            (default 0: only an exact match stops). Adam checks it every `log_every`
+            iterations; L-BFGS after every outer step. Trials whose loss is not finite
+            stop too.
+        log_every: iterations between history rows and observer calls, >= 0; 0
+            (default): iterations // 100, at least 1 (about 100 rows). Adam also checks
+            `tolerance` at these iterations.
+        compile: torch.compile the functional step, both optimisers (default False);
+            where compiling fails the attack says so in one line and runs uncompiled.
+        admm: read FedADMM increments: the update Δ is one and −Δ/η (η the attacker's
+            belief of the local learning rate) is matched as if it were one gradient per
+            user (the -admm presets). Default False: gradients and FedAvg weight
+            differences are read.
+    """
 
     objective: str = "cosine"
     tv_weight: float | None = None  # None: the modality's default (images: by size)
@@ -59,6 +119,19 @@ class GradientMatchingConfig:
     # signed, boxed and lr_decay apply to Adam; L-BFGS takes lr, line_search, tolerance.
 
     def validate(self) -> GradientMatchingConfig:
+        """Check every setting; return the config itself.
+
+        Returns:
+            This config, unchanged.
+
+        Raises:
+            GradleakError: when `objective`, `optimizer`, `init`, `label_strategy` or
+                `line_search` is not one of its choices.
+            GradleakError: when `lr`, `iterations`, `restarts` or `lbfgs_inner_iterations`
+                is not positive and finite.
+            GradleakError: when `tv_weight` or `tolerance` is negative or not finite.
+            GradleakError: when `log_every` is negative.
+        """
         choices = {
             "objective": (self.objective, tuple(OBJECTIVES)),
             "optimizer": (self.optimizer, OPTIMIZERS),
@@ -90,7 +163,20 @@ class GradientMatchingConfig:
 
 
 class GradientMatchingAttack:
-    """Finds inputs whose gradient on the server's model matches the shared gradient."""
+    """Finds inputs whose gradient on the server's model matches the shared gradient.
+
+    DLG, iDLG, Inverting Gradients and the -admm variants are presets of this one attack
+    (`presets.py`). The attacker replays what the clients computed (`fl.replay`: one
+    gradient, FedAvg's unrolled local steps, the mean over users) on candidate inputs and
+    optimises the candidates until the replayed update matches the shared one.
+
+    Args:
+        name: the attack's name, for errors and reports.
+        config: its hyper-parameters.
+
+    Raises:
+        GradleakError: when `config` is invalid (`GradientMatchingConfig.validate`).
+    """
 
     def __init__(self, name: str, config: GradientMatchingConfig) -> None:
         self.name = name
@@ -98,13 +184,31 @@ class GradientMatchingAttack:
 
     @property
     def reads(self) -> frozenset[UpdateKind]:
-        """FedADMM increments for the -admm presets; gradients and FedAvg differences else."""
+        """FedADMM increments for the -admm presets; gradients and FedAvg differences else.
+
+        Returns:
+            {ADMM_INCREMENT} with `config.admm`, else {GRADIENT, WEIGHT_DELTA}.
+        """
         if self.config.admm:
             return frozenset({UpdateKind.ADMM_INCREMENT})
         return frozenset({UpdateKind.GRADIENT, UpdateKind.WEIGHT_DELTA})
 
     def with_options(self, options: Mapping[str, Any]) -> GradientMatchingAttack:
-        """A copy with hyper-parameters overridden (unknown keys are errors)."""
+        """A copy with hyper-parameters overridden (unknown keys are errors).
+
+        Args:
+            options: fields of `GradientMatchingConfig` mapped to new values (e.g.
+                {"iterations": 300, "optimizer": "lbfgs"}); a float field also takes an
+                integer or a numeric string.
+
+        Returns:
+            A new attack of the same name; this one is left unchanged.
+
+        Raises:
+            GradleakError: when a key is not a field of `GradientMatchingConfig`.
+            GradleakError: when a value does not have, or convert to, the field's type.
+            GradleakError: when the new config is invalid (`GradientMatchingConfig.validate`).
+        """
         return GradientMatchingAttack(
             self.name, replace_checked(self.config, options, f"attack '{self.name}' options")
         )
@@ -119,7 +223,47 @@ class GradientMatchingAttack:
         observer: Observer | None = None,
         progress: bool = True,
     ) -> Reconstruction:
-        """Attack `update`, seeing only it, the server's `model` and the granted `knowledge`."""
+        """Attack `update`, seeing only it, the server's `model` and the granted `knowledge`.
+
+        The update is read as the protocol that shares its kind says (a FedADMM increment
+        Δ as −Δ/η), the labels come from the label strategy, and K = `restarts` trials of
+        dummy inputs K×B×C×H×W are optimised against it; the trial with the lowest finite
+        final matching loss is returned. Ctrl-C ends the optimisation early and returns
+        what it has (`interrupted` is set).
+
+        Args:
+            update: the shared update (the mean over `knowledge.num_users` users): a
+                gradient or FedAvg weight difference, or with `config.admm` a FedADMM
+                increment; one tensor per named parameter of `model`.
+            model: the server's model the update was computed at; the attack runs on its
+                own replica in `knowledge.model_mode`, so `model` is left unchanged.
+            knowledge: what the threat model grants: data shape, classes, batch size B,
+                users, normalisation, labels if granted, the belief of the local training
+                (FedAvg, FedADMM) and the batch-norm mode.
+            seed: seeds the dummy inputs and the initial soft labels (default 0).
+            observer: called every `log_every` iterations with (iteration, per-trial
+                losses, per-trial inputs) and may add history columns or stop the attack
+                (see `gradleak.attacks.engine.hooks`); None: nothing watches.
+            progress: show a progress bar on a terminal (default True).
+
+        Returns:
+            The best trial's inputs (B×C×H×W, normalised space) and labels (B integers:
+            the fixed labels, or the argmax of its optimised soft labels), its matching
+            loss, every trial's final loss, the steps it took, the history rows, and
+            details (`tv_weight`, `log_every`, `replay`).
+
+        Raises:
+            GradleakError: when the update's names or shapes do not fit `model`, or it
+                holds NaN or Inf.
+            GradleakError: when the attack does not read the update's kind.
+            GradleakError: when a weight difference or FedADMM increment comes without a
+                belief of the local training in `knowledge`.
+            GradleakError: when the label strategy needs what is not granted (known
+                labels; batch 1 for "analytic") or cannot read the update ("sign", "yin",
+                "count" on a weight difference; "count" without a classifier bias).
+            GradleakError: when the strategy's labels are not B labels in 0..classes−1.
+            GradleakError: when the trials would not fit in free memory.
+        """
         cfg = self.config
         update, replay = self._matched(update, model, knowledge)
         strategy, fixed_labels = self._labels_for(update, model, knowledge)
@@ -152,6 +296,20 @@ class GradientMatchingAttack:
         gives, up to float rounding. L-BFGS attacks the updates one after another.
         `seconds` of each result is the whole batch's time; the history stays empty (the
         observer hook needs one ground truth).
+
+        Args:
+            updates: the updates, all of kinds this attack reads and all fitting `model`.
+            model: the server's model they were computed at (left unchanged).
+            knowledge: the threat model, the same for every update.
+            seed: seeds every update's trials as `reconstruct` would (default 0).
+            progress: show a progress bar on a terminal (default True).
+
+        Returns:
+            One reconstruction per update, in order; an empty list for no updates. With
+            L-BFGS, Ctrl-C ends the batch: the list then stops at the interrupted update.
+
+        Raises:
+            GradleakError: as `reconstruct`, for any of the updates.
         """
         cfg = self.config
         if not updates:

@@ -20,6 +20,21 @@ LabelRecovery = Callable[[SharedUpdate, nn.Module, Knowledge], "torch.Tensor | N
 
 @dataclass(frozen=True)
 class LabelStrategy:
+    """One way of getting the labels an optimisation attack matches with.
+
+    Attributes:
+        name: the strategy's name (`label_strategy` of the attack's settings).
+        description: what it does, in one line.
+        requires: what the threat model must grant (`Knowledge.require` is checked before
+            `recover` runs): known labels, or a single sample.
+        recover: (update, model, knowledge) → B integer labels, or None when the attack
+            optimises soft labels jointly with the inputs ("optimize"). The update is a
+            gradient (for the -admm attacks the reading −Δ/η of a FedADMM increment), or
+            −Δ for a FedAvg weight difference Δ (same signs as the summed gradients).
+        recovers: whether the labels are a result of the attack (False for "known": the
+            threat model handed them over, so they are not scored as a recovery).
+    """
+
     name: str
     description: str
     requires: frozenset[Requirement]
@@ -33,6 +48,18 @@ def idlg_label(update: SharedUpdate, model: nn.Module) -> torch.Tensor:
     With softmax cross-entropy the bias gradient of the classifier is p − onehot(y), negative
     only at the true class; without a bias, the weight rows are (p − onehot(y))·features and
     features after a sigmoid/ReLU are non-negative, so the row sums give the same sign.
+
+    Args:
+        update: a batch-1 gradient (or −Δ of a weight difference), holding the
+            classifier's (the model's last nn.Linear's) weight and, if it has one, bias.
+        model: the server's model, to find the classifier's name.
+
+    Returns:
+        One int64 label, shape (1,): the argmin of the classifier's bias gradient, or of
+        its weight gradient's row sums when it has no bias.
+
+    Raises:
+        GradleakError: when `model` has no nn.Linear.
     """
     name, _layer = classifier_layer(model)
     bias = update.tensors.get(f"{name}.bias")
@@ -101,6 +128,18 @@ def sign_labels(update: SharedUpdate, model: nn.Module, knowledge: Knowledge) ->
     weight gradient carry the same sign only when the features are non-negative (sigmoid,
     ReLU). The negative classes fill B slots, most negative first, cycled when there are fewer
     than B; with none negative (a zero gradient) the single most negative entry is used.
+
+    Args:
+        update: a gradient (FedSGD; the mean over users is the whole batch's gradient).
+        model: the server's model, to find the classifier (its last nn.Linear).
+        knowledge: gives the batch size B.
+
+    Returns:
+        B int64 labels, sorted ascending (the order of the batch is not recovered).
+
+    Raises:
+        GradleakError: when the update is not a gradient.
+        GradleakError: when `model` has no nn.Linear or the update lacks its weight.
     """
     weight, bias = _classifier_grads(update, model, "sign", need_bias=False)
     score = bias if bias is not None else weight.sum(dim=1)
@@ -113,6 +152,18 @@ def yin_labels(update: SharedUpdate, model: nn.Module, knowledge: Knowledge) -> 
 
     Meant for batches without repeated labels: a present class has rows (p − 1)·features that
     dip strongly negative. For B > C every class is taken and the ranking is cycled.
+
+    Args:
+        update: a gradient (FedSGD).
+        model: the server's model, to find the classifier (its last nn.Linear).
+        knowledge: gives the batch size B.
+
+    Returns:
+        B int64 labels, sorted ascending; distinct when B ≤ the number of classes.
+
+    Raises:
+        GradleakError: when the update is not a gradient.
+        GradleakError: when `model` has no nn.Linear or the update lacks its weight.
     """
     weight, _bias = _classifier_grads(update, model, "yin", need_bias=False)
     ranked = weight.min(dim=1).values.argsort(stable=True)
@@ -129,6 +180,14 @@ def mean_softmax_estimate(model: nn.Module, knowledge: Knowledge) -> torch.Tenso
 
     An untrained network answers real and random images alike, so this stands in for the
     batch's mean prediction; a copy is run so batch-norm running statistics stay untouched.
+
+    Args:
+        model: the server's model (left unchanged).
+        knowledge: gives the input shape and the batch-norm mode the copy runs in.
+
+    Returns:
+        A float64 CPU tensor of one probability per class (summing to 1): the softmax
+        averaged over 64 seeded standard-normal inputs (the same every call).
     """
     probe = copy.deepcopy(model)
     probe.train(knowledge.model_mode == "train")
@@ -148,6 +207,17 @@ def counts_from_bias(
     With mean cross-entropy g_c = p̄_c − count_c/B exactly, where p̄ is the batch's mean
     softmax; any error in p̄ moves the counts by B·error. Rounding keeps the largest
     fractional parts (largest-remainder), so the total is exactly B.
+
+    Computed in float64. The clipped values are rescaled to sum to B before rounding; when
+    they are all zero the whole batch goes to the class with the most negative g_c.
+
+    Args:
+        bias_grad: the classifier's bias gradient g, one value per class.
+        mean_softmax: the (estimated) mean softmax p̄ of the batch, one value per class.
+        batch_size: B, >= 1.
+
+    Returns:
+        int64 counts, one per class, non-negative, summing to B.
     """
     raw = (batch_size * (mean_softmax.double() - bias_grad.double().cpu())).clamp(min=0.0)
     if float(raw.sum()) <= 0.0:  # nothing to go on: put the batch on the most negative class
@@ -163,7 +233,23 @@ def counts_from_bias(
 
 
 def count_labels(update: SharedUpdate, model: nn.Module, knowledge: Knowledge) -> torch.Tensor:
-    """Label multiset from the bias gradient and an estimated mean softmax, as B sorted labels."""
+    """Label multiset from the bias gradient and an estimated mean softmax, as B sorted labels.
+
+    `counts_from_bias` with p̄ from `mean_softmax_estimate`.
+
+    Args:
+        update: a gradient (FedSGD).
+        model: the server's model: its classifier (last nn.Linear) must have a bias.
+        knowledge: gives the batch size B, the input shape and the batch-norm mode.
+
+    Returns:
+        B int64 labels, sorted ascending, each class repeated as often as it was counted.
+
+    Raises:
+        GradleakError: when the update is not a gradient.
+        GradleakError: when `model` has no nn.Linear, or its classifier has no bias.
+        GradleakError: when the update lacks the classifier's weight.
+    """
     _weight, bias = _classifier_grads(update, model, "count", need_bias=True)
     assert bias is not None  # need_bias refuses a bias-free classifier
     counts = counts_from_bias(bias, mean_softmax_estimate(model, knowledge), knowledge.batch_size)
@@ -214,7 +300,21 @@ AUTO = "auto"
 
 
 def resolve_label_strategy(name: str, knowledge: Knowledge) -> LabelStrategy:
-    """Pick the strategy; `auto` uses known labels, else iDLG for batch 1, else optimisation."""
+    """Pick the strategy; `auto` uses known labels, else iDLG for batch 1, else optimisation.
+
+    Args:
+        name: "auto" or a name of `LABEL_STRATEGIES` (known, analytic, optimize, sign,
+            yin, count).
+        knowledge: what the threat model grants; `auto` reads whether the labels are
+            known and the batch size.
+
+    Returns:
+        The strategy. Its `requires` is not checked here: callers check it with
+        `knowledge.require`.
+
+    Raises:
+        GradleakError: when `name` is neither "auto" nor a strategy's name.
+    """
     if name == AUTO:
         if knowledge.labels_known:
             name = "known"

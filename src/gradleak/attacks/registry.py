@@ -37,11 +37,29 @@ ATTACKS: dict[str, tuple[Callable[[], Attack], str]] = {
 
 
 def available() -> list[str]:
+    """The names of every attack, in registry order.
+
+    Returns:
+        The names `get` accepts: dlg, idlg, dlg-admm, idlg-admm, analytic, ig, rgap.
+    """
     return list(ATTACKS)
 
 
 def get(name: str) -> Attack:
-    """The named attack with its paper's defaults."""
+    """The named attack with its paper's defaults.
+
+    Every call builds a new attack; change its settings with `with_options`.
+
+    Args:
+        name: one of `available()` (exact spelling, e.g. "ig").
+
+    Returns:
+        The attack, configured as its preset says (see `presets.py`, `analytic.py` and
+        `rgap.py`).
+
+    Raises:
+        GradleakError: when no attack has that name (the message lists the choices).
+    """
     try:
         factory, _ = ATTACKS[name]
     except KeyError:
@@ -52,12 +70,25 @@ def get(name: str) -> Attack:
 
 
 def readers_of(kind: UpdateKind) -> list[str]:
-    """The attacks that can attack an update of `kind`, in registry order."""
+    """The attacks that can attack an update of `kind`, in registry order.
+
+    Args:
+        kind: the kind of a shared update.
+
+    Returns:
+        The names of the attacks whose `reads` include `kind` (e.g. for a FedADMM
+        increment: dlg-admm and idlg-admm).
+    """
     return [name for name in ATTACKS if kind in get(name).reads]
 
 
 def check_readable(name: str, reads: frozenset[UpdateKind], kind: UpdateKind) -> None:
     """Refuse, in one line, an update of a kind the attack `name` cannot read.
+
+    Args:
+        name: the attack's name, for the message.
+        reads: the kinds of update the attack reads (its `reads`).
+        kind: the kind of the update it was given.
 
     Raises:
         GradleakError: naming the attacks that read `kind` and the protocols that share

@@ -11,6 +11,7 @@ import torch
 
 from gradleak.attacks.engine.adam import optimize_adam
 from gradleak.attacks.engine.lbfgs import optimize_lbfgs
+from gradleak.attacks.engine.trials import best_trial
 from gradleak.attacks.matching.objectives import get_objective
 from gradleak.attacks.matching.problem import MatchingProblem, attacker_model, label_loss
 from gradleak.data import pixel_bounds
@@ -160,9 +161,11 @@ def test_adam_history_rows_and_result_fields(lenet_case: Any) -> None:
     assert not result.interrupted
     # The last row reports the final loss of the best trial, which the result's losses hold.
     assert result.history[-1]["loss"] == pytest.approx(float(result.losses.min()))
-    assert result.best == int(result.losses.argmin())
-    recomputed = problem.loss(result.images[result.best], case.client.batch.labels)
-    assert recomputed.item() == pytest.approx(float(result.losses[result.best]), rel=1e-5)
+    assert best_trial(result.losses) == int(result.losses.argmin())
+    recomputed = problem.loss(result.images[best_trial(result.losses)], case.client.batch.labels)
+    assert recomputed.item() == pytest.approx(
+        float(result.losses[best_trial(result.losses)]), rel=1e-5
+    )
 
 
 def test_adam_lowers_the_matching_loss(lenet_case: Any) -> None:

@@ -58,7 +58,22 @@ class AnalyticResult:
 
 
 def find_first_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    """Name and module of the model's first nn.Linear, which must have a bias."""
+    """Name and module of the model's first nn.Linear, which must have a bias.
+
+    "First" is in `named_modules` order (the order the modules were registered), which
+    need not be the order `forward` runs them in; `takes_flat_image` checks the latter.
+
+    Args:
+        model: the server's model.
+
+    Returns:
+        (name, layer): the qualified name of the first nn.Linear ("" when `model` itself
+        is one) and the layer.
+
+    Raises:
+        GradleakError: when `model` holds no nn.Linear.
+        GradleakError: when its first nn.Linear has no bias.
+    """
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             if module.bias is None:
@@ -86,6 +101,28 @@ def analytic_layer_input(
     count=1 gives the least-squares input over all usable rows (exact for one sample);
     count=B gives the ratios of the B rows with the largest |bias gradient|, each a
     weighted mixture of the batch's inputs when B > 1.
+
+    Computed in float64 and returned in the gradient's dtype.
+
+    Args:
+        update: a gradient holding `layer_name`'s weight (out × in) and bias (out).
+        layer_name: the qualified name of a biased nn.Linear ("" for a bare Linear).
+        count: how many input vectors to return, a positive integer (default 1).
+        threshold: rows whose |bias gradient| is at most this fraction of the largest
+            are not used, in [0, 1) (default 1e-4).
+
+    Returns:
+        The layer's name, the recovered inputs `features` (count × in_features), the
+        usable rows, the rows behind each returned vector (() for the least-squares
+        one), and `spread`, the relative residual of the rank-one fit ∂L/∂W ≈ g_b xᵀ over
+        the usable rows (near 0 for one sample; larger for a batch).
+
+    Raises:
+        GradleakError: when the update is not a gradient.
+        GradleakError: when `count` is not a positive integer.
+        GradleakError: when the update has no 2-D weight or no matching bias for the layer.
+        GradleakError: when every bias gradient of the layer is zero.
+        GradleakError: when fewer rows are usable than `count`.
     """
     if update.kind is not UpdateKind.GRADIENT:
         raise GradleakError(
@@ -149,7 +186,21 @@ def _layer_gradients(update: SharedUpdate, layer_name: str) -> tuple[torch.Tenso
 
 
 def takes_flat_image(model: nn.Module, layer: nn.Linear, data_shape: tuple[int, ...]) -> bool:
-    """Whether `layer` receives the flattened image unchanged (its input is the image)."""
+    """Whether `layer` receives the flattened image unchanged (its input is the image).
+
+    The layer must take prod(data_shape) inputs, and a probe forward pass on an eval-mode
+    copy of `model` with one seeded standard-normal input must hand the layer exactly the
+    flattened input. The model itself is left untouched.
+
+    Args:
+        model: the server's model (float32 inputs must run through it).
+        layer: an nn.Linear inside `model` (e.g. from `find_first_linear`).
+        data_shape: one input's (channels, height, width).
+
+    Returns:
+        True when the layer's input is the flattened image, so the analytic attack
+        recovers images; False otherwise (its input is a feature vector).
+    """
     if layer.in_features != math.prod(data_shape):
         return False
     # A probe forward pass on a copy (the server's batch-norm statistics stay untouched)
@@ -206,7 +257,37 @@ class AnalyticAttack(ClosedFormAttack):
         observer: Observer | None = None,
         progress: bool = True,
     ) -> Reconstruction:
-        """Recover the images of `update`; seed, observer and progress have nothing to drive."""
+        """Recover the images of `update`; seed, observer and progress have nothing to drive.
+
+        The images are read from the model's first Linear layer, which must receive the
+        flattened image (an MLP): for batch 1 the least-squares input over all usable
+        rows (exact), for B > 1 the ratios of the B rows with the largest |bias gradient|
+        (mixtures of the batch's images, not the images). Labels come from the `auto`
+        label strategy: the granted labels, else iDLG's for batch 1, else none.
+
+        Args:
+            update: the shared gradient, one tensor per named parameter of `model`.
+            model: the server's model (left unchanged).
+            knowledge: gives the input shape, the batch size B and whether the labels
+                are granted.
+            seed: unused (nothing is random).
+            observer: unused (nothing iterates).
+            progress: unused.
+
+        Returns:
+            The images B×C×H×W in the attacked (normalised) space, the labels (None
+            without granted labels for B > 1), `loss` and `trial_losses` the spread of the
+            rank-one fit, 0 iterations, and details (layer, usable rows, spread,
+            threshold, and for B > 1 the rows used).
+
+        Raises:
+            GradleakError: when the update's names or shapes do not fit `model`, or it
+                holds NaN or Inf.
+            GradleakError: when `model` has no nn.Linear, or its first one has no bias.
+            GradleakError: when that layer does not read the flattened image.
+            GradleakError: when the update is not a gradient, its bias gradients are all
+                zero, or fewer than B rows are usable (`analytic_layer_input`).
+        """
         start = time.perf_counter()
         update.validate_for(model)
         name, layer = find_first_linear(model)

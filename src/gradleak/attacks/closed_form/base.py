@@ -20,7 +20,19 @@ _Attack = TypeVar("_Attack", bound="ClosedFormAttack")
 
 
 class ClosedFormAttack:
-    """Name, validated config, `reads` and `with_options` for a closed-form attack."""
+    """Name, validated config, `reads` and `with_options` for a closed-form attack.
+
+    A subclass names its default name (`default_name`), its config dataclass
+    (`config_type`, with a `validate()` that returns the config) and its `reconstruct`.
+    Closed forms solve once: their configs keep `iterations` at 0 and `restarts` at 1.
+
+    Args:
+        name: the attack's name (None: `default_name`).
+        config: its settings, a `config_type` (None: the defaults).
+
+    Raises:
+        GradleakError: when `config` is invalid (the config's `validate`).
+    """
 
     default_name: ClassVar[str]
     config_type: ClassVar[type]
@@ -31,10 +43,27 @@ class ClosedFormAttack:
 
     @property
     def reads(self) -> frozenset[UpdateKind]:
-        """Only plain gradients: a weight difference mixes several steps' inputs."""
+        """Only plain gradients: a weight difference mixes several steps' inputs.
+
+        Returns:
+            {GRADIENT}.
+        """
         return frozenset({UpdateKind.GRADIENT})
 
     def with_options(self: _Attack, options: Mapping[str, Any]) -> _Attack:
-        """A copy with options overridden (unknown keys are errors)."""
+        """A copy with options overridden (unknown keys are errors).
+
+        Args:
+            options: fields of the config mapped to new values; a float field also takes
+                an integer or a numeric string.
+
+        Returns:
+            A new attack of the same class and name; this one is left unchanged.
+
+        Raises:
+            GradleakError: when a key is not a field of the config.
+            GradleakError: when a value does not have, or convert to, the field's type.
+            GradleakError: when the new config is invalid (e.g. iterations not 0).
+        """
         config = replace_checked(self.config, options, f"attack '{self.name}' options")
         return type(self)(self.name, config)

@@ -262,7 +262,32 @@ def rgap_recover(
     *,
     rcond: float = DEFAULT_RCOND,
 ) -> RGAPResult:
-    """Recover one sample's input from its gradient update by R-GAP's backward recursion."""
+    """Recover one sample's input from its gradient update by R-GAP's backward recursion.
+
+    The final Linear's input comes from `analytic_layer_input`; then, deepest conv layer
+    first, each layer's input is the least-squares solution (float64, `gelsd`) of its
+    forward and gradient equations. The update must come from one sample: with more the
+    gradient equations mix the samples' inputs and the answer is no input (nothing here
+    can tell).
+
+    Args:
+        update: a batch-1 gradient of `model`, one tensor per named parameter.
+        model: Conv2d layers (no pooling), each optionally followed by LeakyReLU (slope
+            > 0) or Sigmoid, then one biased Linear; left unchanged.
+        data_shape: one input's (channels, height, width).
+        rcond: singular values below this fraction of the largest count as zero in the
+            least-squares solves and their ranks, in [0, 1) (default 1e-10).
+
+    Returns:
+        The recovered input 1×C×H×W (normalised space, the gradient's dtype) and one rank
+        report per conv layer, deepest first.
+
+    Raises:
+        GradleakError: when the update is not a gradient.
+        GradleakError: when `model` is not such a stack, or its forward pass is not the
+            plain chain of its modules.
+        GradleakError: when the final Linear's bias gradients are all zero.
+    """
     if update.kind is not UpdateKind.GRADIENT:
         raise GradleakError(
             f"R-GAP reads a gradient but the update is a {update.kind.value}; "
@@ -331,7 +356,35 @@ class RGAPAttack(ClosedFormAttack):
         observer: Observer | None = None,
         progress: bool = True,
     ) -> Reconstruction:
-        """Recover the image of `update`; seed, observer and progress have nothing to drive."""
+        """Recover the image of `update`; seed, observer and progress have nothing to drive.
+
+        `rgap_recover` on the update; the label comes from the `auto` label strategy
+        (the granted label, else iDLG's).
+
+        Args:
+            update: the shared gradient of one sample, one tensor per named parameter.
+            model: the server's model, a conv stack `rgap_recover` accepts (left
+                unchanged).
+            knowledge: gives the input shape, the batch size (must be 1) and whether the
+                label is granted.
+            seed: unused (nothing is random).
+            observer: unused (nothing iterates).
+            progress: unused.
+
+        Returns:
+            The image 1×C×H×W in the attacked (normalised) space, its label, `loss` and
+            `trial_losses` the worst layer's relative least-squares residual, 0
+            iterations, and details (whether every layer was determined, each layer's
+            unknowns, equations and rank, rcond).
+
+        Raises:
+            GradleakError: when the update is not a gradient.
+            GradleakError: when the batch is not one sample.
+            GradleakError: when the update's names or shapes do not fit `model`, or it
+                holds NaN or Inf.
+            GradleakError: when `model` is not a stack R-GAP can attack, or the final
+                Linear's bias gradients are all zero (`rgap_recover`).
+        """
         start = time.perf_counter()
         if update.kind is not UpdateKind.GRADIENT:
             raise GradleakError(

@@ -141,6 +141,48 @@ def optimize_adam(
     integers, or K×B×classes soft labels that are optimised too. A trial stops early when
     its loss is at most `tolerance` or not finite (checked every `log_every` iterations,
     so the hot loop never waits for the device); stopped trials cost nothing more.
+
+    Every step computes each running trial's matching loss and its gradient with respect
+    to the inputs (and soft labels), then takes one Adam step (torch.optim.Adam's update,
+    betas (0.9, 0.999), eps 1e-8, no weight decay) per trial. After the loop every trial is
+    scored once more at its final inputs. Ctrl-C or an observer's `StopAttack` ends the
+    loop; the trials are still scored and returned.
+
+    Args:
+        problem: the matching problem (shared update, replay, objective, prior).
+        images: the trials' starting inputs K×B×C×H×W, normalised space (not modified).
+        labels: B integer labels (shared), K×B integer labels, or K×B×classes soft
+            labels (logits; optimised by a second Adam with the same schedule).
+        lr: the base step size, one for all trials or one per trial; > 0.
+        iterations: each trial's step budget, one for all or one per trial; >= 0.
+        signed: step with the sign of the inputs' gradient (the labels' gradient is
+            always used as it is). Default True.
+        bounds: per-channel (lower, upper) C×1×1 box the inputs are clamped to after
+            every step; None (default): unbounded.
+        lr_decay: multiply each trial's step size by 0.1 at 3/8, 5/8 and 7/8 of its
+            budget. Default True.
+        log_every: iterations between history rows, observer calls and the `tolerance`
+            check; >= 1 (default 100).
+        observer: the engine's callback hook (`gradleak.attacks.engine.hooks`); None:
+            nothing watches.
+        progress: show a progress bar on a terminal (default True).
+        targets: one target update per trial, each tensor K× the parameter's shape;
+            None (default): every trial matches `problem.target`.
+        tv_weights: one prior weight per trial; None (default): `problem.tv_weight`.
+        tolerance: stop a trial once its loss is at most this (default 0).
+        compile: torch.compile the step (falls back in one line when it cannot).
+        notice: where that one line goes (default: standard error).
+        check_memory: refuse, before allocating the trials, a run that would not fit in
+            free memory (default True).
+
+    Returns:
+        The trials' final inputs, labels (K×B integers), losses, history, steps per trial,
+        loss evaluations and timing.
+
+    Raises:
+        GradleakError: when `check_memory` and the K stacked trials would not fit.
+        ValueError: when a per-trial `lr`, `iterations` or `tv_weights` does not have K
+            values.
     """
     k = images.shape[0]
     inputs = trial_inputs(images, labels, problem, targets, tv_weights)

@@ -37,6 +37,37 @@ def optimize_lbfgs(
     Trials are not stacked: L-BFGS's line search, curvature history and convergence tests
     read the loss on the host after every evaluation, and each trial needs a different
     number of evaluations per step (see docs/PERFORMANCE.md).
+
+    Each trial runs torch.optim.LBFGS (history size 100) on its inputs, and on its soft
+    labels when they are soft, for up to `steps` outer steps. It keeps the best iterate
+    seen (L-BFGS can diverge to NaN late in a run) and ends early when its best loss is at
+    most `tolerance`, when its last loss is not finite, or when its best loss has not
+    improved for `LBFGS_PATIENCE` outer steps. Ctrl-C or an observer's `StopAttack` ends
+    the running trial and skips the rest.
+
+    Args:
+        problem: the matching problem (shared update, replay, objective, prior); every
+            trial matches `problem.target` with `problem.tv_weight`.
+        images: the trials' starting inputs K×B×C×H×W, normalised space (not modified).
+        labels: B integer labels shared by all trials, or K×B×classes soft labels
+            (logits, one set per trial, optimised with the inputs).
+        lr: torch's L-BFGS `lr` (default 1).
+        steps: outer steps per trial, each one `optimizer.step` (default 300).
+        inner_iterations: torch's `max_iter`, L-BFGS iterations per outer step
+            (default 20).
+        line_search: None (default; a fixed step) or "strong_wolfe".
+        tolerance: end a trial once its best loss is at most this (default 0).
+        log_every: outer steps between history rows and observer calls (default 10).
+        observer: the engine's callback hook (`gradleak.attacks.engine.hooks`), given
+            one trial's best loss and best iterate; None: nothing watches.
+        progress: show a progress bar per trial on a terminal (default True).
+        compile: torch.compile the step (falls back in one line when it cannot).
+        notice: where that one line goes (default: standard error).
+
+    Returns:
+        The trials that ran: each one's best inputs, labels (integers; the argmax of
+        optimised soft labels), best loss, history rows (`trial` names the trial), outer
+        steps and loss evaluations.
     """
     soft = labels.dtype != torch.long
     step = TrialStep(problem, compile=compile, notice=notice)

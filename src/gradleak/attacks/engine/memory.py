@@ -54,7 +54,29 @@ def available_bytes(device: torch.device) -> int | None:
 def ensure_trials_fit(
     problem: MatchingProblem, images: torch.Tensor, inputs: TrialInputs, trials: int
 ) -> int:
-    """Raise a one-line error when `trials` stacked trials would not fit; return the estimate."""
+    """Raise a one-line error when `trials` stacked trials would not fit; return the estimate.
+
+    One trial's step is run once with saved-tensor hooks to count the bytes its graph
+    keeps, plus `PARAMETER_COPIES` parameter-sized copies; the estimate is that times
+    `trials` times `SAFETY`, compared with the free memory of the inputs' device (the
+    CPU's MemAvailable, or the GPU's free memory). Where the platform does not say how
+    much is free nothing is refused.
+
+    Args:
+        problem: the matching problem the trials attack.
+        images: the inputs of at least one trial, K×B×C×H×W (only trial 0 is run), on
+            the device the trials will use.
+        inputs: what differs between trials (labels, target, TV weight), as `trial_inputs`
+            builds it.
+        trials: how many trials would run at once (Adam: all K; L-BFGS: 1).
+
+    Returns:
+        The estimated bytes the stacked trials need.
+
+    Raises:
+        GradleakError: when the estimate exceeds the free memory (the message says how
+            many trials would fit).
+    """
     needed = int(step_bytes(problem, images, inputs) * trials * SAFETY)
     free = available_bytes(images.device)
     if free is not None and needed > free:

@@ -30,7 +30,17 @@ def print_notice(message: str) -> None:
 
 @dataclass(frozen=True)
 class TrialInputs:
-    """What differs between trials besides the images (a None axis is shared by all)."""
+    """What differs between trials besides the images (a None axis is shared by all).
+
+    Attributes:
+        labels: B integer labels shared by all trials, K×B integer labels (one row per
+            trial), or K×B×classes soft labels (logits, one set per trial, optimised).
+        target: the shared update to match, by parameter name: the parameter shapes (one
+            target for all trials) or K× them (one target per trial).
+        tv_weight: the prior's weight of every trial, K values.
+        labels_per_trial: `labels` has a leading trial axis.
+        target_per_trial: every tensor of `target` has a leading trial axis.
+    """
 
     labels: torch.Tensor  # B integer (shared), K×B integer, or K×B×classes soft
     target: Mapping[str, torch.Tensor]  # parameter shapes (shared), or K× them
@@ -64,7 +74,21 @@ StepOutput = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor]
 
 
 class TrialStep:
-    """(∂loss/∂images, ∂loss/∂soft labels or None, loss) for every trial given."""
+    """(∂loss/∂images, ∂loss/∂soft labels or None, loss) for every trial given.
+
+    Calling it with inputs K×B×C×H×W and their `TrialInputs` returns the gradient of
+    each trial's matching loss with respect to its inputs (K×B×C×H×W), with respect to
+    its soft labels (K×B×classes; None for integer labels) and the K losses, all
+    detached. One trial runs through autograd's `create_graph`, several through one
+    `vmap`ped computation, and with `compile` through torch.compile (see the module's
+    docstring); all three give the same numbers up to rounding.
+
+    Args:
+        problem: the matching problem (the loss is `problem.loss`).
+        compile: compile the functional step on its first call; when compiling fails,
+            `notice` is told in one line and the step runs uncompiled from then on.
+        notice: where that one line goes (default: standard error).
+    """
 
     def __init__(
         self, problem: MatchingProblem, *, compile: bool = False, notice: Notice = print_notice

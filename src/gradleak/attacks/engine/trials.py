@@ -15,13 +15,43 @@ from gradleak.attacks.matching.problem import MatchingProblem
 
 
 def best_trial(losses: torch.Tensor) -> int:
-    """Index of the lowest finite loss (a diverged trial never wins)."""
+    """Index of the lowest finite loss (a diverged trial never wins).
+
+    Args:
+        losses: one matching loss per trial, a 1-D tensor of K values.
+
+    Returns:
+        The index in 0..K−1 of the smallest finite loss; 0 when no loss is finite.
+    """
     return int(torch.where(torch.isfinite(losses), losses, torch.inf).argmin())
 
 
 @dataclass
 class TrialsResult:
-    """Final state of every trial: images K×B×C×H×W, labels K×B, matching loss K."""
+    """Final state of every trial: images K×B×C×H×W, labels K×B, matching loss K.
+
+    K counts the trials that ran: an L-BFGS run interrupted or stopped early holds fewer
+    than it was given.
+
+    Attributes:
+        images: each trial's inputs K×B×C×H×W in the attacked (normalised) space. Adam:
+            the last iterate (inside the box when boxed); L-BFGS: the best iterate seen.
+        labels: each trial's K×B integer labels: the fixed labels, or the argmax of the
+            trial's optimised soft labels.
+        losses: each trial's final matching loss, K values. Adam: scored after the last
+            step (NaN when Ctrl-C landed while scoring); L-BFGS: the best loss seen.
+        history: one row per logged iteration: `iteration`, `trial` (the best trial; for
+            L-BFGS the running one), `loss` (its loss) and any columns the observer added.
+        iterations: the most steps any trial took (L-BFGS: outer steps).
+        loss_evaluations: evaluations of the matching loss (Adam: the final scoring of
+            every trial included).
+        interrupted: Ctrl-C ended the run.
+        stopped: an observer ended the run (StopAttack).
+        trial_iterations: the steps each trial took, in trial order.
+        compile_seconds: time spent compiling (the first compiled step included).
+        compiled: the step ran through torch.compile.
+        seconds: the optimisation loop's time, compile time included.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -35,10 +65,6 @@ class TrialsResult:
     compile_seconds: float = 0.0  # spent compiling (the first compiled step included)
     compiled: bool = False
     seconds: float = 0.0  # the optimisation loop, compile time included
-
-    @property
-    def best(self) -> int:
-        return best_trial(self.losses)
 
 
 def hard_labels(labels: torch.Tensor) -> torch.Tensor:

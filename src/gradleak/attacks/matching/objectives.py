@@ -13,12 +13,33 @@ Objective = Callable[[Gradients, Gradients], torch.Tensor]
 
 
 def l2_distance(candidate: Gradients, target: Gradients) -> torch.Tensor:
-    """Sum of squared differences over every tensor (DLG)."""
+    """Sum of squared differences over every tensor (DLG).
+
+    Args:
+        candidate: the candidate's update by parameter name (every name of `target`).
+        target: the shared update by parameter name.
+
+    Returns:
+        A scalar: Σ over the names of `target` of ‖candidate − target‖², summed (not
+        averaged) over every entry; 0 exactly when they agree.
+    """
     return sum((candidate[n] - target[n]).pow(2).sum() for n in target)
 
 
 def cosine_distance(candidate: Gradients, target: Gradients) -> torch.Tensor:
-    """1 − cosine similarity of all tensors taken as one vector (Inverting Gradients)."""
+    """1 − cosine similarity of all tensors taken as one vector (Inverting Gradients).
+
+    Blind to scale: a candidate that is a positive multiple of the target scores 0, a
+    negative multiple 2.
+
+    Args:
+        candidate: the candidate's update by parameter name (every name of `target`).
+        target: the shared update by parameter name.
+
+    Returns:
+        A scalar in [0, 2]: 1 − ⟨c, t⟩ / (‖c‖ ‖t‖ + 1e-12) over all names of `target`
+        flattened into one vector; an all-zero candidate or target scores 1.
+    """
     dot = sum((candidate[n] * target[n]).sum() for n in target)
     candidate_sq = sum(candidate[n].pow(2).sum() for n in target)
     target_sq = sum(target[n].pow(2).sum() for n in target)
@@ -30,6 +51,17 @@ OBJECTIVES: dict[str, Objective] = {"l2": l2_distance, "cosine": cosine_distance
 
 
 def get_objective(name: str) -> Objective:
+    """The distance called `name`.
+
+    Args:
+        name: "l2" (`l2_distance`) or "cosine" (`cosine_distance`).
+
+    Returns:
+        The distance, a function (candidate, target) → scalar tensor.
+
+    Raises:
+        GradleakError: when no objective has that name (the message lists the choices).
+    """
     try:
         return OBJECTIVES[name]
     except KeyError:

@@ -19,7 +19,16 @@ Prior = Callable[[torch.Tensor], torch.Tensor]
 
 
 def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy against integer labels, or against softmax(labels) for soft logits."""
+    """Mean cross-entropy against integer labels, or against softmax(labels) for soft logits.
+
+    Args:
+        logits: the model's outputs B×classes.
+        labels: B integer labels (int64), or B×classes soft labels given as logits (any
+            floating dtype): the target distribution is their softmax.
+
+    Returns:
+        A scalar: the cross-entropy averaged over the B samples.
+    """
     if labels.dtype == torch.long:
         return F.cross_entropy(logits, labels)
     return -(labels.softmax(dim=-1) * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
@@ -30,6 +39,14 @@ def attacker_model(server_model: nn.Module, model_mode: str) -> nn.Module:
 
     In train mode batch norm normalises with batch statistics; without running-stat
     updates the forward pass is a pure function, which vmap needs.
+
+    Args:
+        server_model: the server's model (deep-copied; left unchanged).
+        model_mode: "train" (batch norm uses the batch's statistics and keeps no running
+            statistics) or "eval" (batch norm uses the server's running statistics).
+
+    Returns:
+        The replica, in train or eval mode, its parameters still requiring grad.
     """
     replica = copy.deepcopy(server_model)
     if model_mode == "train":
@@ -42,6 +59,12 @@ def attacker_model(server_model: nn.Module, model_mode: str) -> nn.Module:
 
 class MatchingProblem:
     """loss(x, labels) = objective(replay(x, labels), shared) + tv_weight · prior(x).
+
+    `x` is one trial's candidate inputs B×C×H×W in the attacked (normalised) space and
+    `labels` B integer labels or B×classes soft labels (logits). The replay computes the
+    update the clients would share with these data: ∇θ of `label_loss` at the server's
+    parameters (mean cross-entropy over the batch), FedAvg's unrolled local steps, and
+    the mean over the users' equal shares.
 
     `loss` is a pure function of its arguments (torch.func can vmap and compile it); the
     target and the TV weight may be passed per call, which lets K trials attack K
@@ -62,7 +85,22 @@ class MatchingProblem:
         replay: Replay | None = None,
         prior: Prior = total_variation,
     ) -> None:
-        """`model` is the attacker's replica (attacker_model); its parameters stay trainable."""
+        """`model` is the attacker's replica (attacker_model); its parameters stay trainable.
+
+        Args:
+            model: the attacker's replica of the server's model (`attacker_model`).
+            target: the shared update to match (as read by the replay), one tensor per
+                named parameter of `model`; extra names are ignored.
+            objective: the distance between a candidate update and the target
+                (`get_objective`).
+            tv_weight: the prior's weight, >= 0 (default 0).
+            replay: how the update was produced (default: one plain gradient).
+            prior: the modality's prior on one trial's inputs (default: total variation).
+
+        Raises:
+            ValueError: when a parameter of `model` does not require grad.
+            KeyError: when `target` lacks a parameter of `model`.
+        """
         self.model = model
         self.replay = Replay() if replay is None else replay
         self.names = [n for n, _ in model.named_parameters()]
@@ -122,7 +160,18 @@ class MatchingProblem:
         target: Mapping[str, torch.Tensor] | None = None,
         tv_weight: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
-        """The matching loss of one trial (pure: safe under vmap, grad and compile)."""
+        """The matching loss of one trial (pure: safe under vmap, grad and compile).
+
+        Args:
+            images: the candidate inputs B×C×H×W.
+            labels: B integer labels, or B×classes soft labels (logits).
+            target: the update to match (None: the problem's `target`); K trials may
+                each pass their own.
+            tv_weight: the prior's weight (None: the problem's `tv_weight`).
+
+        Returns:
+            A scalar: objective(candidate update, target) + tv_weight · prior(images).
+        """
         target = self.target if target is None else target
         tv_weight = self.tv_weight if tv_weight is None else tv_weight
         return self.match(self.candidate_gradient(images, labels), images, target, tv_weight)
