@@ -36,6 +36,7 @@ from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
 from gradleak.data.datasets import DATASETS
 from gradleak.data.normalize import pixel_bounds
 from gradleak.fl import FedSGDClient
+from gradleak.modalities.image import total_variation
 from gradleak.models import build_model
 from gradleak.scenario import RunConfig, build_case
 
@@ -104,7 +105,11 @@ def engine_loop(
 ) -> tuple[float, float]:
     """gradleak's engine on K = start.shape[0] trials: (loop seconds, compile seconds)."""
     problem = MatchingProblem(
-        attacker_model(setting.model, "train"), setting.target, cosine_distance, TV_WEIGHT
+        attacker_model(setting.model, "train"),
+        setting.target,
+        cosine_distance,
+        TV_WEIGHT,
+        prior=total_variation,
     )
     result = optimize_adam(
         problem,
@@ -148,7 +153,11 @@ def _memory_cell(job: tuple[str, int, int]) -> dict:
     setting = make_setting(name)
     start = _starts(trials)
     problem = MatchingProblem(
-        attacker_model(setting.model, "train"), setting.target, cosine_distance, TV_WEIGHT
+        attacker_model(setting.model, "train"),
+        setting.target,
+        cosine_distance,
+        TV_WEIGHT,
+        prior=total_variation,
     )
     estimate = ensure_trials_fit(
         problem, start, trial_inputs(start, setting.label, problem, None, None), trials
@@ -234,7 +243,7 @@ def run_many(args: argparse.Namespace) -> None:
             build_case(RunConfig(model=name, indices=(i,), labels_known=True)) for i in range(8)
         ]
         updates = [FedSGDClient(c.server.model).compute_update(c.client.batch) for c in cases]
-        model, knowledge = cases[0].model, cases[0].knowledge
+        model, knowledge = cases[0].server.model, cases[0].server.knowledge
         for k in args.trials:
             attack = attacks.get("ig").with_options({"iterations": args.iterations, "restarts": k})
             attack.with_options({"iterations": 2}).reconstruct_many(

@@ -340,18 +340,18 @@ def test_fedadmm_refuses_guesses_its_replay_ignores(key: str) -> None:
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=0.1))
     flag = "--guess-local-" + key.replace("_", "-")
     with pytest.raises(GradleakError) as exc:
-        settings.refuse_ignored_guesses(Grants(local_guess={key: 1}))
+        settings.refuse_ignored_guesses(Grants(local_guess={key: 1}), "dlg-admm")
     message = str(exc.value)
-    assert "uses only the local learning rate" in message
+    assert message.startswith("dlg-admm uses only the local learning rate")
     assert f"drop {flag} (use --guess-local-lr)" in message
-    settings.refuse_ignored_guesses(Grants(local_guess={"lr": 0.2}))  # read: accepted
+    settings.refuse_ignored_guesses(Grants(local_guess={"lr": 0.2}), "dlg-admm")  # read: accepted
 
 
 def test_fedavg_reads_every_guess_and_fedsgd_has_none_to_ignore() -> None:
     every = Grants(local_guess={"steps": 2, "batch_size": 1, "lr": 0.1})
-    ProtocolSettings("fedavg", LocalTraining(lr=0.1)).refuse_ignored_guesses(every)
+    ProtocolSettings("fedavg", LocalTraining(lr=0.1)).refuse_ignored_guesses(every, "dlg")
     # fedsgd's replay reads no belief; its guesses are refused by attacker_belief instead.
-    ProtocolSettings("fedsgd").refuse_ignored_guesses(every)
+    ProtocolSettings("fedsgd").refuse_ignored_guesses(every, "dlg")
 
 
 def test_shared_update_kind_is_what_the_replay_reads() -> None:

@@ -153,29 +153,59 @@ def test_the_case_builder_reads_the_data_the_plan_does_not(
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("overrides", "message", "case_too"),
     [
-        ({"attack_options": {"iterationz": 5}}, "unknown key 'iterationz' in attack 'ig' options"),
-        ({"attack_options": {"optimizer": "sgd"}}, "optimizer 'sgd' is not one of: adam, lbfgs"),
-        ({"defenses": ("prune:1.5",)}, r"prune fraction must be in \[0, 1\), got 1.5"),
+        (
+            {"attack_options": {"iterationz": 5}},
+            "unknown key 'iterationz' in attack 'ig' options",
+            False,
+        ),
+        (
+            {"attack_options": {"optimizer": "sgd"}},
+            "optimizer 'sgd' is not one of: adam, lbfgs",
+            False,
+        ),
+        ({"defenses": ("prune:1.5",)}, r"prune fraction must be in \[0, 1\), got 1.5", False),
         (
             {"protocol": "fedsgd", "local_steps": None, "local_lr": None},
             "--guess-local-lr guesses local training, which fedsgd does not do",
+            True,
         ),
-        ({"protocol": "fedadmm", "guess_local_steps": 3}, "drop --guess-local-steps"),
-        ({"guess_local_batch_size": 3}, "use --guess-local-batch-size 2 or fewer"),
-        ({"attack": "xdlg"}, "unknown attack 'xdlg'"),
+        (
+            {"attack": "dlg-admm", "protocol": "fedadmm", "guess_local_steps": 3},
+            "dlg-admm uses only the local learning rate.*drop --guess-local-steps",
+            True,
+        ),
+        ({"guess_local_batch_size": 3}, "use --guess-local-batch-size 2 or fewer", True),
+        ({"attack": "xdlg"}, "unknown attack 'xdlg'", False),
+        (
+            {"attack": "dlg", "protocol": "fedadmm", "guess_local_steps": 3},
+            "attack 'dlg' reads gradients and weight differences but the update is a FedADMM "
+            "increment; use dlg-admm or idlg-admm",
+            False,
+        ),
     ],
-    ids=["option", "option-value", "defense", "fedsgd-guess", "admm-guess", "guess-batch", "name"],
+    ids=[
+        "option",
+        "option-value",
+        "defense",
+        "fedsgd-guess",
+        "admm-guess",
+        "guess-batch",
+        "name",
+        "pairing-before-guesses",
+    ],
 )
 def test_bad_settings_fail_in_plan_before_any_data_is_read(
-    missing: Path, no_data_access: list, overrides: dict[str, Any], message: str
+    missing: Path, no_data_access: list, overrides: dict[str, Any], message: str, case_too: bool
 ) -> None:
     with pytest.raises(GradleakError, match=message) as exc:
         plan_run(_config(missing, **overrides))
     assert "\n" not in str(exc.value)
     assert no_data_access == []
-    # build_case plans first, so it fails on the settings, not on the missing data.
-    with pytest.raises(GradleakError, match=message):
-        build_case(_config(missing, **overrides))
-    assert no_data_access == []
+    if case_too:
+        # The case's own settings (protocol, guesses) fail build_case before any data too;
+        # the attack's and the defenses' settings do not concern building a case.
+        with pytest.raises(GradleakError, match=message):
+            build_case(_config(missing, **overrides))
+        assert no_data_access == []

@@ -13,6 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
+from gradleak.core.errors import GradleakError
 from gradleak.metrics import mse, psnr, ssim
 from gradleak.scenario import RunConfig, RunResult, load_run_config, run_attack
 from gradleak.scenario.observe import psnr_observer
@@ -156,3 +157,11 @@ def test_default_out_dir_names_the_run(tmp_path: Path, monkeypatch: pytest.Monke
     result = run_attack(config)
     assert result.out_dir == Path("runs/dlg-lenet-cifar10-0-b1-s0")
     assert (tmp_path / result.out_dir / "metrics.json").is_file()
+
+
+def test_a_bad_run_directory_is_reported_before_bad_attack_settings(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    config = RunConfig(attack_options={"iterations": -1}, out=taken, progress=False)
+    with pytest.raises(GradleakError, match="is a file, not a directory"):
+        run_attack(config)

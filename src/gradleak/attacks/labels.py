@@ -33,6 +33,8 @@ class LabelStrategy:
             −Δ for a FedAvg weight difference Δ (same signs as the summed gradients).
         recovers: whether the labels are a result of the attack (False for "known": the
             threat model handed them over, so they are not scored as a recovery).
+        fixed: whether `recover` gives labels before the optimisation starts (False for
+            "optimize", whose labels come out of the optimisation).
     """
 
     name: str
@@ -40,6 +42,7 @@ class LabelStrategy:
     requires: frozenset[Requirement]
     recover: LabelRecovery
     recovers: bool = True  # False: the labels are handed over, so they are not a result
+    fixed: bool = True
 
 
 def idlg_label(update: SharedUpdate, model: nn.Module) -> torch.Tensor:
@@ -273,7 +276,11 @@ LABEL_STRATEGIES: dict[str, LabelStrategy] = {
             _analytic,
         ),
         LabelStrategy(
-            "optimize", "DLG: soft labels optimised jointly with the images", frozenset(), _optimize
+            "optimize",
+            "DLG: soft labels optimised jointly with the images",
+            frozenset(),
+            _optimize,
+            fixed=False,
         ),
         LabelStrategy(
             "sign",

@@ -9,6 +9,7 @@ from gradleak.attacks.base import Attack
 from gradleak.attacks.closed_form import analytic, rgap
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import UpdateKind
+from gradleak.fl.protocols import protocols_read_by
 
 ATTACKS: dict[str, tuple[Callable[[], Attack], str]] = {
     "dlg": (presets.dlg, "DLG: L2 matching, joint soft labels, L-BFGS (Zhu et al. 2019)"),
@@ -96,13 +97,11 @@ def check_readable(name: str, reads: frozenset[UpdateKind], kind: UpdateKind) ->
     """
     if kind in reads:
         return
-    from gradleak.fl.protocols import protocols_read_by
-
     readers = " or ".join(readers_of(kind))
     protocols = " or ".join(p.name for p in protocols_read_by(reads))
     raise GradleakError(
-        f"attack '{name}' reads {_words(reads)} but the update is a {kind.value} "
-        f"({kind.description}); use {readers}, or --protocol {protocols}"
+        f"attack '{name}' reads {_words(reads)} but the update is {kind.noun}; use "
+        f"{readers}, or --protocol {protocols}"
     )
 
 

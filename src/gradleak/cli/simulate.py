@@ -12,7 +12,7 @@ from gradleak.cli.overrides import run_overrides
 from gradleak.fl.protocols import DEFAULT_LOCAL_LR, PROTOCOLS
 from gradleak.fl.topology import MIXING, TOPOLOGIES
 from gradleak.scenario.config import load_run_config
-from gradleak.studies.peers import peer_attacks
+from gradleak.studies.peers import peer_attacks, peer_protocols
 
 if TYPE_CHECKING:
     from gradleak.studies.peers import PairResult
@@ -52,7 +52,7 @@ def add_simulate(commands: flags.Commands) -> None:
     flags.add_protocol_flags(
         g,
         only=("--protocol", "--local-steps", "--local-epochs", "--local-batch-size", "--local-lr"),
-        protocols=("fedsgd", "fedavg"),
+        protocols=tuple(peer_protocols()),
         helps={
             "--protocol": "what peers share: a gradient, or the weight difference after local SGD",
             "--local-lr": "step size of a peer's own SGD step (fedsgd) or local SGD (fedavg) "

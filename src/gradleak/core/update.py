@@ -25,13 +25,18 @@ class UpdateKind(str, enum.Enum):
     @property
     def description(self) -> str:
         """What updates of this kind are, in words (plural)."""
-        return _KIND_WORDS[self]
+        return _KIND_WORDS[self] + "s"
+
+    @property
+    def noun(self) -> str:
+        """One update of this kind, in words, with its article."""
+        return "a " + _KIND_WORDS[self]
 
 
 _KIND_WORDS = {
-    UpdateKind.GRADIENT: "gradients",
-    UpdateKind.WEIGHT_DELTA: "weight differences",
-    UpdateKind.ADMM_INCREMENT: "FedADMM increments",
+    UpdateKind.GRADIENT: "gradient",
+    UpdateKind.WEIGHT_DELTA: "weight difference",
+    UpdateKind.ADMM_INCREMENT: "FedADMM increment",
 }
 
 

@@ -50,6 +50,7 @@ class Protocol:
         peer_to_peer: peers can run it without a central server.
         belief_used: the fields of the attacker's belief of the local training that the
             replay reads (guesses of other fields would be ignored, so they are refused).
+        trains_locally: its clients train locally (steps, epochs, mini-batches, a rate).
         penalised: its clients take ADMM's penalty ρ.
     """
 
@@ -61,14 +62,9 @@ class Protocol:
     moves_model: bool
     peer_to_peer: bool
     belief_used: frozenset[str]
+    trains_locally: bool
     penalised: bool = False
 
-    @property
-    def trains_locally(self) -> bool:
-        return bool(self.belief_used)
-
-
-_LOCAL_FIELDS = frozenset({"steps", "epochs", "batch_size", "lr"})
 
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
@@ -82,6 +78,7 @@ PROTOCOLS: dict[str, Protocol] = {
             moves_model=False,
             peer_to_peer=True,
             belief_used=frozenset(),
+            trains_locally=False,
         ),
         Protocol(
             "fedavg",
@@ -91,7 +88,8 @@ PROTOCOLS: dict[str, Protocol] = {
             _add,
             moves_model=True,
             peer_to_peer=True,
-            belief_used=_LOCAL_FIELDS,
+            belief_used=frozenset(GUESSABLE),
+            trains_locally=True,
         ),
         # FedADMM's dual state assumes one central server: no peer-to-peer variant.
         Protocol(
@@ -103,6 +101,7 @@ PROTOCOLS: dict[str, Protocol] = {
             moves_model=True,
             peer_to_peer=False,
             belief_used=frozenset({"lr"}),
+            trains_locally=True,
             penalised=True,
         ),
     )
@@ -215,10 +214,14 @@ class ProtocolSettings:
         belief.check(samples_per_user, "--guess-local-batch-size")
         return belief, True
 
-    def refuse_ignored_guesses(self, grants: Grants) -> None:
+    def refuse_ignored_guesses(self, grants: Grants, who: str) -> None:
         """Refuse guesses of settings this protocol's replay does not read.
 
         A guess that changes nothing would still mark the run as guessed, so it is an error.
+
+        Args:
+            grants: the threat model's grants and guesses.
+            who: the attack that would replay the clients, named in the error.
 
         Raises:
             GradleakError: naming the guess to drop and the guesses that do count.
@@ -229,8 +232,8 @@ class ProtocolSettings:
             words = " and ".join(_FIELD_WORDS[k] for k in GUESSABLE if k in used)
             flags = " ".join(_guess_flag(k) for k in GUESSABLE if k in used)
             raise GradleakError(
-                f"attacking a {self.name} update uses only the local {words} of the "
-                f"attacker's belief; drop {_guess_flag(ignored[0])} (use {flags})"
+                f"{who} uses only the local {words} of the attacker's belief; drop "
+                f"{_guess_flag(ignored[0])} (use {flags})"
             )
 
     def describe(self) -> dict[str, object]:

@@ -32,6 +32,7 @@ from gradleak.report.plots import (
     number,
     quality_curves_png,
 )
+from gradleak.studies.summary import SWEEP_SETTING, sweep_summary
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 REPORT_FILE = "report.html"
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 SWEEP_AXES = ("attack", "model", "defense", "protocol", "image", "seed")
-SUMMARY_KEYS = ("attack", "model", "defense", "protocol")
+SUMMARY_KEYS = SWEEP_SETTING  # the keys that name one setting of a sweep
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_ROW_HEIGHT_PX = 128  # small pictures are shown enlarged (pixelated) to this row height
 CSS_DPI = 96
@@ -468,11 +469,9 @@ def _summary_from_results(
 ) -> list[dict[str, object]]:
     """The summary.csv columns computed here, for a sweep that has not written one yet.
 
-    The same per-setting summary the sweep writes (its runner's `summarise`), on the CSV's
-    text read as numbers; what a setting lacks is NaN, shown as n/a.
+    The same per-setting summary the sweep writes, on the CSV's text read as numbers; what
+    a setting lacks is NaN, shown as n/a.
     """
-    from gradleak.studies.sweep.runner import summarise  # the sweep's own summary
-
     scores = ("psnr", "ssim", "label_accuracy")
     rows = [
         {
@@ -482,7 +481,7 @@ def _summary_from_results(
         for row in results
     ]
     threshold = success_psnr if math.isfinite(success_psnr) else math.inf
-    summary = summarise(rows, threshold)
+    summary = sweep_summary(rows, threshold)
     for out in summary:
         for key, value in out.items():
             if value is None:

@@ -27,7 +27,7 @@ from gradleak.fl.protocols import ProtocolSettings
 from gradleak.modalities import Modality, get_modality
 from gradleak.models import build_model, check_checkpoint_model, load_checkpoint
 from gradleak.scenario.config import RunConfig
-from gradleak.scenario.plan import DataRequest, ModelRequest, plan_run
+from gradleak.scenario.plan import DataRequest, ModelRequest, data_request
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,10 @@ def build_case(config: RunConfig) -> Case:
     Raises:
         GradleakError: bad settings, missing or unreadable data, an unusable checkpoint.
     """
-    plan = plan_run(config)
-    return case_from(plan.data, plan.model, plan.protocol, plan.grants)
+    # Only the case's parts are resolved: the attack and the outputs are not needed here.
+    config = config.validate()
+    model = ModelRequest(config.model, config.checkpoint, config.seed)
+    return case_from(data_request(config), model, config.protocol_settings(), config.grants())
 
 
 def case_from(

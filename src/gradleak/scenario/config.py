@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gradleak import attacks
+from gradleak.attacks.registry import ATTACKS
 from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import GUESSABLE, Grants
 from gradleak.core.settings import read_mapping, replace_checked
+from gradleak.core.update import UpdateKind
 from gradleak.fl.local_training import LocalTraining
 from gradleak.fl.protocols import DEFAULT_LOCAL_LR, PROTOCOLS, ProtocolSettings, get_protocol
 
@@ -99,7 +102,10 @@ class RunConfig:
         # any data is read.
         settings, grants = self.protocol_settings(), self.grants()
         settings.attacker_belief(grants, self.batch_size)
-        settings.refuse_ignored_guesses(grants)
+        if _reads(self.attack, settings.protocol.shares):
+            # An attack that cannot read this protocol's updates is refused when the run is
+            # planned, with that reason rather than one about its guesses.
+            settings.refuse_ignored_guesses(grants, self.attack)
         if self.users > 1 and self.image is not None:
             raise GradleakError("--image attacks one image; --users needs --dataset images")
         if self.snapshots is not None and any(i < 0 for i in self.snapshots):
@@ -188,11 +194,30 @@ class RunConfig:
         return Path("runs") / f"{name}-s{self.seed}"
 
 
-_LOCAL_KEYS = ("local_steps", "local_epochs", "local_batch_size", "local_lr")
+_LOCAL_KEYS = tuple(f"local_{key}" for key in GUESSABLE)
+
+
+def _reads(attack: str, kind: UpdateKind) -> bool:
+    """Whether the registered attack `attack` reads updates of `kind` (False if unknown)."""
+    return attack in ATTACKS and kind in attacks.get(attack).reads
 
 
 def load_run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
-    """Defaults, then the config file, then explicit overrides (e.g. CLI flags)."""
+    """A run's settings: the defaults, then the config file, then explicit overrides.
+
+    Args:
+        path: a YAML or JSON file holding any `RunConfig` keys (attack hyper-parameters under
+            `attack_options`), or None.
+        overrides: settings that win over the file (e.g. command-line flags); their
+            `attack_options` are merged key by key into the file's.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        GradleakError: an unreadable file, an unknown key, a wrong type or an impossible
+            setting, in one line naming it.
+    """
     config = RunConfig()
     if path is not None:
         config = replace_checked(config, read_mapping(path), f"config file {path}")

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def run_metrics(plan: RunPlan, outcome: AttackOutcome) -> dict[str, object]:
     """Everything metrics.json records about one run: settings, scores, the threat model."""
     config, rec = plan.config, outcome.reconstruction
-    server, client = outcome.case
+    server, client = outcome.attacked, outcome.case.client
     ev = outcome.evaluation.to_dict()
     return {
         "attack": config.attack,
@@ -66,7 +66,7 @@ def write_outputs(
     config.yaml and metrics.json (written last, so its presence means the run is complete).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    server, client = outcome.case
+    server, client = outcome.attacked, outcome.case.client
     rec = outcome.reconstruction
     modality = server.modality
     recon = server.decode(rec.images)

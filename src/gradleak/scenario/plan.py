@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradleak import attacks
+from gradleak.attacks.registry import check_readable
 from gradleak.core.knowledge import Grants
 from gradleak.defenses import Defense, parse_defenses
 from gradleak.fl.protocols import ProtocolSettings
@@ -103,27 +104,19 @@ def plan_run(config: RunConfig) -> RunPlan:
         The resolved run; nothing has been loaded, simulated or written yet.
 
     Raises:
-        GradleakError: any setting that cannot run (one line naming it and the fix).
+        GradleakError: any setting that cannot run (one line naming it and the fix), among
+            them an attack that cannot read the protocol's updates.
     """
     config = config.validate()
     attack = attacks.get(config.attack).with_options(config.attack_options)
+    protocol = config.protocol_settings()
+    check_readable(config.attack, attack.reads, protocol.protocol.shares)
     snapshots = config.snapshots or default_snapshot_iterations(attack.config.iterations)
-    indices = tuple(config.batch_indices())
     return RunPlan(
         config=config,
-        data=DataRequest(
-            dataset=config.dataset,
-            data_root=config.data_root,
-            split=config.split,
-            indices=indices,
-            image=config.image,
-            label=config.label,
-            num_classes=config.num_classes,
-            image_size=config.image_size,
-            users=config.users,
-        ),
+        data=data_request(config),
         model=ModelRequest(config.model, config.checkpoint, config.seed),
-        protocol=config.protocol_settings(),
+        protocol=protocol,
         grants=config.grants(),
         attack=attack,
         defenses=tuple(parse_defenses(config.defenses)),
@@ -134,4 +127,19 @@ def plan_run(config: RunConfig) -> RunPlan:
             stop_psnr=config.stop_psnr,
         ),
         seed=config.seed,
+    )
+
+
+def data_request(config: RunConfig) -> DataRequest:
+    """Which private images a (validated) run's clients hold: one index per image."""
+    return DataRequest(
+        dataset=config.dataset,
+        data_root=config.data_root,
+        split=config.split,
+        indices=tuple(config.batch_indices()),
+        image=config.image,
+        label=config.label,
+        num_classes=config.num_classes,
+        image_size=config.image_size,
+        users=config.users,
     )

@@ -27,9 +27,14 @@ from gradleak.scenario.snapshots import SnapshotRecorder
 
 @dataclass
 class AttackOutcome:
-    """One attacked case: what was shared, what the attack made of it, and its scores."""
+    """One attacked case: what was shared, what the attack made of it, and its scores.
+
+    `case` is the case as built (the server's initial model); `attacked` is the server's
+    view the attack was given (the model of the attacked round).
+    """
 
     case: Case
+    attacked: ServerView
     attack: attacks.Attack
     update: SharedUpdate
     reconstruction: Reconstruction
@@ -63,7 +68,18 @@ def attack_case(config: RunConfig) -> AttackOutcome:
 
 
 def execute(plan: RunPlan) -> AttackOutcome:
-    """Run a resolved plan: build the case, simulate, attack, score (writes nothing)."""
+    """Run a resolved plan: build the case, simulate, attack, score (writes nothing).
+
+    Args:
+        plan: the resolved run (`plan_run`).
+
+    Returns:
+        The case, the server's view the attack was given, the attack, the shared update, the
+        reconstruction, its scores and the snapshots.
+
+    Raises:
+        GradleakError: missing or unreadable data, a checkpoint of another model.
+    """
     case = case_from(plan.data, plan.model, plan.protocol, plan.grants)
     server, client = case
     recorder = SnapshotRecorder(plan.output.snapshots)
@@ -87,7 +103,9 @@ def execute(plan: RunPlan) -> AttackOutcome:
     evaluation = score(attacked, client.batch, reconstruction)
     final = attacked.decode(reconstruction.images)[evaluation.matching]
     recorder.observe_final(reconstruction.iterations, final)
-    return AttackOutcome(case, plan.attack, shared.update, reconstruction, evaluation, recorder)
+    return AttackOutcome(
+        case, attacked, plan.attack, shared.update, reconstruction, evaluation, recorder
+    )
 
 
 def run_attack(config: RunConfig) -> RunResult:
@@ -105,8 +123,10 @@ def run_attack(config: RunConfig) -> RunResult:
         GradleakError: settings that cannot run or an unusable run directory, before any
             work; a run directory that cannot be written.
     """
+    # The run directory first: a bad --out costs no work and is reported before anything else.
+    check_out_dir(Path(config.out or config.default_out()))
     plan = plan_run(config)
-    out_dir = check_out_dir(plan.output.out_dir)
+    out_dir = plan.output.out_dir
     outcome = execute(plan)
     metrics = run_metrics(plan, outcome)
     try:

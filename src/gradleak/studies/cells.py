@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,9 @@ class CellStore:
             half-written too (a cell written in place by an earlier version).
         keep_unpublished: whether a cell that did not finish keeps its partial directory,
             with what its run wrote so far, until the next call removes it.
+        unique_partials: whether each try writes to a partial directory of its own
+            (`NAME.partial-<8 hex>`), so that workers running the same cell at once (a
+            retried task, two sweeps sharing a folder) never write into each other's.
     """
 
     folder: Path
@@ -81,6 +85,7 @@ class CellStore:
     layout: str
     remove_unmarked: bool = False
     keep_unpublished: bool = False
+    unique_partials: bool = False
 
     def finished(self, cell: CellRef) -> bool:
         """Whether `cell` has a published run made for its present description."""
@@ -137,7 +142,8 @@ class CellStore:
             What `write` returned; None if the run was interrupted.
         """
         final = self.folder / cell.path
-        partial = final.with_name(final.name + PARTIAL)
+        suffix = f"-{uuid.uuid4().hex[:8]}" if self.unique_partials else ""
+        partial = final.with_name(final.name + PARTIAL + suffix)
         if partial.exists():  # an earlier try at this cell that was kept for inspection
             shutil.rmtree(partial)
         published = False

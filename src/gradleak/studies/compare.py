@@ -30,7 +30,9 @@ from typing import Any
 import torch
 
 from gradleak import attacks
+from gradleak.attacks.registry import readers_of
 from gradleak.core.errors import GradleakError
+from gradleak.core.knowledge import GUESSABLE
 from gradleak.core.settings import replace_checked, to_plain
 from gradleak.fl.protocols import PROTOCOLS, protocols_read_by
 from gradleak.report.compare_plots import Curve, GridRow, Tile, curves_png, snapshot_grid_png
@@ -49,18 +51,9 @@ DEFAULT_SNAPSHOTS = (1, 10, 30, 100, 300)
 # Settings of the protocol's local training: only runs whose protocol trains locally get them
 # (FedSGD refuses them, and its gradient does not depend on them).
 LOCAL_TRAINING_KEYS = frozenset(
-    {
-        "local_steps",
-        "local_epochs",
-        "local_batch_size",
-        "local_lr",
-        "admm_rho",
-        "rounds",
-        "guess_local_steps",
-        "guess_local_epochs",
-        "guess_local_batch_size",
-        "guess_local_lr",
-    }
+    {f"local_{key}" for key in GUESSABLE}
+    | {f"guess_local_{key}" for key in GUESSABLE}
+    | {"admm_rho", "rounds"}
 )
 FOLDER_KEYS = frozenset({"image_size"})  # only image folders are resized
 # Each cell sets these itself.
@@ -291,12 +284,12 @@ def _check_pairing(run: AttackRun) -> None:
             f"{run.attack} reads {readable[0].shares.description}; write "
             f"{run.attack}:{readable[0].name}, not {run.attack}:{run.protocol}"
         )
-    readers = [name for name in attacks.available() if shared in attacks.get(name).reads]
+    readers = readers_of(shared)
     # The same attack's variant for this protocol, when there is one (dlg → dlg-admm).
     variant = next((n for n in readers if n.startswith(f"{run.attack}-")), None)
     choices = variant or " or ".join(readers)
     raise GradleakError(
-        f"{run.attack} cannot read {shared.description}; use {choices} with {run.protocol}"
+        f"{run.attack} cannot read {shared.noun}; use {choices} with {run.protocol}"
     )
 
 
@@ -322,8 +315,21 @@ def run_compare(
 ) -> CompareResult:
     """Run every cell not yet finished, then write tables and figures from the finished ones.
 
-    `report(cell, metrics)` is called after each run that finishes now. Ctrl-C stops after
-    the current run's partial results are written; the tables and figures still appear.
+    Ctrl-C stops after the current run's partial results are written; the tables and
+    figures still appear.
+
+    Args:
+        spec: the comparison: attacks × datasets × images and their shared settings.
+        out_dir: the comparison's folder (runs under `runs/`, tables and figures beside).
+        progress: show each attack's progress bar.
+        report: called as `report(cell, metrics)` after each run that finishes now.
+
+    Returns:
+        The cells, how many ran now, were kept or removed, the rows and the figures written.
+
+    Raises:
+        GradleakError: a comparison that cannot run (checked before any run) or a folder
+            that cannot be written.
     """
     spec.check()
     out_dir = Path(out_dir)

@@ -88,7 +88,7 @@ def check_strategies(strategies: Sequence[str]) -> tuple[str, ...]:
     usable = [
         n
         for n, s in LABEL_STRATEGIES.items()
-        if s.recovers and n != "optimize" and s.requires <= {Requirement.SINGLE_SAMPLE}
+        if s.recovers and s.fixed and s.requires <= {Requirement.SINGLE_SAMPLE}
     ]
     for name in strategies:
         if name not in usable:
@@ -112,7 +112,25 @@ def evaluate_label_recovery(
     checkpoint: Path | None = None,
     seed: int = 0,
 ) -> list[LabelRow]:
-    """Draw batches with replacement from the test split, compute FedSGD gradients, score."""
+    """Draw batches with replacement from the test split, compute FedSGD gradients, score.
+
+    Args:
+        model_name: a registry model.
+        dataset: cifar10, cifar100 or mnist.
+        data_root: the folder holding the dataset's files.
+        batch_sizes: the batch sizes studied.
+        batches: batches drawn per batch size.
+        strategies: label strategies that recover labels from the update alone.
+        checkpoint: a model state to load (default: the seeded untrained model).
+        seed: the model's initialisation and the draws.
+
+    Returns:
+        One row per strategy and batch size with the mean scores over the batches (iDLG's
+        analytic label only at batch size 1).
+
+    Raises:
+        GradleakError: an unknown or unusable strategy, non-positive sizes, missing data.
+    """
     strategies = check_strategies(strategies)
     if batches < 1 or any(b < 1 for b in batch_sizes) or not batch_sizes:
         raise GradleakError("batch sizes and the number of batches must be positive integers")

@@ -39,7 +39,7 @@ from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import check_out_dir
-from gradleak.core.knowledge import DataFacts, Grants, Knowledge, grant_knowledge
+from gradleak.core.knowledge import Knowledge, grant_knowledge
 from gradleak.core.settings import to_plain
 from gradleak.core.update import SharedUpdate, UpdateKind
 from gradleak.fl.protocols import DEFAULT_LOCAL_LR, PROTOCOLS, ProtocolSettings
@@ -185,7 +185,23 @@ def simulate_peers(
     rounds: int,
     sgd_lr: float = DEFAULT_LOCAL_LR,
 ) -> Simulation:
-    """Run `rounds` rounds of decentralised training; every peer starts from `model`."""
+    """Run `rounds` rounds of decentralised training; every peer starts from `model`.
+
+    Args:
+        model: the common initial model.
+        batches: each peer's private batch (peer i holds batches[i]).
+        topology: who exchanges with whom.
+        weights: the P×P gossip weights.
+        settings: the protocol every peer follows (one user each).
+        rounds: how many rounds to run.
+        sgd_lr: the step size of a peer's own step when it shares gradients.
+
+    Returns:
+        The initial state, every round's messages and the models the peers computed at.
+
+    Raises:
+        GradleakError: not one batch per peer.
+    """
     if len(batches) != topology.peers:
         raise GradleakError(f"{len(batches)} private batches for {topology.peers} peers")
     initial = _state(model)
@@ -232,13 +248,6 @@ def attacker_view(
     if set(partners) <= set(heard):
         return mix(received, weights[victim], victim), "recomputed"
     return received[victim], "stale"
-
-
-def peer_knowledge(
-    data: DataFacts, batch: PrivateBatch, protocol: ProtocolSettings, grants: Grants
-) -> Knowledge:
-    """What the threat model grants about one peer's batch (its labels only if granted)."""
-    return grant_knowledge(data, batch.labels, protocol, grants)
 
 
 def attacker_seed(seed: int, attacker: int) -> int:
@@ -322,7 +331,21 @@ def run_decentralized(
     write: bool = True,
     on_pair: Callable[[PairResult], None] | None = None,
 ) -> DecentralizedResult:
-    """Simulate the peers, let each attack its neighbours' last-round updates, score, write."""
+    """Simulate the peers, let each attack its neighbours' last-round updates, score, write.
+
+    Args:
+        config: the peer graph, rounds and the run settings every peer shares.
+        write: write simulation.json/.csv/.md, grid.png and best.png to the output folder.
+        on_pair: called with each attacker–victim result as soon as it is scored.
+
+    Returns:
+        The simulation, every pair's reconstruction and scores, and where they went. Ctrl-C
+        during an attack ends the simulation with what is done (`interrupted`).
+
+    Raises:
+        GradleakError: settings peers cannot run (checked before any work), missing data or
+            an output folder that cannot be written.
+    """
     config = config.validate()
     out_dir = check_out_dir(Path(config.run.out or config.default_out())) if write else None
     plan = plan_run(config.case_config())
@@ -331,13 +354,14 @@ def run_decentralized(
     topology = config.graph()
     weights = topology.mixing_matrix(config.mixing)
     batches = split_users(client.batch, config.peers)
-    settings = config.protocol_settings()
+    # Each peer is one user of the protocol the run describes.
+    settings = replace(plan.protocol, users=1)
     simulation = simulate_peers(
         server.model, batches, topology, weights, settings, config.rounds, config.sgd_lr
     )
     attack = plan.attack
     facts = server.knowledge.data_facts()
-    knowledge = [peer_knowledge(facts, batch, settings, plan.grants) for batch in batches]
+    knowledge = [grant_knowledge(facts, batch.labels, settings, plan.grants) for batch in batches]
     last = config.rounds - 1
     names = [name for name, _ in server.model.named_parameters()]
     result = DecentralizedResult(
@@ -355,10 +379,10 @@ def run_decentralized(
         # The attacker's side: the victim's message, its belief of the model, the grants.
         update = simulation.messages[last][victim].update
         view, how = attacker_view(attacker, victim, last, simulation, topology, weights)
-        seed = attacker_seed(config.run.seed, attacker)
+        seed = attacker_seed(plan.seed, attacker)
         attacked = ServerView(_module(server.model, view), knowledge[victim])
         rec = attack.reconstruct(
-            update, attacked.model, attacked.knowledge, seed=seed, progress=config.run.progress
+            update, attacked.model, attacked.knowledge, seed=seed, progress=plan.output.progress
         )
         # The evaluation side: the victim's batch and true model.
         evaluation = score(attacked, batches[victim], rec)

@@ -13,6 +13,7 @@ only None is.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -100,3 +101,31 @@ def summarise_groups(
         }
         for setting, members in groups.items()
     ]
+
+
+# The keys that name one setting of a sweep.
+SWEEP_SETTING = ("attack", "model", "defense", "protocol")
+
+
+def sweep_summary(rows: Sequence[Row], success_psnr: float) -> list[dict[str, Any]]:
+    """A sweep's summary: per setting (attack, model, defense, protocol), mean ± std of PSNR
+    and SSIM, mean label accuracy and the success rate.
+
+    Args:
+        rows: the sweep's results rows (one per cell).
+        success_psnr: the PSNR (dB) from which a cell counts as a success.
+
+    Returns:
+        One row per setting, in the order of the rows; statistics over finite scores only
+        (None where a setting has none), the success rate over all of its cells.
+    """
+    stats = {
+        "cells": len,
+        "psnr_mean": of(statistics.fmean, "psnr"),
+        "psnr_std": of(statistics.pstdev, "psnr"),
+        "ssim_mean": of(statistics.fmean, "ssim"),
+        "ssim_std": of(statistics.pstdev, "ssim"),
+        "label_accuracy_mean": of(statistics.fmean, "label_accuracy"),
+        "success_rate": share_at_least("psnr", success_psnr),
+    }
+    return summarise_groups(rows, SWEEP_SETTING, stats)

@@ -69,7 +69,22 @@ def run_tradeoff(
     progress: bool = True,
     threads: int | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """Run the attacks and the utility trainings; write tradeoff.csv/.md/.png."""
+    """Run the attacks and the utility trainings; write tradeoff.csv/.md/.png.
+
+    Args:
+        spec: the sweep of attacks against defense settings and the utility training.
+        out_dir: the study's folder (the sweep's cells, `utility/` caches, the tables).
+        backend: where the attack cells run.
+        progress: show progress bars.
+        threads: torch threads per attack cell.
+
+    Returns:
+        The trade-off rows (per attack and defense) and whether Ctrl-C ended the study (then
+        no rows and no tables).
+
+    Raises:
+        GradleakError: as `run_sweep`, or a utility training that cannot run.
+    """
     result = run_sweep(spec.sweep, out_dir, backend=backend, progress=progress, threads=threads)
     if result.interrupted:
         return [], True
@@ -149,12 +164,14 @@ COLUMNS = [
 
 
 def write_tradeoff(out_dir: Path, rows: list[dict[str, Any]], spec: TradeoffSpec) -> None:
+    """tradeoff.csv, tradeoff.md and tradeoff.png in `out_dir` from the trade-off rows."""
     write_csv(out_dir / "tradeoff.csv", COLUMNS, rows)
     (out_dir / "tradeoff.md").write_text(tradeoff_markdown(rows, spec))
     (out_dir / "tradeoff.png").write_bytes(tradeoff_png(rows, spec))
 
 
 def tradeoff_markdown(rows: Sequence[dict[str, Any]], spec: TradeoffSpec) -> str:
+    """The trade-off table: attack quality and utility (and ε for DP-SGD) per setting."""
     u = spec.utility
     lines = [
         f"| attack | defense | images | median PSNR dB | recovered (≥ {spec.recovered_psnr:g} dB) "

@@ -16,6 +16,7 @@ from gradleak.attacks.matching.objectives import get_objective
 from gradleak.attacks.matching.problem import MatchingProblem, attacker_model, label_loss
 from gradleak.data import pixel_bounds
 from gradleak.fl import FedSGDClient
+from gradleak.modalities.image import total_variation
 from gradleak.scenario import RunConfig, build_case
 from gradleak.scenario.case import Case
 
@@ -25,7 +26,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _problem(case: Case, target: Mapping[str, torch.Tensor], objective: str) -> MatchingProblem:
     tv = 1e-4 if objective == "cosine" else 0.0
     return MatchingProblem(
-        attacker_model(case.server.model, "train"), target, get_objective(objective), tv
+        attacker_model(case.server.model, "train"),
+        target,
+        get_objective(objective),
+        tv,
+        prior=total_variation,
     )
 
 

@@ -23,6 +23,7 @@ from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
 from gradleak.data import pixel_bounds
 from gradleak.fl import FedSGDClient
+from gradleak.modalities.image import total_variation
 from gradleak.scenario import RunConfig, build_case
 from gradleak.scenario.case import Case
 
@@ -53,7 +54,11 @@ def _problem(
     if tv is None:
         tv = 1e-4 if objective == "cosine" else 0.0
     return MatchingProblem(
-        attacker_model(case.server.model, "train"), target, get_objective(objective), tv
+        attacker_model(case.server.model, "train"),
+        target,
+        get_objective(objective),
+        tv,
+        prior=total_variation,
     )
 
 

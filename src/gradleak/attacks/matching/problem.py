@@ -12,7 +12,6 @@ from torch.nn import functional as F
 
 from gradleak.attacks.matching.objectives import Objective
 from gradleak.fl.replay import Replay
-from gradleak.modalities.image import total_variation
 
 # A prior on one trial's inputs (the modality's; images: total variation).
 Prior = Callable[[torch.Tensor], torch.Tensor]
@@ -83,7 +82,7 @@ class MatchingProblem:
         objective: Objective,
         tv_weight: float = 0.0,
         replay: Replay | None = None,
-        prior: Prior = total_variation,
+        prior: Prior | None = None,
     ) -> None:
         """`model` is the attacker's replica (attacker_model); its parameters stay trainable.
 
@@ -109,6 +108,8 @@ class MatchingProblem:
         self.target = {n: target[n].detach() for n in self.names}
         self.objective = objective
         self.tv_weight = float(tv_weight)
+        if prior is None and tv_weight:
+            raise ValueError("a prior weight needs a prior: pass the modality's prior")
         self.prior = prior
         # The autograd path differentiates through the replica's own parameters.
         self._leaves = list(model.parameters())
@@ -151,7 +152,15 @@ class MatchingProblem:
         tv_weight: torch.Tensor | float,
     ) -> torch.Tensor:
         """The matching loss given the candidate's gradient (pure)."""
-        return self.objective(candidate, target) + tv_weight * self.prior(images)
+        return self._with_prior(self.objective(candidate, target), images, tv_weight)
+
+    def _with_prior(
+        self, distance: torch.Tensor, images: torch.Tensor, tv_weight: torch.Tensor | float
+    ) -> torch.Tensor:
+        """The distance plus the weighted prior (no prior: the distance alone)."""
+        if self.prior is None:
+            return distance
+        return distance + tv_weight * self.prior(images)
 
     def loss(
         self,
@@ -201,5 +210,5 @@ class MatchingProblem:
             else:  # unrolled local steps or several users
                 leaves = dict(zip(self.names, self._leaves, strict=True))
                 candidate = self.replay(self._autograd_gradient, leaves, images, labels)
-            value = self.objective(candidate, target) + tv_weight * self.prior(images)
+            value = self._with_prior(self.objective(candidate, target), images, tv_weight)
             return torch.autograd.grad(value, inputs), value.detach()

@@ -9,7 +9,6 @@ half-written directory is removed and run again (see studies/cells.py).
 from __future__ import annotations
 
 import os
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,8 @@ from tqdm.auto import tqdm
 from gradleak.core.errors import GradleakError
 from gradleak.report.tables import write_csv
 from gradleak.studies.cells import CellRef, CellStore, described_config
-from gradleak.studies.summary import of, share_at_least, summarise_groups
+from gradleak.studies.summary import SWEEP_SETTING as GROUP_BY
+from gradleak.studies.summary import sweep_summary as summarise
 from gradleak.studies.sweep.backends import Backend, LocalBackend
 from gradleak.studies.sweep.spec import Cell, SweepSpec
 
@@ -43,7 +43,6 @@ RESULT_COLUMNS = [
     "iterations",
     "run_dir",
 ]
-GROUP_BY = ("attack", "model", "defense", "protocol")
 
 
 @dataclass
@@ -64,7 +63,14 @@ def cell_store(sweep_dir: Path) -> CellStore:
     Everything in `cells/` is a cell, so a directory there without its marker is
     half-written too.
     """
-    return CellStore(Path(sweep_dir), MARKER, layout=f"{CELLS}/*", remove_unmarked=True)
+    # Cells may run in parallel processes or Ray tasks: each try gets its own partial folder.
+    return CellStore(
+        Path(sweep_dir),
+        MARKER,
+        layout=f"{CELLS}/*",
+        remove_unmarked=True,
+        unique_partials=True,
+    )
 
 
 def cell_job(
@@ -118,7 +124,27 @@ def run_sweep(
     progress: bool = True,
     threads: int | None = None,
 ) -> SweepResult:
-    """Run every cell of `spec` not already finished under `out_dir`; collect the tables."""
+    """Run every cell of `spec` not already finished under `out_dir`; collect the tables.
+
+    Finished cells whose description is unchanged are skipped, half-written ones removed
+    and run again; after Ctrl-C the tables are written from the finished cells.
+
+    Args:
+        spec: the checked sweep (see `studies/sweep/spec.py`).
+        out_dir: the sweep folder (cells under `cells/`, tables beside them).
+        backend: where cells run (default: one at a time in this process).
+        progress: show the sweep's progress bar (and each attack's, one worker only).
+        threads: torch threads per cell (default: the cores over the workers).
+
+    Returns:
+        How many cells there are, ran now, were skipped or removed, the rows, the summary
+        and whether Ctrl-C ended the sweep.
+
+    Raises:
+        GradleakError: the sweep folder cannot be written, a cell's settings cannot run or a
+            half-written cell cannot be removed (the tables of the finished cells are written
+            first).
+    """
     backend = backend or LocalBackend(workers=1)
     out_dir = Path(out_dir)
     try:
@@ -192,29 +218,6 @@ def collect_results(spec: SweepSpec, out_dir: Path) -> list[dict[str, Any]]:
     """One row per finished cell of `spec`, in the spec's order."""
     finished = cell_store(out_dir).collect((c, _ref(spec, c)) for c in spec.cells())
     return [_row(cell, metrics) for cell, metrics in finished]
-
-
-def summarise(rows: Sequence[dict[str, Any]], success_psnr: float) -> list[dict[str, Any]]:
-    """Per setting (attack, model, defense, protocol): mean ± std and success rate.
-
-    Args:
-        rows: results rows, as `collect_results` makes them.
-        success_psnr: the PSNR (dB) from which a cell counts as a success.
-
-    Returns:
-        One row per setting, in the order of the rows; statistics over finite scores only
-        (None where a setting has none), the success rate over all of its cells.
-    """
-    stats = {
-        "cells": len,
-        "psnr_mean": of(statistics.fmean, "psnr"),
-        "psnr_std": of(statistics.pstdev, "psnr"),
-        "ssim_mean": of(statistics.fmean, "ssim"),
-        "ssim_std": of(statistics.pstdev, "ssim"),
-        "label_accuracy_mean": of(statistics.fmean, "label_accuracy"),
-        "success_rate": share_at_least("psnr", success_psnr),
-    }
-    return summarise_groups(rows, GROUP_BY, stats)
 
 
 def write_tables(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> None:

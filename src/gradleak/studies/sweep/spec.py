@@ -20,7 +20,7 @@ from gradleak import attacks
 from gradleak.core.errors import GradleakError
 from gradleak.core.settings import replace_checked, to_plain
 from gradleak.models import available_models, build_model
-from gradleak.scenario.config import PROTOCOLS, RunConfig
+from gradleak.scenario.config import DEFAULT_PROTOCOL, PROTOCOLS, RunConfig
 
 AXES = ("attack", "model", "defense", "protocol", "image", "seed")
 SPEC_KEYS = {
@@ -195,7 +195,7 @@ def parse_spec(root: _Located | Mapping[str, Any], where: str = "sweep spec") ->
     base = _base(at, root.value.get("base") or {})
     attack_names = _choices(at, "attacks", list(attacks.available()))
     models = _models(at, root.value.get("models", [base.get("model", "lenet")]))
-    protocols = _protocols(at, root.value.get("protocols", ["fedsgd"]), base)
+    protocols = _protocols(at, root.value.get("protocols", [DEFAULT_PROTOCOL]), base)
     spec = SweepSpec(
         name=str(root.value.get("name", Path(where).stem)),
         base=base,
@@ -270,7 +270,7 @@ def _protocols(at: _Where, values: Any, base: dict[str, Any]) -> dict[str, dict[
         if isinstance(value, str):
             entry = {"protocol": value}
         elif isinstance(value, dict):
-            entry = {"protocol": "fedsgd", **value}
+            entry = {"protocol": DEFAULT_PROTOCOL, **value}
         else:
             at.fail("protocols", f"protocols entry {value!r} must be a name or a mapping", i)
         bad = [k for k in entry if k in _NOT_PROTOCOL_KEYS]
