@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,26 +14,10 @@ import yaml
 from PIL import Image
 
 import gradleak.scenario.run as run_module
-from gradleak.cli.app import main
+
+from .running import cli_exit, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _cli(argv: Sequence[str]) -> int:
-    """Exit code of `gradleak argv`, whether main returns it or argparse exits with it."""
-    try:
-        return main(list(argv))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "error:" in lines[0]
-    return lines[0]
 
 
 @pytest.fixture(autouse=True)
@@ -46,19 +29,19 @@ def _wide_help(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["--help"]) == 0
+    assert cli_exit(["--help"]) == 0
     out = capsys.readouterr().out
     assert "usage: gradleak" in out
     assert "attack" in out and "list" in out
 
 
 def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli([]) == 2
+    assert cli_exit([]) == 2
     assert "usage: gradleak" in capsys.readouterr().out
 
 
 def test_attack_help_lists_attacks_and_models(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["attack", "--help"]) == 0
+    assert cli_exit(["attack", "--help"]) == 0
     out = capsys.readouterr().out
     assert "{dlg,idlg,dlg-admm,idlg-admm,analytic,ig,rgap}" in out
     for model in ("lenet", "convnet[-W]", "resnet20[-K]", "resnet56[-K]"):
@@ -67,7 +50,7 @@ def test_attack_help_lists_attacks_and_models(capsys: pytest.CaptureFixture[str]
 
 
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["list"]) == 0
+    assert cli_exit(["list"]) == 0
     out = capsys.readouterr().out
     for name in ("dlg", "idlg", "ig", "lenet", "resnet20[-K]", "cifar100", "mnist"):
         assert name in out
@@ -76,7 +59,7 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     import gradleak
 
-    assert _cli(["--version"]) == 0
+    assert cli_exit(["--version"]) == 0
     assert gradleak.__version__ in capsys.readouterr().out
 
 
@@ -120,8 +103,8 @@ def test_bad_input(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragments: list[str]
 ) -> None:
     out = tmp_path / "run"
-    assert _cli(["attack", *args, "--out", str(out)]) == 2
-    line = _one_line_error(capsys)
+    assert cli_exit(["attack", *args, "--out", str(out)]) == 2
+    line = one_line_error(capsys)
     for fragment in fragments:
         assert fragment in line
     assert not (out / "metrics.json").exists()
@@ -132,27 +115,27 @@ def test_missing_dataset_files_name_path_and_files(
 ) -> None:
     root = tmp_path / "empty"
     root.mkdir()
-    assert _cli(["attack", "--dataset", "cifar10", "--data-root", str(root)]) == 2
-    line = _one_line_error(capsys)
+    assert cli_exit(["attack", "--dataset", "cifar10", "--data-root", str(root)]) == 2
+    line = one_line_error(capsys)
     assert str(root) in line and "test_batch" in line
 
 
 def test_undecodable_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
-    assert _cli(["attack", "--image", str(garbage), "--out", str(tmp_path / "o")]) == 2
-    line = _one_line_error(capsys)
+    assert cli_exit(["attack", "--image", str(garbage), "--out", str(tmp_path / "o")]) == 2
+    line = one_line_error(capsys)
     assert str(garbage) in line and "could not be decoded" in line
 
 
 def test_missing_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["attack", "--image", str(tmp_path / "absent.png")]) == 2
-    assert "does not exist" in _one_line_error(capsys)
+    assert cli_exit(["attack", "--image", str(tmp_path / "absent.png")]) == 2
+    assert "does not exist" in one_line_error(capsys)
 
 
 def test_label_outside_classes(png: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["attack", "--image", str(png), "--label", "50"]) == 2
-    line = _one_line_error(capsys)
+    assert cli_exit(["attack", "--image", str(png), "--label", "50"]) == 2
+    line = one_line_error(capsys)
     assert "label 50 is outside the 10 classes" in line
 
 
@@ -165,14 +148,14 @@ def test_config_with_unknown_key(
 ) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(text)
-    assert _cli(["attack", "--config", str(config), "--out", str(tmp_path / "o")]) == 2
-    line = _one_line_error(capsys)
+    assert cli_exit(["attack", "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    line = one_line_error(capsys)
     assert f"unknown key {key}" in line
 
 
 def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["attack", "--config", str(tmp_path / "absent.yaml")]) == 2
-    assert "config file not found" in _one_line_error(capsys)
+    assert cli_exit(["attack", "--config", str(tmp_path / "absent.yaml")]) == 2
+    assert "config file not found" in one_line_error(capsys)
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -186,7 +169,7 @@ def test_flags_and_config_file_reach_the_run(
     out = tmp_path / "run"
     argv = ["attack", "--config", str(config), "--iterations", "3", "--restarts", "2"]
     argv += ["--tv", "0.01", "--labels-known", "--index", "6", "--out", str(out), "--no-progress"]
-    assert _cli(argv) == 0
+    assert cli_exit(argv) == 0
     stdout = capsys.readouterr().out
     assert "ig on lenet" in stdout and "PSNR" in stdout
     assert f"outputs written to {out}" in stdout
@@ -208,7 +191,7 @@ def test_stop_psnr_ends_the_attack_once_the_target_is_reached(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    assert _cli(["attack", "--stop-psnr", "20", "--out", str(out), "--no-progress"]) == 0
+    assert cli_exit(["attack", "--stop-psnr", "20", "--out", str(out), "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stopped_at_psnr"] == 20
     assert metrics["interrupted"] is False
@@ -231,7 +214,7 @@ def test_compile_that_fails_falls_back_with_one_notice(
     monkeypatch.setattr(torch, "compile", no_compiler)
     out = tmp_path / "run"
     argv = ["attack", "--attack", "ig", "--iterations", "4", "--restarts", "2", "--labels-known"]
-    assert _cli([*argv, "--compile", "--out", str(out), "--no-progress"]) == 0
+    assert cli_exit([*argv, "--compile", "--out", str(out), "--no-progress"]) == 0
     captured = capsys.readouterr()
     notices = [line for line in captured.err.splitlines() if line.strip()]
     assert notices == [
@@ -268,7 +251,7 @@ def test_keyboard_interrupt_writes_partial_results(
     monkeypatch.setattr(run_module, "psnr_observer", interrupting_observer)
     out = tmp_path / "run"
 
-    assert _cli(["attack", "--out", str(out)]) == 130
+    assert cli_exit(["attack", "--out", str(out)]) == 130
 
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
@@ -289,7 +272,7 @@ def test_keyboard_interrupt_before_any_result(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_module, "case_from", interrupted)
-    assert _cli(["attack", "--out", str(tmp_path / "run")]) == 130
+    assert cli_exit(["attack", "--out", str(tmp_path / "run")]) == 130
     assert "interrupted before any result" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -337,7 +320,7 @@ def test_out_that_is_a_file_is_refused_before_the_attack(
 ) -> None:
     blocker = tmp_path / "taken"
     blocker.write_text("")
-    assert _cli(["attack", "--out", str(blocker)]) == 2
-    assert "is a file, not a directory" in _one_line_error(capsys)
-    assert _cli(["attack", "--out", str(blocker / "run")]) == 2
-    assert "cannot create the run directory" in _one_line_error(capsys)
+    assert cli_exit(["attack", "--out", str(blocker)]) == 2
+    assert "is a file, not a directory" in one_line_error(capsys)
+    assert cli_exit(["attack", "--out", str(blocker / "run")]) == 2
+    assert "cannot create the run directory" in one_line_error(capsys)

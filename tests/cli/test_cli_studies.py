@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 import gradleak.studies.sweep.runner as sweep_module
-from gradleak.cli.app import main
+
+from .running import cli_exit, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,21 +20,6 @@ defenses: [none, "prune:0.5"]
 images: [0, 1]
 options: {idlg: {iterations: 2}}
 """
-
-
-def _cli(argv: Sequence[str]) -> int:
-    try:
-        return main(list(argv))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture
@@ -48,17 +33,17 @@ def test_sweep_runs_then_resumes_and_reports(
     spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "sweep"
-    assert _cli(["sweep", str(spec), "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    assert cli_exit(["sweep", str(spec), "--out", str(out), "--no-progress", "--threads", "1"]) == 0
     stdout = capsys.readouterr().out
     assert "4 cells: 4 run now, 0 already done" in stdout
     assert "| idlg | lenet | prune:0.5 | fedsgd | 2 |" in stdout
-    assert _cli(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
+    assert cli_exit(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
     assert "4 cells: 0 run now, 4 already done" in capsys.readouterr().out
 
-    assert _cli(["report", str(out)]) == 0
+    assert cli_exit(["report", str(out)]) == 0
     assert f"report written to {out / 'report.html'}" in capsys.readouterr().out
     cell = out / "cells" / "idlg__lenet__none__fedsgd__img0__s0"
-    assert _cli(["report", str(cell)]) == 0
+    assert cli_exit(["report", str(cell)]) == 0
     html = (cell / "report.html").read_text()
     assert "snapshots/" not in html  # images are embedded, not linked
     assert json.loads((cell / "metrics.json").read_text())["attack"] == "idlg"
@@ -81,7 +66,7 @@ def test_interrupted_sweep_exits_130_and_says_how_to_finish(
 
     monkeypatch.setattr(sweep_module, "run_cell", interrupt_second)
     out = tmp_path / "sweep"
-    assert _cli(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 130
+    assert cli_exit(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 130
     captured = capsys.readouterr()
     assert "interrupted: 1 of 4 cells done; run the same command again" in captured.err
     assert "Traceback" not in captured.err
@@ -101,28 +86,28 @@ def test_interrupted_sweep_exits_130_and_says_how_to_finish(
 def test_bad_study_input_is_one_line(
     args: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _cli([*args, *(["--out", str(tmp_path / "o")] if args[0] == "attack" else [])]) == 2
-    assert fragment in _one_line_error(capsys)
+    assert cli_exit([*args, *(["--out", str(tmp_path / "o")] if args[0] == "attack" else [])]) == 2
+    assert fragment in one_line_error(capsys)
 
 
 def test_bad_sweep_flags_are_one_line(
     spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = str(tmp_path / "o")
-    assert _cli(["sweep", str(spec), "--out", out, "--address", "127.0.0.1:9"]) == 2
-    assert "--address is for --backend ray" in _one_line_error(capsys)
-    assert _cli(["sweep", str(spec), "--out", out, "--workers", "0"]) == 2
-    assert "--workers must be at least 1" in _one_line_error(capsys)
+    assert cli_exit(["sweep", str(spec), "--out", out, "--address", "127.0.0.1:9"]) == 2
+    assert "--address is for --backend ray" in one_line_error(capsys)
+    assert cli_exit(["sweep", str(spec), "--out", out, "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in one_line_error(capsys)
     pytest.importorskip("ray", reason="the Ray backend is the optional extra gradleak[ray]")
     argv = ["sweep", str(spec), "--out", out, "--backend", "ray", "--address", "127.0.0.1:9"]
-    assert _cli(argv) == 2
-    assert "cannot reach the Ray cluster at 127.0.0.1:9" in _one_line_error(capsys)
+    assert cli_exit(argv) == 2
+    assert "cannot reach the Ray cluster at 127.0.0.1:9" in one_line_error(capsys)
 
 
 def test_bench_list_names_every_study(capsys: pytest.CaptureFixture[str]) -> None:
     from gradleak.studies.sweep.benches import BENCHES
 
-    assert _cli(["bench", "list"]) == 0
+    assert cli_exit(["bench", "list"]) == 0
     out = capsys.readouterr().out
     for name in BENCHES:
         assert name in out

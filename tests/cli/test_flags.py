@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from gradleak.cli import flags
-from gradleak.cli.app import build_parser, main
+from gradleak.cli.app import build_parser
 from gradleak.cli.compare import parse_iterations
 from gradleak.cli.labels import parse_batch_sizes
 from gradleak.cli.overrides import given, run_overrides
 from gradleak.cli.train import parse_epochs
 from gradleak.core.errors import GradleakError
+
+from .running import cli_exit, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,28 +49,11 @@ def _wide_help(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")  # argparse wraps help text at the terminal width
 
 
-def _cli(argv: Sequence[str]) -> int:
-    """Exit code of `gradleak argv`, whether main returns it or argparse exits with it."""
-    try:
-        return main(list(argv))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "error:" in lines[0]
-    return lines[0]
-
-
 # --- the commands -----------------------------------------------------------------------------
 
 
 def test_help_lists_the_commands_in_order(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["--help"]) == 0
+    assert cli_exit(["--help"]) == 0
     out = capsys.readouterr().out
     listed = out.split("COMMAND\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert [line.split()[0] for line in listed] == COMMANDS
@@ -110,8 +95,8 @@ def test_threads_below_one_is_one_line_and_exit_code_2(
     name: str, threads: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = _threads_argv(name, tmp_path)
-    assert _cli([*argv, "--threads", threads]) == 2
-    line = _one_line_error(capsys)
+    assert cli_exit([*argv, "--threads", threads]) == 2
+    line = one_line_error(capsys)
     assert f"--threads must be at least 1, got {threads}" in line
     assert not (tmp_path / "out").exists()
 
@@ -217,8 +202,8 @@ def test_negative_save_epochs_are_left_to_the_trainer() -> None:
 def test_integer_list_errors_are_one_usage_line(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _cli(argv) == 2
-    assert message in _one_line_error(capsys)
+    assert cli_exit(argv) == 2
+    assert message in one_line_error(capsys)
 
 
 # --- flags → run settings ---------------------------------------------------------------------
