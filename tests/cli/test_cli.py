@@ -20,11 +20,6 @@ from .running import cli_exit, one_line_error
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _wide_help(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps help text at the terminal width
-
-
 # --- help -------------------------------------------------------------------------------------
 
 

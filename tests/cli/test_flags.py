@@ -44,11 +44,6 @@ options: {idlg: {iterations: 1}}
 TRADEOFF = SPEC + "utility: {dataset: cifar10, train_count: 2, test_count: 2, batch_size: 2}\n"
 
 
-@pytest.fixture(autouse=True)
-def _wide_help(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps help text at the terminal width
-
-
 # --- the commands -----------------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,26 +12,14 @@ import torch
 from gradleak.attacks.engine.adam import optimize_adam
 from gradleak.attacks.engine.lbfgs import optimize_lbfgs
 from gradleak.attacks.engine.trials import best_trial
-from gradleak.attacks.matching.objectives import get_objective
-from gradleak.attacks.matching.problem import MatchingProblem, attacker_model, label_loss
+from gradleak.attacks.matching.problem import label_loss
 from gradleak.data import pixel_bounds
 from gradleak.fl import FedSGDClient
-from gradleak.modalities.image import total_variation
 from gradleak.scenario import RunConfig, build_case
-from gradleak.scenario.case import Case
+
+from .problems import matching_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _problem(case: Case, target: Mapping[str, torch.Tensor], objective: str) -> MatchingProblem:
-    tv = 1e-4 if objective == "cosine" else 0.0
-    return MatchingProblem(
-        attacker_model(case.server.model, "train"),
-        target,
-        get_objective(objective),
-        tv,
-        prior=total_variation,
-    )
 
 
 def _start(k: int, seed: int = 1, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +32,7 @@ def _start(k: int, seed: int = 1, classes: int = 10) -> tuple[torch.Tensor, torc
 
 def test_matching_loss_is_zero_at_the_true_batch(lenet_case: Any) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "l2")
+    problem = matching_problem(case, target, "l2")
     grads = problem.candidate_gradient(case.client.batch.images, case.client.batch.labels)
     for name, tensor in target.items():
         torch.testing.assert_close(grads[name], tensor, rtol=1e-4, atol=1e-6)
@@ -66,7 +54,7 @@ def test_soft_label_loss_matches_cross_entropy_for_one_hot_logits() -> None:
 @pytest.mark.parametrize("soft", [False, True], ids=["fixed-labels", "soft-labels"])
 def test_stacked_trials_equal_trials_run_alone(lenet_case: Any, soft: bool) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "cosine")
+    problem = matching_problem(case, target, "cosine")
     images, soft_labels = _start(3)
     labels = soft_labels if soft else case.client.batch.labels
     options: dict[str, Any] = {
@@ -100,7 +88,7 @@ def test_trial_does_not_depend_on_its_neighbours_with_batch_norm() -> None:
     # its own batch, never statistics pooled over the stacked trials.
     case = build_case(RunConfig(model="resnet20", batch_size=2, progress=False))
     update = FedSGDClient(case.server.model).compute_update(case.client.batch)
-    problem = _problem(case, update.tensors, "cosine")
+    problem = matching_problem(case, update.tensors, "cosine")
     g = torch.Generator().manual_seed(3)
     first = torch.randn(3, 2, 3, 32, 32, generator=g)
     second = first.clone()
@@ -117,7 +105,7 @@ def test_trial_does_not_depend_on_its_neighbours_with_batch_norm() -> None:
 
 def test_signed_adam_with_box_stays_within_pixel_bounds(lenet_case: Any) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "cosine")
+    problem = matching_problem(case, target, "cosine")
     images, _ = _start(2)
     images = images * 3.0  # start well outside the box
     lower, upper = pixel_bounds(case.server.knowledge.mean, case.server.knowledge.std)
@@ -136,7 +124,7 @@ def test_signed_adam_with_box_stays_within_pixel_bounds(lenet_case: Any) -> None
 
 def test_adam_history_rows_and_result_fields(lenet_case: Any) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "cosine")
+    problem = matching_problem(case, target, "cosine")
     images, _ = _start(2)
     seen: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
 
@@ -175,7 +163,7 @@ def test_adam_history_rows_and_result_fields(lenet_case: Any) -> None:
 
 def test_adam_lowers_the_matching_loss(lenet_case: Any) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "cosine")
+    problem = matching_problem(case, target, "cosine")
     images, _ = _start(2)
     result = optimize_adam(
         problem, images, case.client.batch.labels, lr=0.1, iterations=20, progress=False
@@ -202,7 +190,7 @@ def _interrupt_once_at(at: int) -> tuple[Callable[..., None], list[int]]:
 
 def test_adam_keyboard_interrupt_returns_partial_result(lenet_case: Any) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "cosine")
+    problem = matching_problem(case, target, "cosine")
     images, _ = _start(2)
     observer, calls = _interrupt_once_at(5)
 
@@ -228,7 +216,7 @@ def test_adam_keyboard_interrupt_returns_partial_result(lenet_case: Any) -> None
 
 def test_lbfgs_keyboard_interrupt_returns_partial_result(lenet_case: Any) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "l2")
+    problem = matching_problem(case, target, "l2")
     images, soft = _start(2)
     observer, _ = _interrupt_once_at(3)
 
@@ -255,7 +243,7 @@ def test_lbfgs_keyboard_interrupt_returns_partial_result(lenet_case: Any) -> Non
 
 def test_lbfgs_lowers_the_loss(lenet_case: Any) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "l2")
+    problem = matching_problem(case, target, "l2")
     images, soft = _start(2)
     start = [problem.loss(images[i], soft[i]).item() for i in range(2)]
 
@@ -287,7 +275,7 @@ def test_lbfgs_lowers_the_loss(lenet_case: Any) -> None:
 
 def test_lbfgs_keeps_the_best_iterate(lenet_case: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "l2")
+    problem = matching_problem(case, target, "l2")
     images, _ = _start(1)
     labels = case.client.batch.labels
     evaluated: list[float] = []

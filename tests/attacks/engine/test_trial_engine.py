@@ -4,7 +4,6 @@ BatchedAdam vs torch.optim.Adam, early stopping, torch.compile and the memory ch
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -17,15 +16,15 @@ from gradleak.attacks.engine.adam import BatchedAdam, optimize_adam
 from gradleak.attacks.engine.lbfgs import optimize_lbfgs
 from gradleak.attacks.engine.memory import ensure_trials_fit, step_bytes
 from gradleak.attacks.engine.trials import best_trial, trial_inputs
-from gradleak.attacks.matching.objectives import get_objective
-from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
+from gradleak.attacks.matching.problem import MatchingProblem
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
 from gradleak.data import pixel_bounds
 from gradleak.fl import FedSGDClient
-from gradleak.modalities.image import total_variation
 from gradleak.scenario import RunConfig, build_case
 from gradleak.scenario.case import Case
+
+from .problems import matching_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,20 +45,6 @@ def three_images(one_thread: None) -> tuple[Case, list[dict[str, torch.Tensor]]]
         for i in range(3)
     ]
     return case, updates
-
-
-def _problem(
-    case: Case, target: Mapping[str, torch.Tensor], objective: str, tv: float | None = None
-) -> MatchingProblem:
-    if tv is None:
-        tv = 1e-4 if objective == "cosine" else 0.0
-    return MatchingProblem(
-        attacker_model(case.server.model, "train"),
-        target,
-        get_objective(objective),
-        tv,
-        prior=total_variation,
-    )
 
 
 def _start(k: int, seed: int = 1, batch: int = 1) -> torch.Tensor:
@@ -84,7 +69,7 @@ def test_value_and_grad_equals_functional_grad(
     request: pytest.FixtureRequest, model: str, soft: bool, objective: str
 ) -> None:
     case, target = request.getfixturevalue(f"{model}_case")
-    problem = _problem(case, target, objective, tv=0.05)
+    problem = matching_problem(case, target, objective, tv=0.05)
     batch = case.client.batch.images.shape[0]
     g = torch.Generator().manual_seed(7)
     images = torch.randn(batch, 3, 32, 32, generator=g)
@@ -124,7 +109,7 @@ def test_stacked_independent_trials_equal_trials_run_alone(three_images: Any) ->
     targets = {n: torch.stack([u[n] for u in updates]) for n in updates[0]}
     labels = case.client.batch.labels.reshape(3, 1)  # K×B: each trial attacks its own image
     # The problem's own target is image 0's; `targets` must override it per trial.
-    problem = _problem(case, updates[0], "cosine")
+    problem = matching_problem(case, updates[0], "cosine")
     images = _start(3, seed=4)
     lrs, budgets, tvs = [0.1, 0.05, 0.2], [6, 10, 8], [1e-4, 0.0, 1e-2]
     options: dict[str, Any] = {
@@ -162,7 +147,7 @@ def test_stacked_independent_trials_equal_trials_run_alone(three_images: Any) ->
         )
         # ... and through a problem built for that image alone (shared labels B).
         own = optimize_adam(
-            _problem(case, updates[i], "cosine", tv=tvs[i]),
+            matching_problem(case, updates[i], "cosine", tv=tvs[i]),
             images[i : i + 1],
             labels[i],
             lr=lrs[i],
@@ -174,11 +159,15 @@ def test_stacked_independent_trials_equal_trials_run_alone(three_images: Any) ->
             torch.testing.assert_close(stacked.images[i], single.images[0], rtol=0, atol=1e-4)
             torch.testing.assert_close(stacked.losses[i], single.losses[0], rtol=1e-4, atol=1e-6)
         # The reported loss is the trial's own loss on its own target.
-        truth = _problem(case, updates[i], "cosine", tv=tvs[i]).loss(stacked.images[i], labels[i])
+        truth = matching_problem(case, updates[i], "cosine", tv=tvs[i]).loss(
+            stacked.images[i], labels[i]
+        )
         torch.testing.assert_close(stacked.losses[i], truth, rtol=1e-5, atol=1e-6)
         assert not torch.equal(stacked.images[i], images[i])
     # Different targets: matching trial 0's images against image 1's update scores worse.
-    cross = _problem(case, updates[1], "cosine", tv=tvs[0]).loss(stacked.images[0], labels[1])
+    cross = matching_problem(case, updates[1], "cosine", tv=tvs[0]).loss(
+        stacked.images[0], labels[1]
+    )
     assert cross.item() != pytest.approx(stacked.losses[0].item(), rel=1e-3)
 
 
@@ -277,7 +266,7 @@ def test_batched_adam_middle_row_skipped() -> None:
 
 def test_trial_at_tolerance_stops_and_keeps_its_images(lenet_case: Any) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "l2")
+    problem = matching_problem(case, target, "l2")
     g = torch.Generator().manual_seed(2)
     near = case.client.batch.images + 0.05 * torch.randn(
         case.client.batch.images.shape, generator=g
@@ -313,7 +302,7 @@ def test_trial_at_tolerance_stops_and_keeps_its_images(lenet_case: Any) -> None:
 
 def test_trial_starting_at_the_truth_stops_at_the_first_check(lenet_case: Any) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "l2")
+    problem = matching_problem(case, target, "l2")
     images = torch.stack([case.client.batch.images, _start(1, seed=5)[0]])
     result = optimize_adam(
         problem,
@@ -333,7 +322,7 @@ def test_trial_starting_at_the_truth_stops_at_the_first_check(lenet_case: Any) -
 
 def test_non_finite_trial_stops_and_never_wins(lenet_case: Any) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "cosine")
+    problem = matching_problem(case, target, "cosine")
     images = _start(3, seed=6)
     images[1] = torch.nan
     options: dict[str, Any] = {"lr": 0.1, "iterations": 6, "log_every": 2, "progress": False}
@@ -353,7 +342,7 @@ def test_non_finite_trial_stops_and_never_wins(lenet_case: Any) -> None:
 @pytest.mark.parametrize("case_", ["two-nan-trials", "one-trial-at-the-truth"])
 def test_every_trial_stopping_at_the_same_check_ends_the_run(lenet_case: Any, case_: str) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "l2")
+    problem = matching_problem(case, target, "l2")
     if case_ == "two-nan-trials":
         images = torch.full((2, 1, 3, 32, 32), torch.nan)
     else:  # a single trial whose loss is already within the tolerance
@@ -396,7 +385,7 @@ def test_adam_compile_fallback_notices_once_and_matches_eager(
     lenet_case: Any, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "cosine")
+    problem = matching_problem(case, target, "cosine")
     images = _start(2, seed=9)
     options: dict[str, Any] = {
         "lr": 0.1,
@@ -426,7 +415,7 @@ def test_lbfgs_compile_fallback_notices_once_and_matches_eager(
     lenet_case: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "l2")
+    problem = matching_problem(case, target, "l2")
     images = _start(2, seed=10)
     options: dict[str, Any] = {
         "steps": 2,
@@ -460,7 +449,7 @@ def test_compiled_adam_matches_eager(lenet_case: Any) -> None:
     case, target = lenet_case
     # L2, not cosine: cosine's gradient has components near 1e-8 whose sign (all that signed
     # Adam's first step sees) rounding can flip, which moves one pixel by a whole step.
-    problem = _problem(case, target, "l2")
+    problem = matching_problem(case, target, "l2")
     images = _start(2, seed=11)
     # Unequal budgets: the compiled step keeps its shape once trial 1 has finished.
     options: dict[str, Any] = {
@@ -497,7 +486,7 @@ def _inputs(problem: MatchingProblem, images: torch.Tensor, labels: torch.Tensor
 
 def test_step_bytes_covers_parameters_and_grows_with_the_batch(lenet_case: Any) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "cosine")
+    problem = matching_problem(case, target, "cosine")
     parameter_bytes = sum(p.numel() * p.element_size() for p in problem.model.parameters())
     sizes = []
     for batch in (1, 4):
@@ -514,7 +503,7 @@ def test_ensure_trials_fit_raises_when_memory_is_short(
     lenet_case: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "cosine")
+    problem = matching_problem(case, target, "cosine")
     images = _start(7)
     inputs = _inputs(problem, images, case.client.batch.labels)
     one = step_bytes(problem, images, inputs)
@@ -542,7 +531,7 @@ def test_optimize_adam_checks_memory_before_running(
     lenet_case: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     case, target = lenet_case
-    problem = _problem(case, target, "cosine")
+    problem = matching_problem(case, target, "cosine")
     images = _start(3)
     calls: list[int] = []
 
