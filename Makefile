@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 attack: $(STAMP)
-	$(BIN)/gradleak attack
+	$(BIN)/gradleak attack --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -29,5 +29,5 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings as hypothesis_settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# The property tests draw the same inputs on every run (a CI result never depends on luck)
+# and keep no example database; hypothesis's caches go to the temporary folder, not the tree.
+hypothesis_settings.register_profile("gradleak", derandomize=True, database=None)
+hypothesis_settings.load_profile("gradleak")
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "gradleak-hypothesis")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let Ctrl-C reach the tests even when the suite was started with SIGINT ignored.
+
+    A shell starts background jobs (`cmd &`, nohup, some CI runners) with SIGINT ignored,
+    and Python then installs no KeyboardInterrupt handler; the signal tests send SIGINT to
+    this process and to the commands it starts, which inherit an ignored signal but not a
+    handler. Installing Python's own handler here restores what an interactive run has.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

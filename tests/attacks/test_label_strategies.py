@@ -131,3 +131,26 @@ def test_strategies_recover_from_the_attackers_view() -> None:
     assert recover["known"](update, model, known).tolist() == [8]
     assert recover["analytic"](update, model, blind).tolist() == batch.labels.tolist()
     assert recover["optimize"](update, model, blind) is None
+
+
+def test_last_layer_strategies_read_a_model_that_is_one_linear_layer() -> None:
+    # The classifier of a bare nn.Linear has no module name: its parameters are "weight"
+    # and "bias", not ".weight" and ".bias".
+    torch.manual_seed(0)
+    model = nn.Linear(12, 5)
+    images = torch.randn(3, 12)
+    labels = torch.tensor([4, 1, 3])
+    knowledge = Knowledge((1, 1, 12), 5, 1, (0.5,), (0.5,))
+    for i in range(3):
+        update = FedSGDClient(model).compute_update(
+            PrivateBatch(images[i : i + 1], labels[i : i + 1])
+        )
+        assert set(update.tensors) == {"weight", "bias"}
+        assert idlg_label(update, model).tolist() == [int(labels[i])]
+        for name in ("analytic", "sign", "yin"):
+            recovered = LABEL_STRATEGIES[name].recover(update, model, knowledge)
+            assert recovered.tolist() == [int(labels[i])], name
+    biasless = nn.Linear(12, 5, bias=False)
+    update = FedSGDClient(biasless).compute_update(PrivateBatch(images[:1], labels[:1]))
+    with pytest.raises(GradleakError, match="needs a bias on the classifier 'the model'"):
+        LABEL_STRATEGIES["count"].recover(update, biasless, knowledge)

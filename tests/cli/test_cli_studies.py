@@ -90,6 +90,8 @@ def test_bad_study_input_is_one_line(
     assert fragment in one_line_error(capsys)
 
 
+@pytest.mark.enable_socket  # the Ray address probe connects to the loopback interface
+@pytest.mark.allow_hosts(["127.0.0.1"])
 def test_bad_sweep_flags_are_one_line(
     spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -111,3 +113,51 @@ def test_bench_list_names_every_study(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     for name in BENCHES:
         assert name in out
+
+
+def test_a_sweep_whose_cells_failed_exits_1_and_a_rerun_retries_them(
+    spec: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import gradleak.scenario.run as run_module
+    from gradleak.core.errors import GradleakError
+
+    real = run_module.run_attack
+
+    def failing(config):  # type: ignore[no-untyped-def]
+        if config.indices == (1,) and config.defenses:
+            raise GradleakError("the data went away")
+        return real(config)
+
+    monkeypatch.setattr(run_module, "run_attack", failing)
+    argv = ["sweep", str(spec), "--out", str(tmp_path / "sweep"), "--no-progress"]
+    assert cli_exit(argv) == 1
+    captured = capsys.readouterr()
+    assert "4 cells: 4 run now, 0 already done, 1 failed;" in captured.out
+    assert "__img1__s0: the data went away" in captured.out  # summary.md lists it
+    assert "1 of 4 cells failed (reasons in" in captured.err
+    assert "run the same command again to retry them" in captured.err
+    monkeypatch.undo()
+    assert cli_exit(argv) == 0
+    assert "4 cells: 1 run now, 3 already done;" in capsys.readouterr().out
+
+
+def test_a_sweep_refuses_a_cell_that_cannot_run_and_a_folder_in_use_in_one_line(
+    spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import socket
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPEC.replace("images: [0, 1]", "images: [0, 8]"))
+    assert cli_exit(["sweep", str(bad), "--out", str(tmp_path / "a")]) == 2
+    assert "image 8 lies past the end of bundled CIFAR-10" in one_line_error(capsys)
+
+    out = tmp_path / "held"
+    out.mkdir()
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "started": "earlier"}
+    (out / "sweep.lock").write_text(json.dumps(holder))
+    assert cli_exit(["sweep", str(spec), "--out", str(out)]) == 2
+    assert f"in use by another sweep, pid {os.getppid()}" in one_line_error(capsys)

@@ -120,3 +120,15 @@ def test_describe_records_what_was_granted_and_guessed() -> None:
     }
     assert described["local_training_guessed"] is True
     assert described["model_mode"] == "eval" and described["model_mode_guessed"] is True
+
+
+def test_rho_is_known_or_guessed_for_fedadmm_and_absent_elsewhere() -> None:
+    settings = ProtocolSettings("fedadmm", LocalTraining(lr=0.1), rho=0.5, rounds=2)
+    known = grant_knowledge(FACTS, LABELS, settings)
+    assert known.admm is not None and (known.admm.rho, known.admm.rho_guessed) == (0.5, False)
+    assert known.attacked_round == 2
+    guessed = grant_knowledge(FACTS, LABELS, settings, Grants(rho_guess=3.0))
+    assert guessed.admm is not None and (guessed.admm.rho, guessed.admm.rho_guessed) == (3.0, True)
+    assert grant_knowledge(FACTS, LABELS, ProtocolSettings("fedavg")).admm is None
+    with pytest.raises(GradleakError, match="--guess-admm-rho must be positive"):
+        grant_knowledge(FACTS, LABELS, settings, Grants(rho_guess=-1.0))

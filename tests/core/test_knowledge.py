@@ -12,7 +12,7 @@ import torch
 from gradleak import attacks
 from gradleak.core import SharedUpdate, UpdateKind
 from gradleak.core.errors import GradleakError
-from gradleak.core.knowledge import Knowledge, Requirement
+from gradleak.core.knowledge import AdmmKnowledge, ClientState, Knowledge, Requirement
 from gradleak.fl import FedSGDClient
 from gradleak.metrics import psnr
 from gradleak.scenario import RunConfig, build_case
@@ -88,6 +88,30 @@ def test_grants_and_describe() -> None:
     # The summary says labels are known without listing them (or any tensor).
     assert "labels" not in described
     assert not any(isinstance(v, torch.Tensor) for v in described.values())
+
+
+def test_admm_state_is_granted_in_round_one_and_later_only_with_the_states() -> None:
+    assert not _knowledge().grants(Requirement.ADMM_STATE)  # no ADMM belief at all
+    assert _knowledge(admm=AdmmKnowledge(1.0)).grants(Requirement.ADMM_STATE)
+    later = _knowledge(admm=AdmmKnowledge(1.0), attacked_round=3)
+    assert not later.grants(Requirement.ADMM_STATE)
+    with pytest.raises(GradleakError, match="needs admm_state") as exc:
+        later.require({Requirement.ADMM_STATE}, "attack 'dlg-admm'")
+    assert "start of round 3 with --client-state-known" in str(exc.value)
+    state = ClientState({"w": torch.ones(2)}, {"w": torch.zeros(2)})
+    granted = _knowledge(admm=AdmmKnowledge(1.0, states=(state,)), attacked_round=3)
+    assert granted.grants(Requirement.ADMM_STATE)
+
+
+def test_admm_knowledge_and_client_states_are_checked_and_copied() -> None:
+    with pytest.raises(GradleakError, match="attacked_round must be at least 1"):
+        _knowledge(attacked_round=0)
+    with pytest.raises(GradleakError, match="ADMM penalty rho must be positive"):
+        AdmmKnowledge(0.0)
+    primal = {"w": torch.ones(2)}
+    state = ClientState(primal, {"w": torch.zeros(2)})
+    primal["w"].fill_(5.0)  # the client moves on; what was granted does not
+    assert state.primal["w"].tolist() == [1.0, 1.0]
 
 
 # --- require() --------------------------------------------------------------------------------

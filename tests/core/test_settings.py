@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,11 @@ def test_batch_indices(indices: tuple[int, ...], batch_size: int, expected: list
 
 
 def test_default_out() -> None:
-    assert RunConfig().default_out() == Path("runs/dlg-lenet-cifar10-0-b1-s0")
+    # A readable stem, then a digest of the settings that change the result.
+    default = str(RunConfig().default_out())
+    assert re.fullmatch(r"runs/dlg-lenet-cifar10-0-b1-s0-[0-9a-f]{8}", default)
     config = RunConfig(attack="ig", model="resnet20", image=Path("/x/cat.png"), seed=2)
-    assert config.default_out() == Path("runs/ig-resnet20-cat-b1-s2")
+    assert re.fullmatch(r"runs/ig-resnet20-cat-b1-s2-[0-9a-f]{8}", str(config.default_out()))
 
 
 def test_to_plain_round_trips_through_replace_checked() -> None:
@@ -164,3 +167,21 @@ def test_fixed_length_tuples_take_exactly_one_value_per_position() -> None:
 def test_to_plain_makes_results_json_safe() -> None:
     value = {"a": (1.0, math.nan), "p": Path("x/y"), "k": UpdateKind.GRADIENT, "i": math.inf}
     assert to_plain(value) == {"a": [1.0, None], "p": "x/y", "k": "gradient", "i": None}
+
+
+@pytest.mark.parametrize(
+    "tagged",
+    [
+        "attack: !!python/object/apply:os.system ['touch {marker}']\n",
+        "!!python/object/apply:os.system ['touch {marker}']\n",
+        "attack_options: !!python/object/new:dict {{}}\n",
+        "attack: !!python/name:os.system\n",
+    ],
+)
+def test_a_config_file_never_builds_python_objects(tmp_path: Path, tagged: str) -> None:
+    marker = tmp_path / "ran"
+    config = tmp_path / "run.yaml"
+    config.write_text(tagged.format(marker=marker))
+    with pytest.raises(GradleakError, match="cannot be parsed"):
+        read_mapping(config)
+    assert not marker.exists()

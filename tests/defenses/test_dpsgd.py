@@ -13,7 +13,8 @@ from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate, UpdateKind
 from gradleak.defenses import ClientView
 from gradleak.defenses import dpsgd as dpsgd_module
-from gradleak.defenses.dpsgd import DPSGD, dp_epsilon, parse
+from gradleak.defenses.accounting import dp_epsilon
+from gradleak.defenses.dpsgd import DPSGD, parse
 from gradleak.fl.fedsgd import FedSGDClient
 from gradleak.models import build_model
 

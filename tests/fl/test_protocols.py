@@ -229,15 +229,16 @@ def test_fedavg_replay_needs_a_belief_of_the_local_training() -> None:
     assert PROTOCOLS["fedsgd"].replay(knowledge, "attack 'x'") == Replay(1)
 
 
-# --- FedADMM: the -admm reading ---------------------------------------------------------------
+# --- FedADMM: the gradient reading, kept for contrast with the replay -----------------------
 
 
-def test_fedadmm_replay_reads_minus_the_increment_over_the_local_rate() -> None:
+def test_fedadmm_gradient_reading_reads_minus_the_increment_over_the_local_rate() -> None:
     model, batch = _model(5), _batch(2, seed=6)
     eta = 0.05
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=eta, steps=1), rho=3.0)
     update = settings.client(model).compute_update(batch)
-    replay = settings.protocol.replay(grant_knowledge(FACTS, batch.labels, settings), "test")
+    knowledge = grant_knowledge(FACTS, batch.labels, settings)
+    replay = settings.protocol.reading("gradient").replay(knowledge, "test")
     assert replay.read_scale == pytest.approx(-1.0 / eta)
     assert replay.is_plain_gradient  # one gradient is replayed, no local steps
     read = replay.read(update)
@@ -250,25 +251,44 @@ def test_fedadmm_replay_reads_minus_the_increment_over_the_local_rate() -> None:
         torch.testing.assert_close(read.tensors[name], 2 * gradient[name], rtol=1e-10, atol=1e-14)
 
 
-def test_the_admm_reading_is_not_a_zero_of_the_l2_matching_loss() -> None:
-    # The -admm attacks match −Δ/η with one replayed gradient. At the true data in round 1
-    # that compares ∇f with 2∇f: the cosine distance is zero, the L2 distance is ‖∇f‖².
+def test_the_gradient_reading_has_no_zero_of_the_l2_loss_the_replay_has() -> None:
+    # The gradient reading matches −Δ/η with one replayed gradient. At the true data in
+    # round 1 that compares ∇f with 2∇f: the cosine distance is zero, the L2 distance is
+    # ‖∇f‖². The replay of the client puts both sides through the same round: zero.
     model, batch = _model(5), _batch(1, seed=7)
     eta = 0.05
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=eta, steps=1))
     update = settings.client(model).compute_update(batch)
-    replay = settings.protocol.replay(grant_knowledge(FACTS, batch.labels, settings), "test")
-    read = dict(replay.read(update).tensors)
-    candidate, _ = _replayed(model, batch, replay, read)
+    knowledge = grant_knowledge(FACTS, batch.labels, settings)
+    plain = settings.protocol.reading("gradient").replay(knowledge, "test")
+    read = dict(plain.read(update).tensors)
+    candidate, _ = _replayed(model, batch, plain, read)
     gradient = FedSGDClient(model).compute_update(batch).tensors
     squared_norm = sum(float(g.pow(2).sum()) for g in gradient.values())
     assert float(l2_distance(candidate, read)) == pytest.approx(squared_norm, rel=1e-9)
     assert squared_norm > 1e-4
     assert abs(float(cosine_distance(candidate, read))) < 1e-10
-    # Guessing the local rate as 2η reads −Δ/(2η) = ∇f: a zero of the L2 loss as well.
-    guessed = grant_knowledge(FACTS, batch.labels, settings, Grants(local_guess={"lr": 2 * eta}))
-    exact = dict(settings.protocol.replay(guessed, "test").read(update).tensors)
-    assert float(l2_distance(candidate, exact)) < 1e-20
+
+    replay = settings.protocol.replay(knowledge, "test")
+    target = dict(replay.read(update).tensors)
+    replayed, problem = _replayed(model, batch, replay, target)
+    assert float(l2_distance(replayed, target)) < 1e-20
+    # −Δ'/η of the replay is 2∇f as well: the same quantity on both sides.
+    for name, g in gradient.items():
+        torch.testing.assert_close(replayed[name], 2 * g, rtol=1e-10, atol=1e-14)
+
+
+def test_fedadmm_readings_and_what_they_read() -> None:
+    fedadmm = PROTOCOLS["fedadmm"]
+    assert [r.name for r in fedadmm.readings] == ["replay", "gradient"]
+    assert fedadmm.replay is fedadmm.reading("replay").replay
+    assert fedadmm.belief_used == {"steps", "epochs", "batch_size", "lr", "rho"}
+    assert fedadmm.reading("gradient").belief_used == {"lr"}
+    assert fedadmm.reading("replay").needs_client_state
+    for name in ("fedsgd", "fedavg"):
+        assert [r.name for r in PROTOCOLS[name].readings] == ["replay"]
+    with pytest.raises(GradleakError, match="fedavg updates are read as: replay; not 'gradient'"):
+        PROTOCOLS["fedavg"].reading("gradient")
 
 
 # --- the attacker's belief --------------------------------------------------------------------
@@ -336,15 +356,22 @@ def test_fedsgd_refuses_any_guess(key: str) -> None:
 
 
 @pytest.mark.parametrize("key", ["steps", "epochs", "batch_size"])
-def test_fedadmm_refuses_guesses_its_replay_ignores(key: str) -> None:
+def test_the_fedadmm_gradient_reading_refuses_guesses_it_ignores(key: str) -> None:
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=0.1))
     flag = "--guess-local-" + key.replace("_", "-")
+    grants = Grants(local_guess={key: 1})
     with pytest.raises(GradleakError) as exc:
-        settings.refuse_ignored_guesses(Grants(local_guess={key: 1}), "dlg-admm")
+        settings.refuse_ignored_guesses(grants, "dlg-admm", "gradient")
     message = str(exc.value)
-    assert message.startswith("dlg-admm uses only the local learning rate")
+    assert message.startswith("dlg-admm with admm_reading gradient uses only the local learning")
     assert f"drop {flag} (use --guess-local-lr)" in message
-    settings.refuse_ignored_guesses(Grants(local_guess={"lr": 0.2}), "dlg-admm")  # read: accepted
+    with pytest.raises(GradleakError, match="drop --guess-admm-rho"):
+        settings.refuse_ignored_guesses(Grants(rho_guess=2.0), "dlg-admm", "gradient")
+    lr = Grants(local_guess={"lr": 0.2})
+    settings.refuse_ignored_guesses(lr, "dlg-admm", "gradient")  # read: accepted
+    # The replay reads the whole local schedule and ρ: every guess counts.
+    settings.refuse_ignored_guesses(grants, "dlg-admm")
+    settings.check_reading(Grants(local_guess={key: 1}, rho_guess=2.0), "dlg-admm")
 
 
 def test_fedavg_reads_every_guess_and_fedsgd_has_none_to_ignore() -> None:

@@ -29,7 +29,8 @@ def test_round_trip_with_metadata(tmp_path: Path) -> None:
     assert load_checkpoint(target, path) is target
     assert _same(source, target)
     saved = torch.load(path, weights_only=True)
-    assert saved["metadata"] == {"model": "resnet20", "epoch": 3, "lr": 0.1, "tags": ["a"]}
+    # The model is recorded in its canonical spelling.
+    assert saved["metadata"] == {"model": "resnet20-1", "epoch": 3, "lr": 0.1, "tags": ["a"]}
 
 
 @pytest.mark.parametrize("wrap", ["raw", "state_dict", "model", "module_prefix"])
@@ -166,7 +167,7 @@ def test_other_width_is_another_model(tmp_path: Path) -> None:
     path = save_checkpoint(
         build_model("lenet", num_classes=10), tmp_path / "c.pt", model="resnet20"
     )
-    with pytest.raises(GradleakError, match="saved from model 'resnet20', not 'resnet20-4'"):
+    with pytest.raises(GradleakError, match="saved from model 'resnet20-1', not 'resnet20-4'"):
         check_checkpoint_model(path, "resnet20-4")
 
 

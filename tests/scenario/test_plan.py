@@ -101,7 +101,9 @@ def test_plan_applies_the_attack_options_to_a_copy_of_the_preset(missing: Path) 
 def test_default_outputs(missing: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     plan = plan_run(_config(missing))
-    assert plan.output.out_dir == Path("runs/ig-lenet-cifar10-5-b2-u2-fedavg-s3")
+    assert plan.output.out_dir == plan.config.default_out()
+    assert plan.output.out_dir.parent == Path("runs")
+    assert plan.output.out_dir.name.startswith("ig-lenet-cifar10-5-b2-u2-fedavg-s3-")
     assert not (tmp_path / "runs").exists()  # planned, not created
     # About six snapshots, log-spaced over the 300 iterations.
     assert plan.output.snapshots == (0, 3, 10, 30, 100, 300)
@@ -131,7 +133,7 @@ def test_fedsgd_plan_has_no_local_training_and_no_guesses(missing: Path) -> None
     assert plan.grants == Grants()
     assert plan.defenses == ()
     assert plan.attack.name == "dlg"
-    assert plan.output.out_dir == Path("runs/dlg-lenet-cifar10-0-b3-s0")
+    assert plan.output.out_dir.name.startswith("dlg-lenet-cifar10-0-b3-s0-")
 
 
 def test_the_data_is_read_only_when_the_case_is_built(missing: Path) -> None:
@@ -172,8 +174,14 @@ def test_the_case_builder_reads_the_data_the_plan_does_not(
             True,
         ),
         (
-            {"attack": "dlg-admm", "protocol": "fedadmm", "guess_local_steps": 3},
-            "dlg-admm uses only the local learning rate.*drop --guess-local-steps",
+            {
+                "attack": "dlg-admm",
+                "protocol": "fedadmm",
+                "guess_local_steps": 3,
+                "attack_options": {"admm_reading": "gradient"},
+            },
+            "dlg-admm with admm_reading gradient uses only the local learning rate.*drop "
+            "--guess-local-steps",
             True,
         ),
         ({"guess_local_batch_size": 3}, "use --guess-local-batch-size 2 or fewer", True),

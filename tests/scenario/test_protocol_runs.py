@@ -93,7 +93,8 @@ def test_cli_refuses_a_checkpoint_of_another_model(
     from gradleak.models import build_model, save_checkpoint
 
     path = save_checkpoint(build_model("lenet", num_classes=10), tmp_path / "l.pt", model="lenet")
-    argv = ["attack", "--model", "resnet20", "--checkpoint", str(path), "--out", str(tmp_path)]
+    out = tmp_path / "run"
+    argv = ["attack", "--model", "resnet20", "--checkpoint", str(path), "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "saved from model 'lenet', not 'resnet20'" in err[0]
@@ -105,7 +106,10 @@ def test_hints_name_the_flag_that_fixes_it() -> None:
     with pytest.raises(GradleakError, match="batch size must be at least 1"):
         RunConfig(protocol="fedavg", batch_size=0, local_batch_size=1).validate()
     with pytest.raises(GradleakError, match="uses only the local learning rate"):
-        RunConfig(attack="dlg-admm", protocol="fedadmm", guess_local_steps=3).validate()
+        gradient = {"admm_reading": "gradient"}
+        RunConfig(
+            attack="dlg-admm", protocol="fedadmm", guess_local_steps=3, attack_options=gradient
+        ).validate()
 
 
 def test_sweep_protocol_entries_are_checked_with_the_base() -> None:

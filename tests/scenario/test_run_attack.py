@@ -155,7 +155,8 @@ def test_default_out_dir_names_the_run(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)
     config = RunConfig(attack_options={"iterations": 1}, progress=False)
     result = run_attack(config)
-    assert result.out_dir == Path("runs/dlg-lenet-cifar10-0-b1-s0")
+    assert result.out_dir == config.default_out()
+    assert result.out_dir.name.startswith("dlg-lenet-cifar10-0-b1-s0-")
     assert (tmp_path / result.out_dir / "metrics.json").is_file()
 
 

@@ -185,6 +185,9 @@ def test_two_local_workers_give_the_sequential_results(spec_file: Path, tmp_path
     assert _psnr_by_cell(tmp_path / "one") == _psnr_by_cell(tmp_path / "two")
 
 
+# Ray's driver talks to its local cluster over the loopback interface only.
+@pytest.mark.enable_socket
+@pytest.mark.allow_hosts(["127.0.0.1"])
 def test_ray_backend_gives_the_sequential_results(spec_file: Path, tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="the Ray backend is the optional extra gradleak[ray]")
     from gradleak.studies.sweep.backends import RayBackend
@@ -200,6 +203,8 @@ def test_ray_backend_gives_the_sequential_results(spec_file: Path, tmp_path: Pat
     assert _psnr_by_cell(tmp_path / "one") == _psnr_by_cell(tmp_path / "ray")
 
 
+@pytest.mark.enable_socket
+@pytest.mark.allow_hosts(["127.0.0.1"])
 def test_unreachable_ray_address_fails_in_one_line() -> None:
     pytest.importorskip("ray", reason="the Ray backend is the optional extra gradleak[ray]")
     from gradleak.studies.sweep.backends import RayBackend

@@ -81,16 +81,29 @@ def test_tradeoff_rows_by_hand_defense_by_defense_in_the_order_trained() -> None
     }
     rows = tradeoff_rows(cells, utility, 25.0)
     assert rows == [
-        {"attack": "dlg", "defense": "none", "images": 2, "psnr_median": 20.0,
+        {"attack": "dlg", "defense": "none", "images": 2, "not_scored": 0, "psnr_median": 20.0,
          "psnr_mean": 20.0, "recovered": 0.5, "label_accuracy": 1.0, "test_accuracy": 0.9,
          "epsilon": None},
-        {"attack": "idlg", "defense": "none", "images": 2, "psnr_median": 26.0,
+        {"attack": "idlg", "defense": "none", "images": 2, "not_scored": 0, "psnr_median": 26.0,
          "psnr_mean": 26.0, "recovered": 0.5, "label_accuracy": 0.75, "test_accuracy": 0.9,
          "epsilon": None},
-        {"attack": "idlg", "defense": "prune:0.5", "images": 1, "psnr_median": 30.0,
-         "psnr_mean": 30.0, "recovered": 1.0, "label_accuracy": 1.0, "test_accuracy": 0.8,
-         "epsilon": 2.0},
+        {"attack": "idlg", "defense": "prune:0.5", "images": 1, "not_scored": 0,
+         "psnr_median": 30.0, "psnr_mean": 30.0, "recovered": 1.0, "label_accuracy": 1.0,
+         "test_accuracy": 0.8, "epsilon": 2.0},
     ]  # fmt: skip
+
+
+def test_cells_that_are_not_attack_results_are_counted_not_scored() -> None:
+    # A diverged run's PSNR scores its random start; a failed one has none.
+    cells = [
+        {"attack": "dlg", "defense": "none", "psnr": 40.0, "label_accuracy": 1.0},
+        {"attack": "dlg", "defense": "none", "psnr": 90.0, "status": "diverged"},
+        {"attack": "dlg", "defense": "none", "psnr": None, "status": "failed"},
+    ]
+    [row] = tradeoff_rows(cells, {(): {"accuracy": 0.9, "epsilon": None}}, 25.0)
+    assert row["images"] == 3 and row["not_scored"] == 2
+    assert row["psnr_median"] == 40.0 and row["psnr_mean"] == 40.0
+    assert row["recovered"] == 0.5  # of the two that ran, the diverged one is not recovered
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
+from gradleak.attacks.engine.budget import BudgetEstimate
 from gradleak.attacks.engine.hooks import Observer
+from gradleak.attacks.engine.step import Notice
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.knowledge import Knowledge
 from gradleak.core.update import SharedUpdate, UpdateKind
@@ -94,5 +96,35 @@ class Attack(Protocol):
             GradleakError: when the update does not fit `model` or is a kind the attack
                 does not read, or the threat model does not grant what the attack needs
                 (one line naming the fix).
+        """
+        ...
+
+
+@runtime_checkable
+class Budgeted(Protocol):
+    """An attack that estimates its time before any work and refuses runs beyond its bound.
+
+    The optimisation attacks are (`GradientMatchingAttack.check_budget`): their
+    `reconstruct` makes the same check first; studies call `check_budget` to check their
+    cells before any cell runs.
+    """
+
+    def check_budget(
+        self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge, *, notice: Notice
+    ) -> BudgetEstimate | None:
+        """The estimate of `reconstruct(update, model, knowledge)`'s time, checked.
+
+        Args:
+            update: the shared update (only its kind and shapes matter).
+            model: the server's model (left unchanged).
+            knowledge: the threat model.
+            notice: where a long estimate is told in one line.
+
+        Returns:
+            The estimate, or None where the attack's time is not estimated.
+
+        Raises:
+            GradleakError: when the estimate exceeds the attack's bound (one line naming
+                what fits and how to raise the bound).
         """
         ...

@@ -12,10 +12,17 @@ import torch
 from torch import nn
 
 from gradleak.attacks.engine.adam import optimize_adam
+from gradleak.attacks.engine.budget import (
+    BudgetEstimate,
+    check_budget,
+    lbfgs_estimate,
+    measure_evaluation_seconds,
+)
 from gradleak.attacks.engine.hooks import Observer
 from gradleak.attacks.engine.lbfgs import optimize_lbfgs
 from gradleak.attacks.engine.memory import ensure_trials_fit
-from gradleak.attacks.engine.trials import TrialsResult, best_trial, trial_inputs
+from gradleak.attacks.engine.step import Notice, TrialInputs, print_notice
+from gradleak.attacks.engine.trials import TrialsResult, select, trial_inputs
 from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES, LabelStrategy, resolve_label_strategy
 from gradleak.attacks.matching.objectives import OBJECTIVES, get_objective
 from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
@@ -40,8 +47,10 @@ class GradientMatchingConfig:
     The attack draws `restarts` trials of dummy inputs (and, without fixed labels, soft
     labels) and moves them so that the update they would produce matches the shared one:
     the loss is `objective`(replayed update, shared update) + weight × the modality's prior
-    (images: total variation). The trial with the lowest final loss is returned. Adam runs
-    all trials at once as one stacked computation; L-BFGS runs them one after another.
+    (images: total variation). The trial returned is the one whose final inputs have the
+    smallest gradient-matching distance, without the prior (Inverting Gradients' rule); a
+    diverged trial never wins over one that did not diverge. Adam runs all trials at once
+    as one stacked computation; L-BFGS runs them one after another.
 
     Attributes:
         objective: the distance between the replayed and the shared update, both
@@ -62,8 +71,9 @@ class GradientMatchingConfig:
             trial. L-BFGS: outer steps per trial, each up to `lbfgs_inner_iterations`
             L-BFGS iterations; a trial also ends after 10 outer steps without a better
             loss. Also sets the default `log_every` and snapshot iterations.
-        restarts: trials K, > 0 (default 8), each from its own dummy inputs; the best by
-            final matching loss is kept (a diverged trial never wins).
+        restarts: trials K, > 0 (default 8), each from its own dummy inputs; the one with
+            the smallest gradient-matching distance (no prior) at its final inputs is kept
+            (a diverged trial never wins over one that did not diverge).
         signed: Adam only: step with the sign of the gradient (Inverting Gradients'
             signed Adam). Default True.
         boxed: Adam only: after every step, clamp the inputs to the modality's box of
@@ -80,6 +90,10 @@ class GradientMatchingConfig:
             the inputs), "sign", "yin" or "count" (see `gradleak.attacks.labels`).
         lbfgs_inner_iterations: L-BFGS only: torch's `max_iter`, the L-BFGS iterations
             of one outer step, > 0 (default 20).
+        lbfgs_max_hours: L-BFGS only: before any work, the run's time is estimated
+            (restarts × iterations × the most evaluations of one step × the measured time
+            of one evaluation; `gradleak.attacks.engine.budget`) and a run whose estimate
+            exceeds this many hours is refused; >= 0 and finite, 0: no bound (default 1).
         line_search: L-BFGS only: "none" (default; a fixed step, as DLG) or
             "strong_wolfe" (torch's strong-Wolfe line search).
         tolerance: a trial stops once its matching loss is at most this, >= 0 and finite
@@ -91,10 +105,14 @@ class GradientMatchingConfig:
             `tolerance` at these iterations.
         compile: torch.compile the functional step, both optimisers (default False);
             where compiling fails the attack says so in one line and runs uncompiled.
-        admm: read FedADMM increments: the update Δ is one and −Δ/η (η the attacker's
-            belief of the local learning rate) is matched as if it were one gradient per
-            user (the -admm presets). Default False: gradients and FedAvg weight
-            differences are read.
+        admm: read FedADMM increments Δ (the -admm presets). Default False: gradients and
+            FedAvg weight differences are read.
+        admm_reading: how an increment Δ is read, with `admm` only: "replay" (default;
+            the FedADMM client's round replayed on the candidate data from its state, ρ
+            and local training as the attacker believes them, and −Δ'/η matched with
+            −Δ/η, η the believed local rate: DLG-ADMM as published) or "gradient" (−Δ/η
+            matched with one plain gradient per user, which is 2∇f in a first round of
+            one step, so the L2 distance has no zero at the truth; kept for contrast).
     """
 
     objective: str = "cosine"
@@ -109,13 +127,15 @@ class GradientMatchingConfig:
     init: str = "randn"
     label_strategy: str = AUTO
     lbfgs_inner_iterations: int = 20
+    lbfgs_max_hours: float = 1.0  # L-BFGS only: refuse runs estimated longer (0: no bound)
     line_search: str = "none"  # L-BFGS only: "none" (fixed step, as DLG) or "strong_wolfe"
     tolerance: float = 0.0
     log_every: int = 0  # 0: about 100 rows over the run
     compile: bool = False  # torch.compile the functional step; falls back when it cannot
-    # DLG-ADMM / iDLG-ADMM: the update is a FedADMM increment Δ and −Δ/η (η the local
-    # learning rate) is matched as if it were the gradient.
+    # DLG-ADMM / iDLG-ADMM: the update is a FedADMM increment Δ, read as `admm_reading` says
+    # (a name of the FedADMM protocol's readings).
     admm: bool = False
+    admm_reading: str = "replay"
     # signed, boxed and lr_decay apply to Adam; L-BFGS takes lr, line_search, tolerance.
 
     def validate(self) -> GradientMatchingConfig:
@@ -129,16 +149,28 @@ class GradientMatchingConfig:
                 `line_search` is not one of its choices.
             GradleakError: when `lr`, `iterations`, `restarts` or `lbfgs_inner_iterations`
                 is not positive and finite.
-            GradleakError: when `tv_weight` or `tolerance` is negative or not finite.
+            GradleakError: when `tv_weight`, `tolerance` or `lbfgs_max_hours` is negative
+                or not finite.
             GradleakError: when `log_every` is negative.
+            GradleakError: when `admm_reading` is not one of the FedADMM readings, or is
+                not "replay" without `admm`.
         """
+        admm_readings = protocol_sharing(UpdateKind.ADMM_INCREMENT).readings
         choices = {
             "objective": (self.objective, tuple(OBJECTIVES)),
             "optimizer": (self.optimizer, OPTIMIZERS),
             "init": (self.init, INITS),
             "label_strategy": (self.label_strategy, (AUTO, *LABEL_STRATEGIES)),
             "line_search": (self.line_search, LINE_SEARCHES),
+            "admm_reading": (self.admm_reading, tuple(r.name for r in admm_readings)),
         }
+        if not self.admm and self.admm_reading != admm_readings[0].name:
+            from gradleak.attacks.registry import readers_of  # the registry imports presets
+
+            readers = " or ".join(readers_of(UpdateKind.ADMM_INCREMENT))
+            raise GradleakError(
+                f"admm_reading applies to FedADMM increments only; drop it or use {readers}"
+            )
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise GradleakError(f"{key} {value!r} is not one of: {', '.join(allowed)}")
@@ -148,7 +180,9 @@ class GradientMatchingConfig:
             if not (value > 0 and math.isfinite(value)):
                 raise GradleakError(f"{key} must be positive and finite, got {value}")
         tv = 0.0 if self.tv_weight is None else self.tv_weight
-        for key, value in {"tv_weight": tv, "tolerance": self.tolerance}.items():
+        bounds = {"tv_weight": tv, "tolerance": self.tolerance}
+        bounds["lbfgs_max_hours"] = self.lbfgs_max_hours
+        for key, value in bounds.items():
             if not (value >= 0 and math.isfinite(value)):
                 raise GradleakError(f"{key} must be zero or positive and finite, got {value}")
         if self.log_every < 0:
@@ -167,7 +201,8 @@ class GradientMatchingAttack:
 
     DLG, iDLG, Inverting Gradients and the -admm variants are presets of this one attack
     (`presets.py`). The attacker replays what the clients computed (`fl.replay`: one
-    gradient, FedAvg's unrolled local steps, the mean over users) on candidate inputs and
+    gradient, FedAvg's unrolled local steps, FedADMM's round from the client's state, the
+    mean over users) on candidate inputs and
     optimises the candidates until the replayed update matches the shared one.
 
     Args:
@@ -226,9 +261,13 @@ class GradientMatchingAttack:
         """Attack `update`, seeing only it, the server's `model` and the granted `knowledge`.
 
         The update is read as the protocol that shares its kind says (a FedADMM increment
-        Δ as −Δ/η), the labels come from the label strategy, and K = `restarts` trials of
-        dummy inputs K×B×C×H×W are optimised against it; the trial with the lowest finite
-        final matching loss is returned. Ctrl-C ends the optimisation early and returns
+        Δ: its client replayed, or with `admm_reading` "gradient" −Δ/η as one gradient),
+        the labels come from the label strategy, and K = `restarts` trials of
+        dummy inputs K×B×C×H×W are optimised against it (loss: distance + weighted prior);
+        the trial with the smallest finite gradient-matching distance, without the prior,
+        at its final inputs is returned, a diverged trial only when every trial diverged.
+        The result's `status` says whether it is an attack result (ok) or diverged, made
+        no progress or was interrupted. Ctrl-C ends the optimisation early and returns
         what it has (`interrupted` is set).
 
         Args:
@@ -247,30 +286,34 @@ class GradientMatchingAttack:
             progress: show a progress bar on a terminal (default True).
 
         Returns:
-            The best trial's inputs (B×C×H×W, normalised space) and labels (B integers:
-            the fixed labels, or the argmax of its optimised soft labels), its matching
-            loss, every trial's final loss, the steps it took, the history rows, and
-            details (`tv_weight`, `log_every`, `replay`).
+            The kept trial's inputs (B×C×H×W, normalised space) and labels (B integers:
+            the fixed labels, or the argmax of its optimised soft labels), its distance,
+            every trial's final distance, the status of the result and of every trial,
+            the steps it took, the history rows, and details (`tv_weight`, `log_every`,
+            `replay`).
 
         Raises:
             GradleakError: when the update's names or shapes do not fit `model`, or it
                 holds NaN or Inf.
             GradleakError: when the attack does not read the update's kind.
             GradleakError: when a weight difference or FedADMM increment comes without a
-                belief of the local training in `knowledge`.
+                belief of the local training in `knowledge`, or a FedADMM increment after
+                round 1 without the clients' state (the "replay" reading).
             GradleakError: when the label strategy needs what is not granted (known
                 labels; batch 1 for "analytic") or cannot read the update ("sign", "yin",
-                "count" on a weight difference; "count" without a classifier bias).
+                "count" on a weight difference or FedADMM increment; "count" without a
+                classifier bias).
             GradleakError: when the strategy's labels are not B labels in 0..classes−1.
             GradleakError: when the trials would not fit in free memory.
+            GradleakError: with L-BFGS, when the run's estimated time exceeds
+                `lbfgs_max_hours`.
         """
         cfg = self.config
-        update, replay = self._matched(update, model, knowledge)
-        strategy, fixed_labels = self._labels_for(update, model, knowledge)
-        problem = self._problem(update, model, knowledge, replay)
+        strategy, fixed_labels, problem = self._prepare(update, model, knowledge)
         k = cfg.restarts
         # Before allocating anything per trial: Adam stacks all K trials, L-BFGS runs one.
         self._check_memory(problem, knowledge, fixed_labels, 1 if cfg.optimizer == "lbfgs" else k)
+        self._check_budget(problem, knowledge, fixed_labels)
         images, labels = self._start(knowledge, fixed_labels, seed)
         log_every = self._log_every()
 
@@ -323,8 +366,11 @@ class GradientMatchingAttack:
                     break
             return results
         matched = [self._matched(u, model, knowledge) for u in updates]
+        recovered = [
+            self._labels_for(replay.label_reading(u, model), model, knowledge)
+            for u, (_, replay) in zip(updates, matched, strict=True)
+        ]
         updates = [u for u, _ in matched]
-        recovered = [self._labels_for(u, model, knowledge) for u in updates]
         strategy = recovered[0][0]
         problem = self._problem(updates[0], model, knowledge, matched[0][1])
         n, k = len(updates), cfg.restarts
@@ -349,6 +395,15 @@ class GradientMatchingAttack:
             for i in range(n)
         ]
 
+    def _prepare(
+        self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
+    ) -> tuple[LabelStrategy, torch.Tensor | None, MatchingProblem]:
+        """The label strategy, its labels (None: optimised) and the problem for one update."""
+        matched, replay = self._matched(update, model, knowledge)
+        labels_from = replay.label_reading(update, model)
+        strategy, fixed_labels = self._labels_for(labels_from, model, knowledge)
+        return strategy, fixed_labels, self._problem(matched, model, knowledge, replay)
+
     def _matched(
         self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
     ) -> tuple[SharedUpdate, Replay]:
@@ -358,18 +413,18 @@ class GradientMatchingAttack:
         update.validate_for(model)
         check_readable(self.name, self.reads, update.kind)
         who = f"attack '{self.name}' on a {update.kind.value}"
-        replay = protocol_sharing(update.kind).replay(knowledge, who)
+        reading = protocol_sharing(update.kind).reading(self.config.admm_reading)
+        replay = reading.replay(knowledge, who)
         return replay.read(update), replay
 
     def _labels_for(
         self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
     ) -> tuple[LabelStrategy, torch.Tensor | None]:
-        """The label strategy and its labels (None: the attack optimises them)."""
+        """The label strategy and its labels (None: the attack optimises them) from the
+        replay's label reading of the update (`Replay.label_reading`)."""
         strategy = resolve_label_strategy(self.config.label_strategy, knowledge)
         knowledge.require(strategy.requires, f"label strategy '{strategy.name}'")
-        # A weight difference points against the summed gradients: −Δ has their signs.
-        signs = update if update.kind is UpdateKind.GRADIENT else update.scaled(-1.0, update.kind)
-        fixed_labels = strategy.recover(signs, model, knowledge)
+        fixed_labels = strategy.recover(update, model, knowledge)
         if fixed_labels is not None:
             _check_labels(fixed_labels, knowledge)
             fixed_labels = fixed_labels.long()
@@ -412,19 +467,19 @@ class GradientMatchingAttack:
         seconds: float,
         history: list[dict[str, float | int | None]],
     ) -> Reconstruction:
-        """The best of the trials in `rows` as one update's reconstruction."""
-        losses = result.losses[rows.start : rows.stop]
-        best = best_trial(losses)
+        """The trial of `rows` that restart selection keeps, as one update's reconstruction."""
+        chosen = select(result, rows)
+        best = chosen.best
         row = rows.start + best
         steps = result.trial_iterations[rows.start : rows.stop] or [result.iterations]
         return Reconstruction(
             images=result.images[row],
             labels=result.labels[row],
-            loss=float(losses[best]),
+            loss=chosen.distances[best],
             iterations=max(steps),
             seconds=seconds,
             history=history,
-            trial_losses=[float(v) for v in losses],
+            trial_losses=chosen.distances,
             best_trial=best,
             loss_evaluations=result.loss_evaluations
             if len(rows) == len(result.losses)
@@ -440,6 +495,9 @@ class GradientMatchingAttack:
                 "log_every": self._log_every(),
                 "replay": problem.replay.describe(),
             },
+            status=chosen.status.status,
+            status_reason=chosen.status.reason,
+            trial_status=[s.status for s in chosen.statuses],
         )
 
     @staticmethod
@@ -449,14 +507,56 @@ class GradientMatchingAttack:
         fixed_labels: torch.Tensor | None,
         trials: int,
     ) -> None:
-        b = knowledge.batch_size
-        sample = torch.zeros(1, b, *knowledge.data_shape)
-        if fixed_labels is None:
-            labels = torch.zeros(1, b, knowledge.num_classes)
-        else:
-            labels = fixed_labels.long()
-        inputs = trial_inputs(sample, labels, problem, None, None)
+        sample, inputs = _sample_trial(problem, knowledge, fixed_labels)
         ensure_trials_fit(problem, sample, inputs, trials)
+
+    def check_budget(
+        self,
+        update: SharedUpdate,
+        model: nn.Module,
+        knowledge: Knowledge,
+        *,
+        notice: Notice = print_notice,
+    ) -> BudgetEstimate | None:
+        """The time check `reconstruct` makes before any work, without attacking.
+
+        L-BFGS runs its trials one after another, so its time grows with `restarts`:
+        one loss evaluation on this problem is timed, the run's upper bound is estimated
+        (`gradleak.attacks.engine.budget`), told to `notice` when it is a minute or more,
+        and refused beyond `lbfgs_max_hours`. Adam's stacked trials are not estimated
+        (their memory is checked instead).
+
+        Args:
+            update: the shared update (only its kind, shapes and labels' reading matter).
+            model: the server's model (left unchanged).
+            knowledge: the threat model.
+            notice: where a long estimate is told in one line (default: standard error).
+
+        Returns:
+            The estimate with L-BFGS; None with Adam.
+
+        Raises:
+            GradleakError: as `reconstruct`, for an update, model or threat model it
+                refuses; when the estimate exceeds `lbfgs_max_hours` (the line says how
+                many restarts fit and how to raise the bound).
+        """
+        _, fixed_labels, problem = self._prepare(update, model, knowledge)
+        return self._check_budget(problem, knowledge, fixed_labels, notice)
+
+    def _check_budget(
+        self,
+        problem: MatchingProblem,
+        knowledge: Knowledge,
+        fixed_labels: torch.Tensor | None,
+        notice: Notice = print_notice,
+    ) -> BudgetEstimate | None:
+        cfg = self.config
+        if cfg.optimizer != "lbfgs":
+            return None
+        sample, inputs = _sample_trial(problem, knowledge, fixed_labels)
+        seconds = measure_evaluation_seconds(problem, sample, inputs)
+        estimate = lbfgs_estimate(cfg.restarts, cfg.iterations, cfg.lbfgs_inner_iterations, seconds)
+        return check_budget(estimate, cfg.lbfgs_max_hours, notice=notice)
 
     def _optimize(
         self,
@@ -503,6 +603,19 @@ class GradientMatchingAttack:
             check_memory=False,  # checked before the trials were allocated
             targets=targets,
         )
+
+
+def _sample_trial(
+    problem: MatchingProblem, knowledge: Knowledge, fixed_labels: torch.Tensor | None
+) -> tuple[torch.Tensor, TrialInputs]:
+    """One trial's zero inputs 1×B×C×H×W and its labels, for the checks made before a run."""
+    b = knowledge.batch_size
+    sample = torch.zeros(1, b, *knowledge.data_shape)
+    if fixed_labels is None:
+        labels = torch.zeros(1, b, knowledge.num_classes)
+    else:
+        labels = fixed_labels.long()
+    return sample, trial_inputs(sample, labels, problem, None, None)
 
 
 def _check_labels(labels: torch.Tensor, knowledge: Knowledge) -> None:

@@ -28,9 +28,13 @@ class LabelStrategy:
         requires: what the threat model must grant (`Knowledge.require` is checked before
             `recover` runs): known labels, or a single sample.
         recover: (update, model, knowledge) → B integer labels, or None when the attack
-            optimises soft labels jointly with the inputs ("optimize"). The update is a
-            gradient (for the -admm attacks the reading −Δ/η of a FedADMM increment), or
-            −Δ for a FedAvg weight difference Δ (same signs as the summed gradients).
+            optimises soft labels jointly with the inputs ("optimize"). The update is what
+            the attack's replay gives label strategies (`Replay.label_reading`): a gradient
+            is itself; a FedAvg weight difference Δ comes as −Δ and a FedADMM increment as
+            the mean gradient of the local steps it implies, both with the summed
+            gradients' signs and their own kind. Strategies that read the last layer check
+            the kind: "analytic" reads signs only and takes any; "sign", "yin" and "count"
+            need a gradient's magnitudes and refuse the rest.
         recovers: whether the labels are a result of the attack (False for "known": the
             threat model handed them over, so they are not scored as a recovery).
         fixed: whether `recover` gives labels before the optimisation starts (False for
@@ -50,11 +54,13 @@ def idlg_label(update: SharedUpdate, model: nn.Module) -> torch.Tensor:
 
     With softmax cross-entropy the bias gradient of the classifier is p − onehot(y), negative
     only at the true class; without a bias, the weight rows are (p − onehot(y))·features and
-    features after a sigmoid/ReLU are non-negative, so the row sums give the same sign.
+    features after a sigmoid/ReLU are non-negative, so the row sums give the same sign. Only
+    signs are read, so any update with the gradient's signs serves (`LabelStrategy.recover`).
 
     Args:
-        update: a batch-1 gradient (or −Δ of a weight difference), holding the
-            classifier's (the model's last nn.Linear's) weight and, if it has one, bias.
+        update: a batch-1 gradient, or a replay's label reading of another update,
+            holding the classifier's (the model's last nn.Linear's) weight and, if it has
+            one, bias.
         model: the server's model, to find the classifier's name.
 
     Returns:
@@ -62,14 +68,11 @@ def idlg_label(update: SharedUpdate, model: nn.Module) -> torch.Tensor:
         its weight gradient's row sums when it has no bias.
 
     Raises:
-        GradleakError: when `model` has no nn.Linear.
+        GradleakError: when `model` has no nn.Linear or the update lacks its weight.
     """
-    name, _layer = classifier_layer(model)
-    bias = update.tensors.get(f"{name}.bias")
-    if bias is not None:
-        return bias.argmin().reshape(1)
-    weight = update.tensors[f"{name}.weight"]
-    return weight.sum(dim=1).argmin().reshape(1)
+    weight, bias = _classifier_grads(update, model, "analytic", reads=_ANY_KIND, need_bias=False)
+    score = bias if bias is not None else weight.sum(dim=1)
+    return score.argmin().reshape(1)
 
 
 def _known(update: SharedUpdate, model: nn.Module, knowledge: Knowledge) -> torch.Tensor:
@@ -85,34 +88,53 @@ def _optimize(update: SharedUpdate, model: nn.Module, knowledge: Knowledge) -> N
     return None
 
 
-def _require_gradient(update: SharedUpdate, who: str) -> None:
-    # Magnitudes of a weight difference depend on the unknown step sizes and step count.
-    if update.kind is not UpdateKind.GRADIENT:
-        raise GradleakError(
-            f"label strategy '{who}' reads a gradient but the update is a {update.kind.value}; "
-            "use it on FedSGD updates, or pick the 'optimize' strategy"
-        )
+# What the last-layer strategies accept: signs come through any label reading; magnitudes
+# only from a gradient (those of −Δ depend on the unknown step sizes and step count, and a
+# FedADMM increment's on its penalty terms).
+_ANY_KIND = frozenset(UpdateKind)
+_GRADIENT_ONLY = frozenset({UpdateKind.GRADIENT})
 
 
 def _classifier_grads(
-    update: SharedUpdate, model: nn.Module, who: str, *, need_bias: bool
+    update: SharedUpdate,
+    model: nn.Module,
+    who: str,
+    *,
+    reads: frozenset[UpdateKind] = _GRADIENT_ONLY,
+    need_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The classifier's weight gradient (C×F) and bias gradient (C, or None without a bias)."""
-    _require_gradient(update, who)
+    """The classifier's weight gradient (C×F) and bias gradient (C, or None without a bias).
+
+    Raises:
+        GradleakError: the update is of a kind the strategy `who` does not read, or lacks
+            the classifier's weight, or (with `need_bias`) the classifier has no bias.
+    """
+    if update.kind not in reads:
+        raise GradleakError(
+            f"label strategy '{who}' reads a gradient but the update is a {update.kind.value}; "
+            "use it on FedSGD updates, or pick the 'analytic' (batch 1) or 'optimize' strategy"
+        )
     name, _layer = classifier_layer(model)
-    weight = update.tensors.get(f"{name}.weight")
+    weight_name, bias_name = _qualified(name, "weight"), _qualified(name, "bias")
+    weight = update.tensors.get(weight_name)
     if weight is None:
         raise GradleakError(
-            f"update has no {name}.weight for label strategy '{who}'; "
+            f"update has no {weight_name} for label strategy '{who}'; "
             "attack it with the model that produced it"
         )
-    bias = update.tensors.get(f"{name}.bias")
+    bias = update.tensors.get(bias_name)
     if bias is None and need_bias:
         raise GradleakError(
-            f"label strategy '{who}' needs a bias on the classifier '{name}' but the model has "
-            "none; use 'sign' or 'yin' instead"
+            f"label strategy '{who}' needs a bias on the classifier '{name or 'the model'}' "
+            "but the model has none; use 'sign' or 'yin' instead"
         )
     return weight.detach().double().flatten(1), None if bias is None else bias.detach().double()
+
+
+def _qualified(module: str, parameter: str) -> str:
+    """A parameter's name in `named_parameters`: a model that is the layer itself has no
+    module prefix."""
+    return f"{module}.{parameter}" if module else parameter
 
 
 def _fill(ranked: torch.Tensor, distinct: int, batch_size: int) -> torch.Tensor:

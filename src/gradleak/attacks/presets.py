@@ -1,8 +1,9 @@
 """The published attacks' settings, as configurations of the gradient-matching attack.
 
 DLG (Zhu et al. 2019), iDLG (Zhao et al. 2020), Inverting Gradients (Geiping et al. 2020)
-and DLG-ADMM / iDLG-ADMM (DLG and iDLG on a FedADMM increment read as a gradient). Each
-factory returns the attack with its paper's defaults; `registry.py` names them.
+and DLG-ADMM / iDLG-ADMM (DLG and iDLG against FedADMM increments, replaying the client's
+ADMM round). Each factory returns the attack with its paper's defaults; `registry.py` names
+them.
 """
 
 from __future__ import annotations
@@ -71,14 +72,16 @@ def ig() -> GradientMatchingAttack:
     return GradientMatchingAttack("ig", IG_CONFIG)
 
 
-# A FedADMM client shares the increment Δ of x + π/ρ. After local SGD steps of size η the
-# increment is a multiple of −η × the gradients it took (twice one gradient in a first
-# round of one step), so the -admm attacks match −Δ/η as if it were the client's gradient.
+# A FedADMM client shares the increment Δ of x + π/ρ. DLG-ADMM and iDLG-ADMM replay the
+# client's whole round on the candidate data (local steps on the augmented Lagrangian from the
+# client's x and π, the dual step, the increment) and match −Δ'/η with the shared −Δ/η, so
+# both sides go through the same computation. `admm_reading: gradient` keeps the plain
+# reading instead: −Δ/η matched with one gradient (2∇f in a first round of one step).
 def dlg_admm() -> GradientMatchingAttack:
-    """DLG on −Δ/η of a FedADMM increment Δ."""
+    """DLG against a FedADMM increment: the client's ADMM round replayed, −Δ'/η vs −Δ/η."""
     return GradientMatchingAttack("dlg-admm", dataclasses.replace(DLG_CONFIG, admm=True))
 
 
 def idlg_admm() -> GradientMatchingAttack:
-    """iDLG on −Δ/η of a FedADMM increment Δ."""
+    """iDLG against a FedADMM increment: the analytic label, then DLG-ADMM's matching."""
     return GradientMatchingAttack("idlg-admm", dataclasses.replace(IDLG_CONFIG, admm=True))

@@ -1,15 +1,38 @@
-"""What an attack returns."""
+"""What an attack returns, and the status that says whether it is an attack result."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 
 
+class Status(str, Enum):
+    """How an attack's optimisation ended; anything but OK is not a normal result.
+
+    OK: the reconstruction is an attack result. DIVERGED: the optimisation blew up (a
+    non-finite loss or inputs, or a loss far above its start) and ended no better than its
+    random start, which is what the reconstruction then holds. NO_PROGRESS: the matching
+    loss never fell below its start, or the inputs never moved. INTERRUPTED: Ctrl-C ended
+    the attack; the reconstruction is partial.
+    """
+
+    OK = "ok"
+    DIVERGED = "diverged"
+    NO_PROGRESS = "no-progress"
+    INTERRUPTED = "interrupted"
+
+
 @dataclass
 class Reconstruction:
-    """Recovered inputs (normalised space, B×C×H×W), labels and how the attack got there."""
+    """Recovered inputs (normalised space, B×C×H×W), labels and how the attack got there.
+
+    `loss` and `trial_losses` are the gradient-matching distances (no prior terms) of the
+    kept and of every trial's final inputs: the distance restarts are ranked by.
+    `status` says whether this is an attack result (`Status`), `status_reason` why not in
+    one line (empty when OK), `trial_status` the same for every trial.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor | None
@@ -27,3 +50,6 @@ class Reconstruction:
     compiled: bool = False  # the step ran through torch.compile
     compile_seconds: float = 0.0  # part of `seconds` spent compiling (first step included)
     details: dict[str, object] = field(default_factory=dict)
+    status: Status = Status.OK
+    status_reason: str = ""  # one line; empty when the status is OK
+    trial_status: list[Status] = field(default_factory=list)

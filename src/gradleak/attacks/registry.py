@@ -16,10 +16,14 @@ ATTACKS: dict[str, tuple[Callable[[], Attack], str]] = {
     "idlg": (presets.idlg, "iDLG: analytic label, then DLG matching (Zhao et al. 2020)"),
     "dlg-admm": (
         presets.dlg_admm,
-        "DLG-ADMM: DLG on −Δ/η of a FedADMM increment Δ (a first round of one step gives "
-        "Δ = −2η∇f: --guess-local-lr 2η matches it)",
+        "DLG-ADMM: DLG on a FedADMM increment Δ, replaying the client's ADMM round (local "
+        "steps from its x and π, dual step) and matching −Δ'/η with −Δ/η; --admm-reading "
+        "gradient matches −Δ/η with one plain gradient instead",
     ),
-    "idlg-admm": (presets.idlg_admm, "iDLG-ADMM: iDLG on −Δ/η of a FedADMM increment Δ"),
+    "idlg-admm": (
+        presets.idlg_admm,
+        "iDLG-ADMM: the analytic label, then DLG-ADMM's matching (--admm-reading as dlg-admm)",
+    ),
     "analytic": (
         analytic.build,
         "Analytic: the input of an MLP's first Linear from ∇W/∇b, exact for batch 1 "

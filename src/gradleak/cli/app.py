@@ -20,6 +20,7 @@ from gradleak.cli.sweep import add_sweep
 from gradleak.cli.tradeoff import add_tradeoff
 from gradleak.cli.train import add_train
 from gradleak.core.errors import GradleakError
+from gradleak.core.signals import interrupt_exit_code, terminate_as_interrupt
 
 # Every command, in the order `gradleak --help` lists them: a new command is its module (an
 # add_<command> that registers it with a handler) and one line here.
@@ -70,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: the command's own, 2 for bad input (one line on stderr, also from
-        argparse, which exits with it) and 130 after Ctrl-C.
+        argparse, which exits with it); after an interrupt, 128 + the signal, as a shell
+        reports a process that signal ended: 130 after Ctrl-C, 143 after SIGTERM (handled
+        like Ctrl-C, `core/signals.py`: the work done so far is kept the same way).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -78,13 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return args.handler(args)
+        with terminate_as_interrupt() as interrupts:
+            code = args.handler(args)
     except GradleakError as exc:
         print(f"gradleak: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("gradleak: interrupted before any result was produced", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupt_exit_code(exc)
+    # A command that kept its work after an interrupt says so with EXIT_INTERRUPTED; the
+    # signal that interrupted it decides the code.
+    return interrupts.exit_code() if code == EXIT_INTERRUPTED else code
 
 
 if __name__ == "__main__":

@@ -36,11 +36,13 @@ def add_attack(commands: flags.Commands) -> None:
     flags.IMAGE_SIZE.add(p, help="side of --image/folder images")
     flags.BATCH_SIZE.add(p, help="private samples per user (default 1)")
     flags.add_attack_tuning_flags(p)
+    flags.ADMM_READING.add(p)
     flags.LABELS_KNOWN.add(p, help="threat model: the attacker knows the true labels")
     flags.MODEL_MODE.add(p, help="client's batch-norm mode (default train)")
     flags.CHECKPOINT.add(p, help="server model state to load")
     flags.SEED.add(p, help="seed for model init and attack start")
-    flags.OUT.add(p, help="run directory (default runs/...)")
+    flags.OUT.add(p, help="run directory (default runs/NAME-DIGEST, named by the settings)")
+    flags.OVERWRITE.add(p)
     flags.CONFIG.add(p)
     flags.THREADS.add(
         p,
@@ -93,7 +95,8 @@ def handle(args: argparse.Namespace) -> int:
         args: the parsed flags of `gradleak attack`.
 
     Returns:
-        0, or 130 after Ctrl-C once the partial results are written.
+        0, or 130 after Ctrl-C (143 after SIGTERM, `cli/app.py`) once the partial results
+        are written.
 
     Raises:
         GradleakError: bad settings, data or --threads.
@@ -103,7 +106,7 @@ def handle(args: argparse.Namespace) -> int:
 
     config = load_run_config(args.config, run_overrides(args))
     flags.apply_threads(args.threads)
-    result = run_attack(config)
+    result = run_attack(config, overwrite=args.overwrite)
     m = result.metrics
     print(_scores(m))
     guessed = _guessed(m["threat_model"])
@@ -116,11 +119,29 @@ def handle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# What a status other than ok means for the scores printed after it.
+STATUS_NOTES = {
+    "diverged": "the scores are of the random start, not an attack result",
+    "no-progress": "the scores are of a result no better than the random start",
+    "interrupted": "the scores are of a partial result",
+}
+
+
+def _status(m: Mapping[str, Any]) -> str:
+    """'DIVERGED (reason): what the scores are; ' for a run that is not ok, else ''."""
+    status = m.get("status", "ok")
+    if status == "ok":
+        return ""
+    reason = f" ({m['status_reason']})" if m.get("status_reason") else ""
+    return f"{status.upper().replace('-', ' ')}{reason}: {STATUS_NOTES[status]}; "
+
+
 def _scores(m: Mapping[str, Any]) -> str:
     ssim = "n/a" if m["ssim"] is None else f"{m['ssim']:.4f}"
     labels = "n/a" if m["label_accuracy"] is None else f"{m['label_accuracy']:.2f}"
+    psnr = "n/a" if m["psnr"] is None else f"{m['psnr']:.2f}"
     return (
-        f"{m['attack']} on {m['model']} ({m['source']}): PSNR {m['psnr']:.2f} dB, "
+        f"{m['attack']} on {m['model']} ({m['source']}): {_status(m)}PSNR {psnr} dB, "
         f"SSIM {ssim}, MSE {m['mse']:.3g}, label accuracy {labels}, "
         f"{m['iterations']} iterations in {m['seconds']:.1f} s"
         + (f" ({m['compile_seconds']:.1f} s compiling)" if m["compiled"] else "")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from gradleak.cli import flags
-from gradleak.cli.execution import run_study
+from gradleak.cli.execution import check_execution_flags, run_study
 from gradleak.cli.exits import EXIT_OK
 
 # The NAME that lists the studies instead of running one.
@@ -37,7 +37,8 @@ def handle(args: argparse.Namespace) -> int:
         args: the parsed flags of `gradleak bench`.
 
     Returns:
-        0, or 130 after Ctrl-C.
+        0; 1 when some cells failed; 130 after Ctrl-C or SIGTERM (`main`: 143 for
+        SIGTERM).
 
     Raises:
         GradleakError: an unknown study, a bad budget, missing data or bad execution flags.
@@ -48,6 +49,7 @@ def handle(args: argparse.Namespace) -> int:
         for name, (_, text) in BENCHES.items():
             print(f"  {name:30} {text}")
         return EXIT_OK
+    check_execution_flags(args)  # cheap, before the study's cells are checked
     spec = load_bench(
         args.name, count=args.count, iterations=args.iterations, data_root=args.data_root
     )

@@ -11,6 +11,7 @@ from gradleak.cli import flags
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
 from gradleak.cli.overrides import ATTACK_OPTIONS, given
 from gradleak.cli.values import IntList
+from gradleak.core.files import check_out_dir, output_dir
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -41,6 +42,7 @@ _SETTINGS = (
     "admm_rho",
     "rounds",
     "guess_local_lr",
+    "client_state_known",
 )
 
 
@@ -56,8 +58,9 @@ def add_compare(commands: flags.Commands) -> None:
         "(means per dataset and attack), grid-imageI.png (the reconstruction at the "
         "--snapshots iterations, truth last) and curves-DATASET.png (image MSE and matching "
         "loss per iteration). Finished runs are kept: the same command again runs only "
-        "what is missing. Ctrl-C keeps the finished runs, draws the figures from them and "
-        "exits with 130.",
+        "what is missing; a folder that holds anything but a comparison is refused unless "
+        "--overwrite starts over. Ctrl-C (or SIGTERM) keeps the finished runs, draws the "
+        "figures from them and exits with 130 (143).",
     )
     p.add_argument(
         "--runs",
@@ -100,12 +103,18 @@ def add_compare(commands: flags.Commands) -> None:
     flags.add_protocol_flags(g, only=("--local-steps", "--local-lr", "--admm-rho", "--rounds"))
     flags.add_guess_flags(
         g,
-        only=("--guess-local-lr",),
+        only=("--guess-local-lr", "--client-state-known"),
         helps={
             "--guess-local-lr": "threat model: the η the attacker believes (default: the true one)"
         },
     )
+    flags.ADMM_READING.add(g)
     flags.OUT.add(p, help=f"output folder (default {DEFAULT_OUT})")
+    flags.OVERWRITE.add(
+        p,
+        help="start over: the new comparison replaces what --out holds (finished runs "
+        "included) once it ends; without it a comparison's folder is resumed",
+    )
     flags.THREADS.add(p)
     flags.NO_PROGRESS.add(p, help="hide the progress bars")
     p.set_defaults(handler=handle)
@@ -149,17 +158,20 @@ def handle(args: argparse.Namespace) -> int:
         args: the parsed flags of `gradleak compare`.
 
     Returns:
-        0, or 130 after Ctrl-C once the figures of the finished runs are drawn.
+        0, or 130 after Ctrl-C (143 after SIGTERM, `cli/app.py`) once the figures of the
+        finished runs are drawn.
 
     Raises:
-        GradleakError: bad runs, datasets, images, settings or --threads.
+        GradleakError: bad runs, datasets, images, settings, --threads or --out.
     """
-    from gradleak.studies.compare import run_compare  # heavy imports only when running
+    from gradleak.studies.compare import SPEC_FILE, run_compare  # heavy imports: when running
 
     flags.apply_threads(args.threads)
+    out = args.out or DEFAULT_OUT
+    # Before the images are read: a folder that cannot take the comparison costs nothing.
+    check_out_dir(out, overwrite=args.overwrite, resumes=SPEC_FILE, what="comparison folder")
     spec = spec_from_args(args)
     spec.check()  # bad input is one line before the count of runs is announced
-    out = args.out or DEFAULT_OUT
     total = len(spec.cells())
     done = 0
 
@@ -169,7 +181,8 @@ def handle(args: argparse.Namespace) -> int:
         print(f"[{done}] {_line(cell, metrics)}", flush=True)
 
     print(f"{total} runs; outputs under {out}", flush=True)
-    result = run_compare(spec, out, progress=not args.no_progress, report=report)
+    with output_dir(out, overwrite=args.overwrite, resumable=True) as folder:
+        result = run_compare(spec, folder, progress=not args.no_progress, report=report)
     if result.removed_partial:
         print(f"removed {result.removed_partial} half-written run(s) left by an earlier call")
     if result.skipped:
@@ -177,12 +190,13 @@ def handle(args: argparse.Namespace) -> int:
     print((out / "summary.md").read_text(encoding="utf-8"), end="")
     print(f"tables: {out}/results.csv, {out}/summary.csv, {out}/summary.md")
     for path in result.figures:
-        print(f"figure: {path}")
+        print(f"figure: {out / path.relative_to(folder)}")
     if result.interrupted:
         finished = len(result.rows)
+        again = " without --overwrite" if args.overwrite else ""
         print(
-            f"interrupted: {finished} of {total} runs finished; run the same command again "
-            "to finish",
+            f"interrupted: {finished} of {total} runs finished; run the same command again"
+            f"{again} to finish",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -194,8 +208,11 @@ def _line(cell: Cell, metrics: Mapping[str, Any]) -> str:
         value = metrics.get(key)
         return "n/a" if value is None else format(value, spec)
 
+    status = metrics.get("status", "ok")
+    flag = "" if status in ("ok", "interrupted") else f"{str(status).upper()}: "
     return (
-        f"{cell.source.label} image {cell.index}, {cell.run.label}: PSNR {fmt('psnr', '.2f')} "
+        f"{cell.source.label} image {cell.index}, {cell.run.label}: {flag}"
+        f"PSNR {fmt('psnr', '.2f')} "
         f"dB, SSIM {fmt('ssim', '.3f')}, label accuracy {fmt('label_accuracy', '.2f')}, "
         f"{metrics.get('iterations')} iterations in {fmt('seconds', '.1f')} s"
     )

@@ -7,13 +7,30 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
+from gradleak.cli.exits import EXIT_CELLS_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from gradleak.cli.flags import apply_threads
 from gradleak.core.errors import GradleakError
 
 if TYPE_CHECKING:
     from gradleak.studies.sweep.backends import LocalBackend, RayBackend
     from gradleak.studies.sweep.spec import SweepSpec
+
+
+def check_execution_flags(args: argparse.Namespace) -> None:
+    """Refuse bad execution flags in one line, before a spec's cells are checked.
+
+    Args:
+        args: parsed flags declared by `flags.add_execution_flags`.
+
+    Raises:
+        GradleakError: bad --threads or --workers, or --address without --backend ray.
+    """
+    # Each cell sets its own threads; here only the value is checked.
+    apply_threads(args.threads, in_this_process=False)
+    if args.workers is not None and args.workers < 1:
+        raise GradleakError(f"--workers must be at least 1, got {args.workers}")
+    if args.backend != "ray" and args.address is not None:
+        raise GradleakError("--address is for --backend ray; add --backend ray or drop it")
 
 
 def open_backend(args: argparse.Namespace) -> LocalBackend | RayBackend:
@@ -31,12 +48,9 @@ def open_backend(args: argparse.Namespace) -> LocalBackend | RayBackend:
     """
     from gradleak.studies.sweep.backends import LocalBackend, RayBackend
 
-    # Each cell sets its own threads; here only the value is checked.
-    apply_threads(args.threads, in_this_process=False)
+    check_execution_flags(args)
     if args.backend == "ray":
         return RayBackend(args.address, workers=args.workers)
-    if args.address is not None:
-        raise GradleakError("--address is for --backend ray; add --backend ray or drop it")
     return LocalBackend(args.workers)
 
 
@@ -49,10 +63,13 @@ def run_study(spec: SweepSpec, out: Path, args: argparse.Namespace) -> int:
         args: parsed execution flags.
 
     Returns:
-        The exit code: 0, or 130 after Ctrl-C (with how to finish on stderr).
+        The exit code: 0; 1 when some cells failed (their reasons in summary.md; a re-run
+        runs them again); 130 after Ctrl-C or SIGTERM (with how to finish on stderr; `main`
+        reports 143 for SIGTERM).
 
     Raises:
-        GradleakError: bad execution flags, or a sweep that cannot run.
+        GradleakError: bad execution flags, a sweep folder another sweep is writing, or a
+            sweep that cannot run.
     """
     from gradleak.studies.sweep.runner import run_sweep
 
@@ -65,17 +82,29 @@ def run_study(spec: SweepSpec, out: Path, args: argparse.Namespace) -> int:
             f"removed {result.removed_partial} half-written cell director(ies) left by an "
             "earlier run; their cells run again"
         )
+    failed = f", {result.failed} failed" if result.failed else ""
     print(
-        f"{result.cells} cells: {result.ran} run now, {result.skipped} already done; "
+        f"{result.cells} cells: {result.ran} run now, {result.skipped} already done{failed}; "
         f"tables in {out}/summary.md, results.csv"
     )
-    print((out / "summary.md").read_text(), end="")
-    if result.interrupted:
-        done = result.ran + result.skipped
+    if result.not_scored:
         print(
-            f"interrupted: {done} of {result.cells} cells done; run the same command again "
-            "to finish",
+            f"{result.not_scored} cell(s) diverged or made no progress: counted apart, not "
+            "averaged (status in results.csv)"
+        )
+    print((out / "summary.md").read_text(encoding="utf-8"), end="")
+    if result.interrupted:
+        print(
+            f"interrupted: {result.done} of {result.cells} cells done; run the same command "
+            "again to finish",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if result.failed:
+        print(
+            f"{result.failed} of {result.cells} cells failed (reasons in {out}/summary.md); "
+            "run the same command again to retry them",
+            file=sys.stderr,
+        )
+        return EXIT_CELLS_FAILED
     return EXIT_OK

@@ -16,7 +16,8 @@ from typing import Any
 
 from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES
 from gradleak.core.errors import GradleakError
-from gradleak.fl.protocols import DEFAULT_LOCAL_LR
+from gradleak.core.update import UpdateKind
+from gradleak.fl.protocols import DEFAULT_LOCAL_LR, protocol_sharing
 from gradleak.models import available_models
 from gradleak.scenario.config import DATASET_CHOICES, MODEL_MODES, PROTOCOLS, SPLITS
 
@@ -100,6 +101,13 @@ MODEL_MODE = _flag("--model-mode", choices=MODEL_MODES)
 LABELS_KNOWN = _flag("--labels-known", action="store_true", default=None)
 SEED = _flag("--seed", type=int, metavar="S")
 OUT = _flag("--out", type=Path, metavar="DIR")
+# Without it, an output folder that already holds files is refused before any work.
+OVERWRITE = _flag(
+    "--overwrite",
+    action="store_true",
+    help="replace what --out already holds: the new results replace the old ones whole "
+    "once written (the old stay if the command fails first)",
+)
 
 
 def add_model_and_data_flags(p: Flags) -> None:
@@ -113,6 +121,12 @@ def add_model_and_data_flags(p: Flags) -> None:
 # --- the attack -------------------------------------------------------------------------------
 
 ITERATIONS = _flag("--iterations", type=int, metavar="N", help="optimisation steps")
+ADMM_READING = _flag(
+    "--admm-reading",
+    choices=tuple(r.name for r in protocol_sharing(UpdateKind.ADMM_INCREMENT).readings),
+    help="the -admm attacks: replay the FedADMM client's round and match −Δ'/η with −Δ/η "
+    "(replay, default), or match −Δ/η with one plain gradient (gradient)",
+)
 ATTACK_TUNING_FLAGS = (
     ITERATIONS,
     _flag("--restarts", type=int, metavar="K", help="independent trials; best is kept"),
@@ -160,6 +174,15 @@ GUESS_FLAGS = (
         choices=MODEL_MODES,
         help="the batch-norm mode the attacker assumes (default: the client's)",
     ),
+    _flag("--guess-admm-rho", type=float, metavar="RHO", help="fedadmm: the attacker's ρ"),
+    _flag(
+        "--client-state-known",
+        action="store_true",
+        default=None,
+        help="fedadmm: the attacker knows each client's x and π at the start of the attacked "
+        "round (a server that received the client's earlier increments can compute them); "
+        "the -admm attacks' replay needs it after round 1",
+    ),
 )
 
 
@@ -201,6 +224,11 @@ def add_guess_flags(
 # --- how a command runs -----------------------------------------------------------------------
 
 THREADS = _flag("--threads", type=int, metavar="N", help="CPU threads for torch")
+# torch's OpenMP pool aborts the whole process, with no Python error, when it cannot start
+# the threads it was told to use, so absurd counts are refused before torch sees them. The
+# cap is fixed rather than a multiple of this machine's cores because sweep cells may run on
+# other, larger machines (Ray); it is above the hardware threads of any one machine.
+MAX_THREADS = 1024
 NO_PROGRESS = _flag("--no-progress", action="store_true", help="hide the progress bar")
 CONFIG = _flag("--config", type=Path, metavar="FILE", help="YAML/JSON file of run settings")
 
@@ -230,12 +258,13 @@ def apply_threads(threads: int | None, *, in_this_process: bool = True) -> None:
             then the value is only checked.
 
     Raises:
-        GradleakError: `threads` is below 1.
+        GradleakError: `threads` is outside 1..`MAX_THREADS`.
     """
     if threads is None:
         return
-    if threads < 1:
-        raise GradleakError(f"--threads must be at least 1, got {threads}")
+    if not 1 <= threads <= MAX_THREADS:
+        bound = "at least 1" if threads < 1 else f"at most {MAX_THREADS}"
+        raise GradleakError(f"--threads must be {bound}, got {threads} (allowed: 1..{MAX_THREADS})")
     if in_this_process:
         import torch  # heavy: only once a command runs
 

@@ -7,6 +7,7 @@ import argparse
 from gradleak.cli import flags
 from gradleak.cli.exits import EXIT_OK
 from gradleak.cli.values import IntList
+from gradleak.core.files import check_out_dir, output_dir
 
 # The batch sizes studied, positive and in the order given.
 parse_batch_sizes = IntList(
@@ -34,7 +35,8 @@ def add_labels(commands: flags.Commands) -> None:
         "the FedSGD gradient, recover the labels with each strategy and score them: "
         "exact match of the set of present classes, its precision and recall, and count "
         "accuracy (the fraction of samples whose label is accounted for). Writes "
-        "OUT/labels.csv and OUT/labels.md.",
+        "OUT/labels.csv and OUT/labels.md; an OUT that holds files is refused unless "
+        "--overwrite replaces it.",
     )
     flags.MODEL.add(p, required=True)
     flags.DATASET.add(p, required=True, choices=_DATASETS, help=None)
@@ -56,6 +58,7 @@ def add_labels(commands: flags.Commands) -> None:
     )
     flags.CHECKPOINT.add(p, help="model state to load")
     flags.OUT.add(p, required=True, help="output folder")
+    flags.OVERWRITE.add(p)
     flags.SEED.add(p, default=0, help="model init and batches (0)")
     p.set_defaults(handler=handle)
 
@@ -70,10 +73,12 @@ def handle(args: argparse.Namespace) -> int:
         0.
 
     Raises:
-        GradleakError: an unknown strategy, bad batch sizes or missing data.
+        GradleakError: an unknown strategy, bad batch sizes, missing data or an --out that
+            cannot be written or holds files (without --overwrite), before any batch.
     """
     from gradleak.studies.labels import evaluate_label_recovery, label_table, write_label_results
 
+    check_out_dir(args.out, overwrite=args.overwrite, what="output folder")
     rows = evaluate_label_recovery(
         args.model,
         args.dataset,
@@ -84,7 +89,9 @@ def handle(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         seed=args.seed,
     )
-    csv_path, md_path = write_label_results(rows, args.out)
+    with output_dir(args.out, overwrite=args.overwrite) as folder:
+        written = write_label_results(rows, folder)
+    csv_path, md_path = (args.out / path.relative_to(folder) for path in written)
     print(label_table(rows), end="")
     print(f"results written to {csv_path} and {md_path}")
     return EXIT_OK

@@ -39,10 +39,20 @@ RUN_SETTINGS = (
     "guess_local_batch_size",
     "guess_local_lr",
     "attacker_model_mode",
+    "guess_admm_rho",
+    "client_state_known",
     "defenses",
 )
 # Flags that fill the attack's options (RunConfig.attack_options) of the same name.
-ATTACK_OPTIONS = ("iterations", "restarts", "lr", "tv_weight", "label_strategy", "compile")
+ATTACK_OPTIONS = (
+    "iterations",
+    "restarts",
+    "lr",
+    "tv_weight",
+    "label_strategy",
+    "compile",
+    "admm_reading",
+)
 
 
 def given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:

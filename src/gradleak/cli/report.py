@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gradleak.cli import flags
 from gradleak.cli.exits import EXIT_OK
+from gradleak.core.files import check_writable
 
 
 def add_report(commands: flags.Commands) -> None:
@@ -32,9 +33,12 @@ def handle(args: argparse.Namespace) -> int:
         0.
 
     Raises:
-        GradleakError: the directory is not a run or a sweep.
+        GradleakError: the directory is not a run or a sweep, or cannot be written.
     """
     from gradleak.report.html import write_report
+
+    if args.path.is_dir():  # report.html goes into it: refuse one that cannot take it first
+        check_writable(args.path, what="directory", fix="make it writable or report a copy")
 
     path = write_report(args.path)
     print(f"report written to {path}")

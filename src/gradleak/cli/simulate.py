@@ -69,7 +69,8 @@ def add_simulate(commands: flags.Commands) -> None:
     flags.LABELS_KNOWN.add(d, help="threat model: attackers know their neighbours' labels")
     flags.add_attack_tuning_flags(d)
     flags.SEED.add(p, help="model init; attackers' seeds derive")
-    flags.OUT.add(p, help="output folder (default runs/...)")
+    flags.OUT.add(p, help="output folder (default runs/NAME-DIGEST, named by the settings)")
+    flags.OVERWRITE.add(p)
     flags.CONFIG.add(p)
     flags.THREADS.add(p)
     flags.NO_PROGRESS.add(p, help="hide the progress bars")
@@ -83,10 +84,11 @@ def handle(args: argparse.Namespace) -> int:
         args: the parsed flags of `gradleak simulate`.
 
     Returns:
-        0, or 130 after Ctrl-C once the partial results are written.
+        0, or 130 after Ctrl-C (143 after SIGTERM, `cli/app.py`) once the partial results
+        are written.
 
     Raises:
-        GradleakError: bad network, settings, data or --threads.
+        GradleakError: bad network, settings, data, --threads or --out.
     """
     from gradleak.studies.peers import DecentralizedConfig, markdown_tables, run_decentralized
 
@@ -120,7 +122,7 @@ def handle(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    result = run_decentralized(config, on_pair=report)
+    result = run_decentralized(config, on_pair=report, overwrite=args.overwrite)
     print()
     print(markdown_tables(result), end="")
     if result.interrupted:

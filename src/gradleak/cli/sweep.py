@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from gradleak.cli import flags
-from gradleak.cli.execution import run_study
+from gradleak.cli.execution import check_execution_flags, run_study
 
 
 def add_sweep(commands: flags.Commands) -> None:
@@ -15,8 +15,9 @@ def add_sweep(commands: flags.Commands) -> None:
         "sweep",
         help="run attacks × models × defenses × protocols × images × seeds, resumably",
         description="Run every cell of a sweep spec (YAML) into its own run directory; "
-        "finished cells are skipped on a re-run. Writes results.csv, summary.csv and "
-        "summary.md (and results.parquet with pyarrow).",
+        "finished cells are skipped on a re-run, failed ones run again. Every cell is checked "
+        "before any runs. Writes results.csv, summary.csv and summary.md (and results.parquet "
+        "with pyarrow). Exits 1 when some cells failed, 130 when interrupted.",
     )
     p.add_argument("spec", type=Path, metavar="SPEC.yaml")
     flags.OUT.add(p, help="sweep directory (default sweeps/NAME)")
@@ -31,12 +32,14 @@ def handle(args: argparse.Namespace) -> int:
         args: the parsed flags of `gradleak sweep`.
 
     Returns:
-        0, or 130 after Ctrl-C.
+        0; 1 when some cells failed; 130 after Ctrl-C or SIGTERM (`main`: 143 for
+        SIGTERM).
 
     Raises:
         GradleakError: a bad spec or execution flags.
     """
     from gradleak.studies.sweep.spec import read_spec
 
+    check_execution_flags(args)  # cheap, before the spec's cells are checked
     spec = read_spec(args.spec)
     return run_study(spec, args.out or Path("sweeps") / spec.name, args)

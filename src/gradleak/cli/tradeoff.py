@@ -9,6 +9,14 @@ from pathlib import Path
 from gradleak.cli import flags
 from gradleak.cli.execution import open_backend
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
+from gradleak.core.files import check_out_dir, output_dir
+
+# What run_sweep writes first into a sweep's folder: a folder holding it is resumed.
+SWEEP_SPEC_FILE = "spec.yaml"
+
+
+def _check_out(out: Path, overwrite: bool) -> Path:
+    return check_out_dir(out, overwrite=overwrite, resumes=SWEEP_SPEC_FILE, what="study folder")
 
 
 def add_tradeoff(commands: flags.Commands) -> None:
@@ -18,10 +26,18 @@ def add_tradeoff(commands: flags.Commands) -> None:
         help="attacks against defense strengths, beside the accuracy each defense costs",
         description="Run a trade-off spec (a sweep spec with a 'utility' mapping): the "
         "attacks against every defense setting, and one training run per setting for its "
-        "test accuracy. Writes tradeoff.csv, tradeoff.md and tradeoff.png.",
+        "test accuracy. Writes tradeoff.csv, tradeoff.md and tradeoff.png. Finished cells "
+        "and trainings are kept: the same command again runs only what is missing; a "
+        "folder that holds anything but a sweep is refused unless --overwrite starts over. "
+        "Ctrl-C (or SIGTERM) keeps what finished and exits with 130 (143).",
     )
     p.add_argument("spec", type=Path, metavar="SPEC.yaml")
     flags.OUT.add(p, help="output folder (default sweeps/NAME)")
+    flags.OVERWRITE.add(
+        p,
+        help="start over: the new study replaces what --out holds (finished cells "
+        "included) once it ends; without it a sweep's folder is resumed",
+    )
     flags.add_execution_flags(p)
     p.set_defaults(handler=handle)
 
@@ -33,21 +49,32 @@ def handle(args: argparse.Namespace) -> int:
         args: the parsed flags of `gradleak tradeoff`.
 
     Returns:
-        0, or 130 after Ctrl-C.
+        0, or 130 after Ctrl-C (143 after SIGTERM, `cli/app.py`).
 
     Raises:
-        GradleakError: a bad spec, missing training data or bad execution flags.
+        GradleakError: a bad spec, missing training data, bad execution flags or --out.
     """
     from gradleak.studies.tradeoff import read_tradeoff, run_tradeoff
 
+    if args.out is not None:  # before the spec's data is opened
+        _check_out(args.out, args.overwrite)
     spec = read_tradeoff(args.spec)
-    out = args.out or Path("sweeps") / spec.sweep.name
-    with open_backend(args) as backend:
-        _, interrupted = run_tradeoff(
-            spec, out, backend=backend, progress=not args.no_progress, threads=args.threads
-        )
+    out = _check_out(args.out or Path("sweeps") / spec.sweep.name, args.overwrite)
+    with (
+        open_backend(args) as backend,
+        output_dir(out, overwrite=args.overwrite, resumable=True) as folder,
+    ):
+        try:
+            _, interrupted = run_tradeoff(
+                spec, folder, backend=backend, progress=not args.no_progress, threads=args.threads
+            )
+        except KeyboardInterrupt:
+            # During a utility training: the finished cells and trainings are kept (the
+            # trainings' results are cached), and the next call resumes from them.
+            interrupted = True
     if interrupted:
-        print("interrupted: run the same command again to finish", file=sys.stderr)
+        again = " without --overwrite" if args.overwrite else ""
+        print(f"interrupted: run the same command again{again} to finish", file=sys.stderr)
         return EXIT_INTERRUPTED
     print((out / "tradeoff.md").read_text(), end="")
     print(f"table and plot written to {out}/tradeoff.md, tradeoff.png")

@@ -50,13 +50,19 @@ def add_train(commands: flags.Commands) -> None:
         description="Train a model with SGD on cross-entropy over a range of dataset images "
         "and save its state: the final one at --out (CKPT.pt), the states after the "
         "--save-epochs next to it (CKPT.epochN.pt; 0 is the untrained state) and the "
-        "per-epoch loss and accuracy in CKPT.json. Ctrl-C saves the last completed epoch "
-        "and exits with 130.",
+        "per-epoch loss and accuracy in CKPT.json. Files of an earlier training at CKPT are "
+        "refused unless --overwrite replaces them. Ctrl-C (or SIGTERM) saves the last "
+        "completed epoch and exits with 130 (143).",
     )
     flags.MODEL.add(p, required=True)
     flags.DATASET.add(p, required=True, help=None)
     flags.DATA_ROOT.add(p, required=True)
     flags.OUT.add(p, required=True, metavar="CKPT", help="final checkpoint (.pt)")
+    flags.OVERWRITE.add(
+        p,
+        help="replace the files of an earlier training at CKPT (the new set replaces them "
+        "once training ends; they stay if it fails first)",
+    )
     p.add_argument("--epochs", type=int, default=1, metavar="E", help="passes over the images (1)")
     flags.SPLIT.add(p, default="test", help="split (test)")
     p.add_argument(
@@ -97,7 +103,8 @@ def handle(args: argparse.Namespace) -> int:
         args: the parsed flags of `gradleak train`.
 
     Returns:
-        0, or 130 after Ctrl-C once the last completed epoch is saved.
+        0, or 130 after Ctrl-C (143 after SIGTERM, `cli/app.py`) once the last completed
+        epoch is saved.
 
     Raises:
         GradleakError: bad settings, data, --out or --threads.
@@ -128,7 +135,9 @@ def handle(args: argparse.Namespace) -> int:
         # Through tqdm, so the line is not broken by the progress bar on a terminal.
         tqdm.write(_summary(checkpoint), file=sys.stdout)
 
-    result = train_model(config, args.out, progress=not args.no_progress, on_save=report)
+    result = train_model(
+        config, args.out, progress=not args.no_progress, on_save=report, overwrite=args.overwrite
+    )
     print(f"history written to {result.history_path} ({result.seconds:.1f} s)")
     if result.interrupted:
         done = result.history[-1].epoch if result.history else 0

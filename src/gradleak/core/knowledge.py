@@ -5,6 +5,8 @@ one function that grants it (`grant_knowledge`) for a run, a peer or a study.
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,50 @@ class Requirement(str, enum.Enum):
     LABELS = "labels"
     SINGLE_SAMPLE = "single_sample"
     LOCAL_TRAINING = "local_training"
+    # FedADMM: the penalty ρ and each user's x and π at the start of the attacked round.
+    ADMM_STATE = "admm_state"
+
+
+@dataclass(frozen=True, eq=False)
+class ClientState:
+    """A FedADMM client's own variables at the start of a round, by parameter name.
+
+    Attributes:
+        primal: the client's model x (it keeps it between rounds).
+        dual: its dual variable π.
+    """
+
+    primal: Mapping[str, torch.Tensor] = field(repr=False)
+    dual: Mapping[str, torch.Tensor] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if set(self.primal) != set(self.dual):
+            raise GradleakError("a client state needs x and π for the same parameters")
+        # Detached copies: what the attacker is granted does not change with the client.
+        for name in ("primal", "dual"):
+            copied = {n: t.detach().clone() for n, t in getattr(self, name).items()}
+            object.__setattr__(self, name, copied)
+
+
+@dataclass(frozen=True)
+class AdmmKnowledge:
+    """What the attacker knows of FedADMM clients beyond their local training.
+
+    Attributes:
+        rho: the attacker's belief of the penalty ρ.
+        rho_guessed: ρ is the attacker's guess rather than the protocol's known setting.
+        states: each user's x and π at the start of the attacked round, where the threat
+            model grants them; None: not granted (round 1 starts from the public x = z,
+            π = 0, so nothing needs granting there).
+    """
+
+    rho: float
+    rho_guessed: bool = False
+    states: tuple[ClientState, ...] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (self.rho > 0 and math.isfinite(self.rho)):
+            raise GradleakError(f"ADMM penalty rho must be positive, got {self.rho}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +95,11 @@ class Knowledge:
     # The kind of data (a name in gradleak.modalities): how inputs start, what bounds them,
     # which prior applies, and how the evaluation side scores and shows them.
     modality: str = "image"
+    # The attacked round: the server knows which round's update it holds.
+    attacked_round: int = 1
+    # FedADMM: the attacker's belief of ρ and the clients' state it is granted (None for
+    # protocols without ADMM).
+    admm: AdmmKnowledge | None = None
 
     def __post_init__(self) -> None:
         if len(self.data_shape) != 3 or any(int(s) < 1 for s in self.data_shape):
@@ -74,6 +125,13 @@ class Knowledge:
             raise GradleakError(
                 f"batch_size {self.batch_size} does not split evenly over {self.num_users} users"
             )
+        if self.attacked_round < 1:
+            raise GradleakError(f"attacked_round must be at least 1, got {self.attacked_round}")
+        states = None if self.admm is None else self.admm.states
+        if states is not None and len(states) != self.num_users:
+            raise GradleakError(
+                f"{len(states)} client states granted for {self.num_users} users; give one per user"
+            )
         if self.labels is not None:
             labels = self.labels.detach().clone().long()
             if labels.shape != (self.batch_size,):
@@ -91,6 +149,8 @@ class Knowledge:
             Requirement.LABELS: self.labels_known,
             Requirement.SINGLE_SAMPLE: self.batch_size == 1,
             Requirement.LOCAL_TRAINING: self.local_training is not None,
+            Requirement.ADMM_STATE: self.admm is not None
+            and (self.attacked_round == 1 or self.admm.states is not None),
         }
         return checks[requirement]
 
@@ -103,6 +163,10 @@ class Knowledge:
             + (" and --users 1" if self.num_users > 1 else ""),
             Requirement.LOCAL_TRAINING: "describe the client's local training (--local-steps "
             "or --local-epochs, --local-lr), or the attacker's guess of it",
+            # A server that received a client's earlier increments can compute its state:
+            # x' = (Δ + x + z)/2 and π' = π + ρ(x' − z) from x = z, π = 0 in round 1.
+            Requirement.ADMM_STATE: "grant each client's x and π at the start of round "
+            f"{self.attacked_round} with --client-state-known, or attack round 1",
         }
         for requirement in sorted(requirements, key=lambda r: r.value):
             if not self.grants(requirement):
@@ -134,7 +198,19 @@ class Knowledge:
             else self.local_training.describe(),
             "local_training_guessed": self.local_training_guessed,
             "model_mode_guessed": self.model_mode_guessed,
+            "attacked_round": self.attacked_round,
+            "admm": None if self.admm is None else self._describe_admm(self.admm),
         }
+
+    def _describe_admm(self, admm: AdmmKnowledge) -> dict[str, object]:
+        """ρ as believed, and which client state a replay of the FedADMM client starts from."""
+        if admm.states is not None:
+            state = f"granted: each user's x and π at the start of round {self.attacked_round}"
+        elif self.attacked_round == 1:
+            state = "round 1: x = z, π = 0 (public)"
+        else:
+            state = "not granted"
+        return {"rho": admm.rho, "rho_guessed": admm.rho_guessed, "client_state": state}
 
 
 @dataclass(frozen=True)
@@ -171,11 +247,17 @@ class Grants:
         local_guess: the attacker's guesses of the local training (GUESSABLE keys; a
             missing key is known, i.e. the protocol's true setting).
         model_mode: the batch-norm mode the attacker assumes (None: the clients' true mode).
+        rho_guess: the attacker's guess of FedADMM's penalty ρ (None: it knows ρ).
+        client_state_known: the attacker is told each FedADMM client's x and π at the start
+            of the attacked round (a server that received the client's earlier increments
+            one by one can compute them).
     """
 
     labels_known: bool = False
     local_guess: dict[str, float | int | None] = field(default_factory=dict)
     model_mode: str | None = None
+    rho_guess: float | None = None
+    client_state_known: bool = False
 
     def guessed(self) -> list[str]:
         """The local-training settings the attacker guesses, in GUESSABLE order."""
@@ -187,6 +269,7 @@ def grant_knowledge(
     labels: torch.Tensor,
     protocol: ProtocolSettings,
     grants: Grants | None = None,
+    client_states: Sequence[ClientState] | None = None,
 ) -> Knowledge:
     """What the threat model grants the attacker of one shared update: the only place that
     builds `Knowledge` from the truth.
@@ -197,10 +280,14 @@ def grant_knowledge(
             they reach the attacker only when `grants.labels_known`.
         protocol: what the clients really do (users, local training, batch-norm mode).
         grants: what else is granted or guessed (default: nothing granted, nothing guessed).
+        client_states: the true state of each user's client at the start of the attacked
+            round (FedADMM, known once the earlier rounds ran); it reaches the attacker only
+            when `grants.client_state_known`.
 
     Returns:
         The attacker's knowledge: batch size and users from the truth, labels if granted,
-        the local training and batch-norm mode as known or as guessed.
+        the local training, FedADMM's ρ and batch-norm mode as known or as guessed, the
+        attacked round and the clients' state if granted.
 
     Raises:
         GradleakError: an impossible guess, or data facts that do not fit (one line each).
@@ -226,4 +313,6 @@ def grant_knowledge(
         local_training_guessed=guessed,
         model_mode_guessed=grants.model_mode is not None,
         modality=data.modality,
+        attacked_round=protocol.rounds,
+        admm=protocol.admm_belief(grants, client_states),
     )

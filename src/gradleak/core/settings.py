@@ -21,8 +21,21 @@ T = TypeVar("T")
 
 
 def read_mapping(path: Path) -> dict[str, Any]:
-    """Read a YAML or JSON file holding one mapping."""
+    """Read a YAML or JSON file holding one mapping.
+
+    Args:
+        path: the file; `.json` is read as JSON, anything else as YAML.
+
+    Returns:
+        The mapping ({} for an empty file).
+
+    Raises:
+        GradleakError: a missing path or a folder, a file that is not UTF-8 text, text that
+            does not parse, or a document that is not a mapping.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise GradleakError(f"config file {path} is a folder; pass a YAML or JSON file")
     if not path.is_file():
         raise GradleakError(f"config file not found: {path}")
     try:
@@ -31,7 +44,9 @@ def read_mapping(path: Path) -> dict[str, Any]:
         raise GradleakError(f"config file {path} cannot be read as UTF-8 text: {exc}") from exc
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+    # ValueError: an integer longer than Python converts (JSONDecodeError is one too);
+    # RecursionError: brackets nested deeper than the parsers recurse.
+    except (ValueError, RecursionError, yaml.YAMLError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GradleakError(f"config file {path} cannot be parsed: {first_line}") from exc
     if data is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +40,31 @@ _KIND_WORDS = {
 }
 
 
+# The dtypes an update's tensors may have: gradients and weight differences are real
+# numbers, and every attack, defense and aggregation computes with them as such.
+UPDATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_METADATA_TYPES = (int, float, str, bool)
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 @dataclass(frozen=True)
 class SharedUpdate:
-    """Named tensors a client shares, their kind, and what the protocol itself discloses."""
+    """Named tensors a client shares, their kind, and what the protocol itself discloses.
+
+    Everything is checked when the update is made, so a malformed update (from a file or
+    from code) fails there, in one line, and never deep inside an attack.
+
+    Args:
+        tensors: parameter name → dense tensor of a dtype in `UPDATE_DTYPES`.
+        kind: what the tensors mean (an `UpdateKind` or its value).
+        metadata: name → int, float, str or bool; `num_samples`, when given, is an int >= 0.
+        buffers: buffer name → dense real tensor (floating point or integer, e.g. batch
+            norm's running statistics and its step counter).
+
+    Raises:
+        GradleakError: a name that is not a string, a value that is not a dense tensor of
+            an allowed dtype, an unknown kind, or metadata of another type.
+    """
 
     tensors: Mapping[str, torch.Tensor]
     kind: UpdateKind = UpdateKind.GRADIENT
@@ -52,12 +74,12 @@ class SharedUpdate:
 
     def __post_init__(self) -> None:
         # Detached copies: the update must not keep a graph back to the private batch.
-        frozen = {name: t.detach().clone() for name, t in self.tensors.items()}
+        frozen = _checked_tensors(self.tensors, "update tensor", _is_update_dtype, _FLOAT_NEED)
         object.__setattr__(self, "tensors", frozen)
-        buffers = {name: t.detach().clone() for name, t in self.buffers.items()}
+        buffers = _checked_tensors(self.buffers, "update buffer", _is_real, _REAL_NEED)
         object.__setattr__(self, "buffers", buffers)
-        object.__setattr__(self, "kind", UpdateKind(self.kind))
-        object.__setattr__(self, "metadata", dict(self.metadata))
+        object.__setattr__(self, "kind", _kind(self.kind))
+        object.__setattr__(self, "metadata", _checked_metadata(self.metadata))
 
     @property
     def num_samples(self) -> int | None:
@@ -79,7 +101,22 @@ class SharedUpdate:
 
     @classmethod
     def load(cls, path: Path) -> SharedUpdate:
+        """Read an update `save` wrote (or any tensors-only file of that layout).
+
+        Args:
+            path: the file.
+
+        Returns:
+            The update, checked as any update is when it is made.
+
+        Raises:
+            GradleakError: a missing path or a folder; a file that is not tensors-only;
+                a payload without a 'tensors' mapping; or an update `SharedUpdate` refuses
+                (the error is prefixed with the path).
+        """
         path = Path(path)
+        if path.is_dir():
+            raise GradleakError(f"update file {path} is a folder; pass the file of one update")
         if not path.is_file():
             raise GradleakError(f"update file not found: {path}")
         try:
@@ -94,29 +131,14 @@ class SharedUpdate:
                 f"{path} holds no 'tensors' mapping; save updates with SharedUpdate.save"
             )
         try:
-            kind = UpdateKind(payload.get("kind", "gradient"))
-        except ValueError as exc:
-            valid = ", ".join(k.value for k in UpdateKind)
-            raise GradleakError(
-                f"{path}: unknown update kind {payload.get('kind')!r}; one of {valid}"
-            ) from exc
-        tensors = payload["tensors"]
-        if not isinstance(tensors, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
-        ):
-            raise GradleakError(
-                f"{path}: 'tensors' must map parameter names to tensors; "
-                "save updates with SharedUpdate.save"
+            return cls(
+                payload["tensors"],
+                payload.get("kind", UpdateKind.GRADIENT.value),
+                payload.get("metadata", {}),
+                buffers=payload.get("buffers", {}),
             )
-        metadata = payload.get("metadata", {})
-        if not isinstance(metadata, dict):
-            raise GradleakError(f"{path}: 'metadata' must be a mapping of names to values")
-        buffers = payload.get("buffers", {})
-        if not isinstance(buffers, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in buffers.items()
-        ):
-            raise GradleakError(f"{path}: 'buffers' must map buffer names to tensors")
-        return cls(tensors, kind, metadata, buffers=buffers)
+        except GradleakError as exc:
+            raise GradleakError(f"{path}: {exc}") from exc
 
     def scaled(self, factor: float, kind: UpdateKind) -> SharedUpdate:
         """The same update with every tensor multiplied by `factor`, read as `kind`."""
@@ -156,3 +178,71 @@ class SharedUpdate:
 def _few(names: list[str], limit: int = 3) -> str:
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+_FLOAT_NEED = "an update holds float16, bfloat16, float32 or float64 tensors; cast it with .float()"
+_REAL_NEED = "buffers hold floating-point or integer tensors"
+
+
+def _is_update_dtype(dtype: torch.dtype) -> bool:
+    return dtype in UPDATE_DTYPES
+
+
+def _is_real(dtype: torch.dtype) -> bool:
+    # Integer buffers are legitimate (batch norm counts its steps in an int64).
+    return dtype in UPDATE_DTYPES or dtype in _INTEGER_DTYPES
+
+
+def _checked_tensors(
+    tensors: object, what: str, allowed: Callable[[torch.dtype], bool], need: str
+) -> dict[str, torch.Tensor]:
+    """Detached copies of `tensors` after checking names, layouts and dtypes."""
+    if not isinstance(tensors, Mapping):
+        raise GradleakError(
+            f"{what}s must map names to tensors, not {type(tensors).__name__}; "
+            "save updates with SharedUpdate.save"
+        )
+    checked = {}
+    for name, tensor in tensors.items():
+        if not isinstance(name, str):
+            raise GradleakError(f"{what} name {name!r} is not a string; name every tensor")
+        if not isinstance(tensor, torch.Tensor):
+            raise GradleakError(f"{what} {name!r} is a {type(tensor).__name__}, not a tensor")
+        if tensor.layout != torch.strided:
+            raise GradleakError(
+                f"{what} {name!r} is a {tensor.layout} tensor; share dense tensors "
+                "(tensor.to_dense())"
+            )
+        if not allowed(tensor.dtype):
+            raise GradleakError(f"{what} {name!r} has dtype {tensor.dtype}; {need}")
+        checked[name] = tensor.detach().clone()
+    return checked
+
+
+def _kind(kind: object) -> UpdateKind:
+    try:
+        return UpdateKind(kind)
+    except (ValueError, TypeError) as exc:
+        valid = ", ".join(k.value for k in UpdateKind)
+        raise GradleakError(f"unknown update kind {kind!r}; one of {valid}") from exc
+
+
+def _checked_metadata(metadata: object) -> dict[str, int | float | str | bool]:
+    if not isinstance(metadata, Mapping):
+        raise GradleakError(
+            f"update metadata must map names to values, not {type(metadata).__name__}"
+        )
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, _METADATA_TYPES):
+            raise GradleakError(
+                f"update metadata {key!r}: {value!r} is not a string name with an int, "
+                "float, str or bool value"
+            )
+    samples = metadata.get("num_samples")
+    if samples is not None and (
+        isinstance(samples, bool) or not isinstance(samples, int) or samples < 0
+    ):
+        raise GradleakError(
+            f"update metadata num_samples must be a count (an int >= 0), not {samples!r}"
+        )
+    return dict(metadata)

@@ -19,6 +19,7 @@ from gradleak.data.bundled import load_bundled_cifar10
 from gradleak.data.cifar import load_cifar10, load_cifar100
 from gradleak.data.datasets import DatasetSpec, get_dataset_spec
 from gradleak.data.folder import load_image_folder
+from gradleak.data.image import MAX_IMAGE_SIZE
 from gradleak.data.mnist import load_mnist
 from gradleak.data.normalize import normalize
 from gradleak.data.source import ImageSource, stack
@@ -128,10 +129,16 @@ def input_shape(dataset: str, image_size: int | None = None) -> tuple[int, tuple
         The channel count and the image size (H, W).
 
     Raises:
-        GradleakError: if the name is unknown or another size is asked of a fixed-size dataset.
+        GradleakError: if the name is unknown, another size is asked of a fixed-size
+            dataset, or a folder's size lies outside 1..`MAX_IMAGE_SIZE`.
     """
     if dataset == FOLDER:
         side = image_size or FOLDER_IMAGE_SIZE
+        if not 1 <= side <= MAX_IMAGE_SIZE:
+            raise GradleakError(
+                f"--image-size must be in 1..{MAX_IMAGE_SIZE}, got {side}; larger images do "
+                "not fit in memory during an attack"
+            )
         return FOLDER_CHANNELS, (side, side)
     spec = get_dataset_spec(dataset)
     if image_size not in (None, spec.image_size[0]):

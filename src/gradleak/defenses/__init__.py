@@ -1,7 +1,8 @@
 """Client-side defenses applied to an update before it is shared, and their composition."""
 
-from gradleak.defenses.base import ClientView, Defense, require_client
-from gradleak.defenses.dpsgd import DPSGD, dp_epsilon
+from gradleak.defenses.accounting import GaussianMechanism, dp_epsilon, privacy_spent
+from gradleak.defenses.base import ChainRole, ClientView, Defense, dp_mechanisms, require_client
+from gradleak.defenses.dpsgd import DPSGD
 from gradleak.defenses.noise import AdditiveNoise, NoiseKind
 from gradleak.defenses.precision import LowPrecision, PrecisionKind
 from gradleak.defenses.pruning import PruneScope, Pruning
@@ -18,9 +19,11 @@ from gradleak.defenses.sparsify import TopK
 __all__ = [
     "DEFENSES",
     "AdditiveNoise",
+    "ChainRole",
     "ClientView",
     "DPSGD",
     "Defense",
+    "GaussianMechanism",
     "LowPrecision",
     "NoiseKind",
     "PrecisionKind",
@@ -31,7 +34,9 @@ __all__ = [
     "apply_defenses",
     "available_defenses",
     "dp_epsilon",
+    "dp_mechanisms",
     "parse_defense",
     "parse_defenses",
+    "privacy_spent",
     "require_client",
 ]

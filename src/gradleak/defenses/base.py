@@ -1,8 +1,9 @@
-"""The one interface every defense shares: a spelling, and a pure update -> update map."""
+"""The one interface every defense shares: a spelling, a pure update -> update map, how it
+stands in a chain of defenses and what privacy it guarantees."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -12,6 +13,7 @@ from torch import nn
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
+from gradleak.defenses.accounting import GaussianMechanism
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,53 @@ class ClientView:
         model: the client's model, in the train/eval mode it computed the update in. The
             defenses that read it work on a copy and leave it as it was.
         batch: the client's private batch: normalised images B×C×H×W and B integer labels.
+        expected_batch_size: what a mean over the batch divides by when it must not be the
+            batch's own size; None (the default) divides by len(batch). Under Poisson
+            sampling the size of a batch depends on who is in the data, so DP-SGD averages
+            over the expected size q·N instead, as Opacus does.
     """
 
     model: nn.Module
     batch: PrivateBatch
+    expected_batch_size: int | None = None
+
+    @property
+    def mean_over(self) -> int:
+        """What a mean over the batch divides by: `expected_batch_size`, else len(batch)."""
+        return len(self.batch) if self.expected_batch_size is None else self.expected_batch_size
+
+
+@dataclass(frozen=True)
+class Family:
+    """Defenses that act on the same thing the same way, so a chain holds one of them.
+
+    Two members of one family in a chain leave one of them doing (almost) nothing; the
+    chain is refused with `what` they both do and `why` that is so.
+
+    Args:
+        what: what every member does, after "both" ("zero entries by magnitude").
+        why: why a second one adds nothing ("the one that zeroes more leaves the other
+            nothing to do").
+    """
+
+    what: str
+    why: str
+
+
+@dataclass(frozen=True)
+class ChainRole:
+    """How a defense stands among the others of a chain.
+
+    Args:
+        replaces_update: True for a defense that recomputes the update from the client's
+            data and throws the incoming one away (DP-SGD): it must come first, and a chain
+            holds at most one such defense.
+        family: the defenses it is interchangeable with in a chain (at most one of a family
+            per chain); None when any number compose (independent noise adds up).
+    """
+
+    replaces_update: bool = False
+    family: Family | None = None
 
 
 @runtime_checkable
@@ -45,6 +90,20 @@ class Defense(Protocol):
     @property
     def spec(self) -> str:
         """The canonical spelling, e.g. `noise:gaussian:0.001`; `parse_defense` reads it back."""
+        ...
+
+    @property
+    def role(self) -> ChainRole:
+        """How it composes with the other defenses of a chain (`check_chain` enforces it)."""
+        ...
+
+    @property
+    def mechanism(self) -> GaussianMechanism | None:
+        """The DP mechanism it runs on the client's batch each time it is applied.
+
+        What an accountant charges for it (`accounting.privacy_spent`); None for a defense
+        that gives no differential-privacy guarantee.
+        """
         ...
 
     def apply(
@@ -96,42 +155,103 @@ def with_tensors(update: SharedUpdate, tensors: Mapping[str, torch.Tensor]) -> S
     return SharedUpdate(tensors, update.kind, update.metadata, buffers=update.buffers)
 
 
-def check_floating(name: str, tensor: torch.Tensor, action: str, needs: str) -> None:
-    """A one-line error for an integer update tensor given to a floating-point defense."""
-    if not tensor.is_floating_point():
-        raise GradleakError(
-            f"cannot {action} update tensor {name!r} of type {tensor.dtype}; "
-            f"{needs} needs floating-point tensors"
-        )
-
-
-def map_floating(
-    update: SharedUpdate,
-    transform: Callable[[torch.Tensor], torch.Tensor],
-    action: str,
-    needs: str,
+def map_tensors(
+    update: SharedUpdate, transform: Callable[[torch.Tensor], torch.Tensor]
 ) -> SharedUpdate:
     """A new update with `transform(tensor)` in place of every tensor of `update`.
 
-    The tensors are visited in the update's order, and each is checked to be floating
-    point just before it is transformed: a transform that draws randomness draws in that
-    order, and the first integer tensor stops the map before it is transformed.
+    The tensors are visited in the update's order, so a transform that draws randomness
+    draws in that order. Every tensor is floating point: `SharedUpdate` refuses others when
+    it is made or loaded, so no defense needs its own type check.
 
     Args:
         update: the update to map; left unchanged.
         transform: the new value of one tensor, given the old one.
-        action: what the defense does to a tensor, for the error ("add noise to").
-        needs: the defense, for the error ("noise").
 
     Returns:
         A new update with the transformed tensors under the same names, in the same order,
         and `update`'s kind, metadata and buffers.
+    """
+    return with_tensors(update, {name: transform(t) for name, t in update.tensors.items()})
+
+
+def dp_mechanisms(defenses: Sequence[Defense]) -> list[GaussianMechanism]:
+    """The DP mechanisms that applying `defenses` runs on the client's batch, in order."""
+    return [d.mechanism for d in defenses if d.mechanism is not None]
+
+
+def check_chain(defenses: Sequence[Defense], spellings: Sequence[str] | None = None) -> None:
+    """Refuse a chain in which a member would be thrown away or would change nothing.
+
+    A defense that recomputes the update from the client's data discards what ran before
+    it, so it must come first and only one may appear; two members of one family leave
+    one of them doing (almost) nothing (see `ChainRole`).
+
+    Args:
+        defenses: the chain, in the order it is applied.
+        spellings: how the user spelled each member, for the error; default their specs.
 
     Raises:
-        GradleakError: when a tensor of `update` is not floating point, naming the first.
+        GradleakError: when a replacing defense is not first, naming the order to give.
+        GradleakError: when two replacing defenses, or two of one family, are given.
     """
-    mapped = {}
-    for name, tensor in update.tensors.items():
-        check_floating(name, tensor, action, needs)
-        mapped[name] = transform(tensor)
-    return with_tensors(update, mapped)
+    names = [s.strip() for s in spellings] if spellings is not None else [d.spec for d in defenses]
+    replacing = [i for i, d in enumerate(defenses) if d.role.replaces_update]
+    if len(replacing) > 1:
+        first, second = (names[i] for i in replacing[:2])
+        raise GradleakError(
+            f"{first} and {second} both recompute the update from the client's data, so the "
+            "second would throw the first away; give one of them"
+        )
+    if replacing and replacing[0] != 0:
+        i = replacing[0]
+        order = [names[i], *names[:i], *names[i + 1 :]]
+        raise GradleakError(
+            f"{names[i].split(':')[0].strip().lower()} recomputes the update from the client's "
+            f"data, so it must come first: {' '.join(f'--defense {s}' for s in order)}"
+        )
+    seen: dict[Family, str] = {}
+    for name, defense in zip(names, defenses, strict=True):
+        family = defense.role.family
+        if family is None:
+            continue
+        if family in seen:
+            raise GradleakError(
+                f"{seen[family]} and {name} both {family.what}, and {family.why}; give one of them"
+            )
+        seen[family] = name
+
+
+# No draw reaches this many standard deviations (Gaussian and Laplacian tails there are
+# below 1e-200), so noise this far below a format's largest value cannot overflow it.
+NOISE_HEADROOM = 1e3
+
+
+def largest_noise_std(dtype: torch.dtype) -> float:
+    """The largest noise standard deviation tensors of the floating `dtype` can take."""
+    return torch.finfo(dtype).max / NOISE_HEADROOM
+
+
+def check_no_overflow(
+    before: Mapping[str, torch.Tensor],
+    after: SharedUpdate,
+    error: Callable[[str, torch.Tensor], GradleakError],
+) -> None:
+    """Fail when a defense turned a finite entry into NaN or ±inf.
+
+    A non-finite entry that was already non-finite in `before` is the client's, not the
+    defense's, and is left for the update's own check to report.
+
+    Args:
+        before: the tensors the defense started from, by name (those of `after`).
+        after: the defense's output.
+        error: the one-line error for an overflow in tensor NAME, given NAME and the tensor
+            the defense started from (for its dtype): it names the defense and the bound.
+
+    Raises:
+        GradleakError: `error(name, before[name])` for the first tensor that overflowed.
+    """
+    for name, tensor in after.tensors.items():
+        source = before[name]
+        if not bool(torch.isfinite(tensor[torch.isfinite(source)]).all()):
+            raise error(name, source)

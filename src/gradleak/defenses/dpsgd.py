@@ -6,10 +6,14 @@ gradient over all parameters together clipped to L2 norm <= C, the clipped gradi
 summed, Gaussian noise N(0, σ²C²) added to every entry (drawn from the defense's
 generator), and the sum divided by the batch size B. With σ = 0 and C above every
 per-sample norm this is exactly the plain FedSGD update (mean cross-entropy gradient).
+Training with Poisson-sampled batches divides by the expected batch size q·N instead
+(`ClientView.expected_batch_size`), as Opacus does: the size of such a batch depends on
+who is in the data. An empty batch shares the noise alone.
 
-The incoming update's values are ignored and replaced, so DP-SGD belongs first in a chain
-of defenses (`dpsgd:1:0.5 prune:0.3`, not the other way round): whatever ran before it is
-thrown away. Only its names are checked against the client's model.
+The incoming update's values are ignored and replaced, so DP-SGD must come first in a
+chain of defenses (`dpsgd:1:0.5 prune:0.3`); a chain that gives it later, where it would
+throw away what ran before it, is refused (`ChainRole.replaces_update`). Only the incoming
+update's names are checked against the client's model.
 
 Models with BatchNorm are refused. Opacus cannot compute per-sample gradients through
 BatchNorm (a sample's output depends on the whole batch) and would have it replaced by
@@ -17,8 +21,8 @@ GroupNorm (`opacus.validators.ModuleValidator.fix`); but the attacker holds the 
 model, with BatchNorm, so an update computed with GroupNorm would not be the gradient of
 the model under attack. Use a model without BatchNorm (lenet, mlp) instead.
 
-`dp_epsilon` reports the (ε, δ) privacy a training run of such steps spends, with Opacus's
-RDP accountant (Mironov 2017; subsampled Gaussian, Mironov et al. 2019).
+Each application is the sampled Gaussian mechanism of noise multiplier σ on the client's
+batch (`mechanism`); `accounting.privacy_spent` turns a run of such steps into (ε, δ).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -35,8 +40,16 @@ from torch.nn import functional as F
 
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate, UpdateKind
+from gradleak.defenses.accounting import SIGMA_RANGE, GaussianMechanism
 from gradleak.defenses.arguments import check_count, parse_number
-from gradleak.defenses.base import ClientView, require_client, with_tensors
+from gradleak.defenses.base import (
+    ChainRole,
+    ClientView,
+    check_no_overflow,
+    largest_noise_std,
+    require_client,
+    with_tensors,
+)
 
 NAME = "dpsgd"
 USAGE = (
@@ -44,7 +57,6 @@ USAGE = (
     "multiplier (e.g. dpsgd:1.0:0.5)"
 )
 CLIP_RANGE = "a finite number > 0"
-SIGMA_RANGE = "a finite number >= 0"
 HELP = "DP-SGD: recompute the gradient with per-sample clipping and Gaussian noise (Opacus)"
 
 
@@ -72,7 +84,9 @@ class DPSGD:
     """Replace the update by the DP-SGD gradient of the client's batch: clip C, noise σC.
 
     Spelled `dpsgd:CLIP:SIGMA`. The update becomes (Σ_i clip_C(g_i) + N(0, σ²C²)) / B over
-    the B samples of the client's batch; see the top of this module.
+    the B samples of the client's batch; see the top of this module. It replaces the
+    incoming update, so it comes first in a chain, and it runs the sampled Gaussian
+    mechanism of noise multiplier σ.
 
     Args:
         clip: the per-sample clipping norm C, the largest L2 norm a sample's gradient (over
@@ -88,6 +102,8 @@ class DPSGD:
     clip: float
     noise_multiplier: float
 
+    role: ClassVar[ChainRole] = ChainRole(replaces_update=True)
+
     def __post_init__(self) -> None:
         _check_clip(self.clip)
         _check_sigma(self.noise_multiplier)
@@ -98,6 +114,11 @@ class DPSGD:
     def spec(self) -> str:
         """`dpsgd:CLIP:SIGMA`, which `parse_defense` reads back as an equal defense."""
         return f"{NAME}:{self.clip!r}:{self.noise_multiplier!r}"
+
+    @property
+    def mechanism(self) -> GaussianMechanism:
+        """The sampled Gaussian mechanism of noise multiplier σ, on the client's batch."""
+        return GaussianMechanism(self.noise_multiplier)
 
     def apply(
         self,
@@ -115,7 +136,8 @@ class DPSGD:
             update: a gradient update of the client's model; left unchanged.
             generator: the source of the Gaussian noise.
             client: the client's model (in its batch-norm mode, without BatchNorm layers)
-                and its batch; required.
+                and its batch, possibly empty; required. The noised sum is divided by its
+                `mean_over`.
 
         Returns:
             A new gradient update, each tensor the clipped, noised mean over the batch, with
@@ -128,6 +150,8 @@ class DPSGD:
             GradleakError: when the opacus package is missing.
             GradleakError: when Opacus cannot take the model's per-sample gradients (BatchNorm).
             GradleakError: when a parameter of the model is frozen.
+            GradleakError: when the noise σ·C would overflow or did overflow a tensor's
+                dtype (σ·C above the dtype's largest value / 1000), naming the bound.
         """
         view = require_client(client, self.spec)
         if update.kind is not UpdateKind.GRADIENT:
@@ -141,18 +165,44 @@ class DPSGD:
                 f"defense {self.spec!r}: the update's tensors are not the client model's "
                 "parameters; apply it to the update of the client whose model is given"
             )
-        per_sample = per_sample_gradients(view.model, view.batch.images, view.batch.labels)
-        clipped_sum = _clipped_sum(per_sample, self.clip)
-        batch_size = len(view.batch)
+        if view.mean_over == 0:
+            raise GradleakError(
+                f"defense {self.spec!r} cannot average over an empty batch; give the client's "
+                "expected batch size (ClientView(..., expected_batch_size=q·N)) when batches "
+                "are Poisson-sampled"
+            )
         std = self.noise_multiplier * self.clip
+        for name, parameter in view.model.named_parameters():
+            if std > largest_noise_std(parameter.dtype):
+                raise self._overflow(name, parameter)
+        if len(view.batch):
+            per_sample = per_sample_gradients(view.model, view.batch.images, view.batch.labels)
+            clipped_sum = _clipped_sum(per_sample, self.clip)
+        else:  # a Poisson batch may be empty: the step shares the noise alone
+            params = view.model.named_parameters()
+            clipped_sum = {n: torch.zeros_like(p.detach()) for n, p in params}
         private = {}
         for name in update.tensors:  # the update's order fixes the order of the draws
             total = clipped_sum[name]
             noise = torch.randn(
                 total.shape, dtype=total.dtype, device=generator.device, generator=generator
             )
-            private[name] = (total + std * noise.to(total.device)) / batch_size
-        return with_tensors(update, private)
+            private[name] = (total + std * noise.to(total.device)) / view.mean_over
+        shared = with_tensors(update, private)
+        # A non-finite clipped sum is the client's own gradient; only the noise is ours.
+        check_no_overflow(clipped_sum, shared, self._overflow)
+        return shared
+
+    def _overflow(self, name: str, tensor: torch.Tensor) -> GradleakError:
+        """The one line for noise σ·C too large for `tensor`'s dtype, with the bound."""
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        std = self.noise_multiplier * self.clip
+        return GradleakError(
+            f"defense {self.spec!r} overflows update tensor {name!r}: noise of standard "
+            f"deviation σ·C = {std:.3g} does not fit in {dtype} (largest value "
+            f"{torch.finfo(tensor.dtype).max:.3g}); keep σ·C at most "
+            f"{largest_noise_std(tensor.dtype):.3g}"
+        )
 
 
 def per_sample_gradients(
@@ -208,51 +258,6 @@ def _clipped_sum(per_sample: dict[str, torch.Tensor], clip: float) -> dict[str, 
         factor = scale.to(device=g.device, dtype=g.dtype).reshape(-1, *[1] * (g.dim() - 1))
         summed[name] = (g * factor).sum(dim=0)
     return summed
-
-
-def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """ε of the (ε, δ)-DP guarantee after `steps` DP-SGD steps, by Opacus's RDP accountant.
-
-    `sample_rate` is the probability that a record is in a step's batch (batch size over
-    dataset size, Poisson sampling as in the analysis). σ = 0 gives no privacy (ε = inf);
-    zero steps spend none (ε = 0).
-
-    Args:
-        noise_multiplier: σ, the noise standard deviation over the clipping norm; a finite
-            number >= 0.
-        sample_rate: the probability that a record is in a step's batch, in (0, 1].
-        steps: how many DP-SGD steps were taken; an int >= 0.
-        delta: the δ of the guarantee, in (0, 1); typically below 1 / dataset size.
-
-    Returns:
-        ε as a float: 0.0 for zero steps, inf for σ = 0, else the accountant's value.
-
-    Raises:
-        GradleakError: when the opacus package is missing.
-        GradleakError: when `noise_multiplier` is not a finite number >= 0.
-        GradleakError: when `sample_rate` is not in (0, 1].
-        GradleakError: when `steps` is not a non-negative int (a bool included).
-        GradleakError: when `delta` is not in (0, 1).
-    """
-    _opacus("the DP-SGD accountant")
-    from opacus.accountants import RDPAccountant
-
-    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
-        raise GradleakError(f"noise multiplier must be {SIGMA_RANGE}, got {noise_multiplier}")
-    if not 0 < sample_rate <= 1:
-        raise GradleakError(f"sample rate must be in (0, 1], got {sample_rate}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise GradleakError(f"steps must be a non-negative integer, got {steps!r}")
-    if not 0 < delta < 1:
-        raise GradleakError(f"delta must be in (0, 1), got {delta}")
-    if steps == 0:
-        return 0.0
-    if noise_multiplier == 0:
-        return math.inf
-    accountant = RDPAccountant()
-    # One entry of `steps` identical steps, as accumulated by `steps` calls to .step().
-    accountant.history = [(float(noise_multiplier), float(sample_rate), steps)]
-    return float(accountant.get_epsilon(delta=delta))
 
 
 def parse(args: list[str]) -> DPSGD:

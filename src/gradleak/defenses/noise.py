@@ -11,13 +11,21 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
+from gradleak.defenses.accounting import GaussianMechanism
 from gradleak.defenses.arguments import check_count, parse_choice, parse_number
-from gradleak.defenses.base import ClientView, map_floating
+from gradleak.defenses.base import (
+    ChainRole,
+    ClientView,
+    check_no_overflow,
+    largest_noise_std,
+    map_tensors,
+)
 
 NAME = "noise"
 USAGE = "noise:KIND:VARIANCE with KIND one of gaussian, laplacian (e.g. noise:gaussian:1e-3)"
@@ -65,7 +73,9 @@ class AdditiveNoise:
     """Add independent zero-mean noise of variance `variance` to every entry of every tensor.
 
     Spelled `noise:KIND:VARIANCE`. Gaussian noise is N(0, variance); Laplacian noise has
-    scale √(variance/2), hence the same variance.
+    scale √(variance/2), hence the same variance. Any number compose (independent noise
+    adds up). Without a bound on what one record contributes to the update, the noise
+    gives no differential-privacy guarantee (DP-SGD clips for that).
 
     Args:
         kind: `NoiseKind.GAUSSIAN` or `NoiseKind.LAPLACIAN` (or its value, "gaussian" or
@@ -79,6 +89,9 @@ class AdditiveNoise:
 
     kind: NoiseKind
     variance: float
+
+    role: ClassVar[ChainRole] = ChainRole()
+    mechanism: ClassVar[GaussianMechanism | None] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", NoiseKind(self.kind))
@@ -111,14 +124,34 @@ class AdditiveNoise:
 
         Raises:
             GradleakError: when a tensor of `update` is not floating point.
+            GradleakError: when the noise would overflow a tensor's dtype (its standard
+                deviation above the dtype's largest value / 1000), before anything is drawn,
+                or did overflow it, naming the largest variance that fits.
         """
+        std = math.sqrt(self.variance)
+        for name, tensor in update.tensors.items():
+            if tensor.is_floating_point() and std > largest_noise_std(tensor.dtype):
+                raise self._overflow(name, tensor)
         sample = SAMPLERS[self.kind]
 
         def noisy(tensor: torch.Tensor) -> torch.Tensor:
             noise = sample(tensor.shape, tensor.dtype, self.variance, generator)
             return tensor + noise.to(tensor.device)
 
-        return map_floating(update, noisy, "add noise to", "noise")
+        shared = map_tensors(update, noisy)
+        check_no_overflow(update.tensors, shared, self._overflow)
+        return shared
+
+    def _overflow(self, name: str, tensor: torch.Tensor) -> GradleakError:
+        """The one line for noise too large for `tensor`'s dtype, with the variance that fits."""
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        std = largest_noise_std(tensor.dtype)
+        largest = std * std  # inf for float64, whose variances all fit (no OverflowError)
+        return GradleakError(
+            f"defense {self.spec!r} overflows update tensor {name!r}: noise of variance "
+            f"{self.variance:.3g} does not fit in {dtype} (largest value "
+            f"{torch.finfo(tensor.dtype).max:.3g}); use a variance of at most {largest:.3g}"
+        )
 
 
 def parse(args: list[str]) -> AdditiveNoise:

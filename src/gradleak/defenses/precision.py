@@ -5,7 +5,8 @@ dtype, so attacks run on them unchanged. Per tensor:
 
 - `float16`, `bfloat16`: rounded to that dtype (to nearest, ties to even) and back. The
   relative error of a normal value is at most 2^-11 (float16) or 2^-8 (bfloat16); float16
-  also overflows to ±inf beyond 65504 and loses precision below ~6.1e-5 (subnormals).
+  loses precision below ~6.1e-5 (subnormals), and a value beyond what the format holds
+  (65504 for float16) is refused rather than sent as ±inf.
 - `int8`: uniform symmetric quantisation with scale = max|x| / 127: q = round(x / scale)
   (ties to even) clamped to [-127, 127], sent as q · scale. Every entry moves by at most
   scale / 2, at most 255 distinct values remain, and a zero tensor stays zero.
@@ -19,18 +20,25 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
+from gradleak.defenses.accounting import GaussianMechanism
 from gradleak.defenses.arguments import check_count, parse_choice
-from gradleak.defenses.base import ClientView, map_floating
+from gradleak.defenses.base import ChainRole, ClientView, Family, check_no_overflow, map_tensors
 
 NAME = "precision"
 USAGE = "precision:KIND with KIND one of float16, bfloat16, int8, sign (e.g. precision:int8)"
 HELP = "share every tensor in low precision: float16, bfloat16, int8 (per-tensor scale) or sign"
 
 INT8_LEVELS = 127  # symmetric: q in [-127, 127], so 255 values and 0 is exact
+
+# An update is sent in one number format: a second format rounds what the first already
+# rounded, or replaces it.
+NUMBER_FORMATS = Family("set the number format the update is sent in", "it is sent in one")
 
 
 class PrecisionKind(str, enum.Enum):
@@ -64,6 +72,13 @@ def _sign(tensor: torch.Tensor) -> torch.Tensor:
     return (torch.sign(tensor.to(torch.float64)) * magnitude).to(tensor.dtype)
 
 
+# The largest magnitude each format holds; int8 and sign scale per tensor and hold what the
+# tensor's own dtype does.
+QUANTISED_MAX = {
+    PrecisionKind.FLOAT16: torch.finfo(torch.float16).max,
+    PrecisionKind.BFLOAT16: torch.finfo(torch.bfloat16).max,
+}
+
 QUANTISERS: dict[PrecisionKind, Callable[[torch.Tensor], torch.Tensor]] = {
     PrecisionKind.FLOAT16: _cast(torch.float16),
     PrecisionKind.BFLOAT16: _cast(torch.bfloat16),
@@ -84,6 +99,9 @@ class LowPrecision:
     """
 
     kind: PrecisionKind
+
+    role: ClassVar[ChainRole] = ChainRole(family=NUMBER_FORMATS)
+    mechanism: ClassVar[GaussianMechanism | None] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", PrecisionKind(self.kind))
@@ -115,13 +133,31 @@ class LowPrecision:
 
         Raises:
             GradleakError: when a tensor of `update` is not floating point.
+            GradleakError: when a finite value becomes ±inf or NaN in the coarse format
+                (beyond 65504 in float16), naming the tensor and the format's bound.
         """
         quantise = QUANTISERS[self.kind]
 
         def shared(tensor: torch.Tensor) -> torch.Tensor:
             return quantise(tensor) if tensor.numel() else tensor.clone()
 
-        return map_floating(update, shared, f"apply {self.spec!r} to", "low precision")
+        out = map_tensors(update, shared)
+        check_no_overflow(update.tensors, out, self._overflow)
+        return out
+
+    def _overflow(self, name: str, tensor: torch.Tensor) -> GradleakError:
+        """The one line for a tensor whose finite values the coarse format cannot hold."""
+        largest = float(tensor[torch.isfinite(tensor)].abs().max())
+        if self.kind in QUANTISED_MAX:
+            bound, what = QUANTISED_MAX[self.kind], self.kind.value
+            fix = f"share it as precision:{PrecisionKind.INT8.value} (scaled per tensor) instead"
+        else:  # int8 and sign scale in float64: only values near float64's largest overflow
+            bound, what = torch.finfo(tensor.dtype).max, "its scaling"
+            fix = "scale the update down before sharing it"
+        return GradleakError(
+            f"defense {self.spec!r} overflows update tensor {name!r}: its values reach "
+            f"{largest:.3g}, beyond the {bound:.5g} {what} holds; {fix}"
+        )
 
 
 def parse(args: list[str]) -> LowPrecision:

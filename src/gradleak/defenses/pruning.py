@@ -19,8 +19,9 @@ import torch
 
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
+from gradleak.defenses.accounting import GaussianMechanism
 from gradleak.defenses.arguments import check_count, parse_choice, parse_number
-from gradleak.defenses.base import ClientView, with_tensors
+from gradleak.defenses.base import ChainRole, ClientView, Family, with_tensors
 
 NAME = "prune"
 USAGE = "prune:FRACTION[:SCOPE] with FRACTION in [0, 1) and SCOPE one of layer (default), global"
@@ -61,6 +62,12 @@ def _masked(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 KeepMask = Callable[[torch.Tensor, float], torch.Tensor]
 
+# Zeros rank lowest, so a second magnitude mask keeps (nearly) what the first kept, or
+# zeroes a superset of it: whichever zeroes more leaves the other nothing to do.
+MAGNITUDE_MASKS = Family(
+    "zero entries by magnitude", "the one that zeroes more leaves the other nothing to do"
+)
+
 
 def masked_by_magnitude(
     tensors: Mapping[str, torch.Tensor], fraction: float, scope: PruneScope, keep_mask: KeepMask
@@ -83,13 +90,16 @@ class MagnitudeMask:
     """Zero entries chosen by magnitude (`keep_mask`), per tensor or over all tensors.
 
     The shared base of `Pruning` and `TopK`: a subclass names its spelling (`name`), the
-    check of its fraction (`check_fraction`) and which entries it keeps (`keep_mask`).
+    check of its fraction (`check_fraction`) and which entries it keeps (`keep_mask`). A
+    chain holds one magnitude mask (`MAGNITUDE_MASKS`).
     """
 
     fraction: float
     scope: PruneScope = PruneScope.LAYER
 
     name: ClassVar[str]
+    role: ClassVar[ChainRole] = ChainRole(family=MAGNITUDE_MASKS)
+    mechanism: ClassVar[GaussianMechanism | None] = None
 
     def __post_init__(self) -> None:
         self.check_fraction(self.fraction)

@@ -1,7 +1,7 @@
 """Defenses by name, parsed from their CLI spelling `NAME[:ARG[:ARG]]`, and composed.
 
-A new defense is one module (a class with `spec` and `apply`, and a `parse(args)`) plus
-one line here.
+A new defense is one module (a class with `spec`, `role`, `mechanism` and `apply`, and a
+`parse(args)`) plus one line here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
 from gradleak.defenses import dpsgd, noise, precision, pruning, soteria, sparsify
-from gradleak.defenses.base import ClientView, Defense
+from gradleak.defenses.base import ClientView, Defense, check_chain
 
 NONE = "none"
 
@@ -92,6 +92,9 @@ def parse_defenses(specs: Iterable[str] | str | None) -> list[Defense]:
     Raises:
         GradleakError: when `none` is given together with other defenses.
         GradleakError: when a spelling is not a valid defense (see `parse_defense`).
+        GradleakError: when a member would be thrown away or change nothing: a defense that
+            recomputes the update from the client's data given after another, or two of
+            them, or two of one family (see `check_chain`).
     """
     if specs is None:
         return []
@@ -103,7 +106,9 @@ def parse_defenses(specs: Iterable[str] | str | None) -> list[Defense]:
             f"defense {NONE!r} cannot be combined with other defenses, got {specs}; "
             f"give {NONE!r} alone or drop it"
         )
-    return [parse_defense(spec) for spec in specs]
+    defenses = [parse_defense(spec) for spec in specs]
+    check_chain(defenses, specs)
+    return defenses
 
 
 def apply_defenses(
@@ -115,7 +120,8 @@ def apply_defenses(
     """Apply `defenses` to `update` in the given order; the input update is left as it was.
 
     Each defense gets the previous one's output, the same `generator` (so the draws follow
-    one another and one seed repeats the whole chain) and the same `client`.
+    one another and one seed repeats the whole chain) and the same `client`. The chain is
+    checked as `parse_defenses` checks it, so one built by hand loses no member either.
 
     Args:
         update: the update as the client computed it.
@@ -128,8 +134,10 @@ def apply_defenses(
         The update after the last defense.
 
     Raises:
+        GradleakError: when the chain is refused (see `check_chain`).
         GradleakError: when a defense cannot be applied (see that defense's `apply`).
     """
+    check_chain(defenses)
     for defense in defenses:
         update = defense.apply(update, generator, client)
     return update

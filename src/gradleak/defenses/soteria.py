@@ -32,6 +32,10 @@ Differences from the reference code: the pruned count is exact instead of np.per
 the GS script adds 0.1, which depends on the scale of r).
 
 Cost: D backward passes through the feature extractor (768 for lenet on 32×32 images).
+
+Soteria reads the client's model and batch only to choose the columns; the values it shares
+are the incoming update's, so it may follow other defenses. The scores do not depend on the
+update, so a larger share zeroes every column a smaller one does: a chain holds one Soteria.
 """
 
 from __future__ import annotations
@@ -39,14 +43,16 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
+from gradleak.defenses.accounting import GaussianMechanism
 from gradleak.defenses.arguments import check_count, parse_number
-from gradleak.defenses.base import ClientView, require_client, with_tensors
+from gradleak.defenses.base import ChainRole, ClientView, Family, require_client, with_tensors
 from gradleak.models import classifier_layer
 
 NAME = "soteria"
@@ -56,6 +62,11 @@ USAGE = (
 )
 PERCENT_RANGE = "in [0, 100)"
 HELP = "Soteria: zero the classifier weight-gradient columns of the most revealing features"
+
+SOTERIA = Family(
+    "zero the classifier columns of the features Soteria scores most revealing",
+    "the larger share zeroes every column the smaller one does",
+)
 
 
 def pruned_features(percent: float, features: int) -> int:
@@ -130,6 +141,9 @@ class Soteria:
     """
 
     percent: float
+
+    role: ClassVar[ChainRole] = ChainRole(family=SOTERIA)
+    mechanism: ClassVar[GaussianMechanism | None] = None
 
     def __post_init__(self) -> None:
         _check_percent(self.percent)

@@ -1,5 +1,5 @@
 """Protocols as objects: what each protocol's clients share, how the server and peers step
-with it, and how an attacker replays it. A new protocol is one module (its client and its
+with it, and how an attacker reads it. A new protocol is one module (its client and its
 replay) plus one entry in `PROTOCOLS`.
 """
 
@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from gradleak.core.errors import GradleakError
-from gradleak.core.knowledge import GUESSABLE, Grants, Knowledge
+from gradleak.core.knowledge import GUESSABLE, AdmmKnowledge, ClientState, Grants, Knowledge
 from gradleak.core.update import UpdateKind
 from gradleak.fl import fedadmm, fedavg, fedsgd
 from gradleak.fl.client import Client
@@ -35,6 +35,34 @@ def _add(param: torch.Tensor, difference: torch.Tensor, lr: float) -> torch.Tens
     return param + difference
 
 
+# The name of every protocol's first reading: its clients replayed as they compute.
+REPLAY = "replay"
+# The settings of the attacker's belief a reading may use: the local training's, and ρ.
+BELIEFS = (*GUESSABLE, "rho")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One way for an attack to read a protocol's updates.
+
+    Attributes:
+        name: the reading's name (`replay` for the clients replayed as they compute).
+        replay: builds the attacker's `Replay` from what the threat model grants (`who`
+            names the attack in errors).
+        belief_used: the settings of the attacker's belief (`BELIEFS`) it reads; guesses of
+            others would be ignored, so they are refused.
+        needs_client_state: it starts from each client's state, which after round 1 the
+            threat model must grant.
+        help: what it does, in one line.
+    """
+
+    name: str
+    replay: Callable[[Knowledge, str], Replay]
+    belief_used: frozenset[str]
+    needs_client_state: bool = False
+    help: str = ""
+
+
 @dataclass(frozen=True)
 class Protocol:
     """One federated protocol.
@@ -43,27 +71,49 @@ class Protocol:
         name: the protocol's name on the command line.
         shares: the kind of update its clients send.
         new_client: builds one client from the server's model and the settings.
-        replay: the attacker's replay of its clients, from what the threat model grants
-            (`who` names the attack in errors).
+        readings: how attacks may read its updates; the first, `replay`, replays its
+            clients as they compute and is the default.
         step: how a model moves by one of its updates (a gradient needs a step size).
         moves_model: the server adds the mean update to its model, so rounds follow rounds.
         peer_to_peer: peers can run it without a central server.
-        belief_used: the fields of the attacker's belief of the local training that the
-            replay reads (guesses of other fields would be ignored, so they are refused).
         trains_locally: its clients train locally (steps, epochs, mini-batches, a rate).
         penalised: its clients take ADMM's penalty ρ.
+        client_state: a client's own state at the start of the round it last computed
+            (None: its clients keep no state between rounds).
     """
 
     name: str
     shares: UpdateKind
     new_client: Callable[[nn.Module, ProtocolSettings], Client]
-    replay: Callable[[Knowledge, str], Replay]
+    readings: tuple[Reading, ...]
     step: Step
     moves_model: bool
     peer_to_peer: bool
-    belief_used: frozenset[str]
     trains_locally: bool
     penalised: bool = False
+    client_state: Callable[[Client], ClientState] | None = None
+
+    def reading(self, name: str = REPLAY) -> Reading:
+        """The reading called `name`.
+
+        Raises:
+            GradleakError: the protocol offers no reading of that name.
+        """
+        for reading in self.readings:
+            if reading.name == name:
+                return reading
+        names = ", ".join(r.name for r in self.readings)
+        raise GradleakError(f"{self.name} updates are read as: {names}; not {name!r}")
+
+    @property
+    def replay(self) -> Callable[[Knowledge, str], Replay]:
+        """The attacker's replay of its clients (the default reading's)."""
+        return self.readings[0].replay
+
+    @property
+    def belief_used(self) -> frozenset[str]:
+        """The settings of the attacker's belief that the replay of its clients reads."""
+        return self.readings[0].belief_used
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -73,22 +123,27 @@ PROTOCOLS: dict[str, Protocol] = {
             "fedsgd",
             UpdateKind.GRADIENT,
             fedsgd.client,
-            fedsgd.replay,
+            (Reading(REPLAY, fedsgd.replay, frozenset(), help="one gradient per user"),),
             _descend,
             moves_model=False,
             peer_to_peer=True,
-            belief_used=frozenset(),
             trains_locally=False,
         ),
         Protocol(
             "fedavg",
             UpdateKind.WEIGHT_DELTA,
             fedavg.client,
-            fedavg.replay,
+            (
+                Reading(
+                    REPLAY,
+                    fedavg.replay,
+                    frozenset(GUESSABLE),
+                    help="the local SGD steps unrolled",
+                ),
+            ),
             _add,
             moves_model=True,
             peer_to_peer=True,
-            belief_used=frozenset(GUESSABLE),
             trains_locally=True,
         ),
         # FedADMM's dual state assumes one central server: no peer-to-peer variant.
@@ -96,13 +151,28 @@ PROTOCOLS: dict[str, Protocol] = {
             "fedadmm",
             UpdateKind.ADMM_INCREMENT,
             fedadmm.client,
-            fedadmm.replay,
+            (
+                Reading(
+                    REPLAY,
+                    fedadmm.replay,
+                    frozenset(BELIEFS),
+                    needs_client_state=True,
+                    help="the client's ADMM round replayed from its state; −Δ'/η matched with −Δ/η",
+                ),
+                Reading(
+                    "gradient",
+                    fedadmm.gradient_reading,
+                    frozenset({"lr"}),
+                    help="−Δ/η matched with one plain gradient (twice the gradient in a "
+                    "first round of one step)",
+                ),
+            ),
             _add,
             moves_model=True,
             peer_to_peer=False,
-            belief_used=frozenset({"lr"}),
             trains_locally=True,
             penalised=True,
+            client_state=fedadmm.round_start_state,
         ),
     )
 }
@@ -193,6 +263,7 @@ class ProtocolSettings:
             GradleakError: a guess for a protocol without local training, or a guessed
                 mini-batch larger than a user's samples.
         """
+        self._check_admm_grants(grants)
         guessed = grants.guessed()
         if self.local is None:
             if guessed:
@@ -214,23 +285,105 @@ class ProtocolSettings:
         belief.check(samples_per_user, "--guess-local-batch-size")
         return belief, True
 
-    def refuse_ignored_guesses(self, grants: Grants, who: str) -> None:
-        """Refuse guesses of settings this protocol's replay does not read.
+    def admm_belief(
+        self, grants: Grants, client_states: Sequence[ClientState] | None = None
+    ) -> AdmmKnowledge | None:
+        """The attacker's belief of ρ and the clients' state it is granted (FedADMM only).
+
+        Args:
+            grants: the threat model's grants and guesses.
+            client_states: each user's true state at the start of the attacked round, once
+                the earlier rounds ran; granted only with `grants.client_state_known`.
+
+        Returns:
+            None for a protocol without ADMM's penalty; else ρ as known or guessed and the
+            granted states (None where not granted or not given).
+
+        Raises:
+            GradleakError: a guess of ρ or a granted state the protocol does not have.
+        """
+        self._check_admm_grants(grants)
+        if not self.protocol.penalised:
+            return None
+        states = None
+        if grants.client_state_known and client_states is not None:
+            states = tuple(client_states)
+        rho = self.rho if grants.rho_guess is None else grants.rho_guess
+        return AdmmKnowledge(rho, grants.rho_guess is not None, states)
+
+    def client_states(self, clients: Sequence[Client]) -> tuple[ClientState, ...] | None:
+        """Each client's own state at the start of the round it last computed.
+
+        Returns:
+            One state per client, or None where the protocol's clients keep none.
+        """
+        state = self.protocol.client_state
+        return None if state is None else tuple(state(client) for client in clients)
+
+    def _check_admm_grants(self, grants: Grants) -> None:
+        admm = " or ".join(p.name for p in PROTOCOLS.values() if p.penalised)
+        if grants.rho_guess is not None and not self.protocol.penalised:
+            raise GradleakError(
+                f"--guess-admm-rho guesses ADMM's penalty, which {self.name} does not use; "
+                f"use --protocol {admm}"
+            )
+        if grants.rho_guess is not None and not (
+            grants.rho_guess > 0 and math.isfinite(grants.rho_guess)
+        ):
+            raise GradleakError(f"--guess-admm-rho must be positive, got {grants.rho_guess}")
+        if grants.client_state_known and self.protocol.client_state is None:
+            stateful = " or ".join(p.name for p in PROTOCOLS.values() if p.client_state)
+            raise GradleakError(
+                f"--client-state-known grants the state clients keep between rounds, but "
+                f"{self.name} clients keep none; drop it or use --protocol {stateful}"
+            )
+
+    def check_reading(self, grants: Grants, who: str, reading: str = REPLAY) -> None:
+        """Refuse, before any data is read, a reading the threat model cannot support.
+
+        Args:
+            grants: the threat model's grants and guesses.
+            who: the attack that reads the updates, named in the error.
+            reading: the name of the protocol's reading the attack uses.
+
+        Raises:
+            GradleakError: an unknown reading, a guess the reading ignores, or a later
+                round's client state the reading starts from but the threat model does not
+                grant (one line naming the fix).
+        """
+        chosen = self.protocol.reading(reading)
+        self.refuse_ignored_guesses(grants, who, reading)
+        if chosen.needs_client_state and self.rounds > 1 and not grants.client_state_known:
+            others = [r.name for r in self.protocol.readings if not r.needs_client_state]
+            other = f", or read it as {others[0]} (admm_reading: {others[0]})" if others else ""
+            raise GradleakError(
+                f"{who} replays the {self.name} client from its state at the start of round "
+                f"{self.rounds}, which the threat model does not grant; add "
+                f"--client-state-known (a server that received the client's earlier "
+                f"increments can compute it), attack round 1{other}"
+            )
+
+    def refuse_ignored_guesses(self, grants: Grants, who: str, reading: str = REPLAY) -> None:
+        """Refuse guesses of settings this protocol's reading does not read.
 
         A guess that changes nothing would still mark the run as guessed, so it is an error.
 
         Args:
             grants: the threat model's grants and guesses.
             who: the attack that would replay the clients, named in the error.
+            reading: the name of the protocol's reading the attack uses.
 
         Raises:
             GradleakError: naming the guess to drop and the guesses that do count.
         """
-        used = self.protocol.belief_used
-        ignored = [k for k in grants.guessed() if k not in used]
+        used = self.protocol.reading(reading).belief_used
+        guessed = grants.guessed() + (["rho"] if grants.rho_guess is not None else [])
+        ignored = [k for k in guessed if k not in used]
         if ignored and used:
-            words = " and ".join(_FIELD_WORDS[k] for k in GUESSABLE if k in used)
-            flags = " ".join(_guess_flag(k) for k in GUESSABLE if k in used)
+            words = " and ".join(_FIELD_WORDS[k] for k in BELIEFS if k in used)
+            flags = " ".join(_guess_flag(k) for k in BELIEFS if k in used)
+            if reading != REPLAY:
+                who = f"{who} with admm_reading {reading}"
             raise GradleakError(
                 f"{who} uses only the local {words} of the attacker's belief; drop "
                 f"{_guess_flag(ignored[0])} (use {flags})"
@@ -253,8 +406,15 @@ _FIELD_WORDS = {
     "epochs": "epochs",
     "batch_size": "batch size",
     "lr": "learning rate",
+    "rho": "ADMM penalty",
+}
+
+
+_GUESS_FLAGS = {
+    **{key: "--guess-local-" + key.replace("_", "-") for key in GUESSABLE},
+    "rho": "--guess-admm-rho",
 }
 
 
 def _guess_flag(key: str) -> str:
-    return "--guess-local-" + key.replace("_", "-")
+    return _GUESS_FLAGS[key]

@@ -11,6 +11,7 @@ from gradleak.models.registry import (
     build_model,
     canonical_model_name,
     classifier_layer,
+    is_model_name,
 )
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "canonical_model_name",
     "check_checkpoint_model",
     "classifier_layer",
+    "is_model_name",
     "load_checkpoint",
     "read_checkpoint_metadata",
     "save_checkpoint",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from torch import nn
 
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import replaced_atomically
-from gradleak.models.registry import canonical_model_name
+from gradleak.models.registry import canonical_model_name, is_model_name
 
 _WRAPPER_KEYS = ("state_dict", "model")
 # How many offending keys an error message names before summarising the rest.
@@ -30,7 +29,9 @@ def save_checkpoint(model: nn.Module, path: Path | str, /, **metadata: object) -
         model: the model whose `state_dict()` is saved (positional only).
         path: where to write, usually a `.pt` file (positional only).
         **metadata: values to save alongside, e.g. model="lenet", epoch=3: str, int,
-            float, bool, None, or lists/tuples/dicts (str keys) of them.
+            float, bool, None, or lists/tuples/dicts (str keys) of them. A `model` that
+            names a registry model is recorded in its canonical spelling
+            (`canonical_model_name`: "mlp" is saved as "mlp2-1024").
 
     Returns:
         `path` as a Path.
@@ -45,6 +46,10 @@ def save_checkpoint(model: nn.Module, path: Path | str, /, **metadata: object) -
                 f"checkpoint metadata {key!r} is a {type(value).__name__}; use str, int, "
                 "float, bool, None or lists/dicts of them"
             )
+    model_name = metadata.get("model")
+    if is_model_name(model_name):
+        # One spelling per architecture, so any spelling of it reads the checkpoint back.
+        metadata["model"] = canonical_model_name(str(model_name))
     path = Path(path)
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     # Written beside the target and renamed, so an interrupted save never leaves half a file
@@ -84,10 +89,13 @@ def load_checkpoint(model: nn.Module, path: Path | str) -> nn.Module:
         GradleakError: when the file is not a tensors-only checkpoint torch can read.
         GradleakError: when it holds no non-empty state_dict of tensors.
         GradleakError: when its keys or shapes differ from `model`'s (the error names them).
+        GradleakError: when a tensor is sparse, of another kind of dtype than the model's
+            (say complex or integer for a float parameter), or holds NaN or infinity.
     """
     path = Path(path)
     state = _extract_state_dict(_read(path), path)
     _check_fits(model, state, path)
+    _check_values(model, state, path)
     model.load_state_dict(state, strict=True)
     return model
 
@@ -133,32 +141,42 @@ def check_checkpoint_model(path: Path | str, model_name: str) -> None:
     if canonical_model_name(saved) != canonical_model_name(model_name):
         raise GradleakError(
             f"checkpoint {path} was saved from model {saved!r}, not {model_name!r}; "
-            f"pass --model {saved.strip()} or a checkpoint saved from {model_name}"
+            f"pass --model {_shown(saved.strip())} or a checkpoint saved from {model_name}"
         )
 
 
 def _read(path: Path) -> object:
     """torch.load of tensors and plain values only; anything else is a one-line error."""
+    if path.is_dir():
+        raise GradleakError(f"checkpoint {path} is a folder, not a file; {_inside(path)}")
     if not path.is_file():
         raise GradleakError(f"checkpoint not found: {path}; pass the path of a saved .pt file")
     try:
         # weights_only refuses pickled code, so a hostile file cannot run anything.
         return torch.load(path, map_location="cpu", weights_only=True)
-    # Each of these is what torch.load raises for some kind of non-checkpoint file:
-    # pickled code, a broken zip archive, a truncated file, random bytes (KeyError on
-    # the legacy format's magic number), or a file that cannot be read.
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        KeyError,
-        ValueError,
-        OSError,
-    ) as error:
+    except PermissionError as error:
+        raise GradleakError(
+            f"checkpoint {path} cannot be read (permission denied); check its mode"
+        ) from error
+    # torch.load raises many unrelated types for files that are no checkpoint: pickled
+    # code (UnpicklingError), a broken zip archive (RuntimeError), a truncated file
+    # (EOFError), random bytes (KeyError, IndexError, TypeError, ... from its unpickler).
+    # The block calls nothing but torch.load, so each of them means a bad file.
+    except Exception as error:
         raise GradleakError(
             f"{path} is not a tensors-only checkpoint ({type(error).__name__}); re-save it "
             "with gradleak's save_checkpoint or torch.save(model.state_dict(), path)"
         ) from error
+
+
+def _inside(folder: Path) -> str:
+    """How to name a checkpoint file instead of `folder`: its one .pt file if it has one."""
+    found = sorted(p for p in folder.glob("*.pt") if p.is_file())
+    if len(found) == 1:
+        return f"did you mean {found[0]}?"
+    if found:
+        return f"pass one of its {len(found)} .pt files, e.g. {found[0]}"
+    return "pass the path of a saved .pt file"
 
 
 def _extract_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
@@ -208,7 +226,46 @@ def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path)
         )
 
 
+def _kind(dtype: torch.dtype) -> str:
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "floating-point"
+    return "boolean" if dtype == torch.bool else "integer"
+
+
+def _check_values(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse tensors `load_state_dict` would copy wrongly or that no model can compute with."""
+    for name, expected in model.state_dict().items():
+        tensor = state[name]
+        if tensor.layout != torch.strided:
+            raise GradleakError(
+                f"checkpoint {path} holds {name} as a {tensor.layout} tensor; re-save it with "
+                "dense tensors (tensor.to_dense())"
+            )
+        if _kind(tensor.dtype) != _kind(expected.dtype):
+            raise GradleakError(
+                f"checkpoint {path} holds {name} as {_kind(tensor.dtype)} ({tensor.dtype}) "
+                f"but the model's is {_kind(expected.dtype)} ({expected.dtype}); re-save it "
+                "from the model it belongs to"
+            )
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
+            torch.isfinite(tensor).all()
+        ):
+            raise GradleakError(
+                f"checkpoint {path} holds non-finite values in {name} (NaN or infinity): the "
+                "training that wrote it diverged; use an earlier epoch's checkpoint or train "
+                "again with a lower --lr"
+            )
+
+
+def _shown(text: str) -> str:
+    # Names read from a file may hold line breaks or control characters; an error stays one
+    # line, so those are shown quoted and escaped.
+    return text if text.isprintable() else repr(text)
+
+
 def _summarise(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOWN_KEYS])
+    shown = ", ".join(_shown(key) for key in keys[:_SHOWN_KEYS])
     rest = len(keys) - _SHOWN_KEYS
     return f"{shown} (+{rest} more)" if rest > 0 else shown

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -17,78 +19,94 @@ from gradleak.models.mlp import MLP
 from gradleak.models.resnet import ResNet
 from gradleak.models.resnet_imagenet import ResNet18
 
-# A factory gets the regex match of the name plus (num_classes, in_channels, image_size).
-_Factory = Callable[[re.Match[str], int, int, tuple[int, int]], nn.Module]
+# A factory gets the name's parameters (its optional parts filled with their defaults) plus
+# (num_classes, in_channels, image_size).
+_Params = Mapping[str, int]
+_Factory = Callable[[_Params, int, int, tuple[int, int]], nn.Module]
 
 
 @dataclass(frozen=True)
 class _Entry:
+    """One family of names: its pattern, its defaults and its one canonical spelling.
+
+    Every named group of `pattern` is an integer parameter; a group the name leaves out
+    takes its value from `defaults`. `canonical` spells the parameters out in full, so
+    that every spelling of one architecture ("mlp", "mlp2", "mlp-1024") has one name.
+    """
+
     pattern: re.Pattern[str]
     display: str
     factory: _Factory
-    default: int | None = None  # value of the optional "-N" suffix when a name leaves it out
+    canonical: str
+    defaults: Mapping[str, int] = field(default_factory=dict)
+
+    def params(self, match: re.Match[str]) -> dict[str, int]:
+        return {
+            group: self.defaults[group] if value is None else int(value)
+            for group, value in match.groupdict().items()
+        }
 
 
-# Defaults of the optional suffixes, shared by the factories and canonical_model_name.
+# Defaults of the optional parts of names, shared by the factories and canonical_model_name.
 _CONVNET_WIDTH = 64
 _MLP_WIDTH = 1024
+_MLP_DEPTH = 2
 _RESNET_K = 1
 
 
-def _optional_int(match: re.Match[str], group: str, default: int) -> int:
-    value = match.group(group)
-    return default if value is None else int(value)
-
-
-def _lenet(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
+def _lenet(params: _Params, classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
     return LeNet(classes, channels, size)
 
 
-def _cnn6(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
+def _cnn6(params: _Params, classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
     return CNN6(classes, channels, size)
 
 
-def _convnet(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
-    return ConvNet(classes, channels, size, width=_optional_int(match, "width", _CONVNET_WIDTH))
+def _convnet(params: _Params, classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
+    return ConvNet(classes, channels, size, width=params["width"])
 
 
-def _mlp(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
-    width = _optional_int(match, "width", _MLP_WIDTH)
-    return MLP(classes, channels, size, width=width, depth=_optional_int(match, "depth", 2))
+def _mlp(params: _Params, classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
+    return MLP(classes, channels, size, width=params["width"], depth=params["depth"])
 
 
-def _resnet(match: re.Match[str], classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
-    return ResNet(
-        classes,
-        channels,
-        size,
-        depth=int(match.group("depth")),
-        width_factor=_optional_int(match, "k", _RESNET_K),
-    )
+def _resnet(params: _Params, classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
+    return ResNet(classes, channels, size, depth=params["depth"], width_factor=params["k"])
 
 
-def _resnet18(
-    match: re.Match[str], classes: int, channels: int, size: tuple[int, int]
-) -> nn.Module:
+def _resnet18(params: _Params, classes: int, channels: int, size: tuple[int, int]) -> nn.Module:
     return ResNet18(classes, channels, size)
 
 
 _TABLE: tuple[_Entry, ...] = (
-    _Entry(re.compile(r"lenet"), "lenet", _lenet),
-    _Entry(re.compile(r"cnn6"), "cnn6", _cnn6),
-    _Entry(re.compile(r"convnet(?:-(?P<width>\d+))?"), "convnet[-W]", _convnet, _CONVNET_WIDTH),
-    # mlpD-W: D hidden layers (default 2) of W units; the width stays the last group.
-    _Entry(re.compile(r"mlp(?P<depth>\d+)?(?:-(?P<width>\d+))?"), "mlp[D][-W]", _mlp, _MLP_WIDTH),
+    _Entry(re.compile(r"lenet"), "lenet", _lenet, "lenet"),
+    _Entry(re.compile(r"cnn6"), "cnn6", _cnn6, "cnn6"),
+    _Entry(
+        re.compile(r"convnet(?:-(?P<width>\d+))?"),
+        "convnet[-W]",
+        _convnet,
+        "convnet-{width}",
+        {"width": _CONVNET_WIDTH},
+    ),
+    # mlpD-W: D hidden layers of W units.
+    _Entry(
+        re.compile(r"mlp(?P<depth>\d+)?(?:-(?P<width>\d+))?"),
+        "mlp[D][-W]",
+        _mlp,
+        "mlp{depth}-{width}",
+        {"depth": _MLP_DEPTH, "width": _MLP_WIDTH},
+    ),
     *(
         _Entry(
             re.compile(rf"resnet(?P<depth>{depth})(?:-(?P<k>\d+))?"),
             f"resnet{depth}[-K]",
             _resnet,
-            _RESNET_K,
+            "resnet{depth}-{k}",
+            {"k": _RESNET_K},
         )
         for depth in (20, 32, 56)
     ),
-    _Entry(re.compile(r"resnet18"), "resnet18", _resnet18),
+    _Entry(re.compile(r"resnet18"), "resnet18", _resnet18, "resnet18"),
 )
 
 
@@ -135,6 +153,8 @@ def build_model(
         GradleakError: when `name` matches no pattern of `available_models`.
         GradleakError: when `seed` is neither None nor an int >= 0.
         GradleakError: when the model refuses its arguments (see its class).
+        GradleakError: when the model and one update of it would not fit in this
+            machine's memory (e.g. an mlp on very large images).
     """
     if not isinstance(name, str):
         raise GradleakError(f"model name must be a string, got {name!r}; pass e.g. 'lenet'")
@@ -144,36 +164,83 @@ def build_model(
         raise GradleakError(
             f"unknown model {name!r}; choose one of: {', '.join(available_models())}"
         )
+    params = entry.params(match)
+    _check_memory(
+        entry.canonical.format(**params),
+        lambda: entry.factory(params, num_classes, in_channels, image_size),
+    )
     if seed is None:
-        return entry.factory(match, num_classes, in_channels, image_size)
+        return entry.factory(params, num_classes, in_channels, image_size)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise GradleakError(f"seed must be a non-negative integer or None, got {seed!r}")
     # Models are built on the CPU, so only the CPU generator needs forking.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return entry.factory(match, num_classes, in_channels, image_size)
+        return entry.factory(params, num_classes, in_channels, image_size)
+
+
+def _physical_memory() -> int | None:
+    """Bytes of this machine's memory, or None where the platform does not say."""
+    names = getattr(os, "sysconf_names", {})
+    if "SC_PHYS_PAGES" not in names or "SC_PAGE_SIZE" not in names:
+        return None
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_memory(name: str, build: Callable[[], nn.Module]) -> None:
+    """Refuse a model that, with one update of the same size, exceeds the machine's memory.
+
+    The model is first built on the meta device, which allocates nothing and draws no
+    random numbers, so an absurd width or image size fails here in one line instead of
+    as a MemoryError (or the system killing the process) while its weights are drawn.
+    """
+    memory = _physical_memory()
+    if memory is None:
+        return
+    with torch.device("meta"):
+        shape = build()
+    tensors = itertools.chain(shape.parameters(), shape.buffers())
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    if 2 * size > memory:
+        count = sum(p.numel() for p in shape.parameters())
+        raise GradleakError(
+            f"model {name} has {count} parameters ({size / 2**30:.1f} GiB); with one update "
+            f"of the same size it needs more than this machine's {memory / 2**30:.1f} GiB of "
+            "memory: use smaller images or a narrower model"
+        )
 
 
 def canonical_model_name(name: str) -> str:
-    """The name with its default suffix spelled out ("resnet20" → "resnet20-1"), for comparing.
+    """The one spelling of the architecture `name` builds, for comparing and recording names.
 
-    Names the registry does not know come back stripped and lower-cased.
+    Every optional part is spelled out with its default ("resnet20" → "resnet20-1",
+    "convnet" → "convnet-64", "mlp" and "mlp2" → "mlp2-1024"), so two names build the same
+    architecture exactly when their canonical names are equal. Names the registry does not
+    know come back stripped and lower-cased.
 
     Args:
-        name: a model name, e.g. "ResNet20" or "convnet-64".
+        name: a model name, e.g. "ResNet20" or "mlp-512".
 
     Returns:
-        The name stripped and lower-cased, with the default width or width factor added
-        where the pattern has one and the name leaves it out ("convnet" → "convnet-64",
-        "mlp" → "mlp-1024"); names without such a suffix ("lenet") are only normalised.
+        The canonical name ("lenet", "convnet-64", "mlp2-512", "resnet20-1", ...).
     """
     key = name.strip().lower()
     entry, match = _lookup(key)
-    if entry is None or match is None or entry.default is None:
+    if entry is None or match is None:
         return key
-    # The optional suffix is the pattern's last group ("width" or "k").
-    suffix = match.group(match.re.groups)
-    return f"{key.split('-')[0]}-{int(suffix) if suffix is not None else entry.default}"
+    return entry.canonical.format(**entry.params(match))
+
+
+def is_model_name(name: object) -> bool:
+    """Whether `build_model` knows `name` (any spelling: case and blanks are ignored).
+
+    Args:
+        name: anything; only strings can be model names.
+
+    Returns:
+        True when `name` matches one of the patterns of `available_models`.
+    """
+    return isinstance(name, str) and _lookup(name.strip().lower())[0] is not None
 
 
 def _lookup(key: str) -> tuple[_Entry | None, re.Match[str] | None]:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import replaced_atomically
 
 
 def write_history_csv(rows: Sequence[Mapping[str, float | int | None]], path: Path) -> None:
@@ -19,9 +20,10 @@ def write_history_csv(rows: Sequence[Mapping[str, float | int | None]], path: Pa
                 f"{type(row).__name__}; pass a list of dicts"
             )
         columns.update(dict.fromkeys(row))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with (
+        replaced_atomically(Path(path)) as partial,
+        partial.open("w", newline="", encoding="utf-8") as handle,
+    ):
         if not columns:
             return  # no rows: an empty file rather than a blank header line
         writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")

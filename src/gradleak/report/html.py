@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gradleak import __version__
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import write_atomically
 from gradleak.metrics import CONVENTION
 from gradleak.report.plots import (
     DPI,
@@ -208,7 +209,7 @@ def _environment() -> Environment:
 def _render(template: str, out: Path, **context: object) -> Path:
     html = _environment().get_template(template).render(version=__version__, **context)
     try:
-        out.write_text(html, encoding="utf-8")
+        write_atomically(out, html)
     except OSError as exc:
         raise GradleakError(f"cannot write the report {out}: {exc}") from exc
     return out
@@ -232,6 +233,8 @@ def _run_metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("recovered labels", fmt(metrics.get("recovered_labels"))),
         ("true labels", fmt(metrics.get("true_labels"))),
         ("matching (reconstruction per truth image)", fmt(metrics.get("matching"))),
+        ("status", fmt(metrics.get("status"))),
+        ("status reason", fmt(metrics.get("status_reason") or None)),
         ("iterations", fmt(metrics.get("iterations"), "d")),
         ("loss evaluations", fmt(metrics.get("loss_evaluations"), "d")),
         ("seconds", _with_unit(metrics.get("seconds"), ".2f", "s")),
@@ -261,7 +264,7 @@ def _run_metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows.append(
         (
             "interrupted",
-            "yes (Ctrl-C: the result so far)" if interrupted else fmt(interrupted),
+            "yes (Ctrl-C or SIGTERM: the result so far)" if interrupted else fmt(interrupted),
         )
     )
     rows += [
@@ -414,8 +417,15 @@ def write_run_report(run_dir: Path) -> Path:
         ("time", _with_unit(metrics.get("seconds"), ".1f", "s")),
     ]
     flags = []
+    status = metrics.get("status")
+    if status in ("diverged", "no-progress"):
+        reason = metrics.get("status_reason") or ""
+        flags.append(
+            f"{status}{f' ({reason})' if reason else ''}: the scores are of the optimisation's "
+            "start, not an attack result"
+        )
     if metrics.get("interrupted"):
-        flags.append("interrupted (Ctrl-C): these are the results so far")
+        flags.append("interrupted (Ctrl-C or SIGTERM): these are the results so far")
     if metrics.get("stopped_at_psnr") is not None:
         flags.append(f"stopped early once PSNR reached {fmt(metrics['stopped_at_psnr'], 'g')} dB")
     return _render(
@@ -520,9 +530,16 @@ def _cell_card(sweep_dir: Path, row: Mapping[str, str], axes: Sequence[str]) -> 
 
 
 def _extremes(results: Sequence[Mapping[str, str]]) -> tuple[list, list]:
-    """Best and worst cells by PSNR, disjoint: up to 3 each, fewer for small sweeps."""
+    """Best and worst cells by PSNR, disjoint: up to 3 each, fewer for small sweeps.
+
+    Only cells whose status is ok count: a diverged run's PSNR scores its random start.
+    """
     ranked = sorted(
-        (r for r in results if math.isfinite(number(r.get("psnr")))),
+        (
+            r
+            for r in results
+            if math.isfinite(number(r.get("psnr"))) and (r.get("status") or "ok") == "ok"
+        ),
         key=lambda r: number(r.get("psnr")),
         reverse=True,
     )

@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import replaced_atomically
 from gradleak.metrics.matching import match_reconstructions
 
 GAP_PX = 2
@@ -86,12 +87,16 @@ def tile_rows(rows: Sequence[Sequence[Image.Image]], scale: int) -> Image.Image:
 
 
 def save_png(image: Image.Image, path: Path) -> None:
+    """Save `image` in the format its file name says (.png), replacing the file whole."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        image.save(path)
-    except ValueError as exc:  # Pillow's answer to an unknown file extension
-        raise GradleakError(f"cannot save an image as {path}: {exc}; use a .png file name") from exc
+    # The partial file's name has no image suffix, so the format is named explicitly.
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise GradleakError(
+            f"cannot save an image as {path}: unknown file extension; use a .png file name"
+        )
+    with replaced_atomically(path) as partial:
+        image.save(partial, format=image_format)
 
 
 def save_image_strip(images01: Tensor, path: Path, scale: int | None = None) -> None:

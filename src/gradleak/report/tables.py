@@ -7,10 +7,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gradleak.core.files import replaced_atomically
+
 
 def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    """One line per row, only `columns`, in their order; None or missing → empty cell."""
-    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+    """One line per row, only `columns`, in their order; None or missing → empty cell.
+
+    The file is replaced whole: a reader sees the old table or the new one.
+    """
+    with (
+        replaced_atomically(Path(path)) as partial,
+        partial.open("w", newline="", encoding="utf-8") as handle,
+    ):
         writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
         for row in rows:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,16 +14,29 @@ from gradleak import attacks
 from gradleak.attacks.registry import ATTACKS
 from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import GUESSABLE, Grants
-from gradleak.core.settings import read_mapping, replace_checked
+from gradleak.core.settings import read_mapping, replace_checked, to_plain
 from gradleak.core.update import UpdateKind
+from gradleak.data.image import MAX_IMAGE_SIZE
+from gradleak.defenses import parse_defenses
 from gradleak.fl.local_training import LocalTraining
-from gradleak.fl.protocols import DEFAULT_LOCAL_LR, PROTOCOLS, ProtocolSettings, get_protocol
+from gradleak.fl.protocols import (
+    DEFAULT_LOCAL_LR,
+    PROTOCOLS,
+    REPLAY,
+    ProtocolSettings,
+    get_protocol,
+)
 
 DEFAULT_PROTOCOL = "fedsgd"
 DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "folder")
 MODEL_MODES = ("train", "eval")
 SPLITS = ("test", "train")
 MAX_CLASSES = 100_000
+# Upper bounds of counts that would exhaust memory or hang before any useful work: a run
+# lists the index of every attacked image and every local step before it starts.
+MAX_SAMPLES = 100_000  # images of all users together (batch size × users)
+MAX_LOCAL_STEPS = 10_000  # local SGD steps of a client per round (steps, or epochs × batches)
+MAX_ROUNDS = 10_000  # rounds simulated up to the attacked one
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,9 @@ class RunConfig:
     guess_local_batch_size: int | None = None
     guess_local_lr: float | None = None
     attacker_model_mode: str | None = None
+    guess_admm_rho: float | None = None  # fedadmm: the attacker's guess of ρ
+    # fedadmm: the attacker is told each client's x and π at the start of the attacked round.
+    client_state_known: bool = False
 
     def validate(self) -> RunConfig:
         if self.dataset not in DATASET_CHOICES:
@@ -98,6 +117,7 @@ class RunConfig:
             )
         if self.batch_size < 1:
             raise GradleakError(f"batch size must be at least 1, got {self.batch_size}")
+        _check_bounds(self)
         # The protocol's settings and the attacker's belief of them are checked here, before
         # any data is read.
         settings, grants = self.protocol_settings(), self.grants()
@@ -105,7 +125,9 @@ class RunConfig:
         if _reads(self.attack, settings.protocol.shares):
             # An attack that cannot read this protocol's updates is refused when the run is
             # planned, with that reason rather than one about its guesses.
-            settings.refuse_ignored_guesses(grants, self.attack)
+            # The -admm attacks' choice of reading (checked with the attack's options).
+            reading = self.attack_options.get("admm_reading", REPLAY)
+            settings.check_reading(grants, self.attack, str(reading))
         if self.users > 1 and self.image is not None:
             raise GradleakError("--image attacks one image; --users needs --dataset images")
         if self.snapshots is not None and any(i < 0 for i in self.snapshots):
@@ -142,8 +164,6 @@ class RunConfig:
             raise GradleakError(
                 f"--stop-psnr must be a positive number of dB, got {self.stop_psnr}"
             )
-        if self.image_size is not None and self.image_size < 4:
-            raise GradleakError(f"--image-size must be at least 4, got {self.image_size}")
         return self
 
     @property
@@ -184,17 +204,81 @@ class RunConfig:
             labels_known=self.labels_known,
             local_guess={k: v for k, v in guesses.items() if v is not None},
             model_mode=self.attacker_model_mode,
+            rho_guess=self.guess_admm_rho,
+            client_state_known=self.client_state_known,
         )
 
+    def result_settings(self) -> dict[str, Any]:
+        """Every setting that can change the run's result, as plain values: all but where
+        the run goes (`out`) and whether a bar is shown (`progress`), with the attack's
+        options resolved into its preset and the defenses in their canonical spelling.
+
+        Raises:
+            GradleakError: an unknown attack, bad attack options or a bad defense.
+        """
+        settings = to_plain(self)
+        del settings["out"], settings["progress"]
+        attack = attacks.get(self.attack).with_options(self.attack_options)
+        settings["attack_options"] = to_plain(attack.config)
+        settings["defenses"] = [d.spec for d in parse_defenses(self.defenses)]
+        return settings
+
     def default_out(self) -> Path:
+        """runs/NAME: a readable stem (attack, model, images, batch, users, protocol, seed)
+        and a digest of every other setting that changes the result, so runs that differ
+        in anything (defenses, attack options, protocol settings, guesses) never share a
+        directory and the same settings always name the same one."""
         source = self.image.stem if self.image is not None else f"{self.dataset}-{self.indices[0]}"
         protocol = "" if self.protocol == DEFAULT_PROTOCOL else f"-{self.protocol}"
         users = "" if self.users == 1 else f"-u{self.users}"
         name = f"{self.attack}-{self.model}-{source}-b{self.batch_size}{users}{protocol}"
-        return Path("runs") / f"{name}-s{self.seed}"
+        return Path("runs") / f"{name}-s{self.seed}-{settings_digest(self.result_settings())}"
 
 
 _LOCAL_KEYS = tuple(f"local_{key}" for key in GUESSABLE)
+
+
+def _check_bounds(config: RunConfig) -> None:
+    """Refuse sizes and counts so large the run would run out of memory or hang first."""
+    if config.total_samples > MAX_SAMPLES:
+        raise GradleakError(
+            f"{config.users} user(s) × batch size {config.batch_size} is {config.total_samples} "
+            f"images; one run attacks at most {MAX_SAMPLES}"
+        )
+    if config.image_size is not None and not 4 <= config.image_size <= MAX_IMAGE_SIZE:
+        bound = "at least 4" if config.image_size < 4 else f"at most {MAX_IMAGE_SIZE}"
+        raise GradleakError(
+            f"--image-size must be {bound}, got {config.image_size} (allowed: 4..{MAX_IMAGE_SIZE})"
+        )
+    if config.label is not None and not 0 <= config.label < MAX_CLASSES:
+        raise GradleakError(f"--label must be in 0..{MAX_CLASSES - 1}, got {config.label}")
+    if config.rounds > MAX_ROUNDS:
+        raise GradleakError(f"--rounds must be in 1..{MAX_ROUNDS}, got {config.rounds}")
+    true = (config.local_steps, config.local_epochs, config.local_batch_size)
+    guess = (config.guess_local_steps, config.guess_local_epochs, config.guess_local_batch_size)
+    # The attacker's belief: its guesses where it makes them, the truth elsewhere.
+    length = guess[:2] if guess[0] is not None or guess[1] is not None else true[:2]
+    belief = (*length, guess[2] or true[2])
+    for (steps, epochs, size), whose in ((true, "the clients'"), (belief, "the attacker's")):
+        # An epoch takes one step per mini-batch of the client's samples.
+        per_epoch = math.ceil(config.batch_size / max(1, size or config.batch_size))
+        total = steps if steps is not None else (epochs or 0) * per_epoch
+        if total > MAX_LOCAL_STEPS:
+            raise GradleakError(
+                f"{whose} local training takes {total} steps a round; at most "
+                f"{MAX_LOCAL_STEPS} are simulated and replayed: give fewer local steps or "
+                "epochs, or a larger local batch size"
+            )
+
+
+DIGEST_CHARS = 8  # of a SHA-256: a clash among one user's runs is out of reach
+
+
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    """A short, stable digest of plain settings (the same settings give the same digest,
+    whatever the order of their keys), for names of run directories."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_CHARS]
 
 
 def _reads(attack: str, kind: UpdateKind) -> bool:
@@ -222,6 +306,11 @@ def load_run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
     if path is not None:
         config = replace_checked(config, read_mapping(path), f"config file {path}")
     options = dict(config.attack_options)
-    options.update(overrides.pop("attack_options", {}))
+    given = overrides.pop("attack_options", {})
+    if not isinstance(given, Mapping):
+        raise GradleakError(
+            f"arguments: attack_options must be a mapping of keys to values, not {given!r}"
+        )
+    options.update(given)
     config = replace_checked(config, {**overrides, "attack_options": options}, "arguments")
     return config.validate()

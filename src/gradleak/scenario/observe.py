@@ -47,8 +47,10 @@ def psnr_observer(
 ) -> Observer:
     """Evaluation-side callback: PSNR and MSE of the currently best trial against the truth.
 
-    With `stop_at`, the first time the PSNR reaches it the attack is stopped (once); with a
-    `recorder`, pictures of the reconstruction are kept at the recorder's iterations.
+    The best trial is the one with the smallest distance among the losses the engine passes
+    (`best_trial`), the one restart selection keeps. With `stop_at`, the first time the
+    PSNR reaches it the attack is stopped (the engine then calls the observer no more);
+    with a `recorder`, pictures of the reconstruction are kept at the recorder's iterations.
 
     Args:
         case: the server's view (to decode inputs) and the clients' data (the truth).
@@ -61,17 +63,14 @@ def psnr_observer(
     server, client = case
     modality = server.modality
     truth = server.decode(client.batch.images)
-    stopped = False
 
     def observe(iteration: int, losses: torch.Tensor, images: torch.Tensor) -> Mapping[str, float]:
-        nonlocal stopped
         recon = server.decode(images[best_trial(losses)])
         order, columns = modality.progress(recon, truth)
         if recorder is not None and recorder.wants(iteration):
             recorder.observe(iteration, recon[order])
-        if stop_at is not None and columns["psnr"] >= stop_at and not stopped:
-            stopped = True
-            raise StopAttack(f"PSNR {columns['psnr']:.2f} dB reached {stop_at} dB")
+        if stop_at is not None and columns["psnr"] >= stop_at:
+            raise StopAttack(f"PSNR {columns['psnr']:.2f} dB reached {stop_at} dB", columns)
         return columns
 
     return observe

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from gradleak.core.files import write_atomically
 from gradleak.core.settings import to_plain
 from gradleak.report import write_history_csv
 from gradleak.scenario.plan import RunPlan
@@ -54,6 +55,10 @@ def run_metrics(plan: RunPlan, outcome: AttackOutcome) -> dict[str, object]:
         "matching": ev["matching"],
         "per_image": ev["per_image"],
         "interrupted": rec.interrupted,
+        # ok | diverged | no-progress | interrupted: anything but ok is no attack result.
+        "status": rec.status.value,
+        "status_reason": rec.status_reason,
+        "trial_status": [status.value for status in rec.trial_status],
         "threat_model": server.knowledge.describe(),
         "convention": server.modality.convention,
     }
@@ -79,8 +84,8 @@ def write_outputs(
         "attack": {"name": plan.config.attack, **to_plain(plan.attack.config), **rec.details},
         "threat_model": server.knowledge.describe(),
     }
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    write_atomically(out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     if outcome.snapshots is not None:
         outcome.snapshots.save(out_dir, modality)
     text = json.dumps(to_plain(metrics), indent=2, allow_nan=False)
-    (out_dir / "metrics.json").write_text(text + "\n")
+    write_atomically(out_dir / "metrics.json", text + "\n")

@@ -11,7 +11,8 @@ from gradleak import attacks
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
-from gradleak.core.files import check_out_dir
+from gradleak.core.files import check_out_dir, output_dir
+from gradleak.core.knowledge import grant_knowledge
 from gradleak.core.update import SharedUpdate
 from gradleak.defenses import ClientView, apply_defenses
 from gradleak.fl.client import Client
@@ -80,9 +81,37 @@ def execute(plan: RunPlan) -> AttackOutcome:
     Raises:
         GradleakError: missing or unreadable data, a checkpoint of another model.
     """
+    case, update, attacked = attacked_view(plan)
+    recorder = SnapshotRecorder(plan.output.snapshots)
+    reconstruction = plan.attack.reconstruct(
+        update,
+        attacked.model,
+        attacked.knowledge,
+        seed=plan.seed,
+        observer=psnr_observer(case, plan.output.stop_psnr, recorder=recorder),
+        progress=plan.output.progress,
+    )
+    evaluation = score(attacked, case.client.batch, reconstruction)
+    final = attacked.decode(reconstruction.images)[evaluation.matching]
+    recorder.observe_final(reconstruction.iterations, final)
+    return AttackOutcome(case, attacked, plan.attack, update, reconstruction, evaluation, recorder)
+
+
+def attacked_view(plan: RunPlan) -> tuple[Case, SharedUpdate, ServerView]:
+    """Build the case and simulate the clients: what the attack of `plan` is given.
+
+    Args:
+        plan: the resolved run (`plan_run`).
+
+    Returns:
+        The case as built, the shared (defended, aggregated) update, and the server's view
+        the attack receives: the model of the attacked round and the granted knowledge.
+
+    Raises:
+        GradleakError: missing or unreadable data, a checkpoint of another model.
+    """
     case = case_from(plan.data, plan.model, plan.protocol, plan.grants)
     server, client = case
-    recorder = SnapshotRecorder(plan.output.snapshots)
     generator = torch.Generator().manual_seed(plan.seed)
 
     def defend(update: SharedUpdate, member: Client, batch: PrivateBatch) -> SharedUpdate:
@@ -90,47 +119,46 @@ def execute(plan: RunPlan) -> AttackOutcome:
         return apply_defenses(update, plan.defenses, generator, ClientView(member.model, batch))
 
     shared = simulate(server.model, client.batch, plan.protocol, defend)
-    # The attacker holds the server's model of the attacked round and what is granted.
-    attacked = ServerView(shared.server_model, server.knowledge)
-    reconstruction = plan.attack.reconstruct(
-        shared.update,
-        attacked.model,
-        attacked.knowledge,
-        seed=plan.seed,
-        observer=psnr_observer(case, plan.output.stop_psnr, recorder=recorder),
-        progress=plan.output.progress,
-    )
-    evaluation = score(attacked, client.batch, reconstruction)
-    final = attacked.decode(reconstruction.images)[evaluation.matching]
-    recorder.observe_final(reconstruction.iterations, final)
-    return AttackOutcome(
-        case, attacked, plan.attack, shared.update, reconstruction, evaluation, recorder
-    )
+    # The attacker holds the server's model of the attacked round and what is granted; the
+    # clients' own state at the start of that round (FedADMM's x and π) exists only now.
+    knowledge = server.knowledge
+    states = plan.protocol.client_states(shared.clients)
+    if states is not None:
+        facts, labels = knowledge.data_facts(), client.batch.labels
+        knowledge = grant_knowledge(facts, labels, plan.protocol, plan.grants, states)
+    return case, shared.update, ServerView(shared.server_model, knowledge)
 
 
-def run_attack(config: RunConfig) -> RunResult:
+def run_attack(config: RunConfig, *, overwrite: bool = False) -> RunResult:
     """Run one attack end to end and write its run directory.
 
     Args:
         config: the run's settings (`config.out` is the run directory; None: runs/NAME).
+        overwrite: replace an earlier run in the run directory; without it a directory
+            that holds files is refused before any work. The new run replaces the earlier
+            one whole once it is written (also after Ctrl-C or SIGTERM, as the interrupted
+            run it is); if writing fails, the earlier run stays.
 
     Returns:
         The outcome, the metrics written to metrics.json and the run directory. After
-        Ctrl-C during the attack, what was reconstructed so far is scored and written, and
-        `reconstruction.interrupted` is set.
+        Ctrl-C (or SIGTERM) during the attack, what was reconstructed so far is scored and
+        written, and `reconstruction.interrupted` is set.
 
     Raises:
-        GradleakError: settings that cannot run or an unusable run directory, before any
-            work; a run directory that cannot be written.
+        GradleakError: settings that cannot run or an unusable run directory (a file, not
+            writable, or holding an earlier run without `overwrite`), before any work; a
+            run directory that cannot be written.
     """
     # The run directory first: a bad --out costs no work and is reported before anything else.
-    check_out_dir(Path(config.out or config.default_out()))
+    check_out_dir(Path(config.out or config.default_out()), overwrite=overwrite)
     plan = plan_run(config)
     out_dir = plan.output.out_dir
     outcome = execute(plan)
     metrics = run_metrics(plan, outcome)
     try:
-        write_outputs(out_dir, plan, outcome, metrics)
+        # Written whole or not at all: a run that fails while writing leaves no half run.
+        with output_dir(out_dir, overwrite=overwrite) as folder:
+            write_outputs(folder, plan, outcome, metrics)
     except OSError as exc:
         raise GradleakError(f"cannot write the run directory {out_dir}: {exc}") from exc
     return RunResult(**vars(outcome), metrics=metrics, out_dir=out_dir)

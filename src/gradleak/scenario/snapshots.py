@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import write_atomically
 from gradleak.modalities import Modality
 
 INDEX_FILE = "snapshots.json"
@@ -125,8 +126,7 @@ class SnapshotRecorder:
             file = modality.snapshot_file(iteration)
             modality.render_snapshot(decoded, run_dir / file)
             index.append({"iteration": iteration, "file": file})
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        write_atomically(run_dir / INDEX_FILE, json.dumps(index, indent=2) + "\n")
         return index
 
 

@@ -6,8 +6,14 @@ and renamed to `<name>` only after its outputs and its marker (a JSON file holdi
 cell's description) are written, so a crash or Ctrl-C never leaves a directory that looks
 finished. On a later call a cell is finished when its marker and `metrics.json` are there
 and the marker equals the description the cell has now: a changed setting changes the
-description, and the cell runs again. What an earlier call left half-written is removed
-before anything runs.
+description, and the cell runs again; so does a cell whose `metrics.json` is damaged (not
+JSON, not a mapping, or refused by the study's check of it). A cell whose run failed can be
+recorded as such: its directory holds the marker and `failure.json` (the one-line reason)
+instead of the run's metrics, and it runs again on the next call.
+
+What an earlier call left half-written is removed before anything runs, except the partial
+directory of a try whose process still runs on this host (a partial directory's name says
+which process writes it), so that no call deletes another's work in progress.
 """
 
 from __future__ import annotations
@@ -23,12 +29,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import write_atomically
 from gradleak.core.settings import to_plain
+from gradleak.studies.lock import process_alive, this_host
 
 METRICS = "metrics.json"  # what every run directory holds once its run has ended
+FAILURE = "failure.json"  # what a cell whose run failed holds instead: why
 PARTIAL = ".partial"
-# `<name>.partial`, and the `<name>.partial-<id>` directories of earlier versions.
+# `<name>.partial`, `<name>.partial-<id>` (earlier versions) and `<name>.partial-<id>-<pid>@<host>`.
 _LEFTOVER = re.compile(r".+\.partial(-.*)?")
+_OWNED = re.compile(r".+\.partial-[0-9a-f]{8}-(?P<pid>\d+)@(?P<host>.+)")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -63,6 +73,20 @@ class CellRef:
 
 
 @dataclass(frozen=True)
+class CellRecord:
+    """What a cell's directory holds for its present description.
+
+    Attributes:
+        metrics: the run's metrics, for a finished cell; else None.
+        failure: why its run failed (`FAILURE`'s content, with at least `reason`), for a
+            cell recorded as failed; else None.
+    """
+
+    metrics: dict[str, Any] | None = None
+    failure: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class CellStore:
     """The finished and half-written cells under one study folder.
 
@@ -76,8 +100,11 @@ class CellStore:
         keep_unpublished: whether a cell that did not finish keeps its partial directory,
             with what its run wrote so far, until the next call removes it.
         unique_partials: whether each try writes to a partial directory of its own
-            (`NAME.partial-<8 hex>`), so that workers running the same cell at once (a
-            retried task, two sweeps sharing a folder) never write into each other's.
+            (`NAME.partial-<8 hex>-<pid>@<host>`), so that workers running the same cell at
+            once (a retried task) never write into each other's, and a partial directory
+            whose process still runs is never taken for a leftover.
+        accepts: whether a run's metrics are whole: a finished cell whose metrics it refuses
+            is damaged and runs again (default: any JSON mapping).
     """
 
     folder: Path
@@ -86,21 +113,39 @@ class CellStore:
     remove_unmarked: bool = False
     keep_unpublished: bool = False
     unique_partials: bool = False
+    accepts: Callable[[dict[str, Any]], bool] | None = None
+
+    def record(self, cell: CellRef) -> CellRecord:
+        """What the cell's directory holds for its present description.
+
+        A directory made for another description, or whose marker or files are damaged,
+        holds nothing: the cell runs again.
+        """
+        run_dir = self.folder / cell.path
+        if _read_json(run_dir / self.marker) != cell.description:
+            return CellRecord()
+        metrics = _read_json(run_dir / METRICS)
+        if isinstance(metrics, dict) and (self.accepts is None or self.accepts(metrics)):
+            return CellRecord(metrics=metrics)
+        failure = _read_json(run_dir / FAILURE)
+        if isinstance(failure, dict) and isinstance(failure.get("reason"), str):
+            return CellRecord(failure=failure)
+        return CellRecord()
 
     def finished(self, cell: CellRef) -> bool:
-        """Whether `cell` has a published run made for its present description."""
-        run_dir = self.folder / cell.path
-        if not self._complete(run_dir):
-            return False
-        try:
-            marker = json.loads((run_dir / self.marker).read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # a damaged marker: the cell is not finished, runs again
-            return False
-        return marker == cell.description
+        """Whether `cell` has a whole published run made for its present description."""
+        return self.record(cell).metrics is not None
 
     def metrics(self, cell: CellRef) -> dict[str, Any]:
-        """The `metrics.json` of a finished cell."""
-        return json.loads((self.folder / cell.path / METRICS).read_text(encoding="utf-8"))
+        """The `metrics.json` of a finished cell.
+
+        Raises:
+            GradleakError: the cell is not finished (or its metrics are damaged).
+        """
+        metrics = self.record(cell).metrics
+        if metrics is None:
+            raise GradleakError(f"{self.folder / cell.path} holds no finished run")
+        return metrics
 
     def collect(self, cells: Iterable[tuple[T, CellRef]]) -> list[tuple[T, dict[str, Any]]]:
         """(cell, metrics) of every finished cell, in the order given.
@@ -111,10 +156,34 @@ class CellStore:
         Returns:
             The finished ones only, each with the metrics its run wrote.
         """
-        return [(item, self.metrics(ref)) for item, ref in cells if self.finished(ref)]
+        records = self.records(cells)
+        return [(item, r.metrics) for item, r in records if r.metrics is not None]
+
+    def records(self, cells: Iterable[tuple[T, CellRef]]) -> list[tuple[T, CellRecord]]:
+        """(cell, record) of every finished or failed cell, in the order given."""
+        records = ((item, self.record(ref)) for item, ref in cells)
+        return [(item, r) for item, r in records if r.metrics is not None or r.failure]
+
+    def record_failure(self, cell: CellRef, failure: dict[str, Any]) -> None:
+        """Publish `cell` as failed: its directory holds the marker and `failure`.
+
+        Args:
+            cell: the cell whose run failed.
+            failure: JSON-able, with `reason`: one line saying why.
+        """
+
+        def write(partial: Path) -> bool:
+            partial.mkdir(parents=True, exist_ok=True)
+            write_atomically(partial / FAILURE, json.dumps(to_plain(failure), indent=2) + "\n")
+            return True
+
+        self.publish(cell, write)
 
     def remove_leftovers(self) -> int:
         """Delete what an earlier call left half-written; returns how many directories.
+
+        A partial directory whose process still runs on this host is kept: it is another
+        call's work in progress.
 
         Raises:
             GradleakError: if one cannot be deleted.
@@ -142,8 +211,8 @@ class CellStore:
             What `write` returned; None if the run was interrupted.
         """
         final = self.folder / cell.path
-        suffix = f"-{uuid.uuid4().hex[:8]}" if self.unique_partials else ""
-        partial = final.with_name(final.name + PARTIAL + suffix)
+        suffix = f"-{uuid.uuid4().hex[:8]}-{os.getpid()}@{this_host()}"
+        partial = final.with_name(final.name + PARTIAL + (suffix if self.unique_partials else ""))
         if partial.exists():  # an earlier try at this cell that was kept for inspection
             shutil.rmtree(partial)
         published = False
@@ -152,7 +221,7 @@ class CellStore:
             if outcome is None:
                 return None
             marker = json.dumps(cell.description, indent=2) + "\n"
-            (partial / self.marker).write_text(marker, encoding="utf-8")
+            write_atomically(partial / self.marker, marker)
             if final.exists():  # made for another description: this run replaces it
                 shutil.rmtree(final)
             os.replace(partial, final)
@@ -165,11 +234,24 @@ class CellStore:
                 shutil.rmtree(partial, ignore_errors=True)
 
     def _complete(self, run_dir: Path) -> bool:
-        return (run_dir / self.marker).is_file() and (run_dir / METRICS).is_file()
+        """A published cell: its marker, and its metrics or its failure."""
+        ended = (run_dir / METRICS).is_file() or (run_dir / FAILURE).is_file()
+        return (run_dir / self.marker).is_file() and ended
 
     def _leftover(self, path: Path) -> bool:
         if not path.is_dir():
             return False
         if _LEFTOVER.fullmatch(path.name):
-            return True
+            owned = _OWNED.fullmatch(path.name)
+            # On another host the folder's lock already keeps other studies out.
+            in_progress = owned is not None and owned["host"] == this_host()
+            return not (in_progress and process_alive(int(owned["pid"])))
         return self.remove_unmarked and not self._complete(path)
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in `path`; None when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a damaged file: what it held counts as absent
+        return None

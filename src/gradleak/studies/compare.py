@@ -32,6 +32,7 @@ import torch
 from gradleak import attacks
 from gradleak.attacks.registry import readers_of
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import replaced_atomically, write_atomically, write_bytes_atomically
 from gradleak.core.knowledge import GUESSABLE
 from gradleak.core.settings import replace_checked, to_plain
 from gradleak.fl.protocols import PROTOCOLS, protocols_read_by
@@ -41,10 +42,21 @@ from gradleak.scenario.case import build_case
 from gradleak.scenario.config import DATASET_CHOICES, RunConfig
 from gradleak.scenario.run import RunResult, run_attack
 from gradleak.studies.cells import CellRef, CellStore, described_config
-from gradleak.studies.summary import of, summarise_groups
+from gradleak.studies.summary import (
+    COUNTED_STATUSES,
+    FAILED,
+    OK,
+    Stat,
+    among,
+    counted,
+    of,
+    status_of,
+    summarise_groups,
+)
 
 RUNS_DIR = "runs"
 RUN_MARKER = "compare-run.json"
+SPEC_FILE = "compare.json"  # what was compared; written by every call, it marks the folder
 SNAPSHOT_FILE = "snapshots.pt"
 
 DEFAULT_SNAPSHOTS = (1, 10, 30, 100, 300)
@@ -56,6 +68,8 @@ LOCAL_TRAINING_KEYS = frozenset(
     | {"admm_rho", "rounds"}
 )
 FOLDER_KEYS = frozenset({"image_size"})  # only image folders are resized
+# Only runs whose protocol's clients keep a state between rounds (FedADMM) get these.
+STATE_KEYS = frozenset({"client_state_known"})
 # Each cell sets these itself.
 CELL_KEYS = frozenset(
     {"attack", "protocol", "dataset", "data_root", "indices", "out", "snapshots", "progress"}
@@ -65,6 +79,7 @@ RESULT_COLUMNS = [
     "index",
     "attack",
     "protocol",
+    "status",
     "psnr",
     "ssim",
     "mse",
@@ -74,11 +89,15 @@ RESULT_COLUMNS = [
     "matching_loss",
     "run_dir",
 ]
+# How a finished run can end besides ok (an interrupted run is never published, and a
+# comparison has no failed runs: an error ends the call); each is counted in the summary.
+NOT_OK = {status: column for status, column in COUNTED_STATUSES.items() if status != FAILED}
 SUMMARY_COLUMNS = [
     "dataset",
     "attack",
     "protocol",
     "images",
+    *NOT_OK.values(),
     "psnr_mean",
     "psnr_std",
     "ssim_mean",
@@ -176,9 +195,10 @@ class CompareSpec:
     """What to compare: attacks × datasets × images, and the settings every run shares.
 
     `settings` are RunConfig keys (model, seed, batch_size, local_lr, admm_rho, rounds, …);
-    local-training keys reach only runs whose protocol trains locally, `image_size` only
-    image folders. `attack_options` override every attack's hyper-parameters; by default
-    every iteration is logged, so snapshots fall on the requested iterations.
+    local-training keys reach only runs whose protocol trains locally, `client_state_known`
+    only runs whose clients keep a state (FedADMM), `image_size` only image folders.
+    `attack_options` override every attack's hyper-parameters; by default every iteration
+    is logged, so snapshots fall on the requested iterations.
     """
 
     datasets: tuple[DatasetSource, ...]
@@ -204,6 +224,7 @@ class CompareSpec:
             for key, value in self.settings.items()
             if (key not in LOCAL_TRAINING_KEYS or PROTOCOLS[cell.run.protocol].trains_locally)
             and (key not in FOLDER_KEYS or cell.source.dataset == "folder")
+            and (key not in STATE_KEYS or PROTOCOLS[cell.run.protocol].client_state is not None)
         }
         base = replace_checked(RunConfig(), settings, "comparison settings")
         return replace(
@@ -408,7 +429,8 @@ def save_snapshots(run: RunResult, path: Path) -> None:
         "images": torch.stack(list(snapshots.values())) if snapshots else truth[:0].unsqueeze(0),
         "truth": truth,
     }
-    torch.save(payload, path)
+    with replaced_atomically(path) as partial:
+        torch.save(payload, partial)
 
 
 def load_snapshots(path: Path) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
@@ -443,6 +465,7 @@ def collect_rows(spec: CompareSpec, out_dir: Path) -> list[dict[str, Any]]:
             "index": cell.index,
             "attack": cell.run.attack,
             "protocol": cell.run.protocol,
+            "status": status_of(metrics),
             **{k: metrics.get(k) for k in ("psnr", "ssim", "mse", "label_accuracy")},
             "iterations": metrics.get("iterations"),
             "seconds": metrics.get("seconds"),
@@ -460,19 +483,33 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         rows: results rows, as `collect_rows` makes them.
 
     Returns:
-        One row per dataset × attack × protocol; each statistic over the finite values of
-        its key only, None where there is none.
+        One row per dataset × attack × protocol: the images, how many runs diverged or
+        made no progress, then each statistic over the finite values of its key only,
+        None where there is none. The scores (PSNR, SSIM, MSE, label accuracy) are
+        averaged over the `ok` runs only: the others scored their starting point, not an
+        attack; iterations and seconds over every run.
     """
-    stats = {
-        "images": len,
-        "psnr_mean": of(statistics.fmean, "psnr"),
-        "psnr_std": of(statistics.pstdev, "psnr"),
-        **{
-            f"{key}_mean": of(statistics.fmean, key)
-            for key in ("ssim", "mse", "label_accuracy", "iterations", "seconds")
-        },
-    }
+    stats: dict[str, Stat] = {"images": len}
+    for status, column in NOT_OK.items():
+        stats[column] = counted(lambda row, status=status: status_of(row) == status)
+    stats["psnr_mean"] = among(_ok, of(statistics.fmean, "psnr"))
+    stats["psnr_std"] = among(_ok, of(statistics.pstdev, "psnr"))
+    for key in ("ssim", "mse", "label_accuracy"):
+        stats[f"{key}_mean"] = among(_ok, of(statistics.fmean, key))
+    for key in ("iterations", "seconds"):
+        stats[f"{key}_mean"] = of(statistics.fmean, key)
     return summarise_groups(rows, ("dataset", "attack", "protocol"), stats)
+
+
+def _ok(row: Mapping[str, Any]) -> bool:
+    return status_of(row) == OK
+
+
+def _not_ok(summary: Mapping[str, Any]) -> str:
+    """'2 diverged, 1 no-progress' for a summary row; '' when every run was ok."""
+    return ", ".join(
+        f"{summary[column]} {status}" for status, column in NOT_OK.items() if summary[column]
+    )
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -487,20 +524,23 @@ def summary_markdown(spec: CompareSpec, rows: Sequence[Mapping[str, Any]]) -> st
         "",
         f"Images {', '.join(str(i) for i in spec.indices)} of each dataset; "
         f"settings: {settings or 'defaults'}. PSNR/SSIM/MSE on [0, 1] pixels after matching; "
-        "label accuracy is null where labels were given.",
+        "label accuracy is null where labels were given. Scores are averaged over the runs "
+        "whose status is ok; a run that diverged or made no progress scored its random "
+        "start, not an attack, and is counted under 'not ok'.",
         "",
         "## Mean over images",
         "",
-        "| dataset | attack | protocol | images | PSNR (dB) | SSIM | MSE | label acc. "
+        "| dataset | attack | protocol | images | not ok | PSNR (dB) | SSIM | MSE | label acc. "
         "| iterations | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summarise(rows):
         psnr = "n/a"
         if s["psnr_mean"] is not None:
             psnr = f"{s['psnr_mean']:.2f} ± {s['psnr_std']:.2f}"
         lines.append(
-            f"| {s['dataset']} | {s['attack']} | {s['protocol']} | {s['images']} | {psnr} "
+            f"| {s['dataset']} | {s['attack']} | {s['protocol']} | {s['images']} "
+            f"| {_not_ok(s) or '-'} | {psnr} "
             f"| {_fmt(s['ssim_mean'], '.3f')} | {_fmt(s['mse_mean'], '.3g')} "
             f"| {_fmt(s['label_accuracy_mean'], '.2f')} | {_fmt(s['iterations_mean'], '.0f')} "
             f"| {_fmt(s['seconds_mean'], '.1f')} |"
@@ -509,13 +549,14 @@ def summary_markdown(spec: CompareSpec, rows: Sequence[Mapping[str, Any]]) -> st
         "",
         "## Per run",
         "",
-        "| dataset | image | attack | protocol | PSNR (dB) | SSIM | MSE | label acc. "
+        "| dataset | image | attack | protocol | status | PSNR (dB) | SSIM | MSE | label acc. "
         "| iterations | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['dataset']} | {r['index']} | {r['attack']} | {r['protocol']} "
+            f"| {status_of(r)} "
             f"| {_fmt(r['psnr'], '.2f')} | {_fmt(r['ssim'], '.3f')} | {_fmt(r['mse'], '.3g')} "
             f"| {_fmt(r['label_accuracy'], '.2f')} | {r['iterations']} "
             f"| {_fmt(r['seconds'], '.1f')} |"
@@ -525,7 +566,7 @@ def summary_markdown(spec: CompareSpec, rows: Sequence[Mapping[str, Any]]) -> st
 
 def grid_rows(spec: CompareSpec, out_dir: Path, index: int) -> list[GridRow]:
     """One row per finished run on image `index`: its snapshots at the requested iterations,
-    then the truth; the label names dataset, attack and final PSNR."""
+    then the truth; the label names dataset, attack, final PSNR and a status other than ok."""
     rows = []
     for cell, metrics in _finished_runs(spec, out_dir):
         if cell.index != index:
@@ -544,8 +585,14 @@ def grid_rows(spec: CompareSpec, out_dir: Path, index: int) -> list[GridRow]:
             tiles.append(Tile(snapshots[iteration], caption))
         tiles.append(Tile(truth, ""))
         label = f"{cell.source.label}\n{cell.run.label}\n{_fmt(metrics.get('psnr'), '.1f')} dB"
-        rows.append(GridRow(label, tiles))
+        rows.append(GridRow(label + _status_note(metrics), tiles))
     return rows
+
+
+def _status_note(metrics: Mapping[str, Any], separator: str = "\n") -> str:
+    """The run's status in capitals after `separator` ('\nDIVERGED'); '' when it is ok."""
+    status = status_of(metrics)
+    return "" if status == OK else f"{separator}{status.upper()}"
 
 
 def grid_figure(spec: CompareSpec, out_dir: Path, index: int) -> bytes | None:
@@ -579,12 +626,13 @@ def _column(rows: Sequence[Mapping[str, str]], key: str) -> tuple[list[float], l
 def curves_figure(spec: CompareSpec, out_dir: Path, source: DatasetSource) -> bytes | None:
     """Image MSE and matching loss against iteration for every finished run of a dataset."""
     mse_curves, loss_curves = [], []
-    for cell, _ in _finished_runs(spec, out_dir):
+    for cell, metrics in _finished_runs(spec, out_dir):
         if cell.source != source:
             continue
         history = _history(out_dir / cell.path / "history.csv")
-        mse_curves.append(Curve(cell.run.label, *_column(history, "mse")))
-        loss_curves.append(Curve(cell.run.label, *_column(history, "loss")))
+        label = cell.run.label + _status_note(metrics, " ")
+        mse_curves.append(Curve(label, *_column(history, "mse")))
+        loss_curves.append(Curve(label, *_column(history, "loss")))
     if not mse_curves:
         return None
     images = ", ".join(str(i) for i in spec.indices)
@@ -602,9 +650,9 @@ def write_compare_outputs(
     try:
         write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
         write_csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summarise(rows))
-        (out_dir / "summary.md").write_text(summary_markdown(spec, rows), encoding="utf-8")
+        write_atomically(out_dir / "summary.md", summary_markdown(spec, rows))
         spec_text = json.dumps(spec.describe(), indent=2)
-        (out_dir / "compare.json").write_text(spec_text + "\n", encoding="utf-8")
+        write_atomically(out_dir / SPEC_FILE, spec_text + "\n")
         figures = []
         for index in spec.indices:
             png = grid_figure(spec, out_dir, index)
@@ -620,5 +668,5 @@ def write_compare_outputs(
 
 
 def _write_png(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
+    write_bytes_atomically(path, data)
     return path

@@ -12,6 +12,7 @@ from torch import nn
 from gradleak.attacks.labels import LABEL_STRATEGIES
 from gradleak.core import PrivateBatch
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import write_atomically
 from gradleak.core.knowledge import DataFacts, Requirement, grant_knowledge
 from gradleak.data import get_dataset_spec, open_images
 from gradleak.fl.protocols import ProtocolSettings
@@ -191,7 +192,7 @@ def write_label_results(rows: Sequence[LabelRow], out: Path) -> tuple[Path, Path
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "labels.csv", out / "labels.md"
     write_csv(csv_path, _FIELDS, [asdict(row) for row in rows])
-    md_path.write_text(label_table(rows))
+    write_atomically(md_path, label_table(rows))
     return csv_path, md_path
 
 

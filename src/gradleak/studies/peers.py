@@ -38,7 +38,7 @@ from gradleak import attacks
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
-from gradleak.core.files import check_out_dir
+from gradleak.core.files import check_out_dir, output_dir, write_atomically
 from gradleak.core.knowledge import Knowledge, grant_knowledge
 from gradleak.core.settings import to_plain
 from gradleak.core.update import SharedUpdate, UpdateKind
@@ -50,7 +50,7 @@ from gradleak.report import save_comparison_grid, to_pil
 from gradleak.report.images import resolve_scale, save_png, tile_rows
 from gradleak.report.tables import write_csv
 from gradleak.scenario.case import Case, ServerView, case_from
-from gradleak.scenario.config import RunConfig
+from gradleak.scenario.config import RunConfig, settings_digest
 from gradleak.scenario.observe import score
 from gradleak.scenario.plan import plan_run
 
@@ -128,12 +128,16 @@ class DecentralizedConfig:
         return replace(self.case_config().protocol_settings(), users=1)
 
     def default_out(self) -> Path:
+        """runs/NAME: a readable stem and a digest of every setting that changes the result
+        (gossip weights, step size, attack options, …), so different simulations never
+        share a directory."""
         r = self.run
         name = (
             f"simulate-{self.topology}{self.peers}-{r.attack}-{r.model}-{r.dataset}-"
             f"{r.indices[0]}-b{r.batch_size}-{r.protocol}-r{self.rounds}-s{r.seed}"
         )
-        return Path("runs") / name
+        settings = {**self.describe(), "run": r.result_settings(), "sgd_lr": self.sgd_lr}
+        return Path("runs") / f"{name}-{settings_digest(to_plain(settings))}"
 
     def describe(self) -> dict[str, object]:
         return {
@@ -330,6 +334,7 @@ def run_decentralized(
     *,
     write: bool = True,
     on_pair: Callable[[PairResult], None] | None = None,
+    overwrite: bool = False,
 ) -> DecentralizedResult:
     """Simulate the peers, let each attack its neighbours' last-round updates, score, write.
 
@@ -337,6 +342,9 @@ def run_decentralized(
         config: the peer graph, rounds and the run settings every peer shares.
         write: write simulation.json/.csv/.md, grid.png and best.png to the output folder.
         on_pair: called with each attacker–victim result as soon as it is scored.
+        overwrite: replace an earlier simulation in the output folder (swapped in whole
+            once the new one is written); without it a folder holding files is refused
+            before any work.
 
     Returns:
         The simulation, every pair's reconstruction and scores, and where they went. Ctrl-C
@@ -347,7 +355,9 @@ def run_decentralized(
             an output folder that cannot be written.
     """
     config = config.validate()
-    out_dir = check_out_dir(Path(config.run.out or config.default_out())) if write else None
+    out_dir = None
+    if write:
+        out_dir = check_out_dir(Path(config.run.out or config.default_out()), overwrite=overwrite)
     plan = plan_run(config.case_config())
     case = case_from(plan.data, plan.model, plan.protocol, plan.grants)
     server, client = case
@@ -396,7 +406,8 @@ def run_decentralized(
             break
     if out_dir is not None:
         try:
-            write_outputs(result, out_dir)
+            with output_dir(out_dir, overwrite=overwrite) as folder:
+                write_outputs(result, folder)
         except OSError as exc:
             raise GradleakError(f"cannot write the output directory {out_dir}: {exc}") from exc
         result.out_dir = out_dir
@@ -459,9 +470,9 @@ def write_outputs(result: DecentralizedResult, out_dir: Path) -> None:
         "convention": result.case.server.modality.convention,
     }
     text = json.dumps(to_plain(summary), indent=2, allow_nan=False)
-    (out_dir / "simulation.json").write_text(text + "\n")
+    write_atomically(out_dir / "simulation.json", text + "\n")
     write_csv(out_dir / "simulation.csv", list(rows[0]) if rows else ["attacker"], rows)
-    (out_dir / "simulation.md").write_text(markdown_tables(result))
+    write_atomically(out_dir / "simulation.md", markdown_tables(result))
     if result.pairs:
         _save_attack_grid(result, out_dir / "grid.png")
         best = result.best_per_victim()

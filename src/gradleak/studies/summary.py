@@ -7,7 +7,13 @@ and the trade-off summarises a sweep's rows again, per attack × defense.
 
 A statistic is a function of a group's rows. Most read one key and skip the values that do
 not count: with `finite`, None, booleans, NaN and infinities are missing; with `present`,
-only None is.
+only None is. `among` restricts a statistic to the rows that pass a test, `counted` counts
+them.
+
+A row's `status` says how its run ended: `ok` (or no status: rows of runs that predate it),
+`diverged` and `no-progress` (the attack's optimisation failed; the scores are those of its
+starting point, not of an attack), or `failed` (the run raised an error and has no scores).
+A sweep's summary averages the `ok` rows only and counts the others apart.
 """
 
 from __future__ import annotations
@@ -78,6 +84,24 @@ def share_at_least(key: str, threshold: float, values: Values = finite) -> Stat:
     return stat
 
 
+def among(keep: Callable[[Row], bool], stat: Stat) -> Stat:
+    """A statistic over only the rows of the group that `keep` accepts."""
+
+    def restricted(rows: Sequence[Row]) -> Any:
+        return stat([row for row in rows if keep(row)])
+
+    return restricted
+
+
+def counted(keep: Callable[[Row], bool]) -> Stat:
+    """A statistic: how many rows of the group `keep` accepts."""
+
+    def count(rows: Sequence[Row]) -> int:
+        return sum(1 for row in rows if keep(row))
+
+    return count
+
+
 def summarise_groups(
     rows: Iterable[Row], by: Sequence[str], stats: Mapping[str, Stat]
 ) -> list[dict[str, Any]]:
@@ -106,26 +130,68 @@ def summarise_groups(
 # The keys that name one setting of a sweep.
 SWEEP_SETTING = ("attack", "model", "defense", "protocol")
 
+# A row's `status` (see the module's docstring).
+STATUS = "status"
+OK = "ok"
+FAILED = "failed"
+# The statuses a sweep's summary counts apart from its scores, and their columns.
+COUNTED_STATUSES = {FAILED: "failed", "diverged": "diverged", "no-progress": "no_progress"}
+
+
+def status_of(row: Row) -> str:
+    """A row's status; `ok` for a row without one."""
+    return str(row.get(STATUS) or OK)
+
+
+def scored(row: Row) -> bool:
+    """Whether the row's scores are an attack result (its status is ok)."""
+    return status_of(row) == OK
+
+
+def ran(row: Row) -> bool:
+    """Whether the row's run ended (every status but failed)."""
+    return status_of(row) != FAILED
+
 
 def sweep_summary(rows: Sequence[Row], success_psnr: float) -> list[dict[str, Any]]:
-    """A sweep's summary: per setting (attack, model, defense, protocol), mean ± std of PSNR
-    and SSIM, mean label accuracy and the success rate.
+    """A sweep's summary: per setting (attack, model, defense, protocol), the cells, how many
+    failed, diverged or made no progress, mean ± std of PSNR and SSIM, mean label accuracy
+    and the success rate.
 
     Args:
-        rows: the sweep's results rows (one per cell).
+        rows: the sweep's results rows (one per cell, each with its `status`).
         success_psnr: the PSNR (dB) from which a cell counts as a success.
 
     Returns:
-        One row per setting, in the order of the rows; statistics over finite scores only
-        (None where a setting has none), the success rate over all of its cells.
+        One row per setting, in the order of the rows. Scores are averaged over the `ok`
+        cells' finite values only (None where there are none). The success rate is over the
+        cells whose run ended (all but the failed ones): a diverged cell or one that made
+        no progress is not a success; None when every cell failed.
     """
-    stats = {
-        "cells": len,
-        "psnr_mean": of(statistics.fmean, "psnr"),
-        "psnr_std": of(statistics.pstdev, "psnr"),
-        "ssim_mean": of(statistics.fmean, "ssim"),
-        "ssim_std": of(statistics.pstdev, "ssim"),
-        "label_accuracy_mean": of(statistics.fmean, "label_accuracy"),
-        "success_rate": share_at_least("psnr", success_psnr),
+    stats: dict[str, Stat] = {"cells": len}
+    for status, column in COUNTED_STATUSES.items():
+        stats[column] = counted(lambda row, status=status: status_of(row) == status)
+    stats |= {
+        "psnr_mean": among(scored, of(statistics.fmean, "psnr")),
+        "psnr_std": among(scored, of(statistics.pstdev, "psnr")),
+        "ssim_mean": among(scored, of(statistics.fmean, "ssim")),
+        "ssim_std": among(scored, of(statistics.pstdev, "ssim")),
+        "label_accuracy_mean": among(scored, of(statistics.fmean, "label_accuracy")),
+        "success_rate": among(ran, success_share(success_psnr)),
     }
     return summarise_groups(rows, SWEEP_SETTING, stats)
+
+
+def success_share(success_psnr: float, values: Values = finite) -> Stat:
+    """A statistic: the share of the rows whose run ended and reached `success_psnr`.
+
+    A row that is not ok (diverged, no progress) counts as below; failed rows should be
+    left out first (`among(ran, ...)`). None for no rows.
+    """
+    share = share_at_least("psnr", success_psnr, values)
+
+    def stat(rows: Sequence[Row]) -> float | None:
+        # A row that is not ok is one without a score: below the threshold.
+        return share([r if scored(r) else {} for r in rows]) if rows else None
+
+    return stat

@@ -12,21 +12,37 @@ import io
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from gradleak.core.errors import GradleakError
-from gradleak.core.files import write_atomically
+from gradleak.core.files import write_atomically, write_bytes_atomically
 from gradleak.core.settings import replace_checked, to_plain
 from gradleak.report.tables import write_csv
-from gradleak.studies.summary import of, present, share_at_least, summarise_groups
+from gradleak.studies.summary import (
+    among,
+    counted,
+    of,
+    present,
+    ran,
+    scored,
+    success_share,
+    summarise_groups,
+)
 from gradleak.studies.sweep.backends import Backend
 from gradleak.studies.sweep.runner import run_sweep
 from gradleak.studies.sweep.spec import NO_DEFENSE, SweepSpec, parse_spec, read_located
-from gradleak.training.utility import UtilityConfig, open_utility_data, train_with_defenses
+from gradleak.training.sgd import poisson_rate
+from gradleak.training.utility import (
+    UtilityConfig,
+    UtilityResult,
+    open_utility_data,
+    train_with_defenses,
+)
 
 RECOVERED_PSNR = 25.0  # the DLG paper's figures count an image as leaked from about here
+_RESULT_FIELDS = {f.name for f in fields(UtilityResult)}
 
 
 @dataclass(frozen=True)
@@ -106,8 +122,15 @@ def _utility(config: UtilityConfig, defense: tuple[str, ...], out_dir: Path) -> 
     if cache.is_file():
         try:
             saved = json.loads(cache.read_text())
-            if saved.get("settings") == settings:
-                return saved["result"]
+            result = saved.get("result")
+            # A result that lacks a field (how its batches were sampled) is from an older
+            # training, whose numbers may differ: a miss.
+            if (
+                saved.get("settings") == settings
+                and isinstance(result, dict)
+                and result.keys() == _RESULT_FIELDS
+            ):
+                return result
         except (json.JSONDecodeError, AttributeError):
             pass  # a damaged cache file is a miss: train again
     result = asdict(train_with_defenses(config))
@@ -129,14 +152,19 @@ def tradeoff_rows(
 
     Returns:
         Defense by defense in the order of `utility`, its attacks in the order of the cells;
-        the scores over every value given (only None is skipped).
+        the scores over the cells whose status is ok (only None is skipped), the share
+        recovered over the cells that ran (a diverged one is not recovered), and how many
+        cells were not scored (failed, diverged or made no progress).
     """
+    # Scores of runs whose optimisation failed (diverged, no progress) or that raised are
+    # not attack results: they are counted apart, never averaged in.
     stats = {
         "images": len,
-        "psnr_median": of(statistics.median, "psnr", present),
-        "psnr_mean": of(statistics.fmean, "psnr", present),
-        "recovered": share_at_least("psnr", recovered_psnr, present),
-        "label_accuracy": of(statistics.fmean, "label_accuracy", present),
+        "not_scored": counted(lambda row: not scored(row)),
+        "psnr_median": among(scored, of(statistics.median, "psnr", present)),
+        "psnr_mean": among(scored, of(statistics.fmean, "psnr", present)),
+        "recovered": among(ran, success_share(recovered_psnr, present)),
+        "label_accuracy": among(scored, of(statistics.fmean, "label_accuracy", present)),
     }
     groups = summarise_groups(cells, ("attack", "defense"), stats)
     rows = []
@@ -154,6 +182,7 @@ COLUMNS = [
     "attack",
     "defense",
     "images",
+    "not_scored",
     "psnr_median",
     "psnr_mean",
     "recovered",
@@ -166,25 +195,35 @@ COLUMNS = [
 def write_tradeoff(out_dir: Path, rows: list[dict[str, Any]], spec: TradeoffSpec) -> None:
     """tradeoff.csv, tradeoff.md and tradeoff.png in `out_dir` from the trade-off rows."""
     write_csv(out_dir / "tradeoff.csv", COLUMNS, rows)
-    (out_dir / "tradeoff.md").write_text(tradeoff_markdown(rows, spec))
-    (out_dir / "tradeoff.png").write_bytes(tradeoff_png(rows, spec))
+    write_atomically(out_dir / "tradeoff.md", tradeoff_markdown(rows, spec))
+    write_bytes_atomically(out_dir / "tradeoff.png", tradeoff_png(rows, spec))
 
 
 def tradeoff_markdown(rows: Sequence[dict[str, Any]], spec: TradeoffSpec) -> str:
-    """The trade-off table: attack quality and utility (and ε for DP-SGD) per setting."""
+    """The trade-off table: attack quality and utility (and ε for DP-SGD) per setting.
+
+    DP-SGD settings train on Poisson-sampled batches (the accountant's assumption); the ε
+    column's header gives their q.
+    """
     u = spec.utility
+    q = poisson_rate(u.train_count, u.batch_size)
     lines = [
         f"| attack | defense | images | median PSNR dB | recovered (≥ {spec.recovered_psnr:g} dB) "
-        f"| label acc. | test acc. ({u.model}, {u.dataset}) | ε (δ = {u.delta:g}) |",
+        f"| label acc. | test acc. ({u.model}, {u.dataset}) "
+        f"| ε (δ = {u.delta:g}, Poisson q = {q:.3g}) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         median = "n/a" if r["psnr_median"] is None else f"{r['psnr_median']:.1f}"
         labels = "n/a" if r["label_accuracy"] is None else f"{r['label_accuracy']:.2f}"
         epsilon = "–" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        recovered = "n/a" if r["recovered"] is None else f"{r['recovered']:.0%}"
+        images = str(r["images"])
+        if r.get("not_scored"):
+            images += f" ({r['not_scored']} not scored)"
         lines.append(
-            f"| {r['attack']} | {r['defense']} | {r['images']} | {median} "
-            f"| {r['recovered']:.0%} | {labels} | {r['test_accuracy']:.3f} | {epsilon} |"
+            f"| {r['attack']} | {r['defense']} | {images} | {median} "
+            f"| {recovered} | {labels} | {r['test_accuracy']:.3f} | {epsilon} |"
         )
     return "\n".join(lines) + "\n"
 

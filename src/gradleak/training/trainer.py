@@ -8,6 +8,13 @@ Layout of the outputs for `out = DIR/NAME.pt`:
   the initial, untrained state);
 - `DIR/NAME.json`: the settings and the per-epoch loss and accuracy history.
 
+These files are one set: a training never writes beside files of an earlier one (they are
+refused before any work), unless told to replace them (`overwrite`). Then the new set is
+written into a hidden folder beside them and replaces the earlier set when the training
+ends (also after Ctrl-C or SIGTERM, as the interrupted training it is); if the training
+fails, the earlier set stays. A training that replaces nothing writes in place, so each
+checkpoint can be used as soon as it is saved.
+
 Every checkpoint is a tensors-only state dict with its buffers (batch-norm statistics
 included) plus metadata naming the model, the data and the epoch, so `--checkpoint` loads
 it into the model an attack builds and a checkpoint for another model is refused.
@@ -17,8 +24,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +37,7 @@ from tqdm.auto import tqdm
 
 from gradleak import __version__
 from gradleak.core.errors import GradleakError
-from gradleak.core.files import write_atomically
+from gradleak.core.files import check_writable, replaced_files, write_atomically
 from gradleak.data import DATASETS, DatasetSpec, dataset_stats, input_shape, open_images
 from gradleak.models import build_model, save_checkpoint
 from gradleak.scenario.config import DATASET_CHOICES, SPLITS
@@ -196,6 +205,17 @@ def history_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.json")
 
 
+def earlier_outputs(out: Path) -> list[Path]:
+    """The files of a training at `out` already on disk: the final checkpoint, the history
+    and every epoch checkpoint (whatever epochs that training saved)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    epoch_file = re.compile(rf"{re.escape(out.stem)}\.epoch\d+{re.escape(out.suffix)}")
+    epochs = sorted(p for p in out.parent.iterdir() if epoch_file.fullmatch(p.name))
+    return [p for p in (out, history_path(out)) if p.exists()] + epochs
+
+
 @dataclass(frozen=True)
 class _Data:
     train_x: torch.Tensor
@@ -211,29 +231,54 @@ def train_model(
     out: Path,
     progress: bool = True,
     on_save: Callable[[SavedCheckpoint], None] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train `config.model` with SGD on cross-entropy; save checkpoints and the history.
 
-    Ctrl-C ends training: the last completed epoch is saved at `out` and the result says
-    `interrupted`.
+    Ctrl-C (or SIGTERM) ends training: the last completed epoch is saved at `out` and the
+    result says `interrupted`.
 
     Args:
         config: the run's settings; checked before anything is read or written.
         out: the final checkpoint (.pt or .pth); the others and the history go beside it.
         progress: show a progress bar (on a terminal only).
-        on_save: called after each checkpoint is written.
+        on_save: called after each checkpoint is written (with its path at `out`'s folder).
+        overwrite: replace the files of an earlier training at `out` (see the module's
+            notes); without it they are refused before any work.
 
     Returns:
         The trained model, the per-epoch history, the saved checkpoints and where the
         history went.
 
     Raises:
-        GradleakError: if a setting is invalid, `out` names no checkpoint file, or the data
-            cannot be read or does not hold the ranges.
+        GradleakError: if a setting is invalid, `out` names no checkpoint file, its folder
+            cannot be written or holds an earlier training's files (without `overwrite`),
+            or the data cannot be read or does not hold the ranges.
     """
     config = config.validate()
     out = _check_out(Path(out))
+    earlier = earlier_outputs(out)
+    if earlier and not overwrite:
+        names = ", ".join(p.name for p in earlier)
+        raise GradleakError(
+            f"--out {out} would mix with an earlier training's files beside it ({names}); "
+            "add --overwrite to replace them, or choose another --out"
+        )
     data = _load_data(config)
+    staging = replaced_files(out.parent, out.stem, earlier) if earlier else nullcontext(out.parent)
+    with staging as folder:
+        return _train(config, data, out, folder, progress, on_save)
+
+
+def _train(
+    config: TrainConfig,
+    data: _Data,
+    out: Path,
+    folder: Path,
+    progress: bool,
+    on_save: Callable[[SavedCheckpoint], None] | None,
+) -> TrainResult:
+    """The training loop; every file goes to `folder` under its name beside `out`."""
     channels, size = config.input_shape()
     model = build_model(
         config.model,
@@ -258,7 +303,7 @@ def train_model(
         heldout = record.heldout_accuracy if record else accuracy(model, data.test_x, data.test_y)
         save_checkpoint(
             model,
-            path,
+            folder / path.name,
             **metadata,
             epoch=epoch,
             train_loss=record.loss if record else None,
@@ -306,7 +351,7 @@ def train_model(
         save(out, history[-1], final=True, interrupted=interrupted, epochs_planned=config.epochs)
     seconds = time.perf_counter() - start
     result = TrainResult(config, model, history, saved, history_path(out), seconds, interrupted)
-    _write_history(result, data)
+    _write_history(result, data, folder / result.history_path.name)
     return result
 
 
@@ -318,6 +363,7 @@ def _check_out(out: Path) -> Path:
         )
     if out.is_dir():
         raise GradleakError(f"--out {out} is a folder; name the checkpoint file inside it")
+    check_writable(out.parent, what="checkpoint folder")
     return out
 
 
@@ -393,7 +439,7 @@ def _metadata(
     }
 
 
-def _write_history(result: TrainResult, data: _Data) -> None:
+def _write_history(result: TrainResult, data: _Data, path: Path) -> None:
     config = asdict(result.config)
     config["data_root"] = str(config["data_root"])
     payload = {
@@ -408,4 +454,4 @@ def _write_history(result: TrainResult, data: _Data) -> None:
             {"path": str(c.path), "epoch": c.epoch, "final": c.final} for c in result.checkpoints
         ],
     }
-    write_atomically(result.history_path, json.dumps(payload, indent=2) + "\n")
+    write_atomically(path, json.dumps(payload, indent=2) + "\n")

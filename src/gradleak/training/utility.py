@@ -3,6 +3,12 @@
 Training is FedSGD with one client: on each step the client computes the gradient of its
 batch, applies the defenses exactly as it would before sharing, and the model takes an SGD
 step with the defended gradient. Same seed and budget for every defense setting.
+
+A setting whose defenses run a DP mechanism (DP-SGD) trains on Poisson-sampled batches:
+each image is in each step's batch independently with probability q = batch_size /
+train_count, as the accountant's analysis assumes, and DP-SGD averages over the expected
+batch size q·N. Its ε is the accountant's for every mechanism of the chain at every step
+(`defenses.accounting.privacy_spent`). Other settings train on shuffled batches.
 """
 
 from __future__ import annotations
@@ -18,9 +24,16 @@ from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
 from gradleak.data import DATASETS, LoadedImages, open_images
-from gradleak.defenses import ClientView, Defense, apply_defenses, parse_defenses
+from gradleak.defenses import (
+    ClientView,
+    Defense,
+    apply_defenses,
+    dp_mechanisms,
+    parse_defenses,
+    privacy_spent,
+)
 from gradleak.models import build_model
-from gradleak.training.sgd import StepTransform, accuracy, sgd_epochs
+from gradleak.training.sgd import Sampling, StepTransform, accuracy, poisson_rate, sgd_epochs
 
 
 @dataclass(frozen=True)
@@ -71,11 +84,13 @@ class UtilityConfig:
 @dataclass
 class UtilityResult:
     accuracy: float  # on the held-out images
-    loss: float  # mean training loss over the last epoch
+    loss: float  # mean training loss over the last epoch's non-empty batches
     steps: int
     seconds: float
     epsilon: float | None  # DP-SGD's ε at `delta`; None without DP-SGD
     delta: float | None
+    sampling: str  # "poisson" (with DP-SGD) or "shuffled": how the batches were drawn
+    sample_rate: float | None  # q, the chance an image is in a Poisson batch; None if shuffled
 
 
 def open_utility_data(config: UtilityConfig) -> LoadedImages:
@@ -103,7 +118,8 @@ def train_with_defenses(config: UtilityConfig) -> UtilityResult:
 
     Returns:
         Test accuracy, the last epoch's mean batch loss, the number of steps, the time
-        taken, and DP-SGD's (ε, δ) when DP-SGD is among the defenses.
+        taken, DP-SGD's (ε, δ) when DP-SGD is among the defenses, and how the batches
+        were sampled (Poisson, with its q, when it is; shuffled otherwise).
 
     Raises:
         GradleakError: if a setting is invalid or the data cannot be read or is too small.
@@ -121,8 +137,13 @@ def train_with_defenses(config: UtilityConfig) -> UtilityResult:
         seed=config.seed,
     )
     defenses = parse_defenses(config.defenses)
-    # Its own generator, apart from the one that orders the batches: every setting trains
-    # on the same batches, whatever its defenses draw.
+    mechanisms = dp_mechanisms(defenses)
+    # The accountant's guarantee holds for Poisson-sampled batches only.
+    sampling = Sampling.POISSON if mechanisms else Sampling.SHUFFLED
+    rate = poisson_rate(config.train_count, config.batch_size)
+    expected = config.batch_size if mechanisms else None
+    # Its own generator, apart from the one that draws the batches: every setting of one
+    # sampling trains on the same batches, whatever its defenses draw.
     generator = torch.Generator().manual_seed(config.seed + 1)
     start = time.perf_counter()
     epochs = list(
@@ -134,13 +155,14 @@ def train_with_defenses(config: UtilityConfig) -> UtilityResult:
             epochs=config.epochs,
             batch_size=config.batch_size,
             seed=config.seed,
-            transform=_defend(model, defenses, generator) if defenses else None,
+            transform=_defend(model, defenses, generator, expected) if defenses else None,
+            sampling=sampling,
         )
     )
     score = accuracy(model, test_x, test_y)
     assert score is not None  # validate() asks for at least one test image
     steps = sum(e.steps for e in epochs)
-    epsilon = _epsilon(defenses, config, steps)
+    epsilon = privacy_spent(mechanisms, rate, steps, config.delta)
     return UtilityResult(
         accuracy=score,
         loss=epochs[-1].batch_loss,
@@ -148,24 +170,21 @@ def train_with_defenses(config: UtilityConfig) -> UtilityResult:
         seconds=time.perf_counter() - start,
         epsilon=epsilon,
         delta=config.delta if epsilon is not None else None,
+        sampling=sampling.value,
+        sample_rate=rate if sampling is Sampling.POISSON else None,
     )
 
 
-def _defend(model: nn.Module, defenses: list[Defense], generator: torch.Generator) -> StepTransform:
+def _defend(
+    model: nn.Module,
+    defenses: list[Defense],
+    generator: torch.Generator,
+    expected_batch_size: int | None,
+) -> StepTransform:
     """A step transform applying `defenses` as the client does before sharing its update."""
 
     def transform(update: SharedUpdate, batch: PrivateBatch) -> SharedUpdate:
-        return apply_defenses(update, defenses, generator, ClientView(model, batch))
+        client = ClientView(model, batch, expected_batch_size)
+        return apply_defenses(update, defenses, generator, client)
 
     return transform
-
-
-def _epsilon(defenses: list, config: UtilityConfig, steps: int) -> float | None:
-    """ε spent by DP-SGD over the run (Opacus's RDP accountant), if DP-SGD was used."""
-    from gradleak.defenses.dpsgd import DPSGD, dp_epsilon
-
-    private = [d for d in defenses if isinstance(d, DPSGD)]
-    if not private:
-        return None
-    sample_rate = config.batch_size / config.train_count
-    return dp_epsilon(private[0].noise_multiplier, sample_rate, steps, config.delta)

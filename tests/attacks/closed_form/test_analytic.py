@@ -153,3 +153,20 @@ def test_options_accept_nothing_new_and_refuse_unknown_keys() -> None:
     assert attack.with_options({"threshold": 0.01}).config.threshold == 0.01
     with pytest.raises(GradleakError, match="does not iterate"):
         attack.with_options({"iterations": 5})
+
+
+def test_a_layer_outside_the_model_is_named_not_a_stop_iteration() -> None:
+    from gradleak.attacks.closed_form.analytic import takes_flat_image
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    stranger = torch.nn.Linear(12, 3)
+    with pytest.raises(GradleakError, match="not a module of the model"):
+        takes_flat_image(model, stranger, (3, 2, 2))
+
+
+def test_a_model_that_cannot_run_an_image_is_one_line() -> None:
+    from gradleak.attacks.closed_form.analytic import takes_flat_image
+
+    bare = torch.nn.Linear(12, 3)  # reads the last dimension only, not a (3, 2, 2) image
+    with pytest.raises(GradleakError, match=r"cannot run one input of shape \(3, 2, 2\)"):
+        takes_flat_image(bare, bare, (3, 2, 2))

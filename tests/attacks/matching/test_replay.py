@@ -114,7 +114,7 @@ def test_admm_attack_matches_minus_increment_over_lr_as_a_gradient() -> None:
     local = LocalTraining(lr=0.02)
     admm = simulate(model, batch, ProtocolSettings("fedadmm", local)).update
     gradient = simulate(model, batch, ProtocolSettings("fedsgd")).update
-    attack = attacks.get("idlg-admm")
+    attack = attacks.get("idlg-admm").with_options({"admm_reading": "gradient"})
     matched, replay = attack._matched(admm, model, _knowledge(local_training=local))
     assert matched.kind is UpdateKind.GRADIENT and replay.is_plain_gradient
     for name, g in gradient.tensors.items():  # first round, one step: −Δ/η = 2∇f

@@ -200,6 +200,10 @@ def takes_flat_image(model: nn.Module, layer: nn.Linear, data_shape: tuple[int, 
     Returns:
         True when the layer's input is the flattened image, so the analytic attack
         recovers images; False otherwise (its input is a feature vector).
+
+    Raises:
+        GradleakError: `layer` is not a module of `model`, or `model` cannot run one input
+            of `data_shape`.
     """
     if layer.in_features != math.prod(data_shape):
         return False
@@ -213,6 +217,12 @@ def takes_flat_image(model: nn.Module, layer: nn.Linear, data_shape: tuple[int, 
     try:
         with torch.no_grad():
             probe_model(probe)
+    except RuntimeError as exc:  # shape mismatches: the model does not read such inputs
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GradleakError(
+            f"the model cannot run one input of shape {tuple(data_shape)} ({first}); "
+            "check that the model's input shape matches the data's"
+        ) from exc
     finally:
         handle.remove()
     return (
@@ -223,7 +233,10 @@ def takes_flat_image(model: nn.Module, layer: nn.Linear, data_shape: tuple[int, 
 
 
 def _name_of(model: nn.Module, layer: nn.Module) -> str:
-    return next(name for name, module in model.named_modules() if module is layer)
+    name = next((name for name, module in model.named_modules() if module is layer), None)
+    if name is None:
+        raise GradleakError(f"the layer {layer} is not a module of the model given")
+    return name
 
 
 @dataclass(frozen=True)

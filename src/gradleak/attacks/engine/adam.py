@@ -15,6 +15,7 @@ import torch
 
 from gradleak.attacks.engine.hooks import Observer, StopAttack
 from gradleak.attacks.engine.memory import ensure_trials_fit
+from gradleak.attacks.engine.status import TrialStatus, TrialWatch
 from gradleak.attacks.engine.step import Notice, TrialInputs, TrialStep, print_notice
 from gradleak.attacks.engine.trials import (
     TrialsResult,
@@ -23,9 +24,11 @@ from gradleak.attacks.engine.trials import (
     progress_bar,
     record,
     score_trials,
+    selection_scores,
     trial_inputs,
 )
-from gradleak.attacks.matching.problem import MatchingProblem
+from gradleak.attacks.matching.problem import LossTerms, MatchingProblem
+from gradleak.attacks.reconstruction import Status
 
 DECAY_FRACTIONS = (3 / 8, 5 / 8, 7 / 8)
 DECAY_FACTOR = 0.1
@@ -145,8 +148,10 @@ def optimize_adam(
     Every step computes each running trial's matching loss and its gradient with respect
     to the inputs (and soft labels), then takes one Adam step (torch.optim.Adam's update,
     betas (0.9, 0.999), eps 1e-8, no weight decay) per trial. After the loop every trial is
-    scored once more at its final inputs. Ctrl-C or an observer's `StopAttack` ends the
-    loop; the trials are still scored and returned.
+    scored once more at its final inputs (loss and gradient-matching distance) and judged
+    (`gradleak.attacks.engine.status`): a trial that diverged is put back to its start and
+    scored there. Ctrl-C or an observer's `StopAttack` ends the loop; the trials are still
+    scored and returned.
 
     Args:
         problem: the matching problem (shared update, replay, objective, prior).
@@ -176,8 +181,8 @@ def optimize_adam(
             free memory (default True).
 
     Returns:
-        The trials' final inputs, labels (K×B integers), losses, history, steps per trial,
-        loss evaluations and timing.
+        The trials' final inputs, labels (K×B integers), losses, distances, verdicts,
+        history, steps per trial, loss evaluations and timing.
 
     Raises:
         GradleakError: when `check_memory` and the K stacked trials would not fit.
@@ -199,6 +204,8 @@ def optimize_adam(
         label_adam = BatchedAdam(soft_labels, rates, budgets, lr_decay=lr_decay)
     active = [i for i in range(k) if budgets[i] > 0]
     latest = torch.full((k,), torch.nan, dtype=x.dtype, device=x.device)
+    latest_distance = torch.full_like(latest, torch.nan)
+    watch = TrialWatch(k)
     evaluations = k  # the final scoring of every trial
     history: list[dict[str, float | int | None]] = []
     total = max(budgets)
@@ -212,16 +219,22 @@ def optimize_adam(
             if not active:
                 break
             current = inputs if soft_labels is None else _with_labels(inputs, soft_labels)
-            grad_x, grad_labels, losses = _step_rows(step, x, current, active)
+            grad_x, grad_labels, losses, distances = _step_rows(step, x, current, active)
             evaluations += k if step.compile else len(active)
             if len(active) == k:
-                latest.copy_(losses.detach())
+                latest.copy_(losses)
+                latest_distance.copy_(distances)
             else:
-                latest[torch.tensor(active, device=x.device)] = losses.detach()
+                rows_t = torch.tensor(active, device=x.device)
+                latest[rows_t] = losses
+                latest_distance[rows_t] = distances
             if iteration % log_every == 0:
-                loss = record(history, iteration, latest, x, observer)
+                values = latest.tolist()  # the check's one device sync
+                for i in active:
+                    watch.see(i, iteration, values[i])
+                loss = record(history, iteration, latest, latest_distance, x, observer)
                 bar.set_postfix(loss=f"{loss:.4g}")
-                running = _still_running(active, latest, tolerance)
+                running = _still_running(active, values, tolerance)
                 if not running:
                     break
                 if running != active:  # trials stopped at this check do not step again
@@ -247,21 +260,33 @@ def optimize_adam(
     _clamp(x, bounds)  # again: an interrupt may land between the step and the clamp
     final_inputs = inputs if soft_labels is None else _with_labels(inputs, soft_labels)
     try:
-        final = score_trials(problem, x, final_inputs)
-        record(history, done, final, x, observer)
-    except StopAttack:
-        stopped = True
+        terms, statuses, reset = _judge(
+            problem, watch, images, inputs, x, soft_labels, done, tolerance
+        )
+        evaluations += reset
     except KeyboardInterrupt:
         # Interrupted while scoring: keep the images, rank trials as unknown.
         interrupted = True
-        final = torch.full((k,), torch.nan)
+        unknown = torch.full((k,), torch.nan)
+        terms = LossTerms(unknown, unknown.clone())
+        statuses = [TrialStatus(Status.INTERRUPTED, "stopped by an interrupt while scoring")] * k
+    # A stopped run's last row is this iteration's already, and the observer is not called
+    # again after it stopped the run.
+    if not (stopped and history and history[-1]["iteration"] == done):
+        try:
+            ranked = selection_scores(terms.distance, statuses)
+            record(history, done, terms.loss, ranked, x, None if stopped else observer)
+        except StopAttack:
+            stopped = True
+        except KeyboardInterrupt:
+            interrupted = True
     out_labels = hard_labels(final_inputs.labels)
     if not inputs.labels_per_trial:
         out_labels = out_labels.expand(k, -1)
     return TrialsResult(
         x,
         out_labels.clone(),
-        final,
+        terms.loss,
         history,
         done,
         evaluations,
@@ -271,7 +296,54 @@ def optimize_adam(
         compile_seconds=step.compile_seconds,
         compiled=step.compiled,
         seconds=seconds,
+        distances=terms.distance,
+        statuses=statuses,
     )
+
+
+def _judge(
+    problem: MatchingProblem,
+    watch: TrialWatch,
+    start: torch.Tensor,
+    inputs: TrialInputs,
+    x: torch.Tensor,
+    soft_labels: torch.Tensor | None,
+    done: int,
+    tolerance: float,
+) -> tuple[LossTerms, list[TrialStatus], int]:
+    """Score every trial at its final inputs, judge it, put diverged trials back to their start.
+
+    Returns the final loss terms, the verdicts and how many trials were scored again.
+    """
+    current = inputs if soft_labels is None else _with_labels(inputs, soft_labels)
+    terms = score_trials(problem, x, current)
+    flat = x.flatten(1)
+    moved = (flat != start.flatten(1)).any(dim=1)
+    finite = torch.isfinite(flat).all(dim=1)
+    if soft_labels is not None:
+        moved |= (soft_labels != inputs.labels).flatten(1).any(dim=1)
+        finite &= torch.isfinite(soft_labels).flatten(1).all(dim=1)
+    final = terms.loss.tolist()
+    moved_, finite_ = moved.tolist(), finite.tolist()
+    statuses = []
+    for i, value in enumerate(final):
+        watch.see(i, done, value)
+        verdict = watch.verdict(i, value, moved=moved_[i], finite=finite_[i], tolerance=tolerance)
+        statuses.append(verdict)
+    diverged = [i for i, s in enumerate(statuses) if s.status is Status.DIVERGED]
+    if not diverged:
+        return terms, statuses, 0
+    # A diverged trial returns its start: what it shows is then exactly the random start.
+    rows = torch.tensor(diverged, device=x.device)
+    with torch.no_grad():
+        x[rows] = start[rows].to(x.dtype)
+        if soft_labels is not None:
+            soft_labels[rows] = inputs.labels[rows]
+    current = inputs if soft_labels is None else _with_labels(inputs, soft_labels)
+    again = score_trials(problem, x[rows], current.select(rows))
+    loss, distance = terms.loss.clone(), terms.distance.clone()
+    loss[rows], distance[rows] = again.loss, again.distance
+    return LossTerms(loss, distance), statuses, len(diverged)
 
 
 def _step_rows(step: TrialStep, x: torch.Tensor, inputs: TrialInputs, active: list[int]):
@@ -282,8 +354,9 @@ def _step_rows(step: TrialStep, x: torch.Tensor, inputs: TrialInputs, active: li
     if not step.compile:
         return step(x[rows], inputs.select(rows))
     # A compiled step keeps its input shape (no recompiling): compute all, keep the rows.
-    grad_x, grad_labels, losses = step(x, inputs)
-    return grad_x[rows], None if grad_labels is None else grad_labels[rows], losses[rows]
+    grad_x, grad_labels, losses, distances = step(x, inputs)
+    grad_labels = None if grad_labels is None else grad_labels[rows]
+    return grad_x[rows], grad_labels, losses[rows], distances[rows]
 
 
 def _with_labels(inputs: TrialInputs, labels: torch.Tensor) -> TrialInputs:
@@ -292,7 +365,6 @@ def _with_labels(inputs: TrialInputs, labels: torch.Tensor) -> TrialInputs:
     )
 
 
-def _still_running(active: list[int], latest: torch.Tensor, tolerance: float) -> list[int]:
-    """Drop trials that reached `tolerance` or diverged (one device sync, at a check only)."""
-    values = latest.tolist()
+def _still_running(active: list[int], values: list[float], tolerance: float) -> list[int]:
+    """Drop trials that reached `tolerance` or whose loss is not finite (at a check only)."""
     return [i for i in active if math.isfinite(values[i]) and values[i] > tolerance]

@@ -70,15 +70,17 @@ class TrialInputs:
         return labels, target, self.tv_weight[k]
 
 
-StepOutput = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor]
+# (∂loss/∂images, ∂loss/∂soft labels or None, loss, gradient-matching distance), K rows each.
+StepOutput = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor, torch.Tensor]
 
 
 class TrialStep:
-    """(∂loss/∂images, ∂loss/∂soft labels or None, loss) for every trial given.
+    """(∂loss/∂images, ∂loss/∂soft labels or None, loss, distance) for every trial given.
 
     Calling it with inputs K×B×C×H×W and their `TrialInputs` returns the gradient of
     each trial's matching loss with respect to its inputs (K×B×C×H×W), with respect to
-    its soft labels (K×B×classes; None for integer labels) and the K losses, all
+    its soft labels (K×B×classes; None for integer labels), the K losses and the K
+    gradient-matching distances (the loss's data term, `MatchingProblem.loss_terms`), all
     detached. One trial runs through autograd's `create_graph`, several through one
     `vmap`ped computation, and with `compile` through torch.compile (see the module's
     docstring); all three give the same numbers up to rounding.
@@ -114,12 +116,18 @@ class TrialStep:
 
     def _single(self, images: torch.Tensor, inputs: TrialInputs) -> StepOutput:
         labels, target, tv = inputs.trial(0)
-        grads, value = self.problem.value_and_grad(images[0], labels, target, tv, soft=inputs.soft)
+        grads, terms = self.problem.terms_and_grad(images[0], labels, target, tv, soft=inputs.soft)
         grad_labels = grads[1].unsqueeze(0) if inputs.soft else None
-        return grads[0].unsqueeze(0), grad_labels, value.unsqueeze(0)
+        return (
+            grads[0].unsqueeze(0),
+            grad_labels,
+            terms.loss.unsqueeze(0),
+            terms.distance.unsqueeze(0),
+        )
 
     def _functional(self, batched: bool, soft: bool, labels_axis, target_axis) -> Callable:
-        fn = grad_and_value(self.problem.loss, argnums=(0, 1) if soft else 0)
+        # The distance rides along as the auxiliary output: it costs nothing more.
+        fn = grad_and_value(self.problem.loss_terms, argnums=(0, 1) if soft else 0, has_aux=True)
         if batched:
             fn = vmap(fn, in_dims=(0, labels_axis, target_axis, 0))
         return fn
@@ -140,12 +148,13 @@ class TrialStep:
             candidates = vmap(problem.candidate_update, in_dims=(None, 0, labels_axis))(
                 problem.params, images, labels
             )
-            values = vmap(problem.match, in_dims=(0, 0, target_axis, 0))(
+            values, distances = vmap(problem.match_terms, in_dims=(0, 0, target_axis, 0))(
                 candidates, images, inputs.target, inputs.tv_weight
             )
             wrt = [images, labels] if inputs.soft else [images]
             grads = torch.autograd.grad(values.sum(), wrt)
-        return grads[0], grads[1] if inputs.soft else None, values.detach()
+        grad_labels = grads[1] if inputs.soft else None
+        return grads[0], grad_labels, values.detach(), distances.detach()
 
     def _functional_for(self, inputs: TrialInputs, batched: bool) -> Callable:
         return self._functional(
@@ -160,15 +169,15 @@ class TrialStep:
         fn: Callable, images: torch.Tensor, inputs: TrialInputs, batched: bool
     ) -> StepOutput:
         if batched:
-            grads, values = fn(images, inputs.labels, inputs.target, inputs.tv_weight)
+            grads, (values, distances) = fn(images, inputs.labels, inputs.target, inputs.tv_weight)
         else:
             labels, target, tv = inputs.trial(0)
-            grads, value = fn(images[0], labels, target, tv)
+            grads, (value, distance) = fn(images[0], labels, target, tv)
             grads = tuple(g.unsqueeze(0) for g in grads) if inputs.soft else grads.unsqueeze(0)
-            values = value.unsqueeze(0)
+            values, distances = value.unsqueeze(0), distance.unsqueeze(0)
         if inputs.soft:
-            return grads[0], grads[1], values
-        return grads, None, values
+            return grads[0], grads[1], values, distances
+        return grads, None, values, distances
 
     def _first_compiled_call(
         self, batched: bool, images: torch.Tensor, inputs: TrialInputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -9,9 +10,11 @@ import torch
 from torch.func import vmap
 from tqdm.auto import tqdm
 
-from gradleak.attacks.engine.hooks import Observer
+from gradleak.attacks.engine.hooks import Observer, StopAttack
+from gradleak.attacks.engine.status import TrialStatus, run_status
 from gradleak.attacks.engine.step import TrialInputs
-from gradleak.attacks.matching.problem import MatchingProblem
+from gradleak.attacks.matching.problem import LossTerms, MatchingProblem
+from gradleak.attacks.reconstruction import Status
 
 
 def best_trial(losses: torch.Tensor) -> int:
@@ -38,10 +41,12 @@ class TrialsResult:
             the last iterate (inside the box when boxed); L-BFGS: the best iterate seen.
         labels: each trial's K×B integer labels: the fixed labels, or the argmax of the
             trial's optimised soft labels.
-        losses: each trial's final matching loss, K values. Adam: scored after the last
-            step (NaN when Ctrl-C landed while scoring); L-BFGS: the best loss seen.
-        history: one row per logged iteration: `iteration`, `trial` (the best trial; for
-            L-BFGS the running one), `loss` (its loss) and any columns the observer added.
+        losses: each trial's final matching loss (the optimised one, prior included), K
+            values. Adam: scored after the last step (NaN when Ctrl-C landed while
+            scoring); L-BFGS: the best loss seen.
+        history: one row per logged iteration: `iteration`, `trial` (the trial with the
+            smallest distance; for L-BFGS the running one), `loss` (its optimised loss),
+            `distance` (its gradient-matching distance) and any columns the observer added.
         iterations: the most steps any trial took (L-BFGS: outer steps).
         loss_evaluations: evaluations of the matching loss (Adam: the final scoring of
             every trial included).
@@ -51,6 +56,10 @@ class TrialsResult:
         compile_seconds: time spent compiling (the first compiled step included).
         compiled: the step ran through torch.compile.
         seconds: the optimisation loop's time, compile time included.
+        distances: each trial's gradient-matching distance (no prior terms) at the inputs
+            in `images`, K values: what restart selection ranks.
+        statuses: each trial's verdict (ok, diverged, no progress; interrupted when
+            Ctrl-C landed while scoring). A diverged trial's `images` are its start.
     """
 
     images: torch.Tensor
@@ -65,6 +74,71 @@ class TrialsResult:
     compile_seconds: float = 0.0  # spent compiling (the first compiled step included)
     compiled: bool = False
     seconds: float = 0.0  # the optimisation loop, compile time included
+    distances: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    statuses: list[TrialStatus] = field(default_factory=list)
+
+
+def selection_scores(distances: torch.Tensor, statuses: Sequence[TrialStatus]) -> torch.Tensor:
+    """The distances restart selection ranks: a diverged trial's is NaN while another is not.
+
+    Args:
+        distances: each trial's gradient-matching distance (no prior), K values.
+        statuses: each trial's verdict, K of them.
+
+    Returns:
+        A copy of `distances` in which, when some trial has not diverged, every diverged
+        trial's value is NaN; `best_trial` of it is the trial selection keeps.
+    """
+    diverged = [s.status is Status.DIVERGED for s in statuses]
+    scores = distances.detach().clone()
+    if not all(diverged):
+        for k, out in enumerate(diverged):
+            if out:
+                scores[k] = math.nan
+    return scores
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Restart selection over some trials: the kept one and the reconstruction's status.
+
+    Attributes:
+        best: the kept trial's position among the trials selected from.
+        distances: their gradient-matching distances (no prior), in trial order.
+        statuses: their verdicts, in trial order.
+        status: the reconstruction's status (`run_status` of the kept trial's).
+    """
+
+    best: int
+    distances: list[float]
+    statuses: list[TrialStatus]
+    status: TrialStatus
+
+
+def select(result: TrialsResult, rows: range) -> Selection:
+    """Keep the trial in `rows` with the smallest finite distance that has not diverged.
+
+    Inverting Gradients' rule: trials are ranked by the gradient-matching distance of their
+    final inputs, without the prior terms the optimiser also minimised. A diverged trial
+    wins only when every trial diverged.
+
+    Args:
+        result: the optimisation's trials.
+        rows: the trials to select from (one update's restarts).
+
+    Returns:
+        The kept trial, the trials' distances and verdicts, and the reconstruction's status.
+    """
+    distances = result.distances[rows.start : rows.stop]
+    statuses = result.statuses[rows.start : rows.stop]
+    best = best_trial(selection_scores(distances, statuses))
+    steps = result.trial_iterations[rows.start : rows.stop] or [result.iterations]
+    return Selection(
+        best,
+        [float(v) for v in distances],
+        list(statuses),
+        run_status(statuses[best], result.interrupted, max(steps)),
+    )
 
 
 def hard_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -87,19 +161,32 @@ def record(
     history: list[dict[str, float | int | None]],
     iteration: int,
     losses: torch.Tensor,
+    distances: torch.Tensor,
     images: torch.Tensor,
     observer: Observer | None,
     trial: int | None = None,
 ) -> float:
-    best = best_trial(losses)
+    """Append one history row for the trial with the smallest distance; return its loss.
+
+    The observer is given `distances` (what selection ranks), so the trial it scores is the
+    one selection would keep. When it raises `StopAttack`, the row is still appended with
+    the columns the exception carries, and the exception goes on to the optimiser.
+    """
+    best = best_trial(distances)
     loss = float(losses[best])
     row: dict[str, float | int | None] = {
         "iteration": iteration,
         "trial": best if trial is None else trial,
         "loss": loss,
+        "distance": float(distances[best]),
     }
     if observer is not None:
-        row.update(observer(iteration, losses.detach(), images.detach()) or {})
+        try:
+            row.update(observer(iteration, distances.detach(), images.detach()) or {})
+        except StopAttack as stop:
+            row.update(stop.columns)
+            history.append(row)
+            raise
     history.append(row)
     return loss
 
@@ -132,12 +219,11 @@ def trial_inputs(
     )
 
 
-def score_trials(
-    problem: MatchingProblem, images: torch.Tensor, inputs: TrialInputs
-) -> torch.Tensor:
-    """The matching loss of every trial (no gradient with respect to the images)."""
+def score_trials(problem: MatchingProblem, images: torch.Tensor, inputs: TrialInputs) -> LossTerms:
+    """The matching loss and distance of every trial (no gradient with respect to the images)."""
     axes = (0, 0 if inputs.labels_per_trial else None, 0 if inputs.target_per_trial else None, 0)
     with torch.no_grad():
-        return vmap(problem.loss, in_dims=axes)(
+        loss, distance = vmap(problem.loss_terms, in_dims=axes)(
             images, inputs.labels, inputs.target, inputs.tv_weight
         )
+    return LossTerms(loss, distance)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -15,6 +16,19 @@ from gradleak.fl.replay import Replay
 
 # A prior on one trial's inputs (the modality's; images: total variation).
 Prior = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LossTerms(NamedTuple):
+    """One trial's matching loss and its data term.
+
+    Attributes:
+        loss: what the optimisers minimise: distance + weight · prior.
+        distance: the gradient-matching distance alone (no prior terms); restarts are
+            ranked by it.
+    """
+
+    loss: torch.Tensor
+    distance: torch.Tensor
 
 
 def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -68,8 +82,11 @@ class MatchingProblem:
     `loss` is a pure function of its arguments (torch.func can vmap and compile it); the
     target and the TV weight may be passed per call, which lets K trials attack K
     different updates (independent images) or use K TV weights at once.
-    `value_and_grad` computes the same loss and its gradient for one trial with autograd's
-    `create_graph`, which is cheaper than torch.func when there is nothing to batch.
+    `value_and_grad` (and `terms_and_grad`) computes the same loss and its gradient for one
+    trial with autograd's `create_graph`, which is cheaper than torch.func when there is
+    nothing to batch. `loss_terms` gives the data term (the gradient-matching distance, no
+    prior) beside the loss: the optimisers minimise the loss, restarts are ranked by the
+    distance.
     `replay` says how the shared update was produced (a gradient by default; FedAvg's
     local steps, or the mean over several users). `prior` is the modality's prior on the
     inputs (images: total variation) and `tv_weight` its weight.
@@ -144,6 +161,34 @@ class MatchingProblem:
     ) -> dict[str, torch.Tensor]:
         return self.candidate_update(self.params, images, labels)
 
+    def match_terms(
+        self,
+        candidate: Mapping[str, torch.Tensor],
+        images: torch.Tensor,
+        target: Mapping[str, torch.Tensor],
+        tv_weight: torch.Tensor | float,
+    ) -> LossTerms:
+        """The loss and its data term given the candidate's update (pure).
+
+        This is the one place the loss is composed: the data term is the objective's
+        distance between the candidate's update and the target; the loss adds the weighted
+        prior. Restart selection ranks trials by the data term alone (Inverting Gradients),
+        while the optimisers minimise the loss.
+
+        Args:
+            candidate: the update the candidate inputs would produce, by parameter name.
+            images: the candidate inputs B×C×H×W (the prior's argument).
+            target: the update to match, by parameter name.
+            tv_weight: the prior's weight.
+
+        Returns:
+            `LossTerms(loss, distance)`, two scalars; equal when there is no prior.
+        """
+        distance = self.objective(candidate, target)
+        if self.prior is None:
+            return LossTerms(distance, distance)
+        return LossTerms(distance + tv_weight * self.prior(images), distance)
+
     def match(
         self,
         candidate: Mapping[str, torch.Tensor],
@@ -151,16 +196,32 @@ class MatchingProblem:
         target: Mapping[str, torch.Tensor],
         tv_weight: torch.Tensor | float,
     ) -> torch.Tensor:
-        """The matching loss given the candidate's gradient (pure)."""
-        return self._with_prior(self.objective(candidate, target), images, tv_weight)
+        """The matching loss given the candidate's update (pure): `match_terms`' loss."""
+        return self.match_terms(candidate, images, target, tv_weight).loss
 
-    def _with_prior(
-        self, distance: torch.Tensor, images: torch.Tensor, tv_weight: torch.Tensor | float
-    ) -> torch.Tensor:
-        """The distance plus the weighted prior (no prior: the distance alone)."""
-        if self.prior is None:
-            return distance
-        return distance + tv_weight * self.prior(images)
+    def loss_terms(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        target: Mapping[str, torch.Tensor] | None = None,
+        tv_weight: torch.Tensor | float | None = None,
+    ) -> LossTerms:
+        """The loss and the gradient-matching distance of one trial (pure).
+
+        Args:
+            images: the candidate inputs B×C×H×W.
+            labels: B integer labels, or B×classes soft labels (logits).
+            target: the update to match (None: the problem's `target`).
+            tv_weight: the prior's weight (None: the problem's `tv_weight`).
+
+        Returns:
+            `LossTerms(loss, distance)`: objective + tv_weight · prior, and the objective
+            alone.
+        """
+        target = self.target if target is None else target
+        tv_weight = self.tv_weight if tv_weight is None else tv_weight
+        candidate = self.candidate_gradient(images, labels)
+        return self.match_terms(candidate, images, target, tv_weight)
 
     def loss(
         self,
@@ -181,9 +242,25 @@ class MatchingProblem:
         Returns:
             A scalar: objective(candidate update, target) + tv_weight · prior(images).
         """
-        target = self.target if target is None else target
-        tv_weight = self.tv_weight if tv_weight is None else tv_weight
-        return self.match(self.candidate_gradient(images, labels), images, target, tv_weight)
+        return self.loss_terms(images, labels, target, tv_weight).loss
+
+    def distance(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        target: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The gradient-matching distance of one trial, without the prior (pure).
+
+        Args:
+            images: the candidate inputs B×C×H×W.
+            labels: B integer labels, or B×classes soft labels (logits).
+            target: the update to match (None: the problem's `target`).
+
+        Returns:
+            A scalar: objective(candidate update, target).
+        """
+        return self.loss_terms(images, labels, target, 0.0).distance
 
     def value_and_grad(
         self,
@@ -195,6 +272,31 @@ class MatchingProblem:
         soft: bool = False,
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """(∂loss/∂images[, ∂loss/∂labels]), loss for one trial, through autograd."""
+        grads, terms = self.terms_and_grad(images, labels, target, tv_weight, soft=soft)
+        return grads, terms.loss
+
+    def terms_and_grad(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        target: Mapping[str, torch.Tensor] | None = None,
+        tv_weight: torch.Tensor | float | None = None,
+        *,
+        soft: bool = False,
+    ) -> tuple[tuple[torch.Tensor, ...], LossTerms]:
+        """(∂loss/∂images[, ∂loss/∂labels]) and the detached `LossTerms`, through autograd.
+
+        Args:
+            images: the candidate inputs B×C×H×W.
+            labels: B integer labels, or B×classes soft labels (logits).
+            target: the update to match (None: the problem's `target`).
+            tv_weight: the prior's weight (None: the problem's `tv_weight`).
+            soft: differentiate with respect to the labels too.
+
+        Returns:
+            The gradients (images first, then labels when `soft`) and the loss and
+            distance, both detached.
+        """
         target = self.target if target is None else target
         tv_weight = self.tv_weight if tv_weight is None else tv_weight
         images = images.detach().requires_grad_(True)
@@ -210,5 +312,7 @@ class MatchingProblem:
             else:  # unrolled local steps or several users
                 leaves = dict(zip(self.names, self._leaves, strict=True))
                 candidate = self.replay(self._autograd_gradient, leaves, images, labels)
-            value = self._with_prior(self.objective(candidate, target), images, tv_weight)
-            return torch.autograd.grad(value, inputs), value.detach()
+            terms = self.match_terms(candidate, images, target, tv_weight)
+            return torch.autograd.grad(terms.loss, inputs), LossTerms(
+                terms.loss.detach(), terms.distance.detach()
+            )

@@ -1,25 +1,41 @@
 """Run a sweep: one run directory per cell, resumable, on local workers or on Ray.
 
-A cell runs in `cells/<name>.partial/` and is renamed to `cells/<name>/` only after its
+A cell runs in `cells/<name>.partial-…/` and is renamed to `cells/<name>/` only after its
 outputs and its `cell.json` are written, so a crash or Ctrl-C never leaves a cell that looks
 finished. On a re-run, finished cells whose `cell.json` matches are skipped and any
-half-written directory is removed and run again (see studies/cells.py).
+half-written directory is removed and run again (see studies/cells.py); so is a finished
+cell whose `metrics.json` is damaged.
+
+A cell whose run raises an error is recorded as failed (its `failure.json` holds the
+one-line reason) and the sweep goes on; its row in results.csv has the status `failed`, and
+a re-run of the sweep runs it again. Each row's `status` is otherwise its run's (ok,
+diverged, no-progress; see studies/summary.py).
+
+One sweep at a time writes a folder: it holds the folder's `sweep.lock` while it runs
+(studies/lock.py).
 """
 
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, replace
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
 
+from gradleak.attacks.engine.step import Notice, print_notice
 from gradleak.core.errors import GradleakError
+from gradleak.core.files import replaced_atomically, write_atomically
 from gradleak.report.tables import write_csv
-from gradleak.studies.cells import CellRef, CellStore, described_config
+from gradleak.studies.cells import CellRecord, CellRef, CellStore, described_config
+from gradleak.studies.lock import FolderLock
+from gradleak.studies.summary import COUNTED_STATUSES, FAILED, OK, STATUS, status_of
 from gradleak.studies.summary import SWEEP_SETTING as GROUP_BY
 from gradleak.studies.summary import sweep_summary as summarise
 from gradleak.studies.sweep.backends import Backend, LocalBackend
@@ -27,6 +43,11 @@ from gradleak.studies.sweep.spec import Cell, SweepSpec
 
 CELLS = "cells"
 MARKER = "cell.json"
+LOCK = "sweep.lock"
+SCORES = ("psnr", "ssim", "mse", "label_accuracy")
+# What a cell's metrics.json must hold to count as finished; without one of these (or with
+# a value that is not a number) the cell is damaged and runs again.
+METRICS_KEYS = (*SCORES, "seconds", "iterations")
 RESULT_COLUMNS = [
     "cell",
     "attack",
@@ -35,18 +56,46 @@ RESULT_COLUMNS = [
     "protocol",
     "image",
     "seed",
+    STATUS,
     "psnr",
     "ssim",
     "mse",
     "label_accuracy",
     "seconds",
     "iterations",
+    "status_reason",
     "run_dir",
 ]
+SUMMARY_COLUMNS = [
+    *GROUP_BY,
+    "cells",
+    *COUNTED_STATUSES.values(),
+    "psnr_mean",
+    "psnr_std",
+    "ssim_mean",
+    "ssim_std",
+    "label_accuracy_mean",
+    "success_rate",
+]
+# The longest reason a failed cell records, in characters (one line of the tables).
+_REASON_CHARS = 300
 
 
 @dataclass
 class SweepResult:
+    """What a call of `run_sweep` did, and the tables it wrote.
+
+    Attributes:
+        out_dir: the sweep folder.
+        cells: the cells of the spec.
+        ran: cells run by this call (finished or failed).
+        skipped: cells already finished before this call.
+        removed_partial: half-written cell directories of earlier calls removed.
+        rows: results.csv's rows: every finished or failed cell.
+        summary: summary.csv's rows.
+        interrupted: whether Ctrl-C (or SIGTERM) ended the call.
+    """
+
     out_dir: Path
     cells: int
     ran: int
@@ -55,6 +104,21 @@ class SweepResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
+
+    @property
+    def failed(self) -> int:
+        """Cells of the tables whose run failed."""
+        return sum(1 for row in self.rows if status_of(row) == FAILED)
+
+    @property
+    def done(self) -> int:
+        """Cells of the tables whose run ended (not failed)."""
+        return len(self.rows) - self.failed
+
+    @property
+    def not_scored(self) -> int:
+        """Cells whose run ended without an ordinary score (diverged, no progress)."""
+        return sum(1 for row in self.rows if status_of(row) not in (OK, FAILED))
 
 
 def cell_store(sweep_dir: Path) -> CellStore:
@@ -70,7 +134,20 @@ def cell_store(sweep_dir: Path) -> CellStore:
         layout=f"{CELLS}/*",
         remove_unmarked=True,
         unique_partials=True,
+        accepts=metrics_whole,
     )
+
+
+def metrics_whole(metrics: dict[str, Any]) -> bool:
+    """Whether a cell's metrics hold every key a row reads, numbers (or null) where scores go."""
+    if any(key not in metrics for key in METRICS_KEYS):
+        return False
+    numbers = all(
+        metrics[key] is None
+        or (isinstance(metrics[key], Real) and not isinstance(metrics[key], bool))
+        for key in METRICS_KEYS
+    )
+    return numbers and isinstance(metrics.get(STATUS, OK), str | None)
 
 
 def cell_job(
@@ -87,16 +164,17 @@ def cell_job(
 
 
 def run_cell(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one cell and publish it; returns its results row.
+    """Run one cell and publish it, or record it as failed; returns its results row.
 
     Args:
         job: from `cell_job`.
 
     Returns:
-        The cell's row of results.csv.
+        The cell's row of results.csv; if its run raised an error, a row with the status
+        `failed` and the one-line reason, which the cell's `failure.json` records too.
 
     Raises:
-        KeyboardInterrupt: if Ctrl-C reached the attack; nothing of the cell is left.
+        KeyboardInterrupt: if Ctrl-C (or SIGTERM) reached the cell; nothing of it is left.
     """
     import torch
 
@@ -111,9 +189,23 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         result = run_attack(replace(job["config"], out=partial))
         return None if result.reconstruction.interrupted else True
 
-    if store.publish(ref, write) is None:  # an interrupted attack is not a result
+    try:
+        published = store.publish(ref, write)
+    except Exception as exc:  # the cell cannot run: recorded, and the sweep goes on
+        failure = {STATUS: FAILED, "reason": _reason(exc), "traceback": traceback.format_exc()}
+        store.record_failure(ref, failure)
+        return _row(cell, CellRecord(failure=failure))
+    if published is None:  # an interrupted attack is not a result
         raise KeyboardInterrupt
-    return _row(cell, store.metrics(ref))
+    return _row(cell, store.record(ref))
+
+
+def _reason(exc: Exception) -> str:
+    """One line: a GradleakError's message; otherwise the error's type and first line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if not isinstance(exc, GradleakError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text[:_REASON_CHARS]
 
 
 def run_sweep(
@@ -123,11 +215,13 @@ def run_sweep(
     backend: Backend | None = None,
     progress: bool = True,
     threads: int | None = None,
+    notice: Notice = print_notice,
 ) -> SweepResult:
     """Run every cell of `spec` not already finished under `out_dir`; collect the tables.
 
-    Finished cells whose description is unchanged are skipped, half-written ones removed
-    and run again; after Ctrl-C the tables are written from the finished cells.
+    Finished cells whose description is unchanged are skipped; half-written, damaged and
+    failed ones run again. A cell that fails is recorded and the sweep goes on. After
+    Ctrl-C or SIGTERM the tables are written from the finished cells.
 
     Args:
         spec: the checked sweep (see `studies/sweep/spec.py`).
@@ -135,23 +229,34 @@ def run_sweep(
         backend: where cells run (default: one at a time in this process).
         progress: show the sweep's progress bar (and each attack's, one worker only).
         threads: torch threads per cell (default: the cores over the workers).
+        notice: where the line saying a stale lock was taken over goes.
 
     Returns:
         How many cells there are, ran now, were skipped or removed, the rows, the summary
         and whether Ctrl-C ended the sweep.
 
     Raises:
-        GradleakError: the sweep folder cannot be written, a cell's settings cannot run or a
-            half-written cell cannot be removed (the tables of the finished cells are written
-            first).
+        GradleakError: the sweep folder cannot be written, another sweep that still runs
+            holds it, or a half-written cell cannot be removed (the tables of the finished
+            cells are written first where cells ran).
     """
     backend = backend or LocalBackend(workers=1)
     out_dir = Path(out_dir)
     try:
         (out_dir / CELLS).mkdir(parents=True, exist_ok=True)
-        (out_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     except OSError as exc:
         raise GradleakError(f"cannot write the sweep directory {out_dir}: {exc}") from exc
+    with FolderLock(out_dir, LOCK, "sweep", notice):
+        try:
+            write_atomically(out_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        except OSError as exc:
+            raise GradleakError(f"cannot write the sweep directory {out_dir}: {exc}") from exc
+        return _run_cells(spec, out_dir, backend, progress, threads)
+
+
+def _run_cells(
+    spec: SweepSpec, out_dir: Path, backend: Backend, progress: bool, threads: int | None
+) -> SweepResult:
     store = cell_store(out_dir)
     removed = store.remove_leftovers()
     cells = spec.cells()
@@ -169,9 +274,10 @@ def run_sweep(
         disable=None if progress else True,
     )
     try:
-        for _ in backend.run(run_cell, jobs):
-            result.ran += 1
-            bar.update(1)
+        with closing(iter(backend.run(run_cell, jobs))) as rows:  # stopped here, not later
+            for _ in rows:
+                result.ran += 1
+                bar.update(1)
     except KeyboardInterrupt:
         result.interrupted = True
     except BaseException:
@@ -203,54 +309,72 @@ def _ref(spec: SweepSpec, cell: Cell) -> CellRef:
     return CellRef(_cell_path(cell), _description(spec, cell))
 
 
-def _row(cell: Cell, metrics: dict[str, Any]) -> dict[str, Any]:
+def _row(cell: Cell, record: CellRecord) -> dict[str, Any]:
+    """A cell's row of results.csv: its axis values, status, scores and run directory."""
+    metrics, failure = record.metrics or {}, record.failure or {}
     return {
         "cell": cell.name,
         **cell.axis_values(),
-        **{k: metrics.get(k) for k in ("psnr", "ssim", "mse", "label_accuracy")},
-        "seconds": metrics.get("seconds"),
-        "iterations": metrics.get("iterations"),
+        STATUS: FAILED if record.failure else status_of(metrics),
+        **{k: metrics.get(k) for k in METRICS_KEYS},
+        "status_reason": failure.get("reason") or metrics.get("status_reason"),
         "run_dir": _cell_path(cell).as_posix(),
     }
 
 
 def collect_results(spec: SweepSpec, out_dir: Path) -> list[dict[str, Any]]:
-    """One row per finished cell of `spec`, in the spec's order."""
-    finished = cell_store(out_dir).collect((c, _ref(spec, c)) for c in spec.cells())
-    return [_row(cell, metrics) for cell, metrics in finished]
+    """One row per finished or failed cell of `spec`, in the spec's order."""
+    records = cell_store(out_dir).records((c, _ref(spec, c)) for c in spec.cells())
+    return [_row(cell, record) for cell, record in records]
 
 
 def write_tables(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> None:
-    """results.csv, summary.csv, summary.md (and results.parquet when pyarrow is there)."""
-    write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
-    summary_columns = [*GROUP_BY, "cells", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std"]
-    summary_columns += ["label_accuracy_mean", "success_rate"]
-    write_csv(out_dir / "summary.csv", summary_columns, summary)
-    (out_dir / "summary.md").write_text(summary_markdown(summary))
+    """results.csv, summary.csv, summary.md (and results.parquet when pyarrow is there),
+    each replaced whole."""
+    with replaced_atomically(out_dir / "results.csv") as partial:
+        write_csv(partial, RESULT_COLUMNS, rows)
+    with replaced_atomically(out_dir / "summary.csv") as partial:
+        write_csv(partial, SUMMARY_COLUMNS, summary)
+    write_atomically(out_dir / "summary.md", summary_markdown(summary, rows))
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         return
     table = pa.Table.from_pylist([{k: r.get(k) for k in RESULT_COLUMNS} for r in rows])
-    pq.write_table(table, out_dir / "results.parquet")
+    with replaced_atomically(out_dir / "results.parquet") as partial:
+        pq.write_table(table, partial)
 
 
-def summary_markdown(summary: Sequence[dict[str, Any]]) -> str:
+def summary_markdown(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]] = ()) -> str:
+    """The summary table; below it the cells that failed, each with its reason.
+
+    Scores average the cells whose run ended ok; `not scored` counts the others.
+    """
+
     def fmt(mean: float | None, std: float | None, digits: int) -> str:
         if mean is None:
             return "n/a"
         return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
     lines = [
-        "| attack | model | defense | protocol | cells | PSNR dB | SSIM | label acc. | success |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| attack | model | defense | protocol | cells | PSNR dB | SSIM | label acc. | success "
+        "| not scored |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         labels = "n/a" if s["label_accuracy_mean"] is None else f"{s['label_accuracy_mean']:.2f}"
+        success = "n/a" if s["success_rate"] is None else f"{s['success_rate']:.0%}"
+        apart = [
+            f"{s[column]} {status}" for status, column in COUNTED_STATUSES.items() if s[column]
+        ]
         lines.append(
             f"| {s['attack']} | {s['model']} | {s['defense']} | {s['protocol']} | {s['cells']} "
             f"| {fmt(s['psnr_mean'], s['psnr_std'], 2)} | {fmt(s['ssim_mean'], s['ssim_std'], 3)} "
-            f"| {labels} | {s['success_rate']:.0%} |"
+            f"| {labels} | {success} | {', '.join(apart) or '–'} |"
         )
+    failed = [row for row in rows if status_of(row) == FAILED]
+    if failed:
+        lines += ["", f"Failed cells ({len(failed)}; a re-run of the sweep runs them again):", ""]
+        lines += [f"- {row['cell']}: {row['status_reason']}" for row in failed]
     return "\n".join(lines) + "\n"

@@ -2,24 +2,32 @@
 
 A spec file (YAML) names the values of each axis, the settings every cell shares (`base`,
 any run-config key) and per-attack option overrides. Every key and value is checked before
-anything runs; errors name the key, its line in the file and the valid choices.
+anything runs, and then every cell (`studies/sweep/checks.py`); errors name the key, its
+line in the file and the valid choices.
+
+A spec holds plain data only: mappings, lists, strings, numbers, booleans and null. The
+file is composed to YAML nodes, never loaded as a whole, and a node carrying any other tag
+(`!!python/...`, `!!binary`, a custom `!tag`) is refused with its line; no Python object is
+ever built from a spec.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from gradleak import attacks
+from gradleak.attacks.engine.step import Notice, print_notice
 from gradleak.core.errors import GradleakError
 from gradleak.core.settings import replace_checked, to_plain
-from gradleak.models import available_models, build_model
+from gradleak.models import available_models, is_model_name
 from gradleak.scenario.config import DEFAULT_PROTOCOL, PROTOCOLS, RunConfig
 
 AXES = ("attack", "model", "defense", "protocol", "image", "seed")
@@ -37,6 +45,10 @@ SPEC_KEYS = {
     "success_psnr": "PSNR (dB) above which a reconstruction counts as a success",
 }
 NO_DEFENSE = "none"
+# More cells than this is a mistake (e.g. a range of a million images), refused before the
+# cells are listed.
+MAX_CELLS = 1_000_000
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,10 @@ class Cell:
         parts = [self.attack, self.model, self.defense_label, self.protocol]
         parts += [f"img{self.image}", f"s{self.seed}"]
         return "__".join(re.sub(r"[^A-Za-z0-9.+-]", "-", p) for p in parts)
+
+    def describe(self) -> str:
+        """The cell's settings for messages, e.g. "attack dlg, model lenet, …, seed 0"."""
+        return ", ".join(f"{axis} {value}" for axis, value in self.axis_values().items())
 
     def axis_values(self) -> dict[str, Any]:
         return {
@@ -86,6 +102,10 @@ class SweepSpec:
     success_psnr: float = 20.0
     # The run settings behind each protocol label (a plain name sets only `protocol`).
     protocol_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Where each value was given: axis (attack, model, …, seed) → value → line of the spec
+    # file, "options" → attack → line and "base" → setting → line; empty for a spec given
+    # as a plain mapping.
+    lines: dict[str, dict[Any, int]] = field(default_factory=dict, compare=False, repr=False)
 
     def cells(self) -> list[Cell]:
         product = itertools.product(
@@ -145,25 +165,105 @@ class _Located:
     children: dict[Any, _Located] = field(default_factory=dict)
 
 
-def _locate(node: yaml.Node) -> _Located:
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        located = _Located({}, line)
-        for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node))
-            child = _locate(value_node)
-            child.line = key_node.start_mark.line + 1
-            located.value[key] = child.value
-            located.children[key] = child
-        return located
-    if isinstance(node, yaml.SequenceNode):
-        items = [_locate(item) for item in node.value]
-        return _Located([i.value for i in items], line, dict(enumerate(items)))
-    return _Located(yaml.safe_load(yaml.serialize(node)), line)
+_CORE = "tag:yaml.org,2002:"
+# The tags of plain data: YAML's core schema, and the timestamps and merge (`<<`) and value
+# (`=`) keys that its plain scalars may resolve to. Any other tag would ask for an object to
+# be built, so it is refused.
+_PLAIN_TAGS = frozenset(
+    _CORE + name
+    for name in ("map", "seq", "str", "int", "float", "bool", "null", "timestamp", "merge", "value")
+)
+# Tags whose scalar stands for itself (PyYAML has no constructor for them outside a mapping).
+_LITERAL_TAGS = frozenset({_CORE + "merge", _CORE + "value"})
+# Bounds on what a spec file may unfold to: nesting, and values (aliases repeat a node).
+_MAX_DEPTH = 64
+_MAX_NODES = 100_000
+
+
+class _Locator:
+    """Turns composed YAML nodes into located plain values, refusing what is not plain data.
+
+    Errors name the file and the line: a tag outside `_PLAIN_TAGS`, a key that is a mapping
+    or a list, a key given twice, an alias that contains itself, a value that cannot be read
+    (e.g. the date 2020-13-45), or a file that unfolds to more than `_MAX_NODES` values.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.nodes = 0
+        self.open: set[int] = set()  # the nodes being located: an alias back to one recurses
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def fail(self, node: yaml.Node, message: str) -> NoReturn:
+        raise GradleakError(f"{self.where}, line {node.start_mark.line + 1}: {message}")
+
+    def locate(self, node: yaml.Node, depth: int = 0) -> _Located:
+        self.nodes += 1
+        if self.nodes > _MAX_NODES:
+            self.fail(node, f"the file unfolds to more than {_MAX_NODES} values; write it out")
+        if depth > _MAX_DEPTH:
+            self.fail(node, f"values are nested more than {_MAX_DEPTH} levels deep")
+        self.check_tag(node)
+        if id(node) in self.open:
+            self.fail(node, "an alias refers to a value that contains it; write the value out")
+        self.open.add(id(node))
+        try:
+            return self._located(node, depth)
+        finally:
+            self.open.discard(id(node))
+
+    def check_tag(self, node: yaml.Node) -> None:
+        if node.tag not in _PLAIN_TAGS:
+            tag = node.tag.replace(_CORE, "!!", 1)
+            self.fail(
+                node,
+                f"the tag {tag} is not allowed: a spec holds plain mappings, lists, strings, "
+                "numbers, booleans and null; drop the tag",
+            )
+
+    def _located(self, node: yaml.Node, depth: int) -> _Located:
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            located = _Located({}, line)
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self.check_tag(key_node)
+                    self.fail(key_node, "a key must be a plain value, not a mapping or a list")
+                key = self.locate(key_node, depth + 1).value
+                if key in located.children:
+                    self.fail(key_node, f"the key {key!r} is given twice; keep one")
+                child = self.locate(value_node, depth + 1)
+                child.line = key_node.start_mark.line + 1
+                located.value[key] = child.value
+                located.children[key] = child
+            return located
+        if isinstance(node, yaml.SequenceNode):
+            items = [self.locate(item, depth + 1) for item in node.value]
+            return _Located([i.value for i in items], line, dict(enumerate(items)))
+        if node.tag in _LITERAL_TAGS:
+            return _Located(node.value, line)
+        try:
+            return _Located(self.constructor.construct_object(node), line)
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:  # e.g. month 13, huge int
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.fail(node, f"cannot read the value {node.value!r}: {first}")
 
 
 def read_located(path: Path, what: str) -> _Located:
-    """A YAML file holding one mapping, with the line of every key and item."""
+    """A YAML file holding one mapping of plain data, with the line of every key and item.
+
+    Args:
+        path: the file.
+        what: what the file is, for the messages (e.g. "sweep spec").
+
+    Returns:
+        The mapping, with the line of each key and list item.
+
+    Raises:
+        GradleakError: the file is missing, unreadable or not YAML, does not hold a
+            mapping, or holds anything but plain data (see `_Locator`); one line naming
+            the file and, where there is one, the line.
+    """
     path = Path(path)
     if not path.is_file():
         raise GradleakError(f"{what} not found: {path}")
@@ -172,18 +272,38 @@ def read_located(path: Path, what: str) -> _Located:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GradleakError(f"{what} {path} cannot be read: {first}") from exc
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise GradleakError(f"{what} {path} nests values too deeply to be read") from None
     if node is None or not isinstance(node, yaml.MappingNode):
         raise GradleakError(f"{what} {path} must hold a mapping of keys to values")
-    return _locate(node)
+    return _Locator(f"{what} {path}").locate(node)
 
 
-def read_spec(path: Path) -> SweepSpec:
+def read_spec(path: Path, *, notice: Notice = print_notice) -> SweepSpec:
     """Read and check a sweep spec file; every problem is one line naming key and line."""
-    return parse_spec(read_located(path, "sweep spec"), str(path))
+    return parse_spec(read_located(path, "sweep spec"), str(path), notice=notice)
 
 
-def parse_spec(root: _Located | Mapping[str, Any], where: str = "sweep spec") -> SweepSpec:
-    """Check a spec (located YAML, or a plain mapping without line numbers)."""
+def parse_spec(
+    root: _Located | Mapping[str, Any], where: str = "sweep spec", *, notice: Notice = print_notice
+) -> SweepSpec:
+    """Check a spec and every cell it lists; the first problem is one line.
+
+    Args:
+        root: the spec: located YAML (`read_located`), or a plain mapping (then messages
+            have no line numbers).
+        where: what names the spec in messages (its file, or e.g. "study NAME").
+        notice: where the line saying how long the L-BFGS cells may take goes.
+
+    Returns:
+        The checked sweep.
+
+    Raises:
+        GradleakError: a key, a value or a cell that cannot run, naming the key or the
+            cell and the spec's line (see `studies/sweep/checks.py` for the cells).
+    """
+    from gradleak.studies.sweep.checks import check_cells  # the checks build on SweepSpec
+
     if not isinstance(root, _Located):
         root = _Located(dict(root), 0, {k: _Located(v, 0) for k, v in dict(root).items()})
     at = _Where(where, root)
@@ -192,21 +312,27 @@ def parse_spec(root: _Located | Mapping[str, Any], where: str = "sweep spec") ->
             at.fail(key, f"unknown key {key!r}; valid keys: {', '.join(SPEC_KEYS)}")
     if "attacks" not in root.value:
         at.fail(None, "the spec needs 'attacks': a list of attack presets")
-    base = _base(at, root.value.get("base") or {})
+    base = _base(at, _given(root, "base", {}))
     attack_names = _choices(at, "attacks", list(attacks.available()))
-    models = _models(at, root.value.get("models", [base.get("model", "lenet")]))
+    models = _models(at, root.value.get("models", ["lenet"]))
     protocols = _protocols(at, root.value.get("protocols", [DEFAULT_PROTOCOL]), base)
+    defenses = _defenses(at, root.value.get("defenses", [NO_DEFENSE]))
+    images = _images(at, root.value.get("images", [0]))
+    seeds = _ints(at, "seeds", root.value.get("seeds", [0]), maximum=MAX_SEED)
+    count = math.prod(map(len, (attack_names, models, defenses, protocols, images, seeds)))
+    if count > MAX_CELLS:
+        at.fail(None, f"the sweep has {count} cells, more than {MAX_CELLS}; split it up")
     spec = SweepSpec(
-        name=str(root.value.get("name", Path(where).stem)),
+        name=_name(at, root.value.get("name", Path(where).stem)),
         base=base,
         attacks=attack_names,
         models=models,
-        defenses=_defenses(at, root.value.get("defenses", [NO_DEFENSE])),
+        defenses=defenses,
         protocols=tuple(protocols),
         protocol_settings=protocols,
-        images=_images(at, root.value.get("images", list(base.get("indices", [0])))),
-        seeds=_ints(at, "seeds", root.value.get("seeds", [base.get("seed", 0)])),
-        options=_options(at, root.value.get("options") or {}, attack_names),
+        images=images,
+        seeds=seeds,
+        options=_options(at, _given(root, "options", {}), attack_names),
         success_psnr=_number(at, "success_psnr", root.value.get("success_psnr", 20.0)),
     )
     axes = {"attacks": spec.attacks, "models": spec.models, "defenses": spec.defenses}
@@ -214,11 +340,44 @@ def parse_spec(root: _Located | Mapping[str, Any], where: str = "sweep spec") ->
     for key, values in axes.items():
         if len(set(values)) != len(values):  # defenses compare after parsing: none == []
             at.fail(key, f"{key} repeat a value: {list(values)}; give each once")
-    if not spec.cells():
-        at.fail(None, "the sweep has no cells: every axis needs at least one value")
-    # Each cell's run config must be valid too (e.g. a batch larger than the data).
-    spec.run_config(spec.cells()[0], Path("."))
+    spec = replace(spec, lines=_lines(root, spec))
+    check_cells(spec, where, notice=notice)
     return spec
+
+
+def _given(root: _Located, key: str, default: Any) -> Any:
+    """The value of `key`, or `default` when it is absent or empty (`key:` alone is null)."""
+    value = root.value.get(key)
+    return default if value is None else value
+
+
+def _lines(root: _Located, spec: SweepSpec) -> dict[str, dict[Any, int]]:
+    """Axis → value → the line it was given on; "options" → attack → line; "base" → setting →
+    line (None: `base` itself)."""
+    given = {
+        "attack": ("attacks", spec.attacks),
+        "model": ("models", spec.models),
+        "defense": ("defenses", spec.defenses),
+        "protocol": ("protocols", tuple(spec.protocol_settings)),
+        "image": ("images", spec.images),
+        "seed": ("seeds", spec.seeds),
+    }
+    lines: dict[str, dict[Any, int]] = {}
+    for axis, (key, values) in given.items():
+        child = root.children.get(key)
+        if child is not None and child.line:
+            # A range of images ('0-9') is one line; a list has one line per entry.
+            lines[axis] = {
+                value: child.children[i].line if i in child.children else child.line
+                for i, value in enumerate(values)
+            }
+    options = root.children.get("options")
+    if options is not None and options.line:
+        lines["options"] = {name: child.line for name, child in options.children.items()}
+    base = root.children.get("base")
+    if base is not None and base.line:
+        lines["base"] = {None: base.line, **{k: c.line for k, c in base.children.items()}}
+    return lines
 
 
 class _Where:
@@ -298,9 +457,8 @@ def _protocols(at: _Where, values: Any, base: dict[str, Any]) -> dict[str, dict[
 def _models(at: _Where, values: Any) -> tuple[str, ...]:
     values = _list(at, "models", values)
     for i, name in enumerate(values):
-        try:
-            build_model(str(name), num_classes=10)
-        except GradleakError:
+        # Only the name here: whether the model takes the data's images is a cell's check.
+        if not is_model_name(name):
             at.fail(
                 "models",
                 f"models entry {name!r} is not a model; choose from: "
@@ -331,24 +489,41 @@ def _images(at: _Where, value: Any) -> tuple[int, ...]:
         match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", value)
         if not match or int(match[1]) > int(match[2]):
             at.fail("images", f"images range {value!r} must look like '0-9' (first <= last)")
-        return tuple(range(int(match[1]), int(match[2]) + 1))
+        first, last = int(match[1]), int(match[2])
+        if last - first + 1 > MAX_CELLS:
+            at.fail("images", f"images range {value!r} lists more than {MAX_CELLS} images")
+        return tuple(range(first, last + 1))
     return _ints(at, "images", value, minimum=0)
 
 
-def _ints(at: _Where, key: str, value: Any, minimum: int = 0) -> tuple[int, ...]:
+def _ints(
+    at: _Where, key: str, value: Any, minimum: int = 0, maximum: int | None = None
+) -> tuple[int, ...]:
     values = _list(at, key, value)
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             at.fail(key, f"{key} entry {v!r} must be an integer >= {minimum}", i)
+        if maximum is not None and v > maximum:
+            at.fail(key, f"{key} entry {v} must be at most {maximum}", i)
     if len(set(values)) != len(values):
         at.fail(key, f"{key} repeat a value: {values}")
     return tuple(values)
 
 
 def _number(at: _Where, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        at.fail(key, f"'{key}' must be a positive number, got {value!r}")
+    if not 0 < value < math.inf:  # NaN fails this too
         at.fail(key, f"'{key}' must be a positive number, got {value!r}")
     return float(value)
+
+
+def _name(at: _Where, value: Any) -> str:
+    """The study's name: also the default folder (sweeps/NAME), so one plain folder name."""
+    name = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if not name.strip() or name in (".", "..") or re.search(r"[/\\\x00]", name):
+        at.fail("name", f"'name' must be a plain folder name (no / or \\), got {value!r}")
+    return name
 
 
 def _base(at: _Where, value: Any) -> dict[str, Any]:

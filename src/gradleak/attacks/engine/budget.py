@@ -1,0 +1,158 @@
+"""Estimate the time of L-BFGS trials before running them; refuse runs beyond a bound.
+
+L-BFGS trials run one after another (`lbfgs.py`), so K restarts cost K times one trial.
+The estimate is an upper bound: trials × outer steps × the most loss evaluations torch's
+L-BFGS makes in one step × the measured time of one evaluation on this problem. Trials that
+converge (or stall for `LBFGS_PATIENCE` steps) stop sooner.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from gradleak.attacks.engine.step import Notice, TrialInputs, TrialStep, print_notice
+from gradleak.attacks.matching.problem import MatchingProblem
+from gradleak.core.errors import GradleakError
+
+HOUR = 3600.0
+# Estimates at least this long are printed before the run starts.
+NOTICE_SECONDS = 60.0
+# Timed evaluations of the loss (their median is kept: one slow first call does not count).
+REPEATS = 3
+
+
+def evaluations_per_step(inner_iterations: int) -> int:
+    """The most loss evaluations torch's L-BFGS makes in one outer step.
+
+    torch stops an outer step after `max_eval` evaluations, `max_iter` × 5 / 4 by default;
+    a fixed step evaluates once per iteration, so at most `max_iter`.
+    """
+    return max(1, inner_iterations * 5 // 4)
+
+
+@dataclass(frozen=True)
+class BudgetEstimate:
+    """The longest an L-BFGS run can take, and what the bound is made of.
+
+    Attributes:
+        trials: trials run one after another.
+        steps: outer steps per trial.
+        evaluations_per_step: the most loss evaluations of one outer step.
+        seconds_per_evaluation: the measured time of one loss evaluation with its gradient.
+    """
+
+    trials: int
+    steps: int
+    evaluations_per_step: int
+    seconds_per_evaluation: float
+
+    @property
+    def trial_seconds(self) -> float:
+        """The longest one trial can take."""
+        return self.steps * self.evaluations_per_step * self.seconds_per_evaluation
+
+    @property
+    def seconds(self) -> float:
+        """The longest the whole run can take."""
+        return self.trials * self.trial_seconds
+
+    def describe(self) -> str:
+        """'8 trials × 300 steps × up to 25 evaluations × 12.0 ms: at most 2.0 h'."""
+        return (
+            f"{self.trials} trial{'s' if self.trials != 1 else ''} × {self.steps} steps × up "
+            f"to {self.evaluations_per_step} evaluations × "
+            f"{self.seconds_per_evaluation * 1000:.3g} ms: at most {spell_seconds(self.seconds)}"
+        )
+
+
+def spell_seconds(seconds: float) -> str:
+    """A duration for people: seconds below two minutes, minutes below two hours, else hours."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * HOUR:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / HOUR:.1f} h"
+
+
+def measure_evaluation_seconds(
+    problem: MatchingProblem, images: torch.Tensor, inputs: TrialInputs
+) -> float:
+    """The time of one loss evaluation with its gradient, as an L-BFGS trial computes it.
+
+    Args:
+        problem: the matching problem.
+        images: one trial's inputs 1×B×C×H×W on the device the trials use.
+        inputs: that trial's labels, target and prior weight.
+
+    Returns:
+        The median of `REPEATS` timed evaluations, in seconds (eager: a compiled step is
+        faster, so the estimate stays an upper bound).
+    """
+    step = TrialStep(problem)
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        # Reading the loss waits for the device, as every L-BFGS evaluation does.
+        float(step(images, inputs)[2][0])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def lbfgs_estimate(
+    trials: int, steps: int, inner_iterations: int, seconds_per_evaluation: float
+) -> BudgetEstimate:
+    """The upper bound of an L-BFGS run's time from its settings and one evaluation's time."""
+    return BudgetEstimate(
+        trials, steps, evaluations_per_step(inner_iterations), seconds_per_evaluation
+    )
+
+
+def check_budget(
+    estimate: BudgetEstimate, max_hours: float, *, notice: Notice = print_notice
+) -> BudgetEstimate:
+    """Refuse a run whose estimate exceeds `max_hours`; tell `notice` a long estimate.
+
+    Args:
+        estimate: the run's upper bound (`lbfgs_estimate`).
+        max_hours: the bound in hours; 0 means no bound.
+        notice: where an estimate of `NOTICE_SECONDS` or more is told, in one line.
+
+    Returns:
+        The estimate, unchanged.
+
+    Raises:
+        GradleakError: when the estimate exceeds the bound. The line says how many
+            restarts (or, when one trial alone is too long, how many iterations) fit, and
+            the attack option that raises the bound.
+    """
+    bound = max_hours * HOUR
+    if max_hours > 0 and estimate.seconds > bound:
+        raise GradleakError(
+            f"L-BFGS runs its trials one after another: {estimate.describe()}, above the "
+            f"{max_hours:g} h bound; {_what_fits(estimate, bound)}, or raise the bound with "
+            f"the attack option lbfgs_max_hours: {_hours_needed(estimate)} (0: no bound)"
+        )
+    if estimate.seconds >= NOTICE_SECONDS:
+        notice(
+            f"L-BFGS runs its trials one after another: {estimate.describe()} "
+            "(trials that converge stop sooner)"
+        )
+    return estimate
+
+
+def _what_fits(estimate: BudgetEstimate, bound: float) -> str:
+    restarts = int(bound // estimate.trial_seconds)
+    if restarts >= 1:
+        return f"use --restarts {restarts} or fewer"
+    per_step = estimate.evaluations_per_step * estimate.seconds_per_evaluation
+    iterations = max(1, int(bound // per_step))
+    return f"one trial alone is too long: use --iterations {iterations} or fewer"
+
+
+def _hours_needed(estimate: BudgetEstimate) -> str:
+    hours = estimate.seconds / HOUR
+    return f"{hours:.2g}" if hours >= 1 else f"{hours:.2f}"
