@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,9 @@ def test_bad_sweep_flags_are_one_line(
     assert "--address is for --backend ray" in one_line_error(capsys)
     assert cli_exit(["sweep", str(spec), "--out", out, "--workers", "0"]) == 2
     assert "--workers must be at least 1" in one_line_error(capsys)
+    too_many = str(4 * (os.cpu_count() or 1) + 1)
+    assert cli_exit(["sweep", str(spec), "--out", out, "--workers", too_many]) == 2
+    assert f"--workers {too_many} is more local processes" in one_line_error(capsys)
     pytest.importorskip("ray", reason="the Ray backend is the optional extra gradleak[ray]")
     argv = ["sweep", str(spec), "--out", out, "--backend", "ray", "--address", "127.0.0.1:9"]
     assert cli_exit(argv) == 2

@@ -108,16 +108,23 @@ def test_a_signal_mid_cell_keeps_the_finished_cells_and_a_rerun_finishes(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=to_group,
+        # Its own process group either way, so a failed test can end the sweep and its
+        # workers; the signal under test still goes to the parent alone unless `to_group`.
+        start_new_session=True,
     )
-    first_done = out / "cells" / "idlg__lenet__none__fedsgd__img0__s0"
-    running = [first_done, Path(f"{gate}.1")] + ([Path(f"{gate}.2")] if workers > 1 else [])
-    _wait_for(running, sweep)
-    if to_group:
-        os.killpg(sweep.pid, signum)
-    else:
-        sweep.send_signal(signum)
-    stdout, stderr = sweep.communicate(timeout=WAIT_SECONDS)
+    try:
+        first_done = out / "cells" / "idlg__lenet__none__fedsgd__img0__s0"
+        running = [first_done, Path(f"{gate}.1")] + ([Path(f"{gate}.2")] if workers > 1 else [])
+        _wait_for(running, sweep)
+        if to_group:
+            os.killpg(sweep.pid, signum)
+        else:
+            sweep.send_signal(signum)
+        stdout, stderr = sweep.communicate(timeout=WAIT_SECONDS)
+    finally:
+        if sweep.poll() is None:  # the test failed: leave no sweep behind
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.communicate()
 
     assert sweep.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr, stderr

@@ -145,3 +145,8 @@ def test_any_mapping_gives_a_spec_or_one_line(spec: dict[str, Any]) -> None:
 @given(st.one_of(_YAMLISH, _SPECS.map(yaml.safe_dump)))
 def test_any_text_gives_a_spec_or_one_line(tmp_path: Path, text: str) -> None:
     _spec_or_one_line(lambda: _read(tmp_path, text))
+
+
+def test_a_folder_given_as_the_spec_is_named_as_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(GradleakError, match="is a folder, not a file"):
+        read_spec(tmp_path)

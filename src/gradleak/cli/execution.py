@@ -25,10 +25,12 @@ def check_execution_flags(args: argparse.Namespace) -> None:
     Raises:
         GradleakError: bad --threads or --workers, or --address without --backend ray.
     """
+    from gradleak.studies.sweep.backends import check_workers
+
     # Each cell sets its own threads; here only the value is checked.
     apply_threads(args.threads, in_this_process=False)
-    if args.workers is not None and args.workers < 1:
-        raise GradleakError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers is not None:
+        check_workers(args.workers, local=args.backend != "ray")
     if args.backend != "ray" and args.address is not None:
         raise GradleakError("--address is for --backend ray; add --backend ray or drop it")
 

@@ -50,12 +50,34 @@ class _Closing:
         self.close()
 
 
+# Each local worker is a process with its own torch (a few hundred MB before any cell), and
+# cells already use the cores through torch's threads: beyond a few workers per core more
+# only exhausts memory.
+WORKERS_PER_CORE = 4
+
+
+def check_workers(workers: int, *, local: bool) -> None:
+    """Refuse a --workers value in one line: below 1, or for local processes above
+    `WORKERS_PER_CORE` per core of this machine (a Ray cluster sets its own bound).
+
+    Raises:
+        GradleakError: naming the allowed range.
+    """
+    if workers < 1:
+        raise GradleakError(f"--workers must be at least 1, got {workers}")
+    limit = WORKERS_PER_CORE * (os.cpu_count() or 1)
+    if local and workers > limit:
+        raise GradleakError(
+            f"--workers {workers} is more local processes than this machine can run "
+            f"({os.cpu_count() or 1} cores); use at most {limit}, or --backend ray for a cluster"
+        )
+
+
 class LocalBackend(_Closing):
     """`workers` processes on this machine (1: in this process)."""
 
     def __init__(self, workers: int = 1) -> None:
-        if workers < 1:
-            raise GradleakError(f"--workers must be at least 1, got {workers}")
+        check_workers(workers, local=True)
         self.workers = workers
 
     def run(self, fn: CellFunction, jobs: Sequence[Job]) -> Iterator[dict[str, Any]]:

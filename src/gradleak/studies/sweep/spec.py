@@ -265,6 +265,8 @@ def read_located(path: Path, what: str) -> _Located:
             the file and, where there is one, the line.
     """
     path = Path(path)
+    if path.is_dir():
+        raise GradleakError(f"{what} {path} is a folder, not a file; give the YAML file")
     if not path.is_file():
         raise GradleakError(f"{what} not found: {path}")
     try:
