@@ -40,8 +40,8 @@ IDLG_CONFIG = dataclasses.replace(DLG_CONFIG, label_strategy="analytic")
 
 # Inverting Gradients: cosine distance over all gradients plus total variation, Adam (lr 0.1)
 # on the sign of the gradient, images boxed to valid pixels, step size ÷10 at 3/8, 5/8 and
-# 7/8 of 24,000 iterations, 8 restarts from a standard normal, the best kept by final
-# matching loss.
+# 7/8 of 24,000 iterations, 8 restarts from a standard normal; the restart kept is the one
+# with the smallest final gradient distance, the prior left out (the paper's rule).
 IG_CONFIG = GradientMatchingConfig(
     objective="cosine",
     tv_weight=None,
