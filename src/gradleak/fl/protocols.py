@@ -355,7 +355,11 @@ class ProtocolSettings:
         self.refuse_ignored_guesses(grants, who, reading)
         if chosen.needs_client_state and self.rounds > 1 and not grants.client_state_known:
             others = [r.name for r in self.protocol.readings if not r.needs_client_state]
-            other = f", or read it as {others[0]} (admm_reading: {others[0]})" if others else ""
+            other = (
+                f", or use --admm-reading {others[0]} (admm_reading: {others[0]} in a config)"
+                if others
+                else ""
+            )
             raise GradleakError(
                 f"{who} replays the {self.name} client from its state at the start of round "
                 f"{self.rounds}, which the threat model does not grant; add "
