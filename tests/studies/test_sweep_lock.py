@@ -155,3 +155,43 @@ def test_partial_cells_of_live_processes_are_kept_and_of_ended_ones_removed(
         path.mkdir(parents=True)
     assert cell_store(tmp_path).remove_leftovers() == 3
     assert [path.name for path in cells.iterdir()] == [live.name]
+
+
+def test_a_lock_left_by_an_earlier_process_with_this_pid_is_stale(
+    spec: SweepSpec, tmp_path: Path
+) -> None:
+    # A restarted container's entry point gets the same pid (often 1) and host as the sweep
+    # that was killed: its lock names this process, but no lock of this process holds it.
+    _hold(tmp_path, os.getpid())
+    notices: list[str] = []
+    result = run_sweep(spec, tmp_path, progress=False, threads=1, notice=notices.append)
+    assert result.ran == 1
+    assert len(notices) == 1 and "no longer runs" in notices[0]
+
+
+def test_partial_cells_named_with_this_pid_are_kept_only_while_this_process_writes_them(
+    tmp_path: Path,
+) -> None:
+    cells = tmp_path / CELLS
+    earlier = cells / f"a.partial-0123abcd-{os.getpid()}@{this_host()}"
+    earlier.mkdir(parents=True)
+    store = cell_store(tmp_path)
+    assert store.remove_leftovers() == 1  # left by an earlier process with this pid
+    assert not earlier.exists()
+
+
+def test_the_partial_cell_this_process_is_writing_is_kept(tmp_path: Path) -> None:
+    from gradleak.studies.cells import CellRef
+
+    store = cell_store(tmp_path)
+    seen: list[bool] = []
+
+    def write(partial: Path) -> str:
+        partial.mkdir(parents=True)
+        store.remove_leftovers()  # e.g. another study starting on this folder
+        seen.append(partial.exists())
+        (partial / "metrics.json").write_text("{}")
+        return "written"
+
+    assert store.publish(CellRef(Path(CELLS) / "a", {"cell": "a"}), write) == "written"
+    assert seen == [True]

@@ -314,6 +314,19 @@ class GradientMatchingAttack:
         # Before allocating anything per trial: Adam stacks all K trials, L-BFGS runs one.
         self._check_memory(problem, knowledge, fixed_labels, 1 if cfg.optimizer == "lbfgs" else k)
         self._check_budget(problem, knowledge, fixed_labels)
+        return self._attack(problem, strategy, fixed_labels, knowledge, seed, observer, progress)
+
+    def _attack(
+        self,
+        problem: MatchingProblem,
+        strategy: LabelStrategy,
+        fixed_labels: torch.Tensor | None,
+        knowledge: Knowledge,
+        seed: int,
+        observer: Observer | None,
+        progress: bool,
+    ) -> Reconstruction:
+        """The optimisation of one update's prepared problem, after the up-front checks."""
         images, labels = self._start(knowledge, fixed_labels, seed)
         log_every = self._log_every()
 
@@ -358,9 +371,14 @@ class GradientMatchingAttack:
         if not updates:
             return []
         if cfg.optimizer == "lbfgs":
+            prepared = [self._prepare(update, model, knowledge) for update in updates]
+            _, first_labels, first_problem = prepared[0]
+            self._check_memory(first_problem, knowledge, first_labels, 1)
+            # One time check for the whole batch: the updates run one after another.
+            self._check_budget(first_problem, knowledge, first_labels, updates=len(updates))
             results = []
-            for update in updates:
-                one = self.reconstruct(update, model, knowledge, seed=seed, progress=progress)
+            for strategy, fixed_labels, problem in prepared:
+                one = self._attack(problem, strategy, fixed_labels, knowledge, seed, None, progress)
                 results.append(one)
                 if one.interrupted:  # Ctrl-C ends the whole batch, not one update
                     break
@@ -549,14 +567,17 @@ class GradientMatchingAttack:
         knowledge: Knowledge,
         fixed_labels: torch.Tensor | None,
         notice: Notice = print_notice,
+        *,
+        updates: int = 1,
     ) -> BudgetEstimate | None:
         cfg = self.config
         if cfg.optimizer != "lbfgs":
             return None
         sample, inputs = _sample_trial(problem, knowledge, fixed_labels)
         seconds = measure_evaluation_seconds(problem, sample, inputs)
-        estimate = lbfgs_estimate(cfg.restarts, cfg.iterations, cfg.lbfgs_inner_iterations, seconds)
-        return check_budget(estimate, cfg.lbfgs_max_hours, notice=notice)
+        trials = cfg.restarts * updates
+        estimate = lbfgs_estimate(trials, cfg.iterations, cfg.lbfgs_inner_iterations, seconds)
+        return check_budget(estimate, cfg.lbfgs_max_hours, notice=notice, updates=updates)
 
     def _optimize(
         self,

@@ -115,6 +115,11 @@ def handle(args: argparse.Namespace) -> int:
     if result.reconstruction.interrupted:
         print(f"interrupted: partial results written to {result.out_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if result.interrupted_while_writing:
+        print(
+            f"interrupted: the finished results were written to {result.out_dir}", file=sys.stderr
+        )
+        return EXIT_INTERRUPTED
     print(f"outputs written to {result.out_dir}")
     return EXIT_OK
 

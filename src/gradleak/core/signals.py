@@ -37,10 +37,35 @@ class Interrupts:
         return 128 + int(first)
 
 
+# While results whose work is done are scored and written, an interrupt would throw them
+# away: between `hold_interrupts` and `release_interrupts` the signals are recorded here
+# instead of raised, and the command ends with the signal's exit code once they are written.
+_held: list[signal.Signals] | None = None
+
+
+def hold_interrupts() -> None:
+    """From now on, SIGINT and SIGTERM within `terminate_as_interrupt` are recorded, not
+    raised, until `release_interrupts`: the work is done and only its results are being
+    kept, which an interrupt would lose."""
+    global _held
+    if _held is None:
+        _held = []
+
+
+def release_interrupts() -> list[signal.Signals]:
+    """End `hold_interrupts`; the signals that arrived meanwhile, in order."""
+    global _held
+    held, _held = _held or [], None
+    return held
+
+
 def _raising(interrupts: Interrupts) -> Callable[[int, FrameType | None], None]:
     def handle(signum: int, frame: FrameType | None) -> None:
         received = signal.Signals(signum)
         interrupts.received.append(received)
+        if _held is not None:
+            _held.append(received)
+            return
         if received == signal.SIGTERM:
             raise Terminated(f"signal {received.name}")
         raise KeyboardInterrupt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import check_out_dir, output_dir
 from gradleak.core.knowledge import grant_knowledge
+from gradleak.core.signals import hold_interrupts, release_interrupts
 from gradleak.core.update import SharedUpdate
 from gradleak.defenses import ClientView, apply_defenses
 from gradleak.fl.client import Client
@@ -49,6 +51,9 @@ class RunResult(AttackOutcome):
 
     metrics: dict[str, object]
     out_dir: Path
+    # Ctrl-C or SIGTERM arrived after the attack ended, while its results were scored and
+    # written: they are complete, and the command still ends as interrupted.
+    interrupted_while_writing: bool = False
 
 
 def attack_case(config: RunConfig) -> AttackOutcome:
@@ -68,11 +73,13 @@ def attack_case(config: RunConfig) -> AttackOutcome:
     return execute(plan_run(config))
 
 
-def execute(plan: RunPlan) -> AttackOutcome:
+def execute(plan: RunPlan, *, attacked_hook: Callable[[], None] | None = None) -> AttackOutcome:
     """Run a resolved plan: build the case, simulate, attack, score (writes nothing).
 
     Args:
         plan: the resolved run (`plan_run`).
+        attacked_hook: called once the attack has returned, before scoring (`run_attack`
+            holds interrupts from there on, so finished work is written whole).
 
     Returns:
         The case, the server's view the attack was given, the attack, the shared update, the
@@ -91,6 +98,8 @@ def execute(plan: RunPlan) -> AttackOutcome:
         observer=psnr_observer(case, plan.output.stop_psnr, recorder=recorder),
         progress=plan.output.progress,
     )
+    if attacked_hook is not None:
+        attacked_hook()
     evaluation = score(attacked, case.client.batch, reconstruction)
     final = attacked.decode(reconstruction.images)[evaluation.matching]
     recorder.observe_final(reconstruction.iterations, final)
@@ -153,12 +162,17 @@ def run_attack(config: RunConfig, *, overwrite: bool = False) -> RunResult:
     check_out_dir(Path(config.out or config.default_out()), overwrite=overwrite)
     plan = plan_run(config)
     out_dir = plan.output.out_dir
-    outcome = execute(plan)
-    metrics = run_metrics(plan, outcome)
     try:
+        # Once the attack has returned, an interrupt waits until its results are written.
+        outcome = execute(plan, attacked_hook=hold_interrupts)
+        metrics = run_metrics(plan, outcome)
         # Written whole or not at all: a run that fails while writing leaves no half run.
         with output_dir(out_dir, overwrite=overwrite) as folder:
             write_outputs(folder, plan, outcome, metrics)
     except OSError as exc:
         raise GradleakError(f"cannot write the run directory {out_dir}: {exc}") from exc
-    return RunResult(**vars(outcome), metrics=metrics, out_dir=out_dir)
+    finally:
+        held = release_interrupts()
+    return RunResult(
+        **vars(outcome), metrics=metrics, out_dir=out_dir, interrupted_while_writing=bool(held)
+    )

@@ -39,6 +39,10 @@ PARTIAL = ".partial"
 # `<name>.partial`, `<name>.partial-<id>` (earlier versions) and `<name>.partial-<id>-<pid>@<host>`.
 _LEFTOVER = re.compile(r".+\.partial(-.*)?")
 _OWNED = re.compile(r".+\.partial-[0-9a-f]{8}-(?P<pid>\d+)@(?P<host>.+)")
+# The partial directories this process is writing now. A partial named with this process's
+# id but not listed here was left by an earlier process that had the same id (a restarted
+# container's entry point often does), so it is a leftover.
+_WRITING: set[str] = set()
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -216,6 +220,7 @@ class CellStore:
         if partial.exists():  # an earlier try at this cell that was kept for inspection
             shutil.rmtree(partial)
         published = False
+        _WRITING.add(partial.name)
         try:
             outcome = write(partial)
             if outcome is None:
@@ -228,6 +233,7 @@ class CellStore:
             published = True
             return outcome
         finally:
+            _WRITING.discard(partial.name)
             if not published and not self.keep_unpublished and partial.exists():
                 # Errors here would hide the one that ended the run; the next call's
                 # remove_leftovers deletes whatever stays.
@@ -245,6 +251,8 @@ class CellStore:
             owned = _OWNED.fullmatch(path.name)
             # On another host the folder's lock already keeps other studies out.
             in_progress = owned is not None and owned["host"] == this_host()
+            if in_progress and int(owned["pid"]) == os.getpid():
+                return path.name not in _WRITING
             return not (in_progress and process_alive(int(owned["pid"])))
         return self.remove_unmarked and not self._complete(path)
 

@@ -35,6 +35,11 @@ except ImportError:  # not on POSIX: the lock's content still guards, without th
 
 Notice = Callable[[str], None]
 
+# The tokens of the locks this process holds now. A lock naming this process's id and host
+# with another token was left by an earlier process that had the same id (a restarted
+# container's entry point often does): it is stale, not ours.
+_HELD: set[str] = set()
+
 
 def this_host() -> str:
     """The name of this machine, as locks and cell owners record it."""
@@ -70,7 +75,11 @@ class Owner:
 
     def running(self) -> bool | None:
         """Whether it still runs: None on another host, where this cannot be told."""
-        return process_alive(self.pid) if self.host == this_host() else None
+        if self.host != this_host():
+            return None
+        if self.pid == os.getpid():
+            return self.token in _HELD
+        return process_alive(self.pid)
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}, started {self.started}"
@@ -132,10 +141,12 @@ class FolderLock:
             elif holder is None and text.strip():
                 self.notice(f"replaced the unreadable lock file {self.path}")
             _write(fd, json.dumps(asdict(self.owner)) + "\n")
+            _HELD.add(self.owner.token)
 
     def release(self) -> None:
         """Empty the lock file if this lock still holds it."""
         with self._file() as fd:
+            _HELD.discard(self.owner.token)
             if _owner(_read(fd)) == self.owner:
                 _write(fd, "")
 

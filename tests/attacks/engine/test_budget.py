@@ -108,6 +108,26 @@ def test_the_attack_refuses_before_any_work(
         allowed.reconstruct(update, case.server.model, case.server.knowledge, progress=False)
 
 
+def test_reconstruct_many_bounds_the_whole_batch_of_updates(
+    dlg_target: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 30 restarts of one update fit the hour (30 × 75 s); of two updates, run one after
+    # another, they do not, and the restarts that fit are counted per update.
+    case, update = dlg_target
+    monkeypatch.setattr(gradient_matching, "measure_evaluation_seconds", lambda *a: 0.01)
+
+    def must_not_run(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the optimisation started")
+
+    monkeypatch.setattr(gradient_matching, "optimize_lbfgs", must_not_run)
+    attack = attacks.get("dlg").with_options({"restarts": 30})
+    model, knowledge = case.server.model, case.server.knowledge
+    with pytest.raises(GradleakError, match=r"60 trials .* --restarts 24 or fewer"):
+        attack.reconstruct_many([update, update], model, knowledge, progress=False)
+    with pytest.raises(AssertionError, match="the optimisation started"):
+        attack.reconstruct_many([update], model, knowledge, progress=False)
+
+
 def test_adam_runs_are_not_estimated(dlg_target: Any) -> None:
     case, update = dlg_target
     attack = attacks.get("ig").with_options({"label_strategy": "analytic"})

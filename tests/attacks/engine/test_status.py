@@ -43,6 +43,8 @@ def _watch(*losses: float) -> TrialWatch:
         ((5.0, 6.0), 6.0, True, True, Status.NO_PROGRESS, "not below its start 5"),
         ((5.0, 5.0), 5.0, False, True, Status.NO_PROGRESS, "never moved"),
         ((5.0,), 0.0, False, True, Status.OK, ""),  # at the tolerance: nothing left to do
+        # An interrupt before the first evaluation: no loss at all, nothing diverged.
+        ((), math.inf, False, True, Status.NO_PROGRESS, "never evaluated"),
     ],
     ids=[
         "improved",
@@ -54,6 +56,7 @@ def _watch(*losses: float) -> TrialWatch:
         "worse",
         "never-moved",
         "exact",
+        "never-evaluated",
     ],
 )
 def test_trial_verdicts(
@@ -69,6 +72,11 @@ def test_trial_verdicts(
     assert reason in verdict.reason
     assert bool(verdict.reason) == (status is not Status.OK)
     assert "\n" not in verdict.reason
+
+
+def test_a_run_interrupted_before_its_first_evaluation_is_interrupted_not_diverged() -> None:
+    never = _watch().verdict(0, math.inf, moved=False, finite=True)
+    assert run_status(never, interrupted=True, iterations=0).status is Status.INTERRUPTED
 
 
 # --- selection over verdicts ------------------------------------------------------------------

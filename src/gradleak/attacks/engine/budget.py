@@ -112,14 +112,20 @@ def lbfgs_estimate(
 
 
 def check_budget(
-    estimate: BudgetEstimate, max_hours: float, *, notice: Notice = print_notice
+    estimate: BudgetEstimate,
+    max_hours: float,
+    *,
+    notice: Notice = print_notice,
+    updates: int = 1,
 ) -> BudgetEstimate:
     """Refuse a run whose estimate exceeds `max_hours`; tell `notice` a long estimate.
 
     Args:
-        estimate: the run's upper bound (`lbfgs_estimate`).
+        estimate: the run's upper bound (`lbfgs_estimate`), over all its trials.
         max_hours: the bound in hours; 0 means no bound.
         notice: where an estimate of `NOTICE_SECONDS` or more is told, in one line.
+        updates: how many updates the trials attack, `restarts` trials each (several
+            for `reconstruct_many`), so the restarts that fit are counted per update.
 
     Returns:
         The estimate, unchanged.
@@ -133,8 +139,9 @@ def check_budget(
     if max_hours > 0 and estimate.seconds > bound:
         raise GradleakError(
             f"L-BFGS runs its trials one after another: {estimate.describe()}, above the "
-            f"{max_hours:g} h bound; {_what_fits(estimate, bound)}, or raise the bound with "
-            f"the attack option lbfgs_max_hours: {_hours_needed(estimate)} (0: no bound)"
+            f"{max_hours:g} h bound; {_what_fits(estimate, bound, updates)}, or raise the "
+            f"bound with the attack option lbfgs_max_hours: {_hours_needed(estimate)} "
+            "(0: no bound)"
         )
     if estimate.seconds >= NOTICE_SECONDS:
         notice(
@@ -144,8 +151,8 @@ def check_budget(
     return estimate
 
 
-def _what_fits(estimate: BudgetEstimate, bound: float) -> str:
-    restarts = int(bound // estimate.trial_seconds)
+def _what_fits(estimate: BudgetEstimate, bound: float, updates: int) -> str:
+    restarts = int(bound // estimate.trial_seconds) // updates
     if restarts >= 1:
         return f"use --restarts {restarts} or fewer"
     per_step = estimate.evaluations_per_step * estimate.seconds_per_evaluation

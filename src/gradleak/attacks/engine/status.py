@@ -68,12 +68,17 @@ class TrialWatch:
             tolerance: a final loss at most this is a success whatever else happened.
 
         Returns:
-            DIVERGED when the returned inputs or their loss are not finite, or when the loss
+            NO_PROGRESS for a trial never evaluated (no start loss, no final loss: an
+            interrupt came first); DIVERGED when the returned inputs or their loss are not
+            finite, or when the loss
             blew up and the trial ended no better than its start; NO_PROGRESS when it ended
             no better than its start without blowing up, or never moved; OK otherwise.
         """
         start = self.start[trial]
         blowup = self.blowup[trial]
+        if start is None and not math.isfinite(final):
+            # Never evaluated (an interrupt before the first loss): nothing diverged.
+            return TrialStatus(Status.NO_PROGRESS, "the trial was never evaluated")
         if not finite:
             return TrialStatus(Status.DIVERGED, blowup or "the inputs became non-finite")
         if not math.isfinite(final):
