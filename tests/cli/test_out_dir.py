@@ -8,9 +8,7 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import gradleak.scenario.run as run_module
 from gradleak.core import files
@@ -129,18 +127,6 @@ def test_default_run_directories_of_different_runs_differ(
     capsys.readouterr()
     assert cli_exit(base) == 2  # the same settings name the same directory
     assert "add --overwrite" in one_line_error(capsys)
-
-
-@pytest.fixture
-def image_folder(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    root = tmp_path / "images"
-    for label in ("cat", "dog"):
-        (root / label).mkdir(parents=True)
-        for i in range(4):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / label / f"{i}.png")
-    return root
 
 
 def _train(root: Path, **changes: object) -> TrainConfig:

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -170,19 +169,6 @@ def test_an_interrupted_attack_writes_its_partial_results(
         assert list(csv.DictReader(handle))
     assert (out / "config.yaml").is_file()
     assert _no_partials(tmp_path) == [] and _no_partials(out) == []
-
-
-@pytest.fixture
-def image_folder(tmp_path: Path) -> Path:
-    """Two classes of four 32×32 noise images: a dataset to train on without shared data."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "images"
-    for label in ("cat", "dog"):
-        (root / label).mkdir(parents=True)
-        for i in range(4):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / label / f"{i}.png")
-    return root
 
 
 @pytest.mark.slow  # a fresh process imports torch: about 5 s, more on a busy machine

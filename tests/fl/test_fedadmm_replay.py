@@ -18,26 +18,9 @@ from gradleak.fl.fedadmm import ADMMReplay, FedADMMClient
 from gradleak.fl.rounds import RoundResult
 from gradleak.models import build_model
 
+from .toy import FACTS, toy_batch, toy_model
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SHAPE = (3, 2, 2)
-CLASSES = 4
-FACTS = DataFacts(SHAPE, CLASSES, (0.5,) * 3, (0.25,) * 3, "toy")
-
-
-def _model(seed: int = 0) -> nn.Module:
-    """A small double-precision MLP: the replay agrees with the clients to rounding."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return nn.Sequential(
-            nn.Flatten(), nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, CLASSES)
-        ).double()
-
-
-def _batch(size: int, seed: int = 0) -> PrivateBatch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(size, *SHAPE, generator=g, dtype=torch.float64)
-    return PrivateBatch(images, torch.arange(size) % CLASSES)
 
 
 def _attacked(
@@ -72,7 +55,7 @@ IDS = ["round1", "round1-3steps", "round2-2users", "round2-3steps-2users", "roun
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=IDS)
 def test_the_replay_of_the_true_data_is_the_shared_update(settings: ProtocolSettings) -> None:
-    model, batch = _model(1), _batch(4 if settings.users == 2 else 2, seed=2)
+    model, batch = toy_model(1), toy_batch(4 if settings.users == 2 else 2, seed=2)
     result, knowledge = _attacked(model, batch, settings, Grants(client_state_known=True))
     problem, target = _problem(result, knowledge, settings)
     # torch.func's grad (the stacked, compilable path).
@@ -106,10 +89,10 @@ def test_the_replay_matches_lenet_clients_in_float32() -> None:
 
 def test_autograd_and_functional_replays_agree_on_loss_and_image_gradient() -> None:
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=0.2, steps=2), users=2, rounds=2)
-    model, batch = _model(3), _batch(4, seed=5)
+    model, batch = toy_model(3), toy_batch(4, seed=5)
     result, knowledge = _attacked(model, batch, settings, Grants(client_state_known=True))
     problem, _ = _problem(result, knowledge, settings)
-    candidate = _batch(4, seed=9).images
+    candidate = toy_batch(4, seed=9).images
     (by_autograd,), value = problem.value_and_grad(candidate, batch.labels)
     func_grad, func_value = torch.func.grad_and_value(problem.loss)(candidate, batch.labels)
     torch.testing.assert_close(value, func_value.detach())
@@ -121,7 +104,7 @@ def test_replaying_round_two_from_round_ones_start_does_not_match() -> None:
     # The client's x and π after round 1 are not z and 0: a replay that assumed them would
     # attack another computation than the client's.
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=0.3, steps=2), rounds=2)
-    model, batch = _model(2), _batch(2, seed=3)
+    model, batch = toy_model(2), toy_batch(2, seed=3)
     result, knowledge = _attacked(model, batch, settings, Grants(client_state_known=True))
     assert knowledge.admm is not None
     right, target = _problem(result, knowledge, settings)
@@ -133,7 +116,7 @@ def test_replaying_round_two_from_round_ones_start_does_not_match() -> None:
 
 def test_a_wrong_belief_of_rho_does_not_match() -> None:
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=0.3, steps=3), rho=1.0)
-    model, batch = _model(2), _batch(2, seed=3)
+    model, batch = toy_model(2), toy_batch(2, seed=3)
     result, known = _attacked(model, batch, settings, Grants())
     _, guessed = _attacked(model, batch, settings, Grants(rho_guess=5.0))
     assert guessed.admm is not None and guessed.admm.rho == 5.0 and guessed.admm.rho_guessed
@@ -149,12 +132,12 @@ def test_a_server_that_saw_the_increments_can_compute_the_clients_state() -> Non
     # the client's own increments follows its state round by round (why the threat model
     # may grant it).
     rho, local = 0.8, LocalTraining(lr=0.2, steps=3, batch_size=1)
-    model, batch = _model(6), _batch(2, seed=7)
+    model, batch = toy_model(6), toy_batch(2, seed=7)
     client = FedADMMClient(model, local, rho=rho)
     z = {n: p.detach().clone() for n, p in model.named_parameters()}
     x = {n: t.clone() for n, t in z.items()}
     pi = {n: torch.zeros_like(t) for n, t in z.items()}
-    server = _model(6)
+    server = toy_model(6)
     for _ in range(3):
         update = client.compute_update(batch, server)
         for name, delta in update.tensors.items():
@@ -171,7 +154,7 @@ def test_a_server_that_saw_the_increments_can_compute_the_clients_state() -> Non
 
 def test_the_client_records_its_state_at_the_start_of_each_round() -> None:
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=0.3), rounds=2)
-    model, batch = _model(4), _batch(2)
+    model, batch = toy_model(4), toy_batch(2)
     first = simulate(model, batch, ProtocolSettings("fedadmm", LocalTraining(lr=0.3)))
     (start1,) = settings.client_states(first.clients)
     for name, p in model.named_parameters():
@@ -195,13 +178,13 @@ def test_the_label_reading_of_one_local_step_is_the_clients_gradient(rounds: int
     # One step: −Δ/η = 2(∇f(x) + π + ρ(x − z)) − (x − z)/η; the replay takes the known
     # start's terms away, which leaves the gradient at the client's x exactly.
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=0.3), rho=0.6, rounds=rounds)
-    model, batch = _model(8), _batch(1, seed=rounds)
+    model, batch = toy_model(8), toy_batch(1, seed=rounds)
     result, knowledge = _attacked(model, batch, settings, Grants(client_state_known=True))
     replay = settings.protocol.replay(knowledge, "test")
     reading = replay.label_reading(result.update, result.server_model)
     assert reading.kind is UpdateKind.ADMM_INCREMENT  # read for its signs only
     (state,) = settings.client_states(result.clients)  # type: ignore[misc]
-    at_x = _model(8)
+    at_x = toy_model(8)
     with torch.no_grad():
         for name, p in at_x.named_parameters():
             p.copy_(state.primal[name])
@@ -215,7 +198,7 @@ def test_the_label_reading_of_one_local_step_is_the_clients_gradient(rounds: int
 
 def test_the_label_reading_of_round_one_is_the_increment_over_two_s_eta() -> None:
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=0.1, steps=3))
-    model, batch = _model(9), _batch(2, seed=4)
+    model, batch = toy_model(9), toy_batch(2, seed=4)
     result, knowledge = _attacked(model, batch, settings, Grants())
     replay = settings.protocol.replay(knowledge, "test")
     reading = replay.label_reading(result.update, result.server_model)
@@ -228,7 +211,7 @@ def test_the_label_reading_of_round_one_is_the_increment_over_two_s_eta() -> Non
 
 def test_a_later_round_without_the_clients_state_is_refused_in_one_line() -> None:
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=0.1), rounds=2)
-    model, batch = _model(), _batch(1)
+    model, batch = toy_model(), toy_batch(1)
     _, knowledge = _attacked(model, batch, settings, Grants())
     assert knowledge.admm is not None and knowledge.admm.states is None
     with pytest.raises(GradleakError) as exc:
@@ -250,7 +233,7 @@ def test_a_later_round_without_the_clients_state_is_refused_in_one_line() -> Non
 
 def test_the_state_reaches_the_attacker_only_when_granted() -> None:
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=0.1), rounds=2)
-    model, batch = _model(), _batch(1)
+    model, batch = toy_model(), toy_batch(1)
     result = simulate(model, batch, settings)
     states = settings.client_states(result.clients)
     hidden = grant_knowledge(FACTS, batch.labels, settings, Grants(), states)

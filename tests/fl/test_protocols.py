@@ -11,7 +11,7 @@ from gradleak.attacks.matching.objectives import cosine_distance, l2_distance
 from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
-from gradleak.core.knowledge import DataFacts, Grants, Knowledge, grant_knowledge
+from gradleak.core.knowledge import Grants, Knowledge, grant_knowledge
 from gradleak.core.update import SharedUpdate, UpdateKind
 from gradleak.fl import FedSGDClient, LocalTraining
 from gradleak.fl.protocols import (
@@ -24,26 +24,9 @@ from gradleak.fl.protocols import (
 )
 from gradleak.fl.replay import Replay
 
+from .toy import CLASSES, FACTS, SHAPE, toy_batch, toy_model
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SHAPE = (3, 2, 2)
-CLASSES = 4
-FACTS = DataFacts(SHAPE, CLASSES, (0.5,) * 3, (0.25,) * 3, "toy")
-
-
-def _model(seed: int = 0) -> nn.Module:
-    """A small double-precision MLP: replays agree with the clients to rounding."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return nn.Sequential(
-            nn.Flatten(), nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, CLASSES)
-        ).double()
-
-
-def _batch(size: int, seed: int = 0) -> PrivateBatch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(size, *SHAPE, generator=g, dtype=torch.float64)
-    return PrivateBatch(images, torch.arange(size) % CLASSES)
 
 
 def _shared_by_users(
@@ -76,13 +59,13 @@ def _replayed(
 def test_every_protocols_client_shares_the_protocols_kind(name: str) -> None:
     protocol = PROTOCOLS[name]
     settings = ProtocolSettings(name)
-    client = protocol.new_client(_model(), settings)
-    update = client.compute_update(_batch(2))
+    client = protocol.new_client(toy_model(), settings)
+    update = client.compute_update(toy_batch(2))
     assert update.kind is protocol.shares
     assert update.metadata["protocol"] == name
     assert update.num_samples == 2
     # ProtocolSettings.client builds the same kind of client.
-    assert type(settings.client(_model())) is type(client)
+    assert type(settings.client(toy_model())) is type(client)
 
 
 def test_protocol_sharing_is_the_inverse_of_shares() -> None:
@@ -181,7 +164,7 @@ def test_impossible_settings_are_refused(kwargs: dict, message: str) -> None:
 def test_the_protocols_replay_of_the_true_data_is_the_shared_update(
     settings: ProtocolSettings, size: int
 ) -> None:
-    model, batch = _model(1), _batch(size, seed=2)
+    model, batch = toy_model(1), toy_batch(size, seed=2)
     shared = _shared_by_users(model, batch, settings)
     knowledge = grant_knowledge(FACTS, batch.labels, settings)
     replay = settings.protocol.replay(knowledge, "test")
@@ -196,7 +179,7 @@ def test_the_protocols_replay_of_the_true_data_is_the_shared_update(
 
 
 def test_a_replay_that_ignores_the_users_does_not_give_the_shared_update() -> None:
-    model, batch = _model(1), _batch(4, seed=2)
+    model, batch = toy_model(1), toy_batch(4, seed=2)
     settings = ProtocolSettings("fedavg", LocalTraining(lr=0.3, steps=2, batch_size=1), users=2)
     shared = _shared_by_users(model, batch, settings)
     one_user = Replay(1, settings.local)
@@ -205,7 +188,7 @@ def test_a_replay_that_ignores_the_users_does_not_give_the_shared_update() -> No
 
 
 def test_fedsgd_over_two_users_is_the_mean_of_their_gradients() -> None:
-    model, batch = _model(3), _batch(4, seed=4)
+    model, batch = toy_model(3), toy_batch(4, seed=4)
     shared = _shared_by_users(model, batch, ProtocolSettings("fedsgd", users=2))
     halves = [
         FedSGDClient(model).compute_update(PrivateBatch(batch.images[s], batch.labels[s]))
@@ -233,7 +216,7 @@ def test_fedavg_replay_needs_a_belief_of_the_local_training() -> None:
 
 
 def test_fedadmm_gradient_reading_reads_minus_the_increment_over_the_local_rate() -> None:
-    model, batch = _model(5), _batch(2, seed=6)
+    model, batch = toy_model(5), toy_batch(2, seed=6)
     eta = 0.05
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=eta, steps=1), rho=3.0)
     update = settings.client(model).compute_update(batch)
@@ -255,7 +238,7 @@ def test_the_gradient_reading_has_no_zero_of_the_l2_loss_the_replay_has() -> Non
     # The gradient reading matches −Δ/η with one replayed gradient. At the true data in
     # round 1 that compares ∇f with 2∇f: the cosine distance is zero, the L2 distance is
     # ‖∇f‖². The replay of the client puts both sides through the same round: zero.
-    model, batch = _model(5), _batch(1, seed=7)
+    model, batch = toy_model(5), toy_batch(1, seed=7)
     eta = 0.05
     settings = ProtocolSettings("fedadmm", LocalTraining(lr=eta, steps=1))
     update = settings.client(model).compute_update(batch)
@@ -383,7 +366,7 @@ def test_fedavg_reads_every_guess_and_fedsgd_has_none_to_ignore() -> None:
 
 def test_shared_update_kind_is_what_the_replay_reads() -> None:
     # The update the attacker holds names its kind; the registry maps it to its replay.
-    model, batch = _model(), _batch(2)
+    model, batch = toy_model(), toy_batch(2)
     for protocol in PROTOCOLS.values():
         update = ProtocolSettings(protocol.name).client(model).compute_update(batch)
         assert isinstance(update, SharedUpdate)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.nn import functional as F
 
 from gradleak.cli import app as cli
@@ -21,16 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    """Two classes of four 32×32 noise images each: a dataset that needs no shared data."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "images"
-    for name in ("cat", "dog"):
-        (root / name).mkdir(parents=True)
-        for i in range(4):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
+def folder(image_folder: Path) -> Path:
+    """The shared noise-image folder (tests/conftest.py)."""
+    return image_folder
 
 
 def _folder_config(root: Path, **changes: object) -> TrainConfig:

@@ -101,6 +101,23 @@ class Attack(Protocol):
 
 
 @runtime_checkable
+class ModelChecked(Protocol):
+    """An attack that serves only some models, and says which before any work.
+
+    The closed-form attacks are: `reconstruct` makes the same check; studies call
+    `check_model` on the model built for each cell before any cell runs.
+    """
+
+    def check_model(self, model: nn.Module, data_shape: tuple[int, ...], batch_size: int) -> None:
+        """Refuse `model` (with inputs of `data_shape`, batches of `batch_size`) in one line.
+
+        Raises:
+            GradleakError: naming what the attack cannot read and what to use instead.
+        """
+        ...
+
+
+@runtime_checkable
 class Budgeted(Protocol):
     """An attack that estimates its time before any work and refuses runs beyond its bound.
 

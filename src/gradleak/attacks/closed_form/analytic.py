@@ -260,6 +260,25 @@ class AnalyticAttack(ClosedFormAttack):
     default_name = "analytic"
     config_type = AnalyticConfig
 
+    def check_model(self, model: nn.Module, data_shape: tuple[int, ...], batch_size: int) -> None:
+        """Refuse a model whose first Linear layer does not read the flattened image.
+
+        Raises:
+            GradleakError: naming the layer and what to use instead.
+        """
+        self._image_layer(model, data_shape)
+
+    def _image_layer(self, model: nn.Module, data_shape: tuple[int, ...]) -> str:
+        """The name of the first Linear layer, which must read the flattened image."""
+        name, layer = find_first_linear(model)
+        if not takes_flat_image(model, layer, data_shape):
+            raise GradleakError(
+                f"attack '{self.name}' recovers the input features of layer {name!r}, not the "
+                "image, because that layer does not read the flattened image; use an mlp "
+                "model for images, or analytic_layer_input for the features"
+            )
+        return name
+
     def reconstruct(
         self,
         update: SharedUpdate,
@@ -303,13 +322,7 @@ class AnalyticAttack(ClosedFormAttack):
         """
         start = time.perf_counter()
         update.validate_for(model)
-        name, layer = find_first_linear(model)
-        if not takes_flat_image(model, layer, knowledge.data_shape):
-            raise GradleakError(
-                f"attack '{self.name}' recovers the input features of layer {name!r}, not the "
-                "image, because that layer does not read the flattened image; use "
-                "analytic_layer_input for the features or an mlp model for images"
-            )
+        name = self._image_layer(model, knowledge.data_shape)
         b = knowledge.batch_size
         result = analytic_layer_input(update, name, count=b, threshold=self.config.threshold)
         images = result.features.reshape(b, *knowledge.data_shape)

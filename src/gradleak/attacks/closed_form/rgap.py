@@ -346,6 +346,22 @@ class RGAPAttack(ClosedFormAttack):
     default_name = "rgap"
     config_type = RGAPConfig
 
+    def check_model(self, model: nn.Module, data_shape: tuple[int, ...], batch_size: int) -> None:
+        """Refuse a model that is not a stack R-GAP can solve, or a batch of several.
+
+        Raises:
+            GradleakError: naming what R-GAP cannot attack and what to use instead.
+        """
+        parse_stack(model, data_shape)
+        self._check_batch(batch_size)
+
+    def _check_batch(self, batch_size: int) -> None:
+        if batch_size != 1:
+            raise GradleakError(
+                f"attack '{self.name}' recovers one sample but the batch has {batch_size}; "
+                "use batch_size 1 (--batch-size 1)"
+            )
+
     def reconstruct(
         self,
         update: SharedUpdate,
@@ -391,11 +407,7 @@ class RGAPAttack(ClosedFormAttack):
                 f"attack '{self.name}' reads a gradient but the update is a "
                 f"{update.kind.value}; attack a FedSGD update (--protocol fedsgd)"
             )
-        if knowledge.batch_size != 1:
-            raise GradleakError(
-                f"attack '{self.name}' recovers one sample but the batch has "
-                f"{knowledge.batch_size}; use --batch-size 1"
-            )
+        self._check_batch(knowledge.batch_size)
         update.validate_for(model)
         result = rgap_recover(update, model, knowledge.data_shape, rcond=self.config.rcond)
         strategy = resolve_label_strategy(AUTO, knowledge)

@@ -27,12 +27,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from gradleak.attacks.closed_form.analytic import (
-    AnalyticAttack,
-    find_first_linear,
-    takes_flat_image,
-)
-from gradleak.attacks.closed_form.rgap import RGAPAttack, parse_stack
+from gradleak.attacks.base import ModelChecked
 from gradleak.attacks.engine.budget import BudgetEstimate, spell_seconds
 from gradleak.attacks.engine.step import Notice, print_notice
 from gradleak.core.errors import GradleakError
@@ -55,37 +50,6 @@ class Problem:
 
     blame: tuple[str, ...]
     message: str
-
-
-# What an attack needs of the model, beyond what `plan_run` checks: the attack's own
-# refusals, run on the model built for the data. Keyed by the attack's type.
-ModelCheck = Callable[[Any, nn.Module, tuple[int, int, int], int], None]
-
-
-def _analytic_model(
-    attack: Any, model: nn.Module, shape: tuple[int, int, int], batch_size: int
-) -> None:
-    name, layer = find_first_linear(model)
-    if not takes_flat_image(model, layer, shape):
-        raise GradleakError(
-            f"attack '{attack.name}' reads the image from the first Linear layer, but "
-            f"{name!r} of {type(model).__name__} does not read the flattened image; use an "
-            "mlp model"
-        )
-
-
-def _rgap_model(
-    attack: Any, model: nn.Module, shape: tuple[int, int, int], batch_size: int
-) -> None:
-    parse_stack(model, shape)
-    if batch_size != 1:
-        raise GradleakError(
-            f"attack '{attack.name}' recovers one sample but the batch has {batch_size}; "
-            "use batch_size 1"
-        )
-
-
-MODEL_CHECKS: dict[type, ModelCheck] = {AnalyticAttack: _analytic_model, RGAPAttack: _rgap_model}
 
 
 def check_cells(spec: SweepSpec, where: str, *, notice: Notice = print_notice) -> None:
@@ -202,10 +166,9 @@ class _Checker:
         )
         if isinstance(model, Problem):
             return model
-        check = MODEL_CHECKS.get(type(plan.attack))
-        if check is not None:
+        if isinstance(plan.attack, ModelChecked):  # the attack's own refusals of the model
             try:
-                check(plan.attack, model, data.shape, config.batch_size)
+                plan.attack.check_model(model, data.shape, config.batch_size)
             except GradleakError as exc:
                 return Problem(("attack", "model"), str(exc))
         if data.size is not None and config.total_samples > data.size:
