@@ -262,8 +262,8 @@ def test_image_is_the_registered_image_modality() -> None:
 
 def test_an_unknown_modality_is_a_one_line_error_naming_the_choices() -> None:
     with pytest.raises(GradleakError) as exc:
-        get_modality("text")
+        get_modality("audio")
     message = str(exc.value)
     assert "\n" not in message
-    assert "'text'" in message
+    assert "'audio'" in message
     assert message.endswith("choose one of: " + ", ".join(MODALITIES))

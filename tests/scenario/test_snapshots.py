@@ -109,7 +109,7 @@ def test_bad_requested_iterations(iterations) -> None:
         SnapshotRecorder(iterations)
 
 
-@pytest.mark.parametrize("pixels", [torch.rand(3, 8, 8), torch.rand(0, 3, 8, 8), "image"])
+@pytest.mark.parametrize("pixels", [torch.rand(3), torch.rand(0, 3, 8, 8), "image"])
 def test_bad_pixels(pixels) -> None:
     recorder = SnapshotRecorder([0])
     with pytest.raises(GradleakError, match="B×C×H×W"):

@@ -473,6 +473,12 @@ class GradientMatchingAttack:
             return images, fixed_labels
         return images, torch.randn(k, b, knowledge.num_classes, generator=generator)
 
+    def _soft_label_shape(self, problem: MatchingProblem, knowledge: Knowledge) -> tuple[int, ...]:
+        """One sample's optimised soft labels (logits), as the checks made before a run
+        allocate them: one per class. Attacks on models with other outputs (a class per
+        token) override it."""
+        return (knowledge.num_classes,)
+
     def _log_every(self) -> int:
         return self.config.log_every or max(1, self.config.iterations // 100)
 
@@ -518,14 +524,16 @@ class GradientMatchingAttack:
             trial_status=[s.status for s in chosen.statuses],
         )
 
-    @staticmethod
     def _check_memory(
+        self,
         problem: MatchingProblem,
         knowledge: Knowledge,
         fixed_labels: torch.Tensor | None,
         trials: int,
     ) -> None:
-        sample, inputs = _sample_trial(problem, knowledge, fixed_labels)
+        sample, inputs = _sample_trial(
+            problem, knowledge, fixed_labels, self._soft_label_shape(problem, knowledge)
+        )
         ensure_trials_fit(problem, sample, inputs, trials)
 
     def check_budget(
@@ -573,7 +581,9 @@ class GradientMatchingAttack:
         cfg = self.config
         if cfg.optimizer != "lbfgs":
             return None
-        sample, inputs = _sample_trial(problem, knowledge, fixed_labels)
+        sample, inputs = _sample_trial(
+            problem, knowledge, fixed_labels, self._soft_label_shape(problem, knowledge)
+        )
         seconds = measure_evaluation_seconds(problem, sample, inputs)
         trials = cfg.restarts * updates
         estimate = lbfgs_estimate(trials, cfg.iterations, cfg.lbfgs_inner_iterations, seconds)
@@ -627,15 +637,15 @@ class GradientMatchingAttack:
 
 
 def _sample_trial(
-    problem: MatchingProblem, knowledge: Knowledge, fixed_labels: torch.Tensor | None
+    problem: MatchingProblem,
+    knowledge: Knowledge,
+    fixed_labels: torch.Tensor | None,
+    soft_shape: tuple[int, ...],
 ) -> tuple[torch.Tensor, TrialInputs]:
     """One trial's zero inputs 1×B×C×H×W and its labels, for the checks made before a run."""
     b = knowledge.batch_size
     sample = torch.zeros(1, b, *knowledge.data_shape)
-    if fixed_labels is None:
-        labels = torch.zeros(1, b, knowledge.num_classes)
-    else:
-        labels = fixed_labels.long()
+    labels = torch.zeros(1, b, *soft_shape) if fixed_labels is None else fixed_labels.long()
     return sample, trial_inputs(sample, labels, problem, None, None)
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from gradleak.attacks import presets
 from gradleak.attacks.base import Attack
 from gradleak.attacks.closed_form import analytic, rgap
+from gradleak.attacks.text import presets as text_presets
+from gradleak.attacks.text import span, tokens
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import UpdateKind
 from gradleak.fl.protocols import protocols_read_by
@@ -38,14 +40,45 @@ ATTACKS: dict[str, tuple[Callable[[], Attack], str]] = {
         "R-GAP: a conv stack's input solved layer by layer from its gradients, batch 1 "
         "(Zhu & Blaschko 2021)",
     ),
+    "tokens": (
+        tokens.build,
+        "text: the batch's token set from the non-zero rows of the word-embedding update "
+        "(exact when the embeddings are trained); no order",
+    ),
+    "dlg-text": (
+        text_presets.dlg_text,
+        "text: DLG on the input embeddings (L2, L-BFGS), each position read back as its "
+        "nearest leaked token (Zhu et al. 2019)",
+    ),
+    "tag": (
+        text_presets.tag,
+        "text: TAG, dlg-text with an L2 + α·L1 gradient distance (Deng et al. 2021)",
+    ),
+    "span": (
+        span.build,
+        "text: exact recovery from the span of the first attention layer's inputs, "
+        "sequences told apart by the next layer's span (DAGER, Petrov et al. 2024)",
+    ),
 }
+
+
+# The attacks of text models; every other attack attacks images.
+TEXT_ATTACKS = frozenset({"tokens", "dlg-text", "tag", "span"})
+
+
+def attack_modalities(name: str) -> tuple[str, ...] | None:
+    """The kinds of data the attack `name` attacks ("image" or "text"); None if unknown."""
+    if name not in ATTACKS:
+        return None
+    return ("text",) if name in TEXT_ATTACKS else ("image",)
 
 
 def available() -> list[str]:
     """The names of every attack, in registry order.
 
     Returns:
-        The names `get` accepts: dlg, idlg, dlg-admm, idlg-admm, analytic, ig, rgap.
+        The names `get` accepts: dlg, idlg, dlg-admm, idlg-admm, analytic, ig, rgap, and
+        the text attacks tokens, dlg-text, tag, span.
     """
     return list(ATTACKS)
 

@@ -27,6 +27,7 @@ def add_attack(commands: flags.Commands) -> None:
     )
     p.add_argument("--attack", choices=list(ATTACKS), help=f"attack preset ({attack_help})")
     flags.add_model_and_data_flags(p)
+    flags.add_text_flags(p.add_argument_group("text", "attack a language model's update"))
     flags.INDICES.add(
         p, help="image index; one start index for a batch, or one index per image (default 0)"
     )
@@ -142,6 +143,11 @@ def _status(m: Mapping[str, Any]) -> str:
 
 
 def _scores(m: Mapping[str, Any]) -> str:
+    """The run's scores in a line (text: then each sentence beside what was recovered)."""
+    return SCORE_LINES[m.get("modality", "image")](m)
+
+
+def _image_scores(m: Mapping[str, Any]) -> str:
     ssim = "n/a" if m["ssim"] is None else f"{m['ssim']:.4f}"
     labels = "n/a" if m["label_accuracy"] is None else f"{m['label_accuracy']:.2f}"
     psnr = "n/a" if m["psnr"] is None else f"{m['psnr']:.2f}"
@@ -151,6 +157,26 @@ def _scores(m: Mapping[str, Any]) -> str:
         f"{m['iterations']} iterations in {m['seconds']:.1f} s"
         + (f" ({m['compile_seconds']:.1f} s compiling)" if m["compiled"] else "")
     )
+
+
+def _text_scores(m: Mapping[str, Any]) -> str:
+    labels = "n/a" if m["label_accuracy"] is None else f"{m['label_accuracy']:.2f}"
+    head = (
+        f"{m['attack']} on {m['model']} ({m['source']}): {_status(m)}"
+        f"exact sequences {m['exact_match']:.2f}, token accuracy {m['token_accuracy']:.2f}, "
+        f"token recall {m['token_recall']:.2f}, precision {m['token_precision']:.2f}, "
+        f"ROUGE-1/2/L {m['rouge1']:.2f}/{m['rouge2']:.2f}/{m['rougeL']:.2f}, "
+        f"label accuracy {labels}, {m['seconds']:.1f} s"
+    )
+    lines = [head]
+    for item in m["per_sequence"]:
+        mark = "=" if item["exact"] else "≠"
+        lines.append(f"  {item['index']}  original:  {item['truth']}")
+        lines.append(f"  {mark}  recovered: {item['recovered']}")
+    return "\n".join(lines)
+
+
+SCORE_LINES = {"image": _image_scores, "text": _text_scores}
 
 
 def _guessed(threat: Mapping[str, Any]) -> list[str]:

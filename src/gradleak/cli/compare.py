@@ -43,6 +43,8 @@ _SETTINGS = (
     "rounds",
     "guess_local_lr",
     "client_state_known",
+    "task",
+    "lengths_known",
 )
 
 
@@ -76,13 +78,16 @@ def add_compare(commands: flags.Commands) -> None:
         action="append",
         required=True,
         metavar="KIND[=ROOT]",
-        help="repeatable: a dataset (cifar10, cifar100, mnist, folder) and its files, e.g. "
-        "mnist=/data/mnist or folder=/data/lfw (an image folder is named after its folder)",
+        help="repeatable: a dataset (cifar10, cifar100, mnist, folder, text) and its files, "
+        "e.g. mnist=/data/mnist or folder=/data/lfw (an image folder is named after its "
+        "folder); text attacks sentences: the bundled ones, or text=FILE with one per line "
+        "(give text attacks in --runs, e.g. tokens span)",
     )
     flags.INDICES.add(
         p,
         default=[0],
-        help="images attacked, the same indices in every dataset; one run per image (default 0)",
+        help="images (sentences) attacked, the same indices in every dataset; one run per "
+        "index (default 0)",
     )
     p.add_argument(
         "--snapshots",
@@ -91,7 +96,7 @@ def add_compare(commands: flags.Commands) -> None:
         help="iterations shown in the grid (default 1,10,30,100,300; L-BFGS attacks are "
         "first observed after step 1; a run that stops earlier shows its final state)",
     )
-    flags.MODEL.add(p, help="model of every run (default lenet)")
+    flags.MODEL.add(p, help="model of every run (default lenet; minilm for sentences)")
     flags.SEED.add(p, help="model init and attack start (0)")
     flags.BATCH_SIZE.add(p, help="private batch size (1)")
     flags.IMAGE_SIZE.add(p, help="side of folder images (32)")
@@ -109,6 +114,8 @@ def add_compare(commands: flags.Commands) -> None:
         },
     )
     flags.ADMM_READING.add(g)
+    t = p.add_argument_group("text", "for runs on sentences (--dataset text) only")
+    flags.add_flags(t, flags.TEXT_FLAGS, only=("--task", "--lengths-known"))
     flags.OUT.add(p, help=f"output folder (default {DEFAULT_OUT})")
     flags.OVERWRITE.add(
         p,
@@ -204,15 +211,24 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _line(cell: Cell, metrics: Mapping[str, Any]) -> str:
-    def fmt(key: str, spec: str) -> str:
-        value = metrics.get(key)
-        return "n/a" if value is None else format(value, spec)
+    """One run's line: its modality's scores (images: PSNR, SSIM, MSE, label accuracy)."""
+    from gradleak.modalities import get_modality
+    from gradleak.report.tables import brief, score_format
+    from gradleak.studies.summary import modality_of
 
+    def shown(key: str) -> str:
+        form = score_format(key)
+        value = brief(metrics.get(key), key)
+        unit = f" {form.unit}" if form.unit and value != "n/a" else ""
+        return f"{form.label} {value}{unit}"
+
+    scores = get_modality(modality_of(metrics)).scores
     status = metrics.get("status", "ok")
     flag = "" if status in ("ok", "interrupted") else f"{str(status).upper()}: "
+    seconds = metrics.get("seconds")
     return (
-        f"{cell.source.label} image {cell.index}, {cell.run.label}: {flag}"
-        f"PSNR {fmt('psnr', '.2f')} "
-        f"dB, SSIM {fmt('ssim', '.3f')}, label accuracy {fmt('label_accuracy', '.2f')}, "
-        f"{metrics.get('iterations')} iterations in {fmt('seconds', '.1f')} s"
+        f"{cell.source.label} {cell.source.item} {cell.index}, {cell.run.label}: {flag}"
+        f"{', '.join(shown(key) for key in scores)}, "
+        f"{metrics.get('iterations')} iterations in "
+        f"{'n/a' if seconds is None else format(seconds, '.1f')} s"
     )

@@ -19,7 +19,14 @@ from gradleak.core.errors import GradleakError
 from gradleak.core.update import UpdateKind
 from gradleak.fl.protocols import DEFAULT_LOCAL_LR, protocol_sharing
 from gradleak.models import available_models
-from gradleak.scenario.config import DATASET_CHOICES, MODEL_MODES, PROTOCOLS, SPLITS
+from gradleak.scenario.config import (
+    DATASET_CHOICES,
+    MODALITY_CHOICES,
+    MODEL_MODES,
+    PROTOCOLS,
+    SPLITS,
+    TEXT_TASKS,
+)
 
 LABEL_STRATEGY_CHOICES = (AUTO, *LABEL_STRATEGIES)
 
@@ -116,6 +123,42 @@ def add_model_and_data_flags(p: Flags) -> None:
     DATASET.add(p)
     DATA_ROOT.add(p, help=f"{DATA_ROOT.help} (default for cifar10: bundled sample images)")
     SPLIT.add(p)
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+TEXT_FLAGS = (
+    _flag(
+        "--modality",
+        choices=MODALITY_CHOICES,
+        help="kind of data: image (default) or text (default model minilm, attack span)",
+    ),
+    _flag(
+        "--text",
+        dest="texts",
+        action="append",
+        metavar="SENTENCE",
+        help="text: one private sentence, repeatable (the batch; default: the bundled sentences)",
+    ),
+    _flag(
+        "--text-file",
+        type=Path,
+        metavar="FILE",
+        help="text: a UTF-8 file of sentences, one per line (--index picks them)",
+    ),
+    _flag("--task", choices=TEXT_TASKS, help="text: the clients' task (default classification)"),
+    _flag(
+        "--lengths-known",
+        action="store_true",
+        default=None,
+        help="text threat model: the attacker knows each sentence's length in tokens",
+    ),
+)
+
+
+def add_text_flags(p: Flags) -> None:
+    """--modality, --text, --text-file, --task, --lengths-known."""
+    add_flags(p, TEXT_FLAGS)
 
 
 # --- the attack -------------------------------------------------------------------------------

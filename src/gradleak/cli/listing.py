@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from gradleak.attacks.registry import ATTACKS
+from gradleak.attacks.registry import ATTACKS, attack_modalities
 from gradleak.cli import flags
 from gradleak.cli.exits import EXIT_OK
 from gradleak.defenses import available_defenses
 from gradleak.models import available_models
+from gradleak.models.text import TEXT_MODELS
 from gradleak.scenario.config import DATASET_CHOICES
 
 
@@ -27,10 +28,15 @@ def handle(args: argparse.Namespace) -> int:
     Returns:
         0.
     """
-    print("attacks:")
-    for name, (_, text) in ATTACKS.items():
-        print(f"  {name:6} {text}")
-    print(f"models:   {', '.join(available_models())}")
+    for modality in ("image", "text"):
+        print(f"{modality} attacks:")
+        for name, (_, text) in ATTACKS.items():
+            if modality in (attack_modalities(name) or ()):
+                print(f"  {name:9} {text}")
+    print(f"image models: {', '.join(available_models())}")
+    print("text models (--modality text; pip install 'gradleak[text]'):")
+    for name, (_, text) in TEXT_MODELS.items():
+        print(f"  {name:9} {text}")
     print(f"datasets: {', '.join(DATASET_CHOICES)}")
     print("defenses:")
     for spelling in available_defenses():

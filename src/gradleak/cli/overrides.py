@@ -42,6 +42,11 @@ RUN_SETTINGS = (
     "guess_admm_rho",
     "client_state_known",
     "defenses",
+    "modality",
+    "texts",
+    "text_file",
+    "task",
+    "lengths_known",
 )
 # Flags that fill the attack's options (RunConfig.attack_options) of the same name.
 ATTACK_OPTIONS = (

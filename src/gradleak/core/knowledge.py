@@ -75,7 +75,7 @@ class AdmmKnowledge:
 class Knowledge:
     """Facts the threat model grants the attacker about the client's data and training."""
 
-    data_shape: tuple[int, int, int]
+    data_shape: tuple[int, ...]
     num_classes: int
     batch_size: int
     mean: tuple[float, ...]
@@ -100,21 +100,18 @@ class Knowledge:
     # FedADMM: the attacker's belief of ρ and the clients' state it is granted (None for
     # protocols without ADMM).
     admm: AdmmKnowledge | None = None
+    # Text: each sequence's length in tokens ([CLS] and [SEP] included), where the threat
+    # model grants it (TAG and LAMP assume it known); None: only the padded length
+    # data_shape[0] is known (it can be read from the position embeddings' gradient).
+    sequence_lengths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if len(self.data_shape) != 3 or any(int(s) < 1 for s in self.data_shape):
-            raise GradleakError(
-                "data_shape must be (channels, height, width) of positive sizes, "
-                f"got {self.data_shape}"
-            )
-        channels = self.data_shape[0]
-        if len(self.mean) != channels or len(self.std) != channels:
-            raise GradleakError(
-                f"normalisation has {len(self.mean)} means and {len(self.std)} stds for "
-                f"{channels} channels; give one per channel"
-            )
-        if any(s <= 0 for s in self.std):
-            raise GradleakError("normalisation std must be positive in every channel")
+        if not self.data_shape or any(int(s) < 1 for s in self.data_shape):
+            raise GradleakError(f"data_shape must hold positive sizes, got {self.data_shape}")
+        if self.modality == "text":
+            self._check_text()
+        else:
+            self._check_image()
         if self.num_classes < 2:
             raise GradleakError(f"num_classes is {self.num_classes}; it must be at least 2")
         if self.batch_size < 1:
@@ -139,6 +136,40 @@ class Knowledge:
                     f"known labels have shape {tuple(labels.shape)}; expected ({self.batch_size},)"
                 )
             object.__setattr__(self, "labels", labels)
+
+    def _check_image(self) -> None:
+        if len(self.data_shape) != 3:
+            raise GradleakError(
+                f"data_shape must be (channels, height, width), got {self.data_shape}"
+            )
+        channels = self.data_shape[0]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise GradleakError(
+                f"normalisation has {len(self.mean)} means and {len(self.std)} stds for "
+                f"{channels} channels; give one per channel"
+            )
+        if any(s <= 0 for s in self.std):
+            raise GradleakError("normalisation std must be positive in every channel")
+        if self.sequence_lengths is not None:
+            raise GradleakError("sequence lengths describe text; images have none")
+
+    def _check_text(self) -> None:
+        # One sequence as the embedding attacks optimise it: (padded length, hidden size).
+        if len(self.data_shape) != 2:
+            raise GradleakError(
+                f"text data_shape must be (length, hidden size), got {self.data_shape}"
+            )
+        if self.mean or self.std:
+            raise GradleakError("text has no pixel normalisation; leave mean and std empty")
+        lengths = self.sequence_lengths
+        if lengths is not None and (
+            len(lengths) != self.batch_size
+            or any(not 1 <= n <= self.data_shape[0] for n in lengths)
+        ):
+            raise GradleakError(
+                f"granted sequence lengths {list(lengths)} do not fit {self.batch_size} "
+                f"sequences of at most {self.data_shape[0]} tokens"
+            )
 
     @property
     def labels_known(self) -> bool:
@@ -200,6 +231,17 @@ class Knowledge:
             "model_mode_guessed": self.model_mode_guessed,
             "attacked_round": self.attacked_round,
             "admm": None if self.admm is None else self._describe_admm(self.admm),
+            **(self._describe_text() if self.modality == "text" else {}),
+        }
+
+    def _describe_text(self) -> dict[str, object]:
+        """Text: the modality, and whether each sequence's length is granted."""
+        lengths = self.sequence_lengths
+        return {
+            "modality": "text",
+            "sequence_lengths": "not granted (padded length only)"
+            if lengths is None
+            else f"granted: {list(lengths)}",
         }
 
     def _describe_admm(self, admm: AdmmKnowledge) -> dict[str, object]:
@@ -218,7 +260,8 @@ class DataFacts:
     """The format of the clients' data, which every threat model here grants the attacker.
 
     Attributes:
-        shape: one input's (channels, height, width).
+        shape: one input's shape as attacked: images (channels, height, width), text
+            (padded length, hidden size).
         num_classes: the classes of the model's output.
         mean: per-channel normalisation mean.
         std: per-channel normalisation standard deviation.
@@ -226,7 +269,7 @@ class DataFacts:
         modality: the kind of data (a name in gradleak.modalities).
     """
 
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -251,6 +294,7 @@ class Grants:
         client_state_known: the attacker is told each FedADMM client's x and π at the start
             of the attacked round (a server that received the client's earlier increments
             one by one can compute them).
+        lengths_known: text: the attacker is told each sequence's length in tokens.
     """
 
     labels_known: bool = False
@@ -258,6 +302,7 @@ class Grants:
     model_mode: str | None = None
     rho_guess: float | None = None
     client_state_known: bool = False
+    lengths_known: bool = False
 
     def guessed(self) -> list[str]:
         """The local-training settings the attacker guesses, in GUESSABLE order."""
@@ -270,6 +315,7 @@ def grant_knowledge(
     protocol: ProtocolSettings,
     grants: Grants | None = None,
     client_states: Sequence[ClientState] | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> Knowledge:
     """What the threat model grants the attacker of one shared update: the only place that
     builds `Knowledge` from the truth.
@@ -283,6 +329,8 @@ def grant_knowledge(
         client_states: the true state of each user's client at the start of the attacked
             round (FedADMM, known once the earlier rounds ran); it reaches the attacker only
             when `grants.client_state_known`.
+        lengths: text: each sequence's true length in tokens; it reaches the attacker only
+            when `grants.lengths_known`.
 
     Returns:
         The attacker's knowledge: batch size and users from the truth, labels if granted,
@@ -315,4 +363,7 @@ def grant_knowledge(
         modality=data.modality,
         attacked_round=protocol.rounds,
         admm=protocol.admm_belief(grants, client_states),
+        sequence_lengths=tuple(int(n) for n in lengths)
+        if grants.lengths_known and lengths is not None
+        else None,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from gradleak.core.errors import GradleakError
 from gradleak.metrics._checks import image_pair
@@ -117,6 +116,10 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
             f"SSIM needs images of at least {SSIM_WINDOW}×{SSIM_WINDOW} pixels, got "
             f"{height}×{width}; score larger images or leave SSIM out"
         )
+    # Imported here: torchmetrics takes seconds to import (more with transformers
+    # installed), which every command would otherwise pay.
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     # torchmetrics averages over a reflect-padded border; take its full map and drop the
     # padded margin so the score matches the standard valid-window definition. (With a
     # Gaussian kernel torchmetrics sizes the window from σ: 1.5 gives the standard 11.)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from gradleak.core.errors import GradleakError
 from gradleak.modalities.base import Modality
 from gradleak.modalities.image import ImageModality
+from gradleak.modalities.text import TextModality
 
-MODALITIES: dict[str, Modality] = {"image": ImageModality()}
+MODALITIES: dict[str, Modality] = {"image": ImageModality(), "text": TextModality()}
 
 
 def get_modality(name: str) -> Modality:
@@ -23,4 +24,4 @@ def get_modality(name: str) -> Modality:
         ) from None
 
 
-__all__ = ["MODALITIES", "ImageModality", "Modality", "get_modality"]
+__all__ = ["MODALITIES", "ImageModality", "Modality", "TextModality", "get_modality"]

@@ -11,6 +11,7 @@ kind of data is one more implementation and one registry line in `__init__.py`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,6 +20,21 @@ import torch
 if TYPE_CHECKING:
     from gradleak.core.knowledge import Knowledge
     from gradleak.metrics import Evaluation
+
+
+@dataclass(frozen=True)
+class SuccessRule:
+    """When a study counts a run as a successful attack: its `score` is at least `threshold`.
+
+    Attributes:
+        score: the run's score compared (a name in the modality's `scores`).
+        threshold: the lowest value that counts as a success.
+        text: the rule in words, for tables and reports (e.g. "PSNR ≥ 20 dB").
+    """
+
+    score: str
+    threshold: float
+    text: str
 
 
 class Modality(Protocol):
@@ -80,4 +96,19 @@ class Modality(Protocol):
 
     def render_snapshot(self, decoded: torch.Tensor, path: Path) -> None:
         """Write one snapshot of the (matched, decoded) reconstruction to `path`."""
+        ...
+
+    # --- the studies -----------------------------------------------------------------------
+    # What sweeps, comparisons and reports read of a run of this modality, so they never
+    # name a score themselves. `scores` are keys of the run's metrics.json (each a number, or
+    # None where it was not scored) and become the columns of results tables; the studies'
+    # summaries give the mean ± std of `summary_scores` per setting; `headline` ranks cells
+    # and is the score plotted by swept axis.
+    scores: tuple[str, ...]
+    summary_scores: tuple[str, ...]
+    headline: str
+
+    def success_rule(self, success_psnr: float) -> SuccessRule:
+        """When a run counts as a successful attack; `success_psnr` is the study's PSNR (dB)
+        threshold, which a modality without PSNR ignores."""
         ...

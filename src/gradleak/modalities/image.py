@@ -17,6 +17,7 @@ from gradleak.metrics import (
     mse,
     psnr,
 )
+from gradleak.modalities.base import SuccessRule
 from gradleak.report.images import save_comparison_grid, save_image_strip
 
 if TYPE_CHECKING:
@@ -43,6 +44,13 @@ class ImageModality:
 
     name = "image"
     convention = CONVENTION
+    scores = ("psnr", "ssim", "mse", "label_accuracy")
+    summary_scores = ("psnr", "ssim")
+    headline = "psnr"
+
+    def success_rule(self, success_psnr: float) -> SuccessRule:
+        """A reconstruction reaching the study's PSNR threshold (mean over the batch)."""
+        return SuccessRule("psnr", success_psnr, f"PSNR ≥ {success_psnr:g} dB")
 
     def initial_inputs(
         self, init: str, shape: tuple[int, ...], generator: torch.Generator

@@ -4,6 +4,12 @@ Every picture is embedded as a base64 data: URI and the CSS is inline, so a repo
 file that can be mailed or archived on its own. The pages read only what the run or sweep
 wrote to disk (metrics.json, history.csv, grid.png, snapshots.json, config.yaml; spec.yaml,
 results.csv, summary.csv), so a report can be rebuilt at any time.
+
+What a page shows of a run's scores follows its modality (`metrics.json`'s `modality`; none:
+an image run): the scores are `Modality.scores`, cells are ranked and plotted by its
+`headline` and counted as successes by its `success_rule`. The pictures and the sentences
+follow what the run wrote: `grid.png` is shown where there is one, and the sentences of
+`per_sequence` (text) as a token diff, the original above the recovered one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from gradleak import __version__
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import write_atomically
-from gradleak.metrics import CONVENTION
+from gradleak.modalities import Modality, get_modality
 from gradleak.report.plots import (
     DPI,
     axis_plot_png,
@@ -33,7 +39,15 @@ from gradleak.report.plots import (
     number,
     quality_curves_png,
 )
-from gradleak.studies.summary import SWEEP_SETTING, sweep_summary
+from gradleak.report.tables import SCORE_FORMATS, score_format
+from gradleak.studies.summary import (
+    SWEEP_SETTING,
+    modalities_of,
+    modality_of,
+    score_keys,
+    succeeded,
+    sweep_summary,
+)
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -46,6 +60,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_ROW_HEIGHT_PX = 128  # small pictures are shown enlarged (pixelated) to this row height
 CSS_DPI = 96
 EXTREME_CELLS = 3  # best and worst reconstructions shown in a sweep report
+CARD_SEQUENCES = 3  # sentences shown on a text cell's card
 
 NA = "n/a"
 
@@ -91,10 +106,7 @@ def _with_unit(value: object, spec: str, unit: str) -> str:
 
 
 _METRIC_SPECS = {
-    "psnr": ".2f",
-    "ssim": ".4f",
-    "mse": ".3g",
-    "label_accuracy": ".2f",
+    **{score: form.spec for score, form in SCORE_FORMATS.items()},
     "success_rate": ".2f",
     "seconds": ".2f",
     "iterations": "d",
@@ -218,21 +230,48 @@ def _render(template: str, out: Path, **context: object) -> Path:
 # ---------------------------------------------------------------------------- run report
 
 
-def _run_metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _score_text(value: object, score: str) -> str:
+    """One score for display: its format and unit (PSNR '23.41 dB')."""
+    form = score_format(score)
+    return _with_unit(value, form.spec, form.unit) if form.unit else fmt(value, form.spec)
+
+
+# The key of a run's per-sample scores, and what one sample is called.
+_PER_ITEM = {"per_image": "image", "per_sequence": "sequence"}
+
+
+def _per_item(metrics: Mapping[str, Any]) -> tuple[str, object]:
+    """What one sample of the run is called, and its per-sample scores (None: none kept)."""
+    for key, noun in _PER_ITEM.items():
+        if key in metrics:
+            return noun, metrics[key]
+    return "image", None
+
+
+def _labels_text(labels: object) -> str:
+    """Class labels as a list; a masked-language model's token labels (one row of labels per
+    sequence, -100 off the masked tokens) by their shape."""
+    if isinstance(labels, list) and labels and all(isinstance(row, list) for row in labels):
+        width = max(len(row) for row in labels)
+        return f"{len(labels)}×{width} token labels (masked-language modelling)"
+    return fmt(labels)
+
+
+def _run_metric_rows(metrics: Mapping[str, Any], modality: Modality) -> list[tuple[str, str]]:
     threat = metrics.get("threat_model") or {}
     labels_known = isinstance(threat, Mapping) and bool(threat.get("labels_known"))
-    accuracy = fmt(metrics.get("label_accuracy"), ".2f")
-    if accuracy == NA and labels_known:
-        accuracy = "n/a (labels given by the threat model, not scored)"
-    rows = [
-        ("PSNR", _with_unit(metrics.get("psnr"), ".2f", "dB")),
-        ("SSIM", fmt(metrics.get("ssim"), ".4f")),
-        ("MSE", fmt(metrics.get("mse"), ".3g")),
-        ("label accuracy", accuracy),
+    rows = []
+    for score in modality.scores:
+        text = _score_text(metrics.get(score), score)
+        if score == "label_accuracy" and text == NA and labels_known:
+            text = "n/a (labels given by the threat model, not scored)"
+        rows.append((score_format(score).label, text))
+    noun, _ = _per_item(metrics)
+    rows += [
         ("label strategy", fmt(metrics.get("label_strategy"))),
-        ("recovered labels", fmt(metrics.get("recovered_labels"))),
-        ("true labels", fmt(metrics.get("true_labels"))),
-        ("matching (reconstruction per truth image)", fmt(metrics.get("matching"))),
+        ("recovered labels", _labels_text(metrics.get("recovered_labels"))),
+        ("true labels", _labels_text(metrics.get("true_labels"))),
+        (f"matching (reconstruction per truth {noun})", fmt(metrics.get("matching"))),
         ("status", fmt(metrics.get("status"))),
         ("status reason", fmt(metrics.get("status_reason") or None)),
         ("iterations", fmt(metrics.get("iterations"), "d")),
@@ -292,7 +331,6 @@ def _run_metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 _THREAT_LABELS = {
-    "data_shape": "data shape (C×H×W)",
     "num_classes": "number of classes",
     "batch_size": "samples reconstructed (all users)",
     "mean": "normalisation mean",
@@ -304,6 +342,12 @@ _THREAT_LABELS = {
     "local_training": "local training the attacker replays",
     "local_training_guessed": "local training is the attacker's guess",
     "model_mode_guessed": "batch-norm mode is the attacker's guess",
+    "sequence_lengths": "each sequence's length in tokens",
+}
+# What the sizes of one attacked input are, by modality.
+_SHAPE_LABELS = {
+    "image": "data shape (C×H×W)",
+    "text": "data shape (padded length × hidden size)",
 }
 
 
@@ -320,9 +364,10 @@ def local_training_text(local: object) -> str:
     return f"{amount} of {size}, lr {fmt(local.get('lr'), 'g')}"
 
 
-def _threat_rows(threat: object) -> list[tuple[str, str]]:
+def _threat_rows(threat: object, modality: Modality) -> list[tuple[str, str]]:
     if not isinstance(threat, Mapping):
         return []
+    labels = {**_THREAT_LABELS, "data_shape": _SHAPE_LABELS.get(modality.name, "data shape")}
     rows = []
     for key, value in threat.items():
         if key == "data_shape" and isinstance(value, list):
@@ -331,24 +376,86 @@ def _threat_rows(threat: object) -> list[tuple[str, str]]:
             text = "none (a gradient is shared)" if value is None else local_training_text(value)
         else:
             text = fmt(value, "g" if key in ("mean", "std") else "")
-        rows.append((_THREAT_LABELS.get(key, key.replace("_", " ")), text))
+        rows.append((labels.get(key, key.replace("_", " ")), text))
     return rows
 
 
-def _per_image_rows(per_image: object) -> list[dict[str, str]]:
-    if not isinstance(per_image, list):
+# Per-sample entries that name the sample or hold its text, not a score of it.
+_ITEM_KEYS = ("index", "matched_reconstruction", "truth", "recovered")
+
+
+def _per_item_table(metrics: Mapping[str, Any]) -> dict[str, object] | None:
+    """The per-sample scores (per_image, per_sequence) as a table: the sample, its matched
+    reconstruction, then each score it holds, formatted as the score is everywhere."""
+    noun, items = _per_item(metrics)
+    if not isinstance(items, list):
+        return None
+    items = [item for item in items if isinstance(item, Mapping)]
+    if not items:
+        return None
+    scores = [k for k in dict.fromkeys(k for item in items for k in item) if k not in _ITEM_KEYS]
+    return {
+        "noun": noun,
+        "columns": [f"truth {noun}", "matched reconstruction"]
+        + [score_format(k).column for k in scores],
+        "rows": [
+            [fmt(item.get("index"), "d"), fmt(item.get("matched_reconstruction"), "d")]
+            + [fmt(item.get(k), score_format(k).spec) for k in scores]
+            for item in items
+        ],
+    }
+
+
+def _tokens(text: object) -> list[str]:
+    return str(text or "").split()
+
+
+def sentence_diffs(per_sequence: object, limit: int | None = None) -> list[dict[str, object]]:
+    """Each true sentence above the recovered one, its tokens marked (`report.text`'s diff).
+
+    Args:
+        per_sequence: a text run's per-sequence scores (with `truth` and `recovered` text).
+        limit: show at most this many sentences (None: all).
+
+    Returns:
+        Per sentence: its index, whether it was recovered exactly, and the diff as markup.
+    """
+    from markupsafe import Markup
+
+    from gradleak.report.text import text_diff_html
+
+    if not isinstance(per_sequence, list):
         return []
+    items = [item for item in per_sequence if isinstance(item, Mapping)]
     return [
         {
             "index": fmt(item.get("index"), "d"),
-            "matched": fmt(item.get("matched_reconstruction"), "d"),
-            "psnr": fmt(item.get("psnr"), ".2f"),
-            "ssim": fmt(item.get("ssim"), ".4f"),
-            "mse": fmt(item.get("mse"), ".3g"),
+            "exact": bool(item.get("exact")),
+            # text_diff_html escapes every token, so its fragment is safe markup.
+            "diff": Markup(
+                text_diff_html(_tokens(item.get("truth")), _tokens(item.get("recovered")))
+            ),
         }
-        for item in per_image
-        if isinstance(item, Mapping)
+        for item in items[:limit]
     ]
+
+
+def _text_diff_css() -> object:
+    from markupsafe import Markup
+
+    from gradleak.report.text import TEXT_DIFF_CSS
+
+    return Markup(TEXT_DIFF_CSS)
+
+
+def _snapshot_text(path: Path) -> str | None:
+    """A text snapshot (recovered sentences, one per line), or None for anything else."""
+    if path.suffix != ".txt":
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _snapshots(run_dir: Path, final_iteration: object) -> tuple[list[dict[str, object]], str]:
@@ -362,16 +469,24 @@ def _snapshots(run_dir: Path, final_iteration: object) -> tuple[list[dict[str, o
     for entry in sorted(
         (e for e in index if isinstance(e, Mapping)), key=lambda e: number(e.get("iteration"))
     ):
-        picture = _picture_file(run_dir / str(entry.get("file", "")))
-        if picture is None:
+        path = run_dir / str(entry.get("file", ""))
+        picture = _picture_file(path)
+        shown: dict[str, object] | None = picture
+        if shown is None:
+            text = _snapshot_text(path)
+            shown = None if text is None else {"text": text}
+        if shown is None:
             missing += 1
             continue
         iteration = fmt(entry.get("iteration"), "d")
         final = number(entry.get("iteration")) == number(final_iteration)
-        snapshots.append({"iteration": iteration, "final": final, **picture})
+        snapshots.append({"iteration": iteration, "final": final, "text": None, **shown})
     note = ""
     if missing:
-        note = f"{missing} snapshot file(s) listed in snapshots.json are missing or not PNGs."
+        note = (
+            f"{missing} snapshot file(s) listed in snapshots.json are missing or neither PNGs "
+            "nor text."
+        )
     if not snapshots and not note:
         note = "snapshots.json lists no snapshots."
     return snapshots, note
@@ -388,7 +503,18 @@ def _scenario(metrics: Mapping[str, Any]) -> str:
 
 
 def write_run_report(run_dir: Path) -> Path:
-    """Write run_dir/report.html from the files a run wrote; return its path."""
+    """Write run_dir/report.html from the files a run wrote; return its path.
+
+    Args:
+        run_dir: a run directory (with metrics.json) of any modality.
+
+    Returns:
+        The path of report.html.
+
+    Raises:
+        GradleakError: no metrics.json, unreadable files, a modality gradleak does not know,
+            or a directory that cannot take the report.
+    """
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
@@ -396,6 +522,7 @@ def write_run_report(run_dir: Path) -> Path:
     metrics = _read_json(metrics_path)
     if not isinstance(metrics, Mapping):
         raise GradleakError(f"{metrics_path} must hold a JSON object of metrics")
+    modality = get_modality(modality_of(metrics))
 
     history = _read_csv(run_dir / "history.csv")
     loss_plot = quality_plot = None
@@ -409,10 +536,10 @@ def write_run_report(run_dir: Path) -> Path:
     snapshots, snapshot_note = _snapshots(run_dir, metrics.get("iterations"))
     attack, model = fmt(metrics.get("attack")), fmt(metrics.get("model"))
     headline = [
-        ("PSNR", _with_unit(metrics.get("psnr"), ".2f", "dB")),
-        ("SSIM", fmt(metrics.get("ssim"), ".4f")),
-        ("MSE", fmt(metrics.get("mse"), ".3g")),
-        ("label accuracy", fmt(metrics.get("label_accuracy"), ".2f")),
+        (score_format(score).label, _score_text(metrics.get(score), score))
+        for score in modality.scores
+    ]
+    headline += [
         ("iterations", fmt(metrics.get("iterations"), "d")),
         ("time", _with_unit(metrics.get("seconds"), ".1f", "s")),
     ]
@@ -428,6 +555,7 @@ def write_run_report(run_dir: Path) -> Path:
         flags.append("interrupted (Ctrl-C or SIGTERM): these are the results so far")
     if metrics.get("stopped_at_psnr") is not None:
         flags.append(f"stopped early once PSNR reached {fmt(metrics['stopped_at_psnr'], 'g')} dB")
+    sentences = sentence_diffs(metrics.get("per_sequence"))
     return _render(
         "run.html.j2",
         run_dir / REPORT_FILE,
@@ -439,16 +567,18 @@ def write_run_report(run_dir: Path) -> Path:
         headline=headline,
         flags=flags,
         grid=_picture_file(run_dir / "grid.png", rows=2),
+        sentences=sentences,
+        extra_css=_text_diff_css() if sentences else "",
         snapshots=snapshots,
         snapshot_note=snapshot_note,
         loss_plot=loss_plot,
         quality_plot=quality_plot,
         history_rows=len(history),
-        metric_rows=_run_metric_rows(metrics),
-        per_image=_per_image_rows(metrics.get("per_image")),
-        threat_rows=_threat_rows(metrics.get("threat_model")),
+        metric_rows=_run_metric_rows(metrics, modality),
+        per_item=_per_item_table(metrics),
+        threat_rows=_threat_rows(metrics.get("threat_model"), modality),
         config_text=config_text,
-        convention=str(metrics.get("convention") or CONVENTION),
+        convention=str(metrics.get("convention") or modality.convention),
     )
 
 
@@ -474,31 +604,34 @@ def _spec_axes(spec: Mapping[str, Any], results: Sequence[Mapping[str, str]]) ->
     return derived
 
 
+def _numeric(rows: Sequence[Mapping[str, str]], keys: Sequence[str]) -> list[dict[str, object]]:
+    """CSV rows with the values of `keys` read as numbers (NaN where there is none)."""
+    return [{**row, **{k: number(row.get(k)) for k in keys}} for row in rows]
+
+
 def _summary_from_results(
-    results: Sequence[Mapping[str, str]], success_psnr: float
+    results: Sequence[Mapping[str, str]], success_psnr: float, modalities: Sequence[Modality]
 ) -> list[dict[str, object]]:
     """The summary.csv columns computed here, for a sweep that has not written one yet.
 
     The same per-setting summary the sweep writes, on the CSV's text read as numbers; what
-    a setting lacks is NaN, shown as n/a.
+    a setting lacks is NaN, shown as n/a, and so is the success rate of a setting whose
+    rule needs a threshold the spec does not give.
     """
-    scores = ("psnr", "ssim", "label_accuracy")
-    rows = [
-        {
-            **{k: row.get(k, "") for k in SUMMARY_KEYS},
-            **{k: number(row.get(k)) for k in scores},
-        }
-        for row in results
-    ]
+    from gradleak.studies.sweep.runner import summary_columns
+
+    rows = _numeric(results, score_keys(modalities))
     threshold = success_psnr if math.isfinite(success_psnr) else math.inf
-    summary = sweep_summary(rows, threshold)
-    for out in summary:
-        for key, value in out.items():
-            if value is None:
-                out[key] = math.nan
-        if not math.isfinite(success_psnr):
-            out["success_rate"] = math.nan
-    return summary
+    summary = sweep_summary(rows, threshold, modalities)
+    columns = summary_columns(modalities)
+    out = []
+    for group in summary:
+        row = {c: math.nan if group.get(c) is None else group.get(c) for c in columns}
+        rule = get_modality(modality_of(group)).success_rule(success_psnr)
+        if not math.isfinite(rule.threshold):
+            row["success_rate"] = math.nan
+        out.append(row)
+    return out
 
 
 def _table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> dict[str, object]:
@@ -511,36 +644,56 @@ def _table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> dict
     }
 
 
+def _card_scores(modality: Modality) -> list[str]:
+    """The scores a cell's card shows: the headline, then the next summarised score."""
+    others = [s for s in modality.summary_scores if s != modality.headline]
+    return [modality.headline, *others[:1]]
+
+
 def _cell_card(sweep_dir: Path, row: Mapping[str, str], axes: Sequence[str]) -> dict[str, object]:
+    """A cell's card: its scores, and its grid.png or (text) its first sentences."""
+    modality = get_modality(modality_of(row))
     run_dir_text = (row.get("run_dir") or "").strip()
     run_dir = sweep_dir / run_dir_text if run_dir_text else None
     grid = _picture_file(run_dir / "grid.png", rows=2) if run_dir is not None else None
+    sentences: list[dict[str, object]] = []
+    more = 0
+    if grid is None and run_dir is not None and (run_dir / "metrics.json").is_file():
+        metrics = _read_json(run_dir / "metrics.json")
+        per_sequence = metrics.get("per_sequence") if isinstance(metrics, Mapping) else None
+        sentences = sentence_diffs(per_sequence, CARD_SEQUENCES)
+        more = len(per_sequence) - len(sentences) if isinstance(per_sequence, list) else 0
     link = None
     if run_dir is not None and (run_dir / REPORT_FILE).is_file():
         link = f"{run_dir_text.rstrip('/')}/{REPORT_FILE}"
     return {
         "cell": fmt(row.get("cell")),
-        "psnr": _with_unit(row.get("psnr"), ".2f", "dB"),
-        "ssim": fmt(row.get("ssim"), ".4f"),
+        "scores": " · ".join(
+            f"{score_format(s).label} {_score_text(row.get(s), s)}" for s in _card_scores(modality)
+        ),
         "details": [(axis, fmt(row.get(axis))) for axis in axes if axis in row],
         "grid": grid,
-        "note": "" if grid is not None else f"no grid.png in {run_dir_text or 'the cell'}",
+        "sentences": sentences,
+        "more": more,
+        "note": ""
+        if grid or sentences
+        else f"no grid.png or recorded sentences in {run_dir_text or 'the cell'}",
         "link": link,
     }
 
 
-def _extremes(results: Sequence[Mapping[str, str]]) -> tuple[list, list]:
-    """Best and worst cells by PSNR, disjoint: up to 3 each, fewer for small sweeps.
+def _extremes(results: Sequence[Mapping[str, str]], score: str) -> tuple[list, list]:
+    """Best and worst cells by `score`, disjoint: up to 3 each, fewer for small sweeps.
 
-    Only cells whose status is ok count: a diverged run's PSNR scores its random start.
+    Only cells whose status is ok count: a diverged run's scores are those of its start.
     """
     ranked = sorted(
         (
             r
             for r in results
-            if math.isfinite(number(r.get("psnr"))) and (r.get("status") or "ok") == "ok"
+            if math.isfinite(number(r.get(score))) and (r.get("status") or "ok") == "ok"
         ),
-        key=lambda r: number(r.get("psnr")),
+        key=lambda r: number(r.get(score)),
         reverse=True,
     )
     n_worst = min(EXTREME_CELLS, len(ranked) // 2)
@@ -550,8 +703,29 @@ def _extremes(results: Sequence[Mapping[str, str]]) -> tuple[list, list]:
     return best, worst
 
 
+def _rule_text(modality: Modality, success_psnr: float) -> str:
+    rule = modality.success_rule(success_psnr)
+    if math.isfinite(rule.threshold):
+        return rule.text
+    return f"{score_format(rule.score).label}: no threshold in spec.yaml"
+
+
 def write_sweep_report(sweep_dir: Path) -> Path:
-    """Write sweep_dir/report.html from spec.yaml, results.csv and summary.csv."""
+    """Write sweep_dir/report.html from spec.yaml, results.csv and summary.csv.
+
+    A sweep of several modalities shows, for each, its own plots by swept axis (of its
+    headline score), its own best and worst cells and its success rule.
+
+    Args:
+        sweep_dir: a sweep directory (with spec.yaml or results.csv).
+
+    Returns:
+        The path of report.html.
+
+    Raises:
+        GradleakError: neither file, unreadable files, a modality gradleak does not know,
+            or a directory that cannot take the report.
+    """
     sweep_dir = Path(sweep_dir)
     spec_path, results_path = sweep_dir / "spec.yaml", sweep_dir / "results.csv"
     if not spec_path.is_file() and not results_path.is_file():
@@ -566,6 +740,8 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     spec_text = _read_text(spec_path) if spec_path.is_file() else ""
     results = _read_csv(results_path)
     success_psnr = number(spec.get("success_psnr"))
+    modalities = modalities_of(results) or [get_modality(modality_of({}))]
+    mixed = len(modalities) > 1
 
     axes = _spec_axes(spec, results)
     planned = math.prod(len(values) for values in axes.values()) if axes else None
@@ -578,45 +754,63 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     summary_rows: Sequence[Mapping[str, object]] = _read_csv(sweep_dir / "summary.csv")
     summary_note = ""
     if not summary_rows and results:
-        summary_rows = _summary_from_results(results, success_psnr)
+        summary_rows = _summary_from_results(results, success_psnr, modalities)
         summary_note = "summary.csv is missing; this summary was computed from results.csv."
     summary_columns = list(summary_rows[0]) if summary_rows else []
 
-    plots = []
-    for name in swept:
-        if not any(name in row for row in results):
-            continue
-        seen = {row.get(name, "") for row in results}
-        order = [str(v) for v in axes[name] if str(v) in seen]
-        png = axis_plot_png(results, name, "psnr", values=order)
-        plots.append({"axis": name, **_picture(png, pixelated=False)})
-
+    plots, best, worst = [], [], []
     card_axes = [a for a in SWEEP_AXES if a in axes]
-    best, worst = _extremes(results)
-    finite = [number(r.get("psnr")) for r in results]
-    finite = [v for v in finite if math.isfinite(v)]
-    successes = sum(1 for v in finite if v >= success_psnr) if math.isfinite(success_psnr) else None
+    for modality in modalities:
+        members = [r for r in results if modality_of(r) == modality.name]
+        score = modality.headline
+        for name in swept:
+            if not any(name in row for row in members):
+                continue
+            seen = {row.get(name, "") for row in members}
+            order = [str(v) for v in axes[name] if str(v) in seen]
+            png = axis_plot_png(members, name, score, values=order)
+            caption = f"{name} ({modality.name})" if mixed else name
+            plots.append(
+                {"axis": name, "score": score, "caption": caption, **_picture(png, pixelated=False)}
+            )
+        high, low = _extremes(members, score)
+        title = f"{modality.name} cells, by {score_format(score).label}" if mixed else ""
+        best.append({"title": title, "cards": [_cell_card(sweep_dir, r, card_axes) for r in high]})
+        worst.append({"title": title, "cards": [_cell_card(sweep_dir, r, card_axes) for r in low]})
+    rules = "; ".join(_rule_text(m, success_psnr) for m in modalities)
+    judged = [
+        r
+        for r in results
+        if math.isfinite(get_modality(modality_of(r)).success_rule(success_psnr).threshold)
+    ]
+    numeric = _numeric(judged, score_keys(modalities))
+    successes = sum(succeeded(r, success_psnr) for r in numeric) if judged else None
     result_columns = [c for c in (list(results[0]) if results else []) if c != "run_dir"]
+    cards = [card for group in best + worst for card in group["cards"]]
+    extra_css = _text_diff_css() if any(card["sentences"] for card in cards) else ""
     return _render(
         "sweep.html.j2",
         sweep_dir / REPORT_FILE,
         title=f"Sweep {spec.get('name') or sweep_dir.resolve().name}",
         cells=len(results),
         planned=planned,
-        success_psnr=fmt(success_psnr, "g"),
+        success_rules=rules,
         successes=successes,
+        judged=len(judged),
         axis_rows=axis_rows,
         summary=_table(summary_rows, summary_columns),
         summary_note=summary_note,
         plots=plots,
+        plot_scores=" and ".join(score_format(m.headline).label for m in modalities),
         unswept_note=""
         if swept
         else "No axis has more than one value, so there is nothing to plot.",
-        best=[_cell_card(sweep_dir, r, card_axes) for r in best],
-        worst=[_cell_card(sweep_dir, r, card_axes) for r in worst],
+        best=best,
+        worst=worst,
         results=_table(results, result_columns),
         spec_text=spec_text,
-        convention=CONVENTION,
+        conventions=[(m.name if mixed else "", m.convention) for m in modalities],
+        extra_css=extra_css,
     )
 
 

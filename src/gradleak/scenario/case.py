@@ -126,6 +126,11 @@ def case_from(
         GradleakError: missing or unreadable data, labels outside the classes, a
             checkpoint of another model.
     """
+    if data.modality == "text":
+        from gradleak.scenario.text_case import text_case
+
+        # Text models and tokenizers come from an optional extra: imported only for text.
+        return text_case(data, model, protocol, grants)
     loaded = _load_data(data)
     channels, height, width = loaded.images01.shape[1:]
     server_model = build_model(

@@ -89,8 +89,17 @@ class RunConfig:
     guess_admm_rho: float | None = None  # fedadmm: the attacker's guess of ρ
     # fedadmm: the attacker is told each client's x and π at the start of the attacked round.
     client_state_known: bool = False
+    # The kind of data (image or text). Text: the sentences (--text, or --text-file's
+    # lines picked by `indices`; neither: the bundled sentences), the client's task, and
+    # whether the attacker is told each sequence's length.
+    modality: str = "image"
+    texts: tuple[str, ...] = ()
+    text_file: Path | None = None
+    task: str = "classification"
+    lengths_known: bool = False
 
     def validate(self) -> RunConfig:
+        _check_modality(self)
         if self.dataset not in DATASET_CHOICES:
             raise GradleakError(
                 f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASET_CHOICES)}"
@@ -128,6 +137,11 @@ class RunConfig:
             # The -admm attacks' choice of reading (checked with the attack's options).
             reading = self.attack_options.get("admm_reading", REPLAY)
             settings.check_reading(grants, self.attack, str(reading))
+        if self.texts and len(self.texts) != self.total_samples:
+            raise GradleakError(
+                f"{len(self.texts)} --text given for {self.total_samples} samples; give one "
+                f"--text per sample or use --batch-size {len(self.texts) // self.users or 1}"
+            )
         if self.users > 1 and self.image is not None:
             raise GradleakError("--image attacks one image; --users needs --dataset images")
         if self.snapshots is not None and any(i < 0 for i in self.snapshots):
@@ -206,6 +220,7 @@ class RunConfig:
             model_mode=self.attacker_model_mode,
             rho_guess=self.guess_admm_rho,
             client_state_known=self.client_state_known,
+            lengths_known=self.lengths_known,
         )
 
     def result_settings(self) -> dict[str, Any]:
@@ -229,6 +244,8 @@ class RunConfig:
         in anything (defenses, attack options, protocol settings, guesses) never share a
         directory and the same settings always name the same one."""
         source = self.image.stem if self.image is not None else f"{self.dataset}-{self.indices[0]}"
+        if self.modality == "text":
+            source = f"text-{self.task}-{self.indices[0]}"
         protocol = "" if self.protocol == DEFAULT_PROTOCOL else f"-{self.protocol}"
         users = "" if self.users == 1 else f"-u{self.users}"
         name = f"{self.attack}-{self.model}-{source}-b{self.batch_size}{users}{protocol}"
@@ -236,6 +253,65 @@ class RunConfig:
 
 
 _LOCAL_KEYS = tuple(f"local_{key}" for key in GUESSABLE)
+MODALITY_CHOICES = ("image", "text")
+TEXT_TASKS = ("classification", "mlm")
+# The model and attack a run of each modality takes when neither is given.
+MODALITY_DEFAULTS = {"image": {}, "text": {"model": "minilm", "attack": "span"}}
+
+
+def _check_modality(config: RunConfig) -> None:
+    """Refuse settings of one modality given to the other, and an image model asked for text
+    (or the reverse), in one line each."""
+    from gradleak.attacks.registry import attack_modalities
+    from gradleak.models.text import TEXT_MODELS, is_text_model
+
+    if config.modality not in MODALITY_CHOICES:
+        raise GradleakError(
+            f"unknown modality {config.modality!r}; choose one of: {', '.join(MODALITY_CHOICES)}"
+        )
+    text = config.modality == "text"
+    if text and not is_text_model(config.model):
+        raise GradleakError(
+            f"model {config.model!r} takes images, but --modality text needs a text model: "
+            f"{', '.join(TEXT_MODELS)}"
+        )
+    if not text and is_text_model(config.model):
+        raise GradleakError(
+            f"model {config.model!r} is a text model; add --modality text or pick an image model"
+        )
+    modalities = attack_modalities(config.attack)
+    if modalities is not None and config.modality not in modalities:
+        raise GradleakError(
+            f"attack {config.attack!r} attacks {' or '.join(modalities)}, not "
+            f"{config.modality}; pick one of: "
+            + ", ".join(n for n in ATTACKS if config.modality in (attack_modalities(n) or ()))
+        )
+    if text:
+        if config.task not in TEXT_TASKS:
+            raise GradleakError(
+                f"unknown text task {config.task!r}; choose one of: {', '.join(TEXT_TASKS)}"
+            )
+        if config.image is not None:
+            raise GradleakError("--image gives an image; --modality text attacks sentences")
+        if config.texts and config.text_file is not None:
+            raise GradleakError("give sentences with --text or --text-file, not both")
+        if config.labels_known and config.task == "mlm":
+            raise GradleakError(
+                "--labels-known with --task mlm would hand over the masked tokens themselves; "
+                "drop it"
+            )
+        if config.stop_psnr is not None:
+            raise GradleakError("--stop-psnr scores images; text runs have no PSNR")
+        if config.texts and len(config.indices) > 1:
+            raise GradleakError("--index picks lines of --text-file; --text gives the batch itself")
+        return
+    for name, flag in (("texts", "--text"), ("text_file", "--text-file")):
+        if getattr(config, name):
+            raise GradleakError(f"{flag} gives sentences; add --modality text")
+    if config.task != "classification":
+        raise GradleakError("--task mlm is a text task; add --modality text")
+    if config.lengths_known:
+        raise GradleakError("--lengths-known grants text lengths; add --modality text")
 
 
 def _check_bounds(config: RunConfig) -> None:
@@ -313,4 +389,13 @@ def load_run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
         )
     options.update(given)
     config = replace_checked(config, {**overrides, "attack_options": options}, "arguments")
+    # A modality's own model and attack where neither the file nor the flags name one.
+    named = {**(read_mapping(path) if path is not None else {}), **overrides}
+    defaults = MODALITY_DEFAULTS.get(config.modality, {})
+    defaults = {k: v for k, v in defaults.items() if k not in named}
+    if config.texts and "batch_size" not in named:
+        # --text gives the batch: its size is the number of sentences (per user).
+        defaults["batch_size"] = max(1, len(config.texts) // max(1, config.users))
+    if defaults:
+        config = replace_checked(config, defaults, "defaults")
     return config.validate()

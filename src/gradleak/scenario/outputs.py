@@ -26,7 +26,8 @@ def run_metrics(plan: RunPlan, outcome: AttackOutcome) -> dict[str, object]:
     return {
         "attack": config.attack,
         "model": config.model,
-        "dataset": config.dataset,
+        "modality": config.modality,
+        "dataset": config.dataset if config.modality == "image" else "text",
         "source": client.source,
         "batch_size": config.batch_size,
         "protocol": config.protocol,
@@ -34,10 +35,9 @@ def run_metrics(plan: RunPlan, outcome: AttackOutcome) -> dict[str, object]:
         "protocol_settings": plan.protocol.describe(),
         "defenses": list(config.defenses),
         "seed": plan.seed,
-        "psnr": ev["psnr"],
-        "ssim": ev["ssim"],
-        "mse": ev["mse"],
-        "label_accuracy": ev["label_accuracy"],
+        # The modality's scores (images: psnr, ssim, mse, label_accuracy, per_image; text:
+        # token and sequence scores, ROUGE, per_sequence), the matching listed further on.
+        **{key: value for key, value in ev.items() if key != "matching"},
         "iterations": rec.iterations,
         "loss_evaluations": rec.loss_evaluations,
         "seconds": rec.seconds,
@@ -53,7 +53,6 @@ def run_metrics(plan: RunPlan, outcome: AttackOutcome) -> dict[str, object]:
         "recovered_labels": [] if rec.labels is None else rec.labels.tolist(),
         "true_labels": client.batch.labels.tolist(),
         "matching": ev["matching"],
-        "per_image": ev["per_image"],
         "interrupted": rec.interrupted,
         # ok | diverged | no-progress | interrupted: anything but ok is no attack result.
         "status": rec.status.value,

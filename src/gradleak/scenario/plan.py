@@ -35,6 +35,10 @@ class DataRequest:
         num_classes: the classes of the model's output (None: the dataset's).
         image_size: the side of folder images and of `image` (None: the dataset's).
         users: how many users share the images (for messages about the data's size).
+        modality: image or text.
+        texts: text: the sentences themselves (empty: lines of `text_file`, by `indices`).
+        text_file: text: a UTF-8 file of sentences, one per line (None: the bundled ones).
+        task: text: the clients' task, classification or mlm.
     """
 
     dataset: str
@@ -46,6 +50,10 @@ class DataRequest:
     num_classes: int | None
     image_size: int | None
     users: int
+    modality: str = "image"
+    texts: tuple[str, ...] = ()
+    text_file: Path | None = None
+    task: str = "classification"
 
     @property
     def per_user(self) -> int:
@@ -142,4 +150,8 @@ def data_request(config: RunConfig) -> DataRequest:
         num_classes=config.num_classes,
         image_size=config.image_size,
         users=config.users,
+        modality=config.modality,
+        texts=config.texts,
+        text_file=config.text_file,
+        task=config.task,
     )

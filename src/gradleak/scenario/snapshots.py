@@ -131,9 +131,12 @@ class SnapshotRecorder:
 
 
 def _cpu_copy(pixels: Tensor) -> Tensor:
-    if not isinstance(pixels, Tensor) or pixels.ndim != 4 or pixels.shape[0] == 0:
+    """A CPU copy of a decoded batch: images B×C×H×W in float32; text B×L token ids (or
+    B×L×H embeddings under optimisation) in their own dtype."""
+    if not isinstance(pixels, Tensor) or pixels.ndim < 2 or pixels.shape[0] == 0:
         shape = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
         raise GradleakError(
-            f"snapshots need a non-empty B×C×H×W image batch in [0, 1], got {shape}"
+            f"snapshots need a non-empty batch (images B×C×H×W, text B×L), got {shape}"
         )
-    return pixels.detach().to("cpu", torch.float32, copy=True)
+    dtype = torch.float32 if pixels.is_floating_point() else pixels.dtype
+    return pixels.detach().to("cpu", dtype, copy=True)

@@ -14,6 +14,13 @@ Layout under the output folder:
 A run is written under a `.partial` name and renamed when it is complete; an interrupted run
 stays partial (and is removed by the next call), so tables and figures show finished runs
 only. Finished runs whose request is unchanged are not run again (see studies/cells.py).
+
+Sentences are one more source (`text`, or `text=FILE` for a file of sentences, one per
+line): their runs go under `runs/<name>/sentence-<i>/`, score what the text modality scores
+(`Modality.scores`), are drawn in no snapshot grid (there is no picture to draw) and list
+each original sentence beside the recovered one at the end of summary.md. A comparison of
+pictures and sentences gives each row its own modality's columns and leaves the others
+empty; its tables then name each row's modality.
 """
 
 from __future__ import annotations
@@ -36,20 +43,26 @@ from gradleak.core.files import replaced_atomically, write_atomically, write_byt
 from gradleak.core.knowledge import GUESSABLE
 from gradleak.core.settings import replace_checked, to_plain
 from gradleak.fl.protocols import PROTOCOLS, protocols_read_by
+from gradleak.modalities import Modality, get_modality
 from gradleak.report.compare_plots import Curve, GridRow, Tile, curves_png, snapshot_grid_png
-from gradleak.report.tables import write_csv
+from gradleak.report.tables import brief, brief_spread, score_format, write_csv
 from gradleak.scenario.case import build_case
-from gradleak.scenario.config import DATASET_CHOICES, RunConfig
+from gradleak.scenario.config import DATASET_CHOICES, MODALITY_DEFAULTS, RunConfig
 from gradleak.scenario.run import RunResult, run_attack
 from gradleak.studies.cells import CellRef, CellStore, described_config
 from gradleak.studies.summary import (
     COUNTED_STATUSES,
+    DEFAULT_MODALITY,
     FAILED,
+    MODALITY,
     OK,
     Stat,
     among,
     counted,
+    modalities_of,
+    modality_of,
     of,
+    score_keys,
     status_of,
     summarise_groups,
 )
@@ -68,44 +81,31 @@ LOCAL_TRAINING_KEYS = frozenset(
     | {"admm_rho", "rounds"}
 )
 FOLDER_KEYS = frozenset({"image_size"})  # only image folders are resized
+TEXT_KEYS = frozenset({"task", "lengths_known"})  # only sentences have a task and lengths
 # Only runs whose protocol's clients keep a state between rounds (FedADMM) get these.
 STATE_KEYS = frozenset({"client_state_known"})
 # Each cell sets these itself.
 CELL_KEYS = frozenset(
-    {"attack", "protocol", "dataset", "data_root", "indices", "out", "snapshots", "progress"}
+    {
+        "attack",
+        "protocol",
+        "dataset",
+        "data_root",
+        "modality",
+        "texts",
+        "text_file",
+        "indices",
+        "out",
+        "snapshots",
+        "progress",
+    }
 )
-RESULT_COLUMNS = [
-    "dataset",
-    "index",
-    "attack",
-    "protocol",
-    "status",
-    "psnr",
-    "ssim",
-    "mse",
-    "label_accuracy",
-    "iterations",
-    "seconds",
-    "matching_loss",
-    "run_dir",
-]
+# The source kind of sentences; every other kind (DATASET_CHOICES) is a set of pictures.
+TEXT_SOURCE = "text"
+RUN_KEYS = ("iterations", "seconds", "matching_loss")  # besides the scores, in every row
 # How a finished run can end besides ok (an interrupted run is never published, and a
 # comparison has no failed runs: an error ends the call); each is counted in the summary.
 NOT_OK = {status: column for status, column in COUNTED_STATUSES.items() if status != FAILED}
-SUMMARY_COLUMNS = [
-    "dataset",
-    "attack",
-    "protocol",
-    "images",
-    *NOT_OK.values(),
-    "psnr_mean",
-    "psnr_std",
-    "ssim_mean",
-    "mse_mean",
-    "label_accuracy_mean",
-    "iterations_mean",
-    "seconds_mean",
-]
 
 
 @dataclass(frozen=True)
@@ -151,24 +151,47 @@ DEFAULT_RUNS = (
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """A dataset and where its files are; named by the folder for image folders (e.g. lfw)."""
+    """A dataset and where its files are; named by the folder for image folders (e.g. lfw).
+
+    The kind `text` is sentences: `data_root` is then a file of sentences, one per line (None:
+    the bundled sentences), and the source is named by the file.
+    """
 
     dataset: str
     data_root: Path | None = None
 
     @property
     def label(self) -> str:
-        if self.dataset == "folder" and self.data_root is not None:
-            return self.data_root.resolve().name or "folder"
+        if self.dataset in ("folder", TEXT_SOURCE) and self.data_root is not None:
+            path = self.data_root.resolve()
+            return (path.name if self.dataset == "folder" else path.stem) or self.dataset
         return self.dataset
+
+    @property
+    def pictures(self) -> bool:
+        """Whether the source's samples are pictures (drawn in snapshot grids)."""
+        return self.dataset != TEXT_SOURCE
+
+    @property
+    def item(self) -> str:
+        """What one sample is called in run folders: image or sentence."""
+        return "image" if self.pictures else "sentence"
+
+    def run_settings(self) -> dict[str, Any]:
+        """The run configuration's settings that read this source."""
+        if self.pictures:
+            return {"dataset": self.dataset, "data_root": self.data_root}
+        return {"modality": "text", "text_file": self.data_root}
 
 
 def parse_dataset(text: str) -> DatasetSource:
-    """'KIND[=ROOT]', e.g. 'mnist=/data/mnist', 'folder=/data/lfw', 'cifar10' (bundled)."""
+    """'KIND[=ROOT]', e.g. 'mnist=/data/mnist', 'folder=/data/lfw', 'cifar10' (bundled),
+    'text' (the bundled sentences) or 'text=/data/sentences.txt'."""
     kind, _, root = text.strip().partition("=")
-    if kind not in DATASET_CHOICES:
+    kinds = (*DATASET_CHOICES, TEXT_SOURCE)
+    if kind not in kinds:
         raise GradleakError(
-            f"dataset {kind!r} in {text!r} is not one of: {', '.join(DATASET_CHOICES)}; "
+            f"dataset {kind!r} in {text!r} is not one of: {', '.join(kinds)}; "
             "write KIND=ROOT, e.g. mnist=/data/mnist"
         )
     if kind == "folder" and not root:
@@ -187,7 +210,8 @@ class Cell:
     @property
     def path(self) -> Path:
         """The run directory relative to the comparison's folder."""
-        return Path(RUNS_DIR) / self.source.label / f"image-{self.index}" / self.run.name
+        sample = f"{self.source.item}-{self.index}"
+        return Path(RUNS_DIR) / self.source.label / sample / self.run.name
 
 
 @dataclass(frozen=True)
@@ -196,7 +220,9 @@ class CompareSpec:
 
     `settings` are RunConfig keys (model, seed, batch_size, local_lr, admm_rho, rounds, …);
     local-training keys reach only runs whose protocol trains locally, `client_state_known`
-    only runs whose clients keep a state (FedADMM), `image_size` only image folders.
+    only runs whose clients keep a state (FedADMM), `image_size` only image folders, `task`
+    and `lengths_known` only sentences. Without a `model`, sentences are attacked on their
+    modality's default model (minilm) and pictures on lenet.
     `attack_options` override every attack's hyper-parameters; by default every iteration
     is logged, so snapshots fall on the requested iterations.
     """
@@ -219,20 +245,23 @@ class CompareSpec:
 
     def config(self, cell: Cell) -> RunConfig:
         """The run configuration of one cell (not yet validated; `out` left unset)."""
+        source = cell.source.run_settings()
+        modality = source.get("modality", RunConfig.modality)
+        defaults = {k: v for k, v in MODALITY_DEFAULTS.get(modality, {}).items() if k == "model"}
         settings = {
             key: value
             for key, value in self.settings.items()
             if (key not in LOCAL_TRAINING_KEYS or PROTOCOLS[cell.run.protocol].trains_locally)
             and (key not in FOLDER_KEYS or cell.source.dataset == "folder")
             and (key not in STATE_KEYS or PROTOCOLS[cell.run.protocol].client_state is not None)
+            and (key not in TEXT_KEYS or not cell.source.pictures)
         }
-        base = replace_checked(RunConfig(), settings, "comparison settings")
+        base = replace_checked(RunConfig(), {**defaults, **settings}, "comparison settings")
         return replace(
             base,
+            **source,
             attack=cell.run.attack,
             protocol=cell.run.protocol,
-            dataset=cell.source.dataset,
-            data_root=cell.source.data_root,
             indices=(cell.index,),
             snapshots=self.snapshots,
             attack_options={"log_every": 1, **self.attack_options},
@@ -457,45 +486,118 @@ def snapshot_at(snapshots: Mapping[int, torch.Tensor], requested: int) -> tuple[
 # --- Tables and figures ---------------------------------------------------------------------
 
 
-def collect_rows(spec: CompareSpec, out_dir: Path) -> list[dict[str, Any]]:
-    """One row per finished run, in the spec's order."""
+def spec_modalities(spec: CompareSpec) -> list[Modality]:
+    """The modalities of the comparison's sources, images first."""
+    names = {cell.source.run_settings().get(MODALITY, DEFAULT_MODALITY) for cell in spec.cells()}
+    return modalities_of({MODALITY: name} for name in names)
+
+
+def result_columns(modalities: Sequence[Modality]) -> list[str]:
+    """results.csv's columns: the run (and its modality, when the comparison holds anything
+    but images), its status, the modalities' scores, its cost and its directory."""
     return [
-        {
-            "dataset": cell.source.label,
-            "index": cell.index,
-            "attack": cell.run.attack,
-            "protocol": cell.run.protocol,
-            "status": status_of(metrics),
-            **{k: metrics.get(k) for k in ("psnr", "ssim", "mse", "label_accuracy")},
-            "iterations": metrics.get("iterations"),
-            "seconds": metrics.get("seconds"),
-            "matching_loss": metrics.get("matching_loss"),
-            "run_dir": cell.path.as_posix(),
-        }
-        for cell, metrics in _finished_runs(spec, out_dir)
+        "dataset",
+        "index",
+        "attack",
+        "protocol",
+        *_modality_column(modalities),
+        "status",
+        *score_keys(modalities),
+        *RUN_KEYS,
+        "run_dir",
     ]
 
 
-def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean (and PSNR's population std) per dataset × attack × protocol, in row order.
+def summary_columns(modalities: Sequence[Modality]) -> list[str]:
+    """summary.csv's columns, as `summarise` makes them for these modalities."""
+    return [
+        "dataset",
+        "attack",
+        "protocol",
+        *_modality_column(modalities),
+        _count_column(modalities),
+        *NOT_OK.values(),
+        *_score_stats(modalities),
+        "iterations_mean",
+        "seconds_mean",
+    ]
+
+
+def _modality_column(modalities: Sequence[Modality]) -> list[str]:
+    only_default = [m.name for m in modalities] in ([], [DEFAULT_MODALITY])
+    return [] if only_default else [MODALITY]
+
+
+def _noun(modalities: Sequence[Modality]) -> str:
+    """What one attacked sample is called in the tables: an image, unless sentences are in."""
+    return "sample" if _modality_column(modalities) else "image"
+
+
+def _count_column(modalities: Sequence[Modality]) -> str:
+    """The summary's count of runs: `images` for pictures only (as it always was)."""
+    return f"{_noun(modalities)}s"
+
+
+def _score_stats(modalities: Sequence[Modality]) -> list[str]:
+    """The mean of every score, and the population std of each modality's headline score."""
+    headlines = {m.headline for m in modalities}
+    columns = []
+    for key in score_keys(modalities):
+        columns.append(f"{key}_mean")
+        if key in headlines:
+            columns.append(f"{key}_std")
+    return columns
+
+
+def collect_rows(spec: CompareSpec, out_dir: Path) -> list[dict[str, Any]]:
+    """One row per finished run, in the spec's order: its modality's scores."""
+    rows = []
+    for cell, metrics in _finished_runs(spec, out_dir):
+        modality = get_modality(modality_of(metrics))
+        rows.append(
+            {
+                "dataset": cell.source.label,
+                "index": cell.index,
+                "attack": cell.run.attack,
+                "protocol": cell.run.protocol,
+                MODALITY: modality.name,
+                "status": status_of(metrics),
+                **{k: metrics.get(k) for k in (*modality.scores, *RUN_KEYS)},
+                "run_dir": cell.path.as_posix(),
+            }
+        )
+    return rows
+
+
+def summarise(
+    rows: Sequence[Mapping[str, Any]], modalities: Sequence[Modality] | None = None
+) -> list[dict[str, Any]]:
+    """Means (and the headline score's population std) per dataset × attack × protocol.
 
     Args:
         rows: results rows, as `collect_rows` makes them.
+        modalities: whose scores are summarised (default: the rows' own).
 
     Returns:
-        One row per dataset × attack × protocol: the images, how many runs diverged or
-        made no progress, then each statistic over the finite values of its key only,
-        None where there is none. The scores (PSNR, SSIM, MSE, label accuracy) are
+        One row per dataset × attack × protocol, in row order: its modality, the runs
+        (`images`, or `samples` when the comparison holds sentences), how many diverged or
+        made no progress, then each statistic over the finite values of its key only, None
+        where there is none. The scores (images: PSNR, SSIM, MSE, label accuracy) are
         averaged over the `ok` runs only: the others scored their starting point, not an
         attack; iterations and seconds over every run.
     """
-    stats: dict[str, Stat] = {"images": len}
+    if modalities is None:
+        modalities = modalities_of(rows)
+    stats: dict[str, Stat] = {
+        MODALITY: lambda group: modality_of(group[0]),
+        _count_column(modalities): len,
+    }
     for status, column in NOT_OK.items():
         stats[column] = counted(lambda row, status=status: status_of(row) == status)
-    stats["psnr_mean"] = among(_ok, of(statistics.fmean, "psnr"))
-    stats["psnr_std"] = among(_ok, of(statistics.pstdev, "psnr"))
-    for key in ("ssim", "mse", "label_accuracy"):
-        stats[f"{key}_mean"] = among(_ok, of(statistics.fmean, key))
+    for column in _score_stats(modalities):
+        key, _, stat = column.rpartition("_")
+        reduce = statistics.fmean if stat == "mean" else statistics.pstdev
+        stats[column] = among(_ok, of(reduce, key))
     for key in ("iterations", "seconds"):
         stats[f"{key}_mean"] = of(statistics.fmean, key)
     return summarise_groups(rows, ("dataset", "attack", "protocol"), stats)
@@ -516,60 +618,104 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def summary_markdown(spec: CompareSpec, rows: Sequence[Mapping[str, Any]]) -> str:
-    """The mean table per dataset × attack, then one line per run."""
+def summary_markdown(
+    spec: CompareSpec,
+    rows: Sequence[Mapping[str, Any]],
+    sentences: Sequence[tuple[str, Sequence[Mapping[str, Any]]]] = (),
+) -> str:
+    """The mean table per dataset × attack, then one line per run (one pair of tables per
+    modality when the comparison mixes them), then each recovered sentence.
+
+    Args:
+        spec: the comparison.
+        rows: its results rows.
+        sentences: per text run, a title and its `per_sequence` scores (original and
+            recovered sentence of each sequence).
+    """
     settings = ", ".join(f"{k}={v}" for k, v in to_plain(spec.settings).items())
+    modalities = spec_modalities(spec)
+    noun = _noun(modalities)
+    indices = ", ".join(str(i) for i in spec.indices)
     lines = [
         "# Attack comparison",
         "",
-        f"Images {', '.join(str(i) for i in spec.indices)} of each dataset; "
-        f"settings: {settings or 'defaults'}. PSNR/SSIM/MSE on [0, 1] pixels after matching; "
-        "label accuracy is null where labels were given. Scores are averaged over the runs "
-        "whose status is ok; a run that diverged or made no progress scored its random "
-        "start, not an attack, and is counted under 'not ok'.",
-        "",
-        "## Mean over images",
-        "",
-        "| dataset | attack | protocol | images | not ok | PSNR (dB) | SSIM | MSE | label acc. "
-        "| iterations | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"{noun.capitalize()}s {indices} of each dataset; settings: {settings or 'defaults'}. "
+        "Scores after matching each true sample to a recovered one (each run's metrics.json "
+        "states the convention; images: PSNR/SSIM/MSE on [0, 1] pixels); label accuracy is "
+        "null where labels were given. Scores are averaged over the runs whose status is ok; "
+        "a run that diverged or made no progress scored its random start, not an attack, "
+        "and is counted under 'not ok'.",
     ]
-    for s in summarise(rows):
-        psnr = "n/a"
-        if s["psnr_mean"] is not None:
-            psnr = f"{s['psnr_mean']:.2f} ± {s['psnr_std']:.2f}"
-        lines.append(
-            f"| {s['dataset']} | {s['attack']} | {s['protocol']} | {s['images']} "
-            f"| {_not_ok(s) or '-'} | {psnr} "
-            f"| {_fmt(s['ssim_mean'], '.3f')} | {_fmt(s['mse_mean'], '.3g')} "
-            f"| {_fmt(s['label_accuracy_mean'], '.2f')} | {_fmt(s['iterations_mean'], '.0f')} "
-            f"| {_fmt(s['seconds_mean'], '.1f')} |"
-        )
-    lines += [
-        "",
-        "## Per run",
-        "",
-        "| dataset | image | attack | protocol | status | PSNR (dB) | SSIM | MSE | label acc. "
-        "| iterations | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['dataset']} | {r['index']} | {r['attack']} | {r['protocol']} "
-            f"| {status_of(r)} "
-            f"| {_fmt(r['psnr'], '.2f')} | {_fmt(r['ssim'], '.3f')} | {_fmt(r['mse'], '.3g')} "
-            f"| {_fmt(r['label_accuracy'], '.2f')} | {r['iterations']} "
-            f"| {_fmt(r['seconds'], '.1f')} |"
-        )
+    summary = summarise(rows, modalities)
+    for modality in modalities:
+        heading = f" ({modality.name})" if len(modalities) > 1 else ""
+        members = [r for r in rows if modality_of(r) == modality.name]
+        means = [s for s in summary if modality_of(s) == modality.name]
+        lines += ["", f"## Mean over {noun}s{heading}", ""]
+        lines += _mean_table(means, modality, _count_column(modalities))
+        lines += ["", f"## Per run{heading}", ""]
+        lines += _run_table(members, modality, noun)
+    if sentences:
+        lines += ["", "## Recovered sentences"]
+        for title, per_sequence in sentences:
+            lines += ["", f"### {title}", ""]
+            for item in per_sequence:
+                mark = "exact" if item.get("exact") else "differs"
+                lines.append(f"- {item.get('index')} original:  {item.get('truth', '')}")
+                lines.append(f"  recovered ({mark}): {item.get('recovered', '')}")
     return "\n".join(lines) + "\n"
 
 
+def _mean_table(summary: Sequence[Mapping[str, Any]], modality: Modality, count: str) -> list[str]:
+    head = ["dataset", "attack", "protocol", count, "not ok"]
+    head += [score_format(key).column for key in modality.scores]
+    head += ["iterations", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        cells = [s["dataset"], s["attack"], s["protocol"], s[count], _not_ok(s) or "-"]
+        for key in modality.scores:
+            if key == modality.headline:
+                cells.append(brief_spread(s.get(f"{key}_mean"), s.get(f"{key}_std"), key))
+            else:
+                cells.append(brief(s.get(f"{key}_mean"), key))
+        cells += [_fmt(s["iterations_mean"], ".0f"), _fmt(s["seconds_mean"], ".1f")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _run_table(rows: Sequence[Mapping[str, Any]], modality: Modality, noun: str) -> list[str]:
+    head = ["dataset", noun, "attack", "protocol", "status"]
+    head += [score_format(key).column for key in modality.scores]
+    head += ["iterations", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["dataset"], r["index"], r["attack"], r["protocol"], status_of(r)]
+        cells += [brief(r.get(key), key) for key in modality.scores]
+        cells += [r["iterations"], _fmt(r["seconds"], ".1f")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def recovered_sentences(
+    spec: CompareSpec, out_dir: Path
+) -> list[tuple[str, list[Mapping[str, Any]]]]:
+    """Per finished run that recorded sentences (`per_sequence`), a title and its sentences."""
+    found = []
+    for cell, metrics in _finished_runs(spec, out_dir):
+        per_sequence = metrics.get("per_sequence")
+        if isinstance(per_sequence, list) and per_sequence:
+            title = f"{cell.source.label} sentence {cell.index}, {cell.run.label}"
+            found.append((title + _status_note(metrics, " "), per_sequence))
+    return found
+
+
 def grid_rows(spec: CompareSpec, out_dir: Path, index: int) -> list[GridRow]:
-    """One row per finished run on image `index`: its snapshots at the requested iterations,
-    then the truth; the label names dataset, attack, final PSNR and a status other than ok."""
+    """One row per finished run on image `index` of a source of pictures: its snapshots at the
+    requested iterations, then the truth; the label names dataset, attack, the final
+    headline score (PSNR) and a status other than ok."""
     rows = []
     for cell, metrics in _finished_runs(spec, out_dir):
-        if cell.index != index:
+        if cell.index != index or not cell.source.pictures:
             continue
         snapshots, truth = load_snapshots(out_dir / cell.path / SNAPSHOT_FILE)
         tiles = []
@@ -584,9 +730,17 @@ def grid_rows(spec: CompareSpec, out_dir: Path, index: int) -> list[GridRow]:
                 caption = f"at {iteration}"
             tiles.append(Tile(snapshots[iteration], caption))
         tiles.append(Tile(truth, ""))
-        label = f"{cell.source.label}\n{cell.run.label}\n{_fmt(metrics.get('psnr'), '.1f')} dB"
+        label = f"{cell.source.label}\n{cell.run.label}\n{_headline(metrics)}"
         rows.append(GridRow(label + _status_note(metrics), tiles))
     return rows
+
+
+def _headline(metrics: Mapping[str, Any]) -> str:
+    """The run's headline score to one decimal, with its unit, e.g. '23.4 dB' (a grid's
+    labels are narrow)."""
+    key = get_modality(modality_of(metrics)).headline
+    unit = score_format(key).unit
+    return f"{_fmt(metrics.get(key), '.1f')}{f' {unit}' if unit else ''}"
 
 
 def _status_note(metrics: Mapping[str, Any], separator: str = "\n") -> str:
@@ -624,7 +778,9 @@ def _column(rows: Sequence[Mapping[str, str]], key: str) -> tuple[list[float], l
 
 
 def curves_figure(spec: CompareSpec, out_dir: Path, source: DatasetSource) -> bytes | None:
-    """Image MSE and matching loss against iteration for every finished run of a dataset."""
+    """Image MSE and matching loss against iteration for every finished run of a dataset; for
+    sentences the matching loss only, and no figure when no run recorded one (the
+    closed-form attacks)."""
     mse_curves, loss_curves = [], []
     for cell, metrics in _finished_runs(spec, out_dir):
         if cell.source != source:
@@ -633,12 +789,17 @@ def curves_figure(spec: CompareSpec, out_dir: Path, source: DatasetSource) -> by
         label = cell.run.label + _status_note(metrics, " ")
         mse_curves.append(Curve(label, *_column(history, "mse")))
         loss_curves.append(Curve(label, *_column(history, "loss")))
-    if not mse_curves:
+    if not loss_curves:
         return None
-    images = ", ".join(str(i) for i in spec.indices)
+    panels = [("matching loss", loss_curves)]
+    if source.pictures:
+        panels.insert(0, ("image MSE (evaluation side)", mse_curves))
+    elif not any(curve.xs for curve in loss_curves):
+        return None
+    samples = ", ".join(str(i) for i in spec.indices)
     return curves_png(
-        [("image MSE (evaluation side)", mse_curves), ("matching loss", loss_curves)],
-        f"{source.label}: one line per attack and image (images {images})",
+        panels,
+        f"{source.label}: one line per attack and {source.item} ({source.item}s {samples})",
     )
 
 
@@ -647,10 +808,13 @@ def write_compare_outputs(
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """results.csv, summary.csv, summary.md and the figures, from the finished runs."""
     rows = collect_rows(spec, out_dir)
+    # The spec's modalities, not the finished rows': the columns stay put while runs finish.
+    modalities = spec_modalities(spec)
     try:
-        write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
-        write_csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summarise(rows))
-        write_atomically(out_dir / "summary.md", summary_markdown(spec, rows))
+        write_csv(out_dir / "results.csv", result_columns(modalities), rows)
+        write_csv(out_dir / "summary.csv", summary_columns(modalities), summarise(rows, modalities))
+        markdown = summary_markdown(spec, rows, recovered_sentences(spec, out_dir))
+        write_atomically(out_dir / "summary.md", markdown)
         spec_text = json.dumps(spec.describe(), indent=2)
         write_atomically(out_dir / SPEC_FILE, spec_text + "\n")
         figures = []

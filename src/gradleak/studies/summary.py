@@ -14,6 +14,12 @@ A row's `status` says how its run ended: `ok` (or no status: rows of runs that p
 `diverged` and `no-progress` (the attack's optimisation failed; the scores are those of its
 starting point, not of an attack), or `failed` (the run raised an error and has no scores).
 A sweep's summary averages the `ok` rows only and counts the others apart.
+
+A row's `modality` names the kind of data its run attacked (a row without one is an image
+run: runs from before text recorded none). What a row scores, what a summary averages and
+when a run counts as a success are its modality's (`Modality.scores`, `summary_scores`,
+`success_rule`), so the studies never name a score themselves. A study that mixes
+modalities gives each row the columns of its own modality and leaves the others empty.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+from gradleak.modalities import MODALITIES, Modality, get_modality
 
 Row = Mapping[str, Any]
 Stat = Callable[[Sequence[Row]], Any]
@@ -153,45 +161,101 @@ def ran(row: Row) -> bool:
     return status_of(row) != FAILED
 
 
-def sweep_summary(rows: Sequence[Row], success_psnr: float) -> list[dict[str, Any]]:
-    """A sweep's summary: per setting (attack, model, defense, protocol), the cells, how many
-    failed, diverged or made no progress, mean ± std of PSNR and SSIM, mean label accuracy
-    and the success rate.
+MODALITY = "modality"
+# The modality of a row that names none: runs from before text recorded none, and were images.
+DEFAULT_MODALITY = "image"
+
+
+def modality_of(row: Row) -> str:
+    """The name of a row's modality; `DEFAULT_MODALITY` for a row without one."""
+    return str(row.get(MODALITY) or DEFAULT_MODALITY)
+
+
+def modalities_of(rows: Iterable[Row]) -> list[Modality]:
+    """The modalities of `rows`, in the order of the registry (images first).
+
+    Raises:
+        GradleakError: a row names a modality gradleak does not know.
+    """
+    names = {modality_of(row) for row in rows}
+    for name in names:
+        get_modality(name)  # an unknown name is a one-line error naming the choices
+    return [modality for name, modality in MODALITIES.items() if name in names]
+
+
+def ordered_union(groups: Iterable[Iterable[str]]) -> list[str]:
+    """Every name of `groups` once, in the order of its first occurrence."""
+    return list(dict.fromkeys(name for group in groups for name in group))
+
+
+def score_keys(modalities: Sequence[Modality]) -> list[str]:
+    """The scores the rows of these modalities carry (results columns), each once."""
+    return ordered_union(m.scores for m in modalities)
+
+
+def summary_keys(modalities: Sequence[Modality]) -> list[str]:
+    """The scores a summary gives as mean ± std for these modalities, each once."""
+    return ordered_union(m.summary_scores for m in modalities)
+
+
+def sweep_summary(
+    rows: Sequence[Row], success_psnr: float, modalities: Sequence[Modality] | None = None
+) -> list[dict[str, Any]]:
+    """A sweep's summary: per setting (attack, model, defense, protocol), its modality, the
+    cells, how many failed, diverged or made no progress, the mean ± std of each summarised
+    score of the modalities (images: PSNR and SSIM), the mean label accuracy and the
+    success rate.
 
     Args:
-        rows: the sweep's results rows (one per cell, each with its `status`).
-        success_psnr: the PSNR (dB) from which a cell counts as a success.
+        rows: the sweep's results rows (one per cell, each with its `status` and
+            `modality`).
+        success_psnr: the PSNR (dB) from which an image cell counts as a success; each
+            row is judged by its own modality's `success_rule`.
+        modalities: the modalities whose scores are summarised (default: the rows' own).
 
     Returns:
         One row per setting, in the order of the rows. Scores are averaged over the `ok`
-        cells' finite values only (None where there are none). The success rate is over the
-        cells whose run ended (all but the failed ones): a diverged cell or one that made
-        no progress is not a success; None when every cell failed.
+        cells' finite values only (None where there are none, e.g. the scores of another
+        modality). The success rate is over the cells whose run ended (all but the failed
+        ones): a diverged cell or one that made no progress is not a success; None when
+        every cell failed.
     """
-    stats: dict[str, Stat] = {"cells": len}
+    if modalities is None:
+        modalities = modalities_of(rows)
+    stats: dict[str, Stat] = {MODALITY: lambda group: modality_of(group[0]), "cells": len}
     for status, column in COUNTED_STATUSES.items():
         stats[column] = counted(lambda row, status=status: status_of(row) == status)
+    for key in summary_keys(modalities):
+        stats[f"{key}_mean"] = among(scored, of(statistics.fmean, key))
+        stats[f"{key}_std"] = among(scored, of(statistics.pstdev, key))
     stats |= {
-        "psnr_mean": among(scored, of(statistics.fmean, "psnr")),
-        "psnr_std": among(scored, of(statistics.pstdev, "psnr")),
-        "ssim_mean": among(scored, of(statistics.fmean, "ssim")),
-        "ssim_std": among(scored, of(statistics.pstdev, "ssim")),
         "label_accuracy_mean": among(scored, of(statistics.fmean, "label_accuracy")),
         "success_rate": among(ran, success_share(success_psnr)),
     }
     return summarise_groups(rows, SWEEP_SETTING, stats)
 
 
-def success_share(success_psnr: float, values: Values = finite) -> Stat:
-    """A statistic: the share of the rows whose run ended and reached `success_psnr`.
+def succeeded(row: Row, success_psnr: float, values: Values = finite) -> bool:
+    """Whether a row is a successful attack by its modality's rule (`success_rule`).
 
-    A row that is not ok (diverged, no progress) counts as below; failed rows should be
-    left out first (`among(ran, ...)`). None for no rows.
+    A row that is not ok (diverged, no progress, failed) is none, and neither is one whose
+    score does not count (see `values`).
     """
-    share = share_at_least("psnr", success_psnr, values)
+    if not scored(row):
+        return False
+    rule = get_modality(modality_of(row)).success_rule(success_psnr)
+    counted = values([row.get(rule.score)])
+    return bool(counted) and counted[0] >= rule.threshold
+
+
+def success_share(success_psnr: float, values: Values = finite) -> Stat:
+    """A statistic: the share of the rows that are successful attacks (`succeeded`).
+
+    A row that is not ok (diverged, no progress) counts as no success; failed rows should
+    be left out first (`among(ran, ...)`). None for no rows.
+    """
 
     def stat(rows: Sequence[Row]) -> float | None:
-        # A row that is not ok is one without a score: below the threshold.
-        return share([r if scored(r) else {} for r in rows]) if rows else None
+        return sum(succeeded(r, success_psnr, values) for r in rows) / len(rows) if rows else None
 
     return stat

@@ -76,10 +76,12 @@ def test_cosine_of_zero_candidate_is_differentiable() -> None:
 
 
 def test_get_objective() -> None:
-    assert set(OBJECTIVES) == {"l2", "cosine"}
+    assert set(OBJECTIVES) == {"l2", "cosine", "tag"}
     assert get_objective("l2") is l2_distance
     assert get_objective("cosine") is cosine_distance
-    with pytest.raises(GradleakError, match="unknown objective 'l1'; choose one of: l2, cosine"):
+    with pytest.raises(
+        GradleakError, match="unknown objective 'l1'; choose one of: l2, cosine, tag"
+    ):
         get_objective("l1")
 
 

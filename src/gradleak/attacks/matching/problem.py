@@ -35,16 +35,31 @@ def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy against integer labels, or against softmax(labels) for soft logits.
 
     Args:
-        logits: the model's outputs B×classes.
-        labels: B integer labels (int64), or B×classes soft labels given as logits (any
-            floating dtype): the target distribution is their softmax.
+        logits: the model's outputs B×classes, or B×classes×L (a class per position, as
+            masked-language modelling gives them).
+        labels: integer labels (int64: B, or B×L with -100 where the client's loss skips a
+            position), or soft labels given as logits (any floating dtype) with the classes
+            last: B×classes or B×L×classes, whose softmax is the target distribution. Soft
+            labels B×L×(classes + 1) also say how much of each position is in the loss: the
+            last class's mass is left out, and the cross-entropy of the rest is summed over
+            the positions and divided by B. A client that averaged over M >= B positions of
+            its own choosing (the masked ones) is then reproduced by mass B/M on the true
+            token at each of them and all mass on the last class elsewhere.
 
     Returns:
-        A scalar: the cross-entropy averaged over the B samples.
+        A scalar: the cross-entropy averaged over the samples (and positions), or, with the
+        extra class, summed over positions and divided by B.
     """
     if labels.dtype == torch.long:
         return F.cross_entropy(logits, labels)
-    return -(labels.softmax(dim=-1) * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+    if logits.dim() > 2:  # B×classes×L: classes last, as the soft labels hold them
+        logits = logits.movedim(1, -1)
+    log_probs = logits.log_softmax(dim=-1)
+    classes = log_probs.shape[-1]
+    target = labels.softmax(dim=-1)
+    if labels.shape[-1] == classes:
+        return -(target * log_probs).sum(dim=-1).mean()
+    return -(target[..., :classes] * log_probs).sum() / labels.shape[0]
 
 
 def attacker_model(server_model: nn.Module, model_mode: str) -> nn.Module:

@@ -197,9 +197,9 @@ def _budget(config: RunConfig) -> BudgetEstimate | Problem | None:
 class _Data:
     """What the cells' data is: one image's shape, the classes, the size and a name."""
 
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]  # images (C, H, W); text (padded length, hidden size)
     classes: int
-    size: int | None  # None: one image file
+    size: int | None  # None: one image file, or sentences given in `texts`
     name: str
 
 
@@ -212,11 +212,17 @@ def _cached(
 
 
 def _data_key(config: RunConfig) -> tuple[Any, ...]:
+    if config.modality == "text":
+        # A batch of sentences is encoded for its model: the model is part of the data.
+        return ("text", config.texts, config.text_file, config.task, config.model)
     return (config.dataset, config.data_root, config.split, config.image_size, config.image)
 
 
 def _open_data(config: RunConfig) -> _Data | Problem:
-    """The data a run reads: the dataset opened (its length), or its one image read."""
+    """The data a run reads: the dataset opened (its length), or its one image read; for
+    text the sentences (their count) and one encoded batch (its shape)."""
+    if config.modality == "text":
+        return _open_sentences(config)
     try:
         channels, (height, width) = input_shape(config.dataset, config.image_size)
         shape = (channels, height, width)
@@ -231,8 +237,33 @@ def _open_data(config: RunConfig) -> _Data | Problem:
     return _Data(shape, classes, len(images), images.description)
 
 
+def _open_sentences(config: RunConfig) -> _Data | Problem:
+    """Text: the setting's first batch built as a run builds it (sentences, tokenizer,
+    model), and how many sentences the file holds (None: sentences given in `texts`)."""
+    from gradleak.data.text import BUNDLED_SENTENCES, read_sentences
+    from gradleak.scenario.case import build_case
+
+    path = config.text_file or BUNDLED_SENTENCES
+    try:
+        knowledge = build_case(config).server.knowledge
+        size = None if config.texts else len(read_sentences(path))
+    except GradleakError as exc:
+        return Problem(("model", "base"), str(exc))
+    name = "the given sentences" if config.texts else str(path)
+    return _Data(knowledge.data_shape, knowledge.num_classes, size, name)
+
+
 def _build_model(config: RunConfig, data: _Data) -> nn.Module | Problem:
     """The model the cells attack, built for the data (with its checkpoint loaded)."""
+    if config.modality == "text":
+        from gradleak.models.text import build_text_model
+
+        try:  # the sentences were encoded with this model already (`_open_sentences`)
+            return build_text_model(
+                config.model, task=config.task, num_classes=data.classes, seed=0
+            )
+        except GradleakError as exc:
+            return Problem(("model",), str(exc))
     channels, height, width = data.shape
     try:
         model = build_model(

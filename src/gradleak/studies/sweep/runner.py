@@ -13,6 +13,12 @@ diverged, no-progress; see studies/summary.py).
 
 One sweep at a time writes a folder: it holds the folder's `sweep.lock` while it runs
 (studies/lock.py).
+
+The tables' score columns are those of the modalities the sweep's cells attack
+(`Modality.scores`; images: psnr, ssim, mse, label_accuracy). A sweep that mixes image and
+text cells writes the union of their columns, and each row fills only its own modality's
+(the others stay empty); a `modality` column names each row's whenever a sweep holds
+anything but images, so an image sweep's tables are as they always were.
 """
 
 from __future__ import annotations
@@ -32,10 +38,23 @@ from tqdm.auto import tqdm
 from gradleak.attacks.engine.step import Notice, print_notice
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import replaced_atomically, write_atomically
-from gradleak.report.tables import write_csv
+from gradleak.modalities import MODALITIES, Modality, get_modality
+from gradleak.report.tables import brief, brief_spread, score_format, write_csv
 from gradleak.studies.cells import CellRecord, CellRef, CellStore, described_config
 from gradleak.studies.lock import FolderLock
-from gradleak.studies.summary import COUNTED_STATUSES, FAILED, OK, STATUS, status_of
+from gradleak.studies.summary import (
+    COUNTED_STATUSES,
+    DEFAULT_MODALITY,
+    FAILED,
+    MODALITY,
+    OK,
+    STATUS,
+    modalities_of,
+    modality_of,
+    score_keys,
+    status_of,
+    summary_keys,
+)
 from gradleak.studies.summary import SWEEP_SETTING as GROUP_BY
 from gradleak.studies.summary import sweep_summary as summarise
 from gradleak.studies.sweep.backends import Backend, LocalBackend
@@ -44,39 +63,10 @@ from gradleak.studies.sweep.spec import Cell, SweepSpec
 CELLS = "cells"
 MARKER = "cell.json"
 LOCK = "sweep.lock"
-SCORES = ("psnr", "ssim", "mse", "label_accuracy")
-# What a cell's metrics.json must hold to count as finished; without one of these (or with
-# a value that is not a number) the cell is damaged and runs again.
-METRICS_KEYS = (*SCORES, "seconds", "iterations")
-RESULT_COLUMNS = [
-    "cell",
-    "attack",
-    "model",
-    "defense",
-    "protocol",
-    "image",
-    "seed",
-    STATUS,
-    "psnr",
-    "ssim",
-    "mse",
-    "label_accuracy",
-    "seconds",
-    "iterations",
-    "status_reason",
-    "run_dir",
-]
-SUMMARY_COLUMNS = [
-    *GROUP_BY,
-    "cells",
-    *COUNTED_STATUSES.values(),
-    "psnr_mean",
-    "psnr_std",
-    "ssim_mean",
-    "ssim_std",
-    "label_accuracy_mean",
-    "success_rate",
-]
+# Besides its modality's scores, what a cell's metrics.json must hold to count as finished;
+# without one of these (or with a value that is not a number) the cell is damaged and runs
+# again.
+RUN_KEYS = ("seconds", "iterations")
 # The longest reason a failed cell records, in characters (one line of the tables).
 _REASON_CHARS = 300
 
@@ -139,15 +129,66 @@ def cell_store(sweep_dir: Path) -> CellStore:
 
 
 def metrics_whole(metrics: dict[str, Any]) -> bool:
-    """Whether a cell's metrics hold every key a row reads, numbers (or null) where scores go."""
-    if any(key not in metrics for key in METRICS_KEYS):
+    """Whether a cell's metrics hold every key a row reads (its modality's scores, seconds and
+    iterations), numbers (or null) where they go; a modality gradleak does not know is not."""
+    modality = MODALITIES.get(modality_of(metrics))
+    if modality is None:
+        return False
+    keys = (*modality.scores, *RUN_KEYS)
+    if any(key not in metrics for key in keys):
         return False
     numbers = all(
         metrics[key] is None
         or (isinstance(metrics[key], Real) and not isinstance(metrics[key], bool))
-        for key in METRICS_KEYS
+        for key in keys
     )
     return numbers and isinstance(metrics.get(STATUS, OK), str | None)
+
+
+def result_columns(modalities: Sequence[Modality]) -> list[str]:
+    """results.csv's columns: the cell, its axis values (and its modality, for a sweep that
+    holds anything but images), its status, the modalities' scores, time and directory."""
+    return [
+        "cell",
+        "attack",
+        "model",
+        "defense",
+        "protocol",
+        *_modality_column(modalities),
+        "image",
+        "seed",
+        STATUS,
+        *score_keys(modalities),
+        *RUN_KEYS,
+        "status_reason",
+        "run_dir",
+    ]
+
+
+def summary_columns(modalities: Sequence[Modality]) -> list[str]:
+    """summary.csv's columns: the setting, the cells and their statuses, the mean ± std of
+    each summarised score, the mean label accuracy and the success rate."""
+    spreads = [f"{key}_{stat}" for key in summary_keys(modalities) for stat in ("mean", "std")]
+    return [
+        *GROUP_BY,
+        *_modality_column(modalities),
+        "cells",
+        *COUNTED_STATUSES.values(),
+        *spreads,
+        "label_accuracy_mean",
+        "success_rate",
+    ]
+
+
+def _modality_column(modalities: Sequence[Modality]) -> list[str]:
+    only_default = [m.name for m in modalities] in ([], [DEFAULT_MODALITY])
+    return [] if only_default else [MODALITY]
+
+
+def sweep_modalities(spec: SweepSpec) -> list[Modality]:
+    """The modalities of the sweep's cells, in the order of the registry (images first)."""
+    names = spec.modalities()
+    return [get_modality(name) for name in MODALITIES if name in names]
 
 
 def cell_job(
@@ -189,15 +230,16 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         result = run_attack(replace(job["config"], out=partial))
         return None if result.reconstruction.interrupted else True
 
+    modality = job["config"].modality
     try:
         published = store.publish(ref, write)
     except Exception as exc:  # the cell cannot run: recorded, and the sweep goes on
         failure = {STATUS: FAILED, "reason": _reason(exc), "traceback": traceback.format_exc()}
         store.record_failure(ref, failure)
-        return _row(cell, CellRecord(failure=failure))
+        return _row(cell, CellRecord(failure=failure), modality)
     if published is None:  # an interrupted attack is not a result
         raise KeyboardInterrupt
-    return _row(cell, store.record(ref))
+    return _row(cell, store.record(ref), modality)
 
 
 def _reason(exc: Exception) -> str:
@@ -290,9 +332,11 @@ def _run_cells(
 
 
 def _write_results(spec: SweepSpec, result: SweepResult) -> None:
+    # The spec's modalities, not the finished rows': the columns stay put while cells finish.
+    modalities = sweep_modalities(spec)
     result.rows = collect_results(spec, result.out_dir)
-    result.summary = summarise(result.rows, spec.success_psnr)
-    write_tables(result.out_dir, result.rows, result.summary)
+    result.summary = summarise(result.rows, spec.success_psnr, modalities)
+    write_tables(result.out_dir, result.rows, result.summary, modalities)
 
 
 def _cell_path(cell: Cell) -> Path:
@@ -309,14 +353,23 @@ def _ref(spec: SweepSpec, cell: Cell) -> CellRef:
     return CellRef(_cell_path(cell), _description(spec, cell))
 
 
-def _row(cell: Cell, record: CellRecord) -> dict[str, Any]:
-    """A cell's row of results.csv: its axis values, status, scores and run directory."""
+def _row(cell: Cell, record: CellRecord, modality: str) -> dict[str, Any]:
+    """A cell's row of results.csv: its axis values, modality, status, its modality's scores
+    and its run directory.
+
+    Args:
+        cell: the cell.
+        record: what its directory holds: its run's metrics, or why it failed.
+        modality: the modality the cell's configuration names (a failed cell's only one).
+    """
     metrics, failure = record.metrics or {}, record.failure or {}
+    name = str(metrics.get(MODALITY) or modality)
     return {
         "cell": cell.name,
         **cell.axis_values(),
+        MODALITY: name,
         STATUS: FAILED if record.failure else status_of(metrics),
-        **{k: metrics.get(k) for k in METRICS_KEYS},
+        **{k: metrics.get(k) for k in (*get_modality(name).scores, *RUN_KEYS)},
         "status_reason": failure.get("reason") or metrics.get("status_reason"),
         "run_dir": _cell_path(cell).as_posix(),
     }
@@ -325,56 +378,85 @@ def _row(cell: Cell, record: CellRecord) -> dict[str, Any]:
 def collect_results(spec: SweepSpec, out_dir: Path) -> list[dict[str, Any]]:
     """One row per finished or failed cell of `spec`, in the spec's order."""
     records = cell_store(out_dir).records((c, _ref(spec, c)) for c in spec.cells())
-    return [_row(cell, record) for cell, record in records]
+    return [_row(cell, record, spec.modality(cell)) for cell, record in records]
 
 
-def write_tables(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> None:
+def write_tables(
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    modalities: Sequence[Modality] | None = None,
+) -> None:
     """results.csv, summary.csv, summary.md (and results.parquet when pyarrow is there),
-    each replaced whole."""
+    each replaced whole.
+
+    Args:
+        out_dir: the sweep folder.
+        rows: the results rows.
+        summary: the summary rows.
+        modalities: whose score columns the tables hold (default: the rows' modalities).
+    """
+    if modalities is None:
+        modalities = modalities_of(rows)
+    columns = result_columns(modalities)
     with replaced_atomically(out_dir / "results.csv") as partial:
-        write_csv(partial, RESULT_COLUMNS, rows)
+        write_csv(partial, columns, rows)
     with replaced_atomically(out_dir / "summary.csv") as partial:
-        write_csv(partial, SUMMARY_COLUMNS, summary)
-    write_atomically(out_dir / "summary.md", summary_markdown(summary, rows))
+        write_csv(partial, summary_columns(modalities), summary)
+    write_atomically(out_dir / "summary.md", summary_markdown(summary, rows, modalities))
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         return
-    table = pa.Table.from_pylist([{k: r.get(k) for k in RESULT_COLUMNS} for r in rows])
+    table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows])
     with replaced_atomically(out_dir / "results.parquet") as partial:
         pq.write_table(table, partial)
 
 
-def summary_markdown(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]] = ()) -> str:
-    """The summary table; below it the cells that failed, each with its reason.
+def summary_markdown(
+    summary: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]] = (),
+    modalities: Sequence[Modality] | None = None,
+) -> str:
+    """The summary table (one per modality when the sweep mixes them, each headed by its
+    modality and showing its own scores); below it the cells that failed, each with its
+    reason.
 
     Scores average the cells whose run ended ok; `not scored` counts the others.
     """
-
-    def fmt(mean: float | None, std: float | None, digits: int) -> str:
-        if mean is None:
-            return "n/a"
-        return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-    lines = [
-        "| attack | model | defense | protocol | cells | PSNR dB | SSIM | label acc. | success "
-        "| not scored |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for s in summary:
-        labels = "n/a" if s["label_accuracy_mean"] is None else f"{s['label_accuracy_mean']:.2f}"
-        success = "n/a" if s["success_rate"] is None else f"{s['success_rate']:.0%}"
-        apart = [
-            f"{s[column]} {status}" for status, column in COUNTED_STATUSES.items() if s[column]
-        ]
-        lines.append(
-            f"| {s['attack']} | {s['model']} | {s['defense']} | {s['protocol']} | {s['cells']} "
-            f"| {fmt(s['psnr_mean'], s['psnr_std'], 2)} | {fmt(s['ssim_mean'], s['ssim_std'], 3)} "
-            f"| {labels} | {success} | {', '.join(apart) or '–'} |"
-        )
+    if modalities is None:
+        modalities = modalities_of([*summary, *rows])
+    lines: list[str] = []
+    for modality in modalities:
+        members = [s for s in summary if modality_of(s) == modality.name]
+        if len(modalities) > 1:
+            if lines:
+                lines.append("")
+            lines += [f"{modality.name.capitalize()} cells:", ""]
+        lines += _summary_table(members, modality)
     failed = [row for row in rows if status_of(row) == FAILED]
     if failed:
         lines += ["", f"Failed cells ({len(failed)}; a re-run of the sweep runs them again):", ""]
         lines += [f"- {row['cell']}: {row['status_reason']}" for row in failed]
     return "\n".join(lines) + "\n"
+
+
+def _summary_table(summary: Sequence[dict[str, Any]], modality: Modality) -> list[str]:
+    """The markdown table of one modality's settings: its summarised scores as mean ± std."""
+    keys = modality.summary_scores
+    head = ["attack", "model", "defense", "protocol", "cells"]
+    head += [score_format(key).column for key in keys]
+    head += [score_format("label_accuracy").column, "success", "not scored"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        success = "n/a" if s["success_rate"] is None else f"{s['success_rate']:.0%}"
+        apart = [
+            f"{s[column]} {status}" for status, column in COUNTED_STATUSES.items() if s[column]
+        ]
+        cells = [s["attack"], s["model"], s["defense"], s["protocol"], s["cells"]]
+        cells += [brief_spread(s.get(f"{k}_mean"), s.get(f"{k}_std"), k) for k in keys]
+        cells += [brief(s["label_accuracy_mean"], "label_accuracy"), success]
+        cells.append(", ".join(apart) or "–")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines

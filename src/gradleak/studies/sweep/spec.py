@@ -28,7 +28,8 @@ from gradleak.attacks.engine.step import Notice, print_notice
 from gradleak.core.errors import GradleakError
 from gradleak.core.settings import replace_checked, to_plain
 from gradleak.models import available_models, is_model_name
-from gradleak.scenario.config import DEFAULT_PROTOCOL, PROTOCOLS, RunConfig
+from gradleak.models.text import TEXT_MODELS, is_text_model
+from gradleak.scenario.config import DEFAULT_PROTOCOL, MODALITY_DEFAULTS, PROTOCOLS, RunConfig
 
 AXES = ("attack", "model", "defense", "protocol", "image", "seed")
 SPEC_KEYS = {
@@ -39,10 +40,11 @@ SPEC_KEYS = {
     "defenses": "list of defense settings: none, a spec such as prune:0.3, or a list of specs",
     "protocols": "list of protocols: a name, or a mapping of protocol settings such as "
     "{protocol: fedavg, local_steps: 5, batch_size: 4, guess_local_steps: 1}",
-    "images": "list of image indices, or a range 'A-B'",
+    "images": "list of image indices (text: sentence indices), or a range 'A-B'",
     "seeds": "list of seeds",
     "options": "per-attack option overrides: {attack: {key: value}}",
-    "success_psnr": "PSNR (dB) above which a reconstruction counts as a success",
+    "success_psnr": "PSNR (dB) above which an image reconstruction counts as a success "
+    "(text cells succeed when every sequence is recovered exactly)",
 }
 NO_DEFENSE = "none"
 # More cells than this is a mistake (e.g. a range of a million images), refused before the
@@ -130,6 +132,19 @@ class SweepSpec:
             "progress": False,
         }
         return replace_checked(RunConfig(), values, "sweep cell").validate()
+
+    def modality(self, cell: Cell) -> str:
+        """The kind of data a cell attacks (image, text): set by `base` or by the cell's
+        protocol entry, as `run_config` would."""
+        return self._modality(cell.protocol)
+
+    def modalities(self) -> list[str]:
+        """The kinds of data the sweep's cells attack, each once, in protocol order."""
+        return list(dict.fromkeys(self._modality(protocol) for protocol in self.protocols))
+
+    def _modality(self, protocol: str) -> str:
+        settings = {**self.base, **self.protocol_settings.get(protocol, {})}
+        return str(settings.get("modality", RunConfig.modality))
 
     def axes(self) -> dict[str, list[Any]]:
         return {
@@ -443,9 +458,13 @@ def _protocols(at: _Where, values: Any, base: dict[str, Any]) -> dict[str, dict[
                 f"protocols entry {entry['protocol']!r} is not one of: {', '.join(PROTOCOLS)}",
                 i,
             )
+        run = {**base, **entry}
+        # The model and attack the axes will give are the cells' check; here a run of the
+        # entry's modality (text needs a text model) takes that modality's defaults.
+        run = {**MODALITY_DEFAULTS.get(str(run.get("modality", RunConfig.modality)), {}), **run}
         try:
             # Checked together with `base`: e.g. a local batch must fit base's batch size.
-            replace_checked(RunConfig(), {**base, **entry}, "protocols entry").validate()
+            replace_checked(RunConfig(), run, "protocols entry").validate()
         except GradleakError as exc:
             at.fail("protocols", str(exc), i)
         extra = " ".join(f"{k}={v}" for k, v in entry.items() if k != "protocol")
@@ -460,11 +479,11 @@ def _models(at: _Where, values: Any) -> tuple[str, ...]:
     values = _list(at, "models", values)
     for i, name in enumerate(values):
         # Only the name here: whether the model takes the data's images is a cell's check.
-        if not is_model_name(name):
+        if not (is_model_name(name) or is_text_model(name)):
             at.fail(
                 "models",
                 f"models entry {name!r} is not a model; choose from: "
-                f"{', '.join(available_models())}",
+                f"{', '.join([*available_models(), *TEXT_MODELS])}",
                 i,
             )
     return tuple(str(v) for v in values)
