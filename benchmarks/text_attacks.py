@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gradleak.core.errors import GradleakError
 from gradleak.scenario.config import RunConfig
 from gradleak.scenario.run import attack_case
 
@@ -130,7 +131,11 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         **local,
     ).validate()
     started = time.perf_counter()
-    outcome = attack_case(config)
+    try:
+        outcome = attack_case(config)
+    except GradleakError as exc:  # a refusal (e.g. span's rank condition) is a result too
+        zeros = dict.fromkeys(SCORES, 0.0)
+        return {**case, **zeros, "seconds": 0.0, "wall_seconds": 0.0, "status": f"refused: {exc}"}
     scores = outcome.evaluation.to_dict()
     return {
         **case,
