@@ -56,8 +56,8 @@ ATTACKS: dict[str, tuple[Callable[[], Attack], str]] = {
     ),
     "span": (
         span.build,
-        "text: exact recovery from the span of the first attention layer's inputs, "
-        "sequences told apart by the next layer's span (DAGER, Petrov et al. 2024)",
+        "text: exact recovery from the span of the first attention layer's inputs, whole "
+        "sentences certified against its feed-forward inputs' span (DAGER, Petrov et al. 2024)",
     ),
 }
 
