@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradleak.attacks.closed_form.base import ClosedFormAttack, check_no_iterations
+from gradleak.attacks.closed_form.base import check_no_iterations
 from gradleak.attacks.engine.hooks import Observer
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.attacks.text.candidates import PositionCandidates, accept_pairs
@@ -44,7 +44,12 @@ from gradleak.attacks.text.polish import nearest_neighbour
 from gradleak.attacks.text.search import search_batch
 from gradleak.attacks.text.sequences import Found, LengthSearch, SearchSettings, length_choices
 from gradleak.attacks.text.subspace import DEFAULT_RANK_TOLERANCE, Span, span_of
-from gradleak.attacks.text.tokens import check_text_model, read_length, read_token_set
+from gradleak.attacks.text.tokens import (
+    TextClosedFormAttack,
+    check_text_model,
+    read_length,
+    read_token_set,
+)
 from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import Knowledge
 from gradleak.core.update import SharedUpdate, UpdateKind
@@ -122,28 +127,11 @@ class SpanConfig:
         return self
 
 
-class SpanAttack(ClosedFormAttack):
+class SpanAttack(TextClosedFormAttack):
     """Recovers a text batch exactly from layer 0's attention and feed-forward gradients."""
 
     default_name = "span"
     config_type = SpanConfig
-
-    @property
-    def reads(self) -> frozenset[UpdateKind]:
-        """Gradients, and weight differences approximately.
-
-        Returns:
-            {GRADIENT, WEIGHT_DELTA}.
-        """
-        return frozenset({UpdateKind.GRADIENT, UpdateKind.WEIGHT_DELTA})
-
-    def check_model(self, model: nn.Module, data_shape: tuple[int, ...], batch_size: int) -> None:
-        """Refuse a model that is not a gradleak text model.
-
-        Raises:
-            GradleakError: naming what to use instead.
-        """
-        check_text_model(model, self.name)
 
     def reconstruct(
         self,

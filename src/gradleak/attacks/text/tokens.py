@@ -308,15 +308,13 @@ def bag_rows(ids: torch.Tensor, vocabulary: Vocabulary, batch: int, length: int)
     return rows
 
 
-class TokensAttack(ClosedFormAttack):
-    """Reads which tokens the batch holds (no order, no assignment to sequences)."""
-
-    default_name = "tokens"
-    config_type = TokensConfig
+class TextClosedFormAttack(ClosedFormAttack):
+    """A closed-form attack on a gradleak text model's gradients or weight differences."""
 
     @property
     def reads(self) -> frozenset[UpdateKind]:
-        """Gradients and weight differences: untouched rows stay zero in both.
+        """Gradients, and weight differences (untouched rows stay zero; spans hold
+        approximately).
 
         Returns:
             {GRADIENT, WEIGHT_DELTA}.
@@ -330,6 +328,13 @@ class TokensAttack(ClosedFormAttack):
             GradleakError: naming what to use instead.
         """
         check_text_model(model, self.name)
+
+
+class TokensAttack(TextClosedFormAttack):
+    """Reads which tokens the batch holds (no order, no assignment to sequences)."""
+
+    default_name = "tokens"
+    config_type = TokensConfig
 
     def reconstruct(
         self,
