@@ -379,8 +379,9 @@ def load_run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
             setting, in one line naming it.
     """
     config = RunConfig()
+    from_file = read_mapping(path) if path is not None else {}
     if path is not None:
-        config = replace_checked(config, read_mapping(path), f"config file {path}")
+        config = replace_checked(config, from_file, f"config file {path}")
     options = dict(config.attack_options)
     given = overrides.pop("attack_options", {})
     if not isinstance(given, Mapping):
@@ -390,7 +391,7 @@ def load_run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
     options.update(given)
     config = replace_checked(config, {**overrides, "attack_options": options}, "arguments")
     # A modality's own model and attack where neither the file nor the flags name one.
-    named = {**(read_mapping(path) if path is not None else {}), **overrides}
+    named = {**from_file, **overrides}
     defaults = MODALITY_DEFAULTS.get(config.modality, {})
     defaults = {k: v for k, v in defaults.items() if k not in named}
     if config.texts and "batch_size" not in named:
