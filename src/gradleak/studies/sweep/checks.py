@@ -201,6 +201,8 @@ class _Data:
     classes: int
     size: int | None  # None: one image file, or sentences given in `texts`
     name: str
+    # Text: the model the sentences were encoded for (built once, with the case).
+    model: nn.Module | None = None
 
 
 def _cached(
@@ -245,25 +247,19 @@ def _open_sentences(config: RunConfig) -> _Data | Problem:
 
     path = config.text_file or BUNDLED_SENTENCES
     try:
-        knowledge = build_case(config).server.knowledge
+        server = build_case(config).server
         size = None if config.texts else len(read_sentences(path))
     except GradleakError as exc:
         return Problem(("model", "base"), str(exc))
     name = "the given sentences" if config.texts else str(path)
-    return _Data(knowledge.data_shape, knowledge.num_classes, size, name)
+    facts = server.knowledge
+    return _Data(facts.data_shape, facts.num_classes, size, name, server.model)
 
 
 def _build_model(config: RunConfig, data: _Data) -> nn.Module | Problem:
     """The model the cells attack, built for the data (with its checkpoint loaded)."""
-    if config.modality == "text":
-        from gradleak.models.text import build_text_model
-
-        try:  # the sentences were encoded with this model already (`_open_sentences`)
-            return build_text_model(
-                config.model, task=config.task, num_classes=data.classes, seed=0
-            )
-        except GradleakError as exc:
-            return Problem(("model",), str(exc))
+    if data.model is not None:  # text: built with the sentences (`_open_sentences`)
+        return data.model
     channels, height, width = data.shape
     try:
         model = build_model(
