@@ -29,10 +29,24 @@ COMMANDS = [
     "bench",
     "tradeoff",
     "train",
+    "train-prior",
+    "train-inverter",
     "compare",
     "simulate",
     "labels",
     "list",
+]
+# The commands that take --threads, in the order of COMMANDS.
+WITH_THREADS = [
+    "attack",
+    "sweep",
+    "bench",
+    "tradeoff",
+    "train",
+    "train-prior",
+    "train-inverter",
+    "compare",
+    "simulate",
 ]
 
 SPEC = """\
@@ -51,7 +65,9 @@ def test_help_lists_the_commands_in_order(capsys: pytest.CaptureFixture[str]) ->
     assert cli_exit(["--help"]) == 0
     out = capsys.readouterr().out
     listed = out.split("COMMAND\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    assert [line.split()[0] for line in listed] == COMMANDS
+    # A command's name starts its line; wrapped help lines are indented further.
+    names = [line.split()[0] for line in listed if not line[:5].isspace()]
+    assert names == COMMANDS
 
 
 def test_every_command_has_a_handler() -> None:
@@ -77,14 +93,21 @@ def _threads_argv(name: str, tmp_path: Path) -> list[str]:
         "bench": ["bench", "dlg-lenet-cifar100", "--data-root", str(tmp_path), *out],
         "tradeoff": ["tradeoff", str(spec), *out],
         "train": ["train", "--model", "lenet", *data, "--out", str(tmp_path / "out" / "m.pt")],
+        "train-prior": ["train-prior", *data, "--out", str(tmp_path / "out" / "prior.pt")],
+        "train-inverter": [
+            "train-inverter",
+            "--model",
+            "lenet",
+            *data,
+            "--out",
+            str(tmp_path / "out" / "inv.pt"),
+        ],
         "compare": ["compare", "--dataset", "cifar10", *out],
         "simulate": ["simulate", *out],
     }[name]
 
 
-@pytest.mark.parametrize(
-    "name", ["attack", "sweep", "bench", "tradeoff", "train", "compare", "simulate"]
-)
+@pytest.mark.parametrize("name", WITH_THREADS)
 @pytest.mark.parametrize("threads", ["0", "-2"])
 def test_threads_below_one_is_one_line_and_exit_code_2(
     name: str, threads: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -104,7 +127,7 @@ def test_every_command_with_threads_is_checked() -> None:
         for name, command in commands.choices.items()
         if any("--threads" in action.option_strings for action in command._actions)
     ]
-    assert with_threads == ["attack", "sweep", "bench", "tradeoff", "train", "compare", "simulate"]
+    assert with_threads == WITH_THREADS
 
 
 def test_apply_threads_sets_torch_threads_only_in_this_process() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -18,6 +20,7 @@ from gradleak.attacks.engine.budget import (
     lbfgs_estimate,
     measure_evaluation_seconds,
 )
+from gradleak.attacks.engine.consistency import DEFAULT_EVERY, DEFAULT_WEIGHT, GroupConsistency
 from gradleak.attacks.engine.hooks import Observer
 from gradleak.attacks.engine.lbfgs import optimize_lbfgs
 from gradleak.attacks.engine.memory import ensure_trials_fit
@@ -25,7 +28,18 @@ from gradleak.attacks.engine.step import Notice, TrialInputs, print_notice
 from gradleak.attacks.engine.trials import TrialsResult, select, trial_inputs
 from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES, LabelStrategy, resolve_label_strategy
 from gradleak.attacks.matching.objectives import OBJECTIVES, get_objective
+from gradleak.attacks.matching.priors import (
+    BATCH_NORM,
+    GENERATIVE,
+    BatchNormPrior,
+    PriorSpec,
+    bn_weight,
+    client_statistics,
+    parse_priors,
+    server_statistics,
+)
 from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
+from gradleak.attacks.priors.latent import LATENT_WEIGHT, GeneratorDecoder, LatentDecoder
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import Knowledge
@@ -37,6 +51,9 @@ from gradleak.modalities import Modality, get_modality
 
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("randn", "uniform", "zeros")
+LEARNED_INIT = "learned"  # init "learned:INV.pt": the trials start at a learned inverter's output
+LEARNED_SPREAD = 0.1  # the noise added to that start for every restart after the first
+GIAS_LR_FACTOR = 0.1  # GIAS's second half: the step size relative to `lr`
 LINE_SEARCHES = ("none", "strong_wolfe")
 
 
@@ -82,8 +99,10 @@ class GradientMatchingConfig:
         lr_decay: Adam only: multiply the step size by 0.1 at 3/8, 5/8 and 7/8 of each
             trial's iterations. Default True.
         init: how the dummy inputs start, both optimisers: "randn" (standard normal,
-            default), "uniform" (uniform in [−0.5, 0.5)) or "zeros"; drawn in the
-            attacked (normalised) space from `seed`.
+            default), "uniform" (uniform in [−0.5, 0.5)) or "zeros", drawn in the
+            attacked (normalised) space from `seed`; or "learned:INV.pt": a learned
+            inverter's reconstruction (`gradleak train-inverter`), restarts after the first
+            with standard-normal noise × 0.1 added.
         label_strategy: where the labels matched with come from, both optimisers: "auto"
             (default: "known" when the labels are granted, else "analytic" for batch 1,
             else "optimize"), "known", "analytic", "optimize" (soft labels optimised with
@@ -105,6 +124,20 @@ class GradientMatchingConfig:
             `tolerance` at these iterations.
         compile: torch.compile the functional step, both optimisers (default False);
             where compiling fails the attack says so in one line and runs uncompiled.
+        priors: the prior terms of the loss, as `--prior` spells them (`parse_priors`):
+            "tv[:W]" (total variation), "bn[:W]", "bn-server[:W]", "bn-client[:W]"
+            (batch-norm statistics), "gan:PATH" (a trained generator's latent searched,
+            GGL) and "gias:PATH" (the latent searched for the first half of the
+            iterations, then each image's generator fine-tuned, GIAS). Empty (default):
+            the modality's prior weighted by `tv_weight`. With a generative prior the
+            optimisers move latents (unsigned Adam, unboxed) and the images are decoded.
+        group_consistency: 0 (default) or the number of seeds, >= 2, that form one group
+            pulled toward its registered mean (GradInversion); Adam only, and it must equal
+            `restarts`.
+        group_weight: the group-consistency weight, > 0 (default 0.01).
+        group_every: iterations between refreshes of the group's mean, > 0 (default 100).
+        latent_weight: gan/gias only: the weight of the latent's KL term, >= 0 (default
+            0.01).
         admm: read FedADMM increments Δ (the -admm presets). Default False: gradients and
             FedAvg weight differences are read.
         admm_reading: how an increment Δ is read, with `admm` only: "replay" (default;
@@ -136,6 +169,14 @@ class GradientMatchingConfig:
     # (a name of the FedADMM protocol's readings).
     admm: bool = False
     admm_reading: str = "replay"
+    # Priors (`gradleak.attacks.matching.priors`): empty, the modality's prior weighted by
+    # tv_weight; else exactly the named ones (tv[:W], bn[:W], bn-server, bn-client, gan:PATH,
+    # gias:PATH).
+    priors: tuple[str, ...] = ()
+    group_consistency: int = 0  # >= 2: the restarts form one group pulled together (Adam)
+    group_weight: float = DEFAULT_WEIGHT
+    group_every: int = DEFAULT_EVERY
+    latent_weight: float = LATENT_WEIGHT  # gan/gias: the latent's KL term
     # signed, boxed and lr_decay apply to Adam; L-BFGS takes lr, line_search, tolerance.
 
     def validate(self) -> GradientMatchingConfig:
@@ -159,7 +200,7 @@ class GradientMatchingConfig:
         choices = {
             "objective": (self.objective, tuple(OBJECTIVES)),
             "optimizer": (self.optimizer, OPTIMIZERS),
-            "init": (self.init, INITS),
+            "init": (self.init.split(":", 1)[0], (*INITS, LEARNED_INIT)),
             "label_strategy": (self.label_strategy, (AUTO, *LABEL_STRATEGIES)),
             "line_search": (self.line_search, LINE_SEARCHES),
             "admm_reading": (self.admm_reading, tuple(r.name for r in admm_readings)),
@@ -187,7 +228,31 @@ class GradientMatchingConfig:
                 raise GradleakError(f"{key} must be zero or positive and finite, got {value}")
         if self.log_every < 0:
             raise GradleakError(f"log_every must be zero or positive, got {self.log_every}")
+        self._validate_priors()
         return self
+
+    def _validate_priors(self) -> None:
+        """The prior specs, group consistency and the latent's weight."""
+        parse_priors(self.priors)
+        if not (self.latent_weight >= 0 and math.isfinite(self.latent_weight)):
+            raise GradleakError(f"latent_weight must be zero or positive, got {self.latent_weight}")
+        if not self.group_consistency:
+            return
+        if self.group_consistency < 2:
+            raise GradleakError(
+                f"group consistency needs at least 2 seeds, got {self.group_consistency}"
+            )
+        if self.optimizer != "adam":
+            raise GradleakError("group consistency runs with --optimizer adam only")
+        if self.restarts != self.group_consistency:
+            raise GradleakError(
+                f"group consistency of {self.group_consistency} seeds needs restarts "
+                f"{self.group_consistency}, got {self.restarts}; drop --restarts"
+            )
+        if not (self.group_weight > 0 and math.isfinite(self.group_weight)):
+            raise GradleakError(f"group_weight must be positive, got {self.group_weight}")
+        if self.group_every < 1:
+            raise GradleakError(f"group_every must be positive, got {self.group_every}")
 
     def tv_for(self, data_shape: tuple[int, ...], modality: Modality) -> float:
         """The prior's weight: `tv_weight` if set, else the modality's default for the shape."""
@@ -314,7 +379,10 @@ class GradientMatchingAttack:
         # Before allocating anything per trial: Adam stacks all K trials, L-BFGS runs one.
         self._check_memory(problem, knowledge, fixed_labels, 1 if cfg.optimizer == "lbfgs" else k)
         self._check_budget(problem, knowledge, fixed_labels)
-        return self._attack(problem, strategy, fixed_labels, knowledge, seed, observer, progress)
+        seeded = self._learned_start(update, model, knowledge)
+        return self._attack(
+            problem, strategy, fixed_labels, knowledge, seed, observer, progress, seeded
+        )
 
     def _attack(
         self,
@@ -325,9 +393,10 @@ class GradientMatchingAttack:
         seed: int,
         observer: Observer | None,
         progress: bool,
+        seeded: torch.Tensor | None = None,
     ) -> Reconstruction:
         """The optimisation of one update's prepared problem, after the up-front checks."""
-        images, labels = self._start(knowledge, fixed_labels, seed)
+        images, labels = self._initial(problem, knowledge, fixed_labels, seed, seeded)
         log_every = self._log_every()
 
         start = time.perf_counter()
@@ -370,15 +439,18 @@ class GradientMatchingAttack:
         cfg = self.config
         if not updates:
             return []
-        if cfg.optimizer == "lbfgs":
+        if cfg.optimizer == "lbfgs" or self._problem_per_update(updates[0], knowledge):
             prepared = [self._prepare(update, model, knowledge) for update in updates]
             _, first_labels, first_problem = prepared[0]
             self._check_memory(first_problem, knowledge, first_labels, 1)
             # One time check for the whole batch: the updates run one after another.
             self._check_budget(first_problem, knowledge, first_labels, updates=len(updates))
             results = []
-            for strategy, fixed_labels, problem in prepared:
-                one = self._attack(problem, strategy, fixed_labels, knowledge, seed, None, progress)
+            for update, (strategy, fixed_labels, problem) in zip(updates, prepared, strict=True):
+                seeded = self._learned_start(update, model, knowledge)
+                one = self._attack(
+                    problem, strategy, fixed_labels, knowledge, seed, None, progress, seeded
+                )
                 results.append(one)
                 if one.interrupted:  # Ctrl-C ends the whole batch, not one update
                     break
@@ -388,12 +460,16 @@ class GradientMatchingAttack:
             self._labels_for(replay.label_reading(u, model), model, knowledge)
             for u, (_, replay) in zip(updates, matched, strict=True)
         ]
+        seeds = [self._learned_start(u, model, knowledge) for u in updates]
         updates = [u for u, _ in matched]
         strategy = recovered[0][0]
         problem = self._problem(updates[0], model, knowledge, matched[0][1])
         n, k = len(updates), cfg.restarts
         self._check_memory(problem, knowledge, recovered[0][1], n * k)
-        starts = [self._start(knowledge, fixed, seed) for _, fixed in recovered]
+        starts = [
+            self._initial(problem, knowledge, fixed, seed, seeded)
+            for (_, fixed), seeded in zip(recovered, seeds, strict=True)
+        ]
         images = torch.cat([images for images, _ in starts])
         if recovered[0][1] is None:  # soft labels, optimised: K×B×classes per update
             labels = torch.cat([labels for _, labels in starts])
@@ -412,6 +488,13 @@ class GradientMatchingAttack:
             self._reconstruction(result, range(i * k, (i + 1) * k), strategy, problem, seconds, [])
             for i in range(n)
         ]
+
+    def _problem_per_update(self, update: SharedUpdate, knowledge: Knowledge) -> bool:
+        """Whether each update needs its own problem: a prior reads the client's statistics."""
+        specs = parse_priors(self.config.priors)
+        return any(s.kind == "bn-client" for s in specs) or (
+            any(s.kind == "bn" for s in specs) and bool(update.buffers)
+        )
 
     def _prepare(
         self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
@@ -452,14 +535,59 @@ class GradientMatchingAttack:
         self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge, replay: Replay
     ) -> MatchingProblem:
         modality = get_modality(knowledge.modality)
+        specs = parse_priors(self.config.priors)
+        replica = attacker_model(model, knowledge.model_mode)
         return MatchingProblem(
-            attacker_model(model, knowledge.model_mode),
+            replica,
             update.tensors,
             get_objective(self.config.objective),
-            self.config.tv_for(knowledge.data_shape, modality),
+            self._tv_weight(specs, knowledge, modality),
             replay,
             prior=modality.prior,
+            extra_prior=_batch_norm_prior(specs, replica, model, update, knowledge),
+            decoder=self._decoder(specs, knowledge),
         )
+
+    def _tv_weight(
+        self, specs: tuple[PriorSpec, ...], knowledge: Knowledge, modality: Modality
+    ) -> float:
+        """The modality prior's weight: tv_weight without specs, else the tv spec's (or 0)."""
+        default = self.config.tv_for(knowledge.data_shape, modality)
+        if not specs:
+            return default
+        tv = next((s for s in specs if s.kind == "tv"), None)
+        if tv is None:
+            return 0.0
+        return default if tv.weight is None else tv.weight
+
+    def _decoder(self, specs: tuple[PriorSpec, ...], knowledge: Knowledge) -> LatentDecoder | None:
+        """The generator whose latent is searched (gan, gias), checked against the data."""
+        from gradleak.attacks.priors.generative import load_generative_prior
+
+        spec = next((s for s in specs if s.kind in GENERATIVE), None)
+        if spec is None:
+            return None
+        prior = load_generative_prior(spec.path)
+        prior.check_fits(tuple(knowledge.data_shape), f"--prior {spec}")
+        return LatentDecoder(prior, knowledge.mean, knowledge.std, self.config.latent_weight)
+
+    def _fine_tunes_generator(self) -> bool:
+        return any(s.kind == "gias" for s in parse_priors(self.config.priors))
+
+    def _learned_start(
+        self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
+    ) -> torch.Tensor | None:
+        """A learned inverter's reconstruction B×C×H×W for init "learned:PATH", checked."""
+        kind, _, path = self.config.init.partition(":")
+        if kind != LEARNED_INIT:
+            return None
+        from gradleak.attacks.priors.inverter import load_inverter
+
+        if not path:
+            raise GradleakError("init learned needs the inverter's file: learned:INV.pt")
+        inverter = load_inverter(path)
+        inverter.check_fits(model, knowledge, update, f"init {self.config.init}")
+        return inverter.invert(update).detach()
 
     def _start(
         self, knowledge: Knowledge, fixed_labels: torch.Tensor | None, seed: int
@@ -468,10 +596,34 @@ class GradientMatchingAttack:
         k, b = self.config.restarts, knowledge.batch_size
         generator = torch.Generator().manual_seed(seed)
         modality = get_modality(knowledge.modality)
-        images = modality.initial_inputs(self.config.init, (k, b, *knowledge.data_shape), generator)
+        init = self.config.init.partition(":")[0]
+        init = "randn" if init == LEARNED_INIT else init  # replaced by the seeded start
+        images = modality.initial_inputs(init, (k, b, *knowledge.data_shape), generator)
         if fixed_labels is not None:
             return images, fixed_labels
         return images, torch.randn(k, b, knowledge.num_classes, generator=generator)
+
+    def _initial(
+        self,
+        problem: MatchingProblem,
+        knowledge: Knowledge,
+        fixed_labels: torch.Tensor | None,
+        seed: int,
+        seeded: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the trials start from: `_start`'s, a generator's latents (K×B×latent), or
+        a learned inverter's output `seeded` (B×C×H×W; the first trial exactly, the others
+        with noise × `LEARNED_SPREAD`)."""
+        images, labels = self._start(knowledge, fixed_labels, seed)
+        k = images.shape[0]
+        generator = torch.Generator().manual_seed(seed + 1)
+        if isinstance(problem.decoder, LatentDecoder):
+            return problem.decoder.start(k, knowledge.batch_size, generator), labels
+        if seeded is not None:
+            noise = torch.randn(k, *seeded.shape, generator=generator) * LEARNED_SPREAD
+            noise[0] = 0
+            return seeded.unsqueeze(0) + noise, labels
+        return images, labels
 
     def _soft_label_shape(self, problem: MatchingProblem, knowledge: Knowledge) -> tuple[int, ...]:
         """One sample's optimised soft labels (logits), as the checks made before a run
@@ -515,6 +667,7 @@ class GradientMatchingAttack:
             compiled=result.compiled,
             compile_seconds=result.compile_seconds,
             details={
+                **_prior_details(problem, self.config),
                 "tv_weight": problem.tv_weight,
                 "log_every": self._log_every(),
                 "replay": problem.replay.describe(),
@@ -600,14 +753,95 @@ class GradientMatchingAttack:
         progress: bool,
         targets: Mapping[str, torch.Tensor] | None = None,
     ) -> TrialsResult:
+        if problem.decoder is None:
+            return self._optimize_inputs(
+                problem, images, labels, knowledge, log_every, observer, progress, targets
+            )
+        return self._optimize_latents(
+            problem, images, labels, knowledge, log_every, observer, progress, targets
+        )
+
+    def _optimize_latents(
+        self,
+        problem: MatchingProblem,
+        latents: torch.Tensor,
+        labels: torch.Tensor,
+        knowledge: Knowledge,
+        log_every: int,
+        observer: Observer | None,
+        progress: bool,
+        targets: Mapping[str, torch.Tensor] | None,
+    ) -> TrialsResult:
+        """A generative prior's search: latents (GGL), then each image's generator (GIAS).
+
+        The optimisers move the decoder's variables with unsigned steps and no box (the
+        generator's pixels are valid by construction); the result holds decoded images.
+        GIAS gives the first half of the iterations to the latents and the second half to
+        the latents and the per-image generators together, from where the first half ended,
+        at a tenth of the step size (the first half ended its schedule far below `lr`); a
+        trial whose fine-tuning matched worse keeps its first-half image (`_keep_better`).
+        """
         cfg = self.config
+        latent = problem.decoder
+        assert isinstance(latent, LatentDecoder)
+        first = cfg.iterations // 2 if self._fine_tunes_generator() else cfg.iterations
+        result = self._optimize_inputs(
+            problem,
+            latents,
+            labels,
+            knowledge,
+            log_every,
+            _decoding(observer, problem),
+            progress,
+            targets,
+            iterations=first,
+            unboxed=True,
+        )
+        images = _decoded(problem, result.images)
+        if not self._fine_tunes_generator() or result.interrupted or result.stopped:
+            return dataclasses.replace(result, images=images)
+        tuned = copy.copy(problem)
+        tuned.decoder = GeneratorDecoder(latent)
+        second = self._optimize_inputs(
+            tuned,
+            tuned.decoder.start(result.images),
+            result.labels,  # the first half's labels, fixed from here on
+            knowledge,
+            log_every,
+            _decoding(observer, tuned),
+            progress,
+            targets,
+            iterations=cfg.iterations - first,
+            unboxed=True,
+            lr=cfg.lr * GIAS_LR_FACTOR,
+        )
+        return _keep_better(result, images, second, _decoded(tuned, second.images))
+
+    def _optimize_inputs(
+        self,
+        problem: MatchingProblem,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        knowledge: Knowledge,
+        log_every: int,
+        observer: Observer | None,
+        progress: bool,
+        targets: Mapping[str, torch.Tensor] | None = None,
+        *,
+        iterations: int | None = None,
+        unboxed: bool = False,
+        lr: float | None = None,
+    ) -> TrialsResult:
+        cfg = self.config
+        iterations = cfg.iterations if iterations is None else iterations
+        lr = cfg.lr if lr is None else lr
         if cfg.optimizer == "lbfgs":
             return optimize_lbfgs(
                 problem,
                 images,
                 labels,
-                lr=cfg.lr,
-                steps=cfg.iterations,
+                lr=lr,
+                steps=iterations,
                 inner_iterations=cfg.lbfgs_inner_iterations,
                 line_search=None if cfg.line_search == "none" else cfg.line_search,
                 tolerance=cfg.tolerance,
@@ -616,14 +850,18 @@ class GradientMatchingAttack:
                 progress=progress,
                 compile=cfg.compile,
             )
-        bounds = get_modality(knowledge.modality).bounds(knowledge) if cfg.boxed else None
+        boxed = cfg.boxed and not unboxed
+        bounds = get_modality(knowledge.modality).bounds(knowledge) if boxed else None
+        consistency = None
+        if cfg.group_consistency:
+            consistency = GroupConsistency(cfg.group_consistency, cfg.group_weight, cfg.group_every)
         return optimize_adam(
             problem,
             images,
             labels,
-            lr=cfg.lr,
-            iterations=cfg.iterations,
-            signed=cfg.signed,
+            lr=lr,
+            iterations=iterations,
+            signed=cfg.signed and not unboxed,
             bounds=bounds,
             lr_decay=cfg.lr_decay,
             log_every=log_every,
@@ -633,6 +871,7 @@ class GradientMatchingAttack:
             compile=cfg.compile,
             check_memory=False,  # checked before the trials were allocated
             targets=targets,
+            consistency=consistency,
         )
 
 
@@ -642,9 +881,12 @@ def _sample_trial(
     fixed_labels: torch.Tensor | None,
     soft_shape: tuple[int, ...],
 ) -> tuple[torch.Tensor, TrialInputs]:
-    """One trial's zero inputs 1×B×C×H×W and its labels, for the checks made before a run."""
+    """One trial's inputs (zeros 1×B×C×H×W, or latents) and labels, for the up-front checks."""
     b = knowledge.batch_size
-    sample = torch.zeros(1, b, *knowledge.data_shape)
+    if isinstance(problem.decoder, LatentDecoder):  # the trials move latents
+        sample = problem.decoder.start(1, b, torch.Generator().manual_seed(0))
+    else:
+        sample = torch.zeros(1, b, *knowledge.data_shape)
     labels = torch.zeros(1, b, *soft_shape) if fixed_labels is None else fixed_labels.long()
     return sample, trial_inputs(sample, labels, problem, None, None)
 
@@ -659,3 +901,106 @@ def _check_labels(labels: torch.Tensor, knowledge: Knowledge) -> None:
         raise GradleakError(
             f"labels must lie in 0..{knowledge.num_classes - 1}; got {labels.tolist()}"
         )
+
+
+def _decoding(observer: Observer | None, problem: MatchingProblem) -> Observer | None:
+    """The observer, shown decoded images instead of the decoder's variables."""
+    if observer is None:
+        return None
+
+    def watch(iteration: int, distances: torch.Tensor, variables: torch.Tensor):
+        return observer(iteration, distances, _decoded(problem, variables))
+
+    return watch
+
+
+def _batch_norm_prior(
+    specs: tuple[PriorSpec, ...],
+    replica: nn.Module,
+    model: nn.Module,
+    update: SharedUpdate,
+    knowledge: Knowledge,
+) -> BatchNormPrior | None:
+    """The batch-norm statistics prior the specs name, with the targets the threat model grants.
+
+    "bn-server" pulls toward the server model's running statistics; "bn-client" toward the
+    client's batch statistics read from its shared buffers (refused where they are not
+    shared or not readable); "bn" takes the client's where readable, else the server's.
+    """
+    spec = next((s for s in specs if s.kind in BATCH_NORM), None)
+    if spec is None:
+        return None
+    one_forward = knowledge.local_training is None and knowledge.admm is None
+    readable = bool(update.buffers) and one_forward and knowledge.num_users == 1
+    if spec.kind == "bn-client" or (spec.kind == "bn" and readable):
+        targets = client_statistics(
+            model, update, users=knowledge.num_users, one_forward=one_forward
+        )
+    else:
+        targets = server_statistics(model)
+    params = {n: p.detach() for n, p in replica.named_parameters()}
+    buffers = {n: b.detach() for n, b in replica.named_buffers()}
+    return BatchNormPrior(replica, params, buffers, targets, bn_weight(spec))
+
+
+def _prior_details(problem: MatchingProblem, config: GradientMatchingConfig) -> dict[str, Any]:
+    """What a reconstruction says about its priors: the specs, the statistics' source, the
+    generator's file and what it was trained on, and the group consistency."""
+    details: dict[str, Any] = {}
+    if config.priors:
+        details["priors"] = [str(s) for s in parse_priors(config.priors)]
+    if isinstance(problem.extra_prior, BatchNormPrior):
+        details["bn_statistics"] = problem.extra_prior.targets.source
+    decoder = problem.decoder
+    latent = decoder.latent if isinstance(decoder, GeneratorDecoder) else decoder
+    if isinstance(latent, LatentDecoder):
+        details["prior_file"] = latent.prior.path
+        details["prior_trained_on"] = latent.prior.dataset
+    if config.group_consistency:
+        details["group_consistency"] = config.group_consistency
+        details["group_weight"] = config.group_weight
+    return details
+
+
+def _decoded(problem: MatchingProblem, variables: torch.Tensor) -> torch.Tensor:
+    """Every trial's candidate images from its decoder variables (K×B×…)."""
+    with torch.no_grad():
+        return torch.stack([problem.inputs_of(v) for v in variables])
+
+
+def _keep_better(
+    first: TrialsResult,
+    first_images: torch.Tensor,
+    second: TrialsResult,
+    second_images: torch.Tensor,
+) -> TrialsResult:
+    """GIAS's result: per trial, the fine-tuned image where it matches at least as well as
+    the latent search's, else the latent search's; counts and history of both halves."""
+    better = (second.distances <= first.distances) & torch.isfinite(second.distances)
+    view = better.view(-1, *([1] * (first_images.dim() - 1)))
+    keep = better.tolist()
+    history = list(first.history)
+    history += [
+        {**row, "iteration": int(row["iteration"] or 0) + first.iterations}
+        for row in second.history
+    ]
+    return TrialsResult(
+        torch.where(view, second_images, first_images),
+        first.labels,
+        torch.where(better, second.losses, first.losses),
+        history,
+        first.iterations + second.iterations,
+        first.loss_evaluations + second.loss_evaluations,
+        second.interrupted,
+        second.stopped,
+        trial_iterations=[
+            a + b for a, b in zip(first.trial_iterations, second.trial_iterations, strict=False)
+        ],
+        compile_seconds=first.compile_seconds + second.compile_seconds,
+        compiled=second.compiled,
+        seconds=first.seconds + second.seconds,
+        distances=torch.where(better, second.distances, first.distances),
+        statuses=[
+            s if k else f for s, f, k in zip(second.statuses, first.statuses, keep, strict=True)
+        ],
+    )

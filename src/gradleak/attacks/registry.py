@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
 
-from gradleak.attacks import presets
+from gradleak.attacks import learned, presets
 from gradleak.attacks.base import Attack
 from gradleak.attacks.closed_form import analytic, rgap
 from gradleak.attacks.text import presets as text_presets
@@ -62,15 +64,95 @@ ATTACKS: dict[str, tuple[Callable[[], Attack], str]] = {
 }
 
 
+class ArgumentAttack(NamedTuple):
+    """An attack whose name carries an argument after a colon, e.g. learned:INV.pt.
+
+    Attributes:
+        factory: builds the attack from the argument.
+        argument: how the argument is spelled in help texts (e.g. "PATH").
+        description: what the attack does, in one line.
+        modalities: the kinds of data it attacks.
+    """
+
+    factory: Callable[[str], Attack]
+    argument: str
+    description: str
+    modalities: tuple[str, ...] = ("image",)
+
+
+ATTACKS_WITH_ARGUMENT: dict[str, ArgumentAttack] = {
+    "learned": ArgumentAttack(
+        learned.build,
+        "PATH",
+        "Learned inversion: a network trained by gradleak train-inverter maps the update "
+        "to the images in one forward pass, for the one server model, batch size and "
+        "protocol it was trained on (Wu et al. 2023)",
+    ),
+}
+
+
 # The attacks of text models; every other attack attacks images.
 TEXT_ATTACKS = frozenset({"tokens", "dlg-text", "tag", "span"})
 
 
+def split_attack_name(name: str) -> tuple[str, str | None]:
+    """An attack's name split at its first colon: ("learned", "INV.pt") for "learned:INV.pt".
+
+    Args:
+        name: an attack's name as given.
+
+    Returns:
+        (base, argument): argument None for a name without a colon.
+    """
+    base, colon, argument = name.partition(":")
+    return (base, argument) if colon else (name, None)
+
+
+def spelled_attacks() -> dict[str, str]:
+    """Every attack as it is spelled, with its description: the plain names, then the
+    argument-taking ones as NAME:ARG (e.g. learned:PATH)."""
+    plain = {name: text for name, (_, text) in ATTACKS.items()}
+    taking = {f"{n}:{a.argument}": a.description for n, a in ATTACKS_WITH_ARGUMENT.items()}
+    return {**plain, **taking}
+
+
 def attack_modalities(name: str) -> tuple[str, ...] | None:
     """The kinds of data the attack `name` attacks ("image" or "text"); None if unknown."""
-    if name not in ATTACKS:
+    base, argument = split_attack_name(name)
+    if base in ATTACKS_WITH_ARGUMENT:
+        return ATTACKS_WITH_ARGUMENT[base].modalities
+    if argument is not None or name not in ATTACKS:
         return None
     return ("text",) if name in TEXT_ATTACKS else ("image",)
+
+
+class AttackChoices:
+    """The `--attack` choices: the plain names, and any NAME:ARG of an argument-taking attack.
+
+    Iterating gives the plain names (the usual argparse listing); membership also accepts
+    the argument-taking attacks' names, whose argument `get` checks with a one-line error.
+    """
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        base, argument = split_attack_name(name)
+        return base in ATTACKS_WITH_ARGUMENT or (argument is None and name in ATTACKS)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ATTACKS)
+
+    def __len__(self) -> int:
+        return len(ATTACKS)
+
+
+def attack_label(name: str) -> str:
+    """The attack's name as a file name may hold it: learned:DIR/INV.pt → learned-INV."""
+    base, argument = split_attack_name(name)
+    if argument is None:
+        return name
+    stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(argument).stem)
+    return f"{base}-{stem}" if stem else base
 
 
 def available() -> list[str]:
@@ -89,20 +171,33 @@ def get(name: str) -> Attack:
     Every call builds a new attack; change its settings with `with_options`.
 
     Args:
-        name: one of `available()` (exact spelling, e.g. "ig").
+        name: one of `available()` (exact spelling, e.g. "ig"), or an argument-taking
+            attack with its argument, e.g. "learned:INV.pt" (`ATTACKS_WITH_ARGUMENT`).
 
     Returns:
-        The attack, configured as its preset says (see `presets.py`, `analytic.py` and
-        `rgap.py`).
+        The attack, configured as its preset says (see `presets.py`, `analytic.py`,
+        `rgap.py` and `learned.py`).
 
     Raises:
-        GradleakError: when no attack has that name (the message lists the choices).
+        GradleakError: when no attack has that name, an argument-taking attack lacks its
+            argument or a plain one is given one (the message lists the choices), or the
+            attack refuses its argument (e.g. a missing inverter file).
     """
+    base, argument = split_attack_name(name)
+    if base in ATTACKS_WITH_ARGUMENT:
+        entry = ATTACKS_WITH_ARGUMENT[base]
+        if not argument:
+            raise GradleakError(
+                f"attack {base!r} needs its {entry.argument}: --attack {base}:{entry.argument}"
+            )
+        return entry.factory(argument)
+    if argument is not None and base in ATTACKS:
+        raise GradleakError(f"attack {base!r} takes no argument; drop ':{argument}'")
     try:
         factory, _ = ATTACKS[name]
     except KeyError:
         raise GradleakError(
-            f"unknown attack {name!r}; choose one of: {', '.join(ATTACKS)}"
+            f"unknown attack {name!r}; choose one of: {', '.join(spelled_attacks())}"
         ) from None
     return factory()
 

@@ -19,6 +19,8 @@ from gradleak.cli.simulate import add_simulate
 from gradleak.cli.sweep import add_sweep
 from gradleak.cli.tradeoff import add_tradeoff
 from gradleak.cli.train import add_train
+from gradleak.cli.train_inverter import add_train_inverter
+from gradleak.cli.train_prior import add_train_prior
 from gradleak.core.errors import GradleakError
 from gradleak.core.signals import interrupt_exit_code, terminate_as_interrupt
 
@@ -31,6 +33,8 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     add_bench,
     add_tradeoff,
     add_train,
+    add_train_prior,
+    add_train_inverter,
     add_compare,
     add_simulate,
     add_labels,

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gradleak.attacks.registry import ATTACKS
+from gradleak.attacks.registry import AttackChoices, spelled_attacks
 from gradleak.cli import flags
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
 from gradleak.cli.overrides import run_overrides
@@ -17,7 +17,7 @@ from gradleak.defenses import available_defenses
 
 def add_attack(commands: flags.Commands) -> None:
     """Register `gradleak attack` on the subcommands of `gradleak`."""
-    attack_help = "; ".join(f"{name}: {text}" for name, (_, text) in ATTACKS.items())
+    attack_help = "; ".join(f"{name}: {text}" for name, text in spelled_attacks().items())
     p = commands.add_parser(
         "attack",
         help="attack one client update and score the reconstruction",
@@ -25,7 +25,7 @@ def add_attack(commands: flags.Commands) -> None:
         "shares and write metrics.json, reconstruction.png, grid.png, history.csv and "
         "config.yaml. With no arguments: DLG on LeNet against a bundled CIFAR-10 image.",
     )
-    p.add_argument("--attack", choices=list(ATTACKS), help=f"attack preset ({attack_help})")
+    p.add_argument("--attack", choices=AttackChoices(), help=f"attack preset ({attack_help})")
     flags.add_model_and_data_flags(p)
     flags.add_text_flags(p.add_argument_group("text", "attack a language model's update"))
     flags.INDICES.add(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES
+from gradleak.cli import values
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import UpdateKind
 from gradleak.fl.protocols import DEFAULT_LOCAL_LR, protocol_sharing
@@ -176,6 +177,30 @@ ATTACK_TUNING_FLAGS = (
     _flag("--lr", type=float, help="step size of the attack's optimiser"),
     _flag("--tv", type=float, dest="tv_weight", help="total-variation weight"),
     _flag(
+        "--prior",
+        action="append",
+        dest="priors",
+        type=values.prior_spec,
+        metavar="SPEC",
+        help="an image prior in the loss, repeatable: tv[:W], bn[:W] (batch-norm statistics: "
+        "the client's where shared, else the server's), bn-server[:W], bn-client[:W], "
+        "gan:PRIOR.pt (search a generator's latent, GGL), gias:PRIOR.pt (then fine-tune it, "
+        "GIAS); given, it replaces the default TV (gradleak list shows them)",
+    ),
+    _flag(
+        "--group-consistency",
+        type=values.group_consistency,
+        metavar="K[:W]",
+        help="K seeds optimised together and pulled toward their registered mean with "
+        "weight W (default 0.01), GradInversion's group consistency; sets --restarts K",
+    ),
+    _flag(
+        "--init",
+        metavar="INIT",
+        help="how the trials start: randn (default), uniform, zeros, or learned:INV.pt (a "
+        "learned inverter's reconstruction, gradleak train-inverter)",
+    ),
+    _flag(
         "--label-strategy",
         choices=LABEL_STRATEGY_CHOICES,
         help="where the attack gets labels (auto: known if granted, else iDLG for batch 1, "
@@ -185,7 +210,8 @@ ATTACK_TUNING_FLAGS = (
 
 
 def add_attack_tuning_flags(p: Flags) -> None:
-    """--iterations, --restarts, --lr, --tv, --label-strategy: the attack's hyper-parameters."""
+    """--iterations, --restarts, --lr, --tv, --prior, --group-consistency, --init,
+    --label-strategy: the attack's hyper-parameters."""
     add_flags(p, ATTACK_TUNING_FLAGS)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from gradleak.attacks.registry import ATTACKS, attack_modalities
+from gradleak.attacks.matching.priors import PRIOR_KINDS
+from gradleak.attacks.priors.generative import GENERATIVE_KINDS
+from gradleak.attacks.registry import attack_modalities, spelled_attacks
 from gradleak.cli import flags
 from gradleak.cli.exits import EXIT_OK
 from gradleak.defenses import available_defenses
@@ -30,9 +32,16 @@ def handle(args: argparse.Namespace) -> int:
     """
     for modality in ("image", "text"):
         print(f"{modality} attacks:")
-        for name, (_, text) in ATTACKS.items():
+        for name, text in spelled_attacks().items():
             if modality in (attack_modalities(name) or ()):
                 print(f"  {name:9} {text}")
+    print("image priors (--prior SPEC, repeatable; --group-consistency K[:W]):")
+    for kind in PRIOR_KINDS.values():
+        spec = f"{kind.name}:PATH" if kind.takes_path else f"{kind.name}[:W]"
+        print(f"  {spec:14} {kind.description}")
+    print("generative priors (gradleak train-prior --kind):")
+    for kind, text in GENERATIVE_KINDS.items():
+        print(f"  {kind:14} {text}")
     print(f"image models: {', '.join(available_models())}")
     print("text models (--modality text; pip install 'gradleak[text]'):")
     for name, (_, text) in TEXT_MODELS.items():

@@ -57,6 +57,8 @@ ATTACK_OPTIONS = (
     "label_strategy",
     "compile",
     "admm_reading",
+    "priors",
+    "init",
 )
 
 
@@ -88,6 +90,14 @@ def run_overrides(args: argparse.Namespace, *, skip: Collection[str] = ()) -> di
     """
     overrides = given(args, (name for name in RUN_SETTINGS if name not in skip))
     overrides["attack_options"] = given(args, ATTACK_OPTIONS)
+    group = getattr(args, "group_consistency", None)
+    if group is not None:  # K seeds form the group: K restarts unless --restarts says otherwise
+        seeds, weight = group
+        options = overrides["attack_options"]
+        options["group_consistency"] = seeds
+        options.setdefault("restarts", seeds)
+        if weight is not None:
+            options["group_weight"] = weight
     if getattr(args, "no_progress", False):
         overrides["progress"] = False
     return overrides

@@ -51,3 +51,42 @@ class IntList:
                 self.invalid.format(text=repr(text), example=self.example)
             )
         return tuple(values)
+
+
+def prior_spec(text: str) -> str:
+    """'bn:0.01' → 'bn:0.01': a `--prior` value, checked as the attack will parse it.
+
+    Raises:
+        argparse.ArgumentTypeError: an unknown prior, a bad weight or a missing file name
+            (the message lists the choices).
+    """
+    from gradleak.attacks.matching.priors import parse_prior
+    from gradleak.core.errors import GradleakError
+
+    try:
+        parse_prior(text)
+    except GradleakError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def group_consistency(text: str) -> tuple[int, float | None]:
+    """'8:0.01' → (8, 0.01), '8' → (8, None): the seeds of one group and the pull's weight.
+
+    Raises:
+        argparse.ArgumentTypeError: the count is not an integer >= 2 or the weight not a
+            positive number.
+    """
+    count, _, weight = text.partition(":")
+    try:
+        seeds = int(count)
+        pull = float(weight) if weight else None
+    except ValueError:
+        seeds, pull = 0, None
+        weight = weight or "x"
+    if seeds < 2 or (weight and not (pull is not None and pull > 0 and pull < float("inf"))):
+        raise argparse.ArgumentTypeError(
+            f"--group-consistency {text!r}: give the seeds K >= 2 and optionally a weight W > 0, "
+            "as K or K:W (e.g. 4:0.01)"
+        )
+    return seeds, pull

@@ -190,6 +190,43 @@ def get_protocol(name: str) -> Protocol:
         raise GradleakError(f"protocol {name!r} is not one of: {', '.join(PROTOCOLS)}") from None
 
 
+def local_training_for(
+    protocol: str,
+    *,
+    steps: int | None,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    client_batch: int,
+) -> LocalTraining | None:
+    """The clients' local training as a protocol's flags describe it (None: it trains none).
+
+    Args:
+        protocol: the protocol's name.
+        steps: local SGD steps (None: the default).
+        epochs: local epochs instead of steps.
+        batch_size: the local mini-batch (None: the whole client batch).
+        lr: the local learning rate (None: `DEFAULT_LOCAL_LR`).
+        client_batch: the client's batch size, which the mini-batch must fit.
+
+    Returns:
+        The local training of a protocol that trains locally, else None.
+
+    Raises:
+        GradleakError: an unknown protocol, or a mini-batch the client batch cannot fill.
+    """
+    if not get_protocol(protocol).trains_locally:
+        return None
+    local = LocalTraining(
+        lr=DEFAULT_LOCAL_LR if lr is None else lr,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+    )
+    local.check(client_batch, "--local-batch-size")
+    return local
+
+
 def protocol_sharing(kind: UpdateKind) -> Protocol:
     """The protocol whose clients share updates of `kind`."""
     return next(p for p in PROTOCOLS.values() if p.shares is kind)

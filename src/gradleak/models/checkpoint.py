@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -269,3 +271,32 @@ def _summarise(keys: list[str]) -> str:
     shown = ", ".join(_shown(key) for key in keys[:_SHOWN_KEYS])
     rest = len(keys) - _SHOWN_KEYS
     return f"{shown} (+{rest} more)" if rest > 0 else shown
+
+
+# Hex characters of a SHA-256 kept in a fingerprint: a clash among one user's models is
+# out of reach.
+_FINGERPRINT_CHARS = 16
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short digest of the model's state: every parameter and buffer, by name.
+
+    Names, shapes, dtypes and the raw bytes of every parameter and buffer enter a
+    SHA-256, so two models give the same string exactly when they hold the same state
+    (the same architecture with the same weights and batch-norm statistics). Tools that
+    are trained for one server model (learned inverters) record it and refuse another.
+
+    Args:
+        model: any module (left unchanged).
+
+    Returns:
+        The first 16 hex characters of the digest.
+    """
+    digest = hashlib.sha256()
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    for name, tensor in tensors:
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        # The raw bytes, whatever the dtype (bfloat16 has no numpy type).
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:_FINGERPRINT_CHARS]

@@ -31,6 +31,7 @@ from gradleak import __version__
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import write_atomically
 from gradleak.modalities import Modality, get_modality
+from gradleak.report.images import PRIOR_GRID
 from gradleak.report.plots import (
     DPI,
     axis_plot_png,
@@ -567,6 +568,8 @@ def write_run_report(run_dir: Path) -> Path:
         headline=headline,
         flags=flags,
         grid=_picture_file(run_dir / "grid.png", rows=2),
+        prior_grid=_picture_file(run_dir / PRIOR_GRID, rows=3),
+        prior_note=_prior_note(metrics.get("prior_nearest")),
         sentences=sentences,
         extra_css=_text_diff_css() if sentences else "",
         snapshots=snapshots,
@@ -833,4 +836,15 @@ def write_report(path: Path) -> Path:
     raise GradleakError(
         f"{path} is neither a run directory (no metrics.json) nor a sweep directory "
         "(no spec.yaml or results.csv)"
+    )
+
+
+def _prior_note(nearest: object) -> str:
+    """One sentence comparing the reconstruction with the truth and with the prior's memory."""
+    if not isinstance(nearest, Mapping):
+        return ""
+    return (
+        f"PSNR to the truth {fmt(nearest.get('psnr_to_truth'), '.2f')} dB, to the nearest "
+        f"training image {fmt(nearest.get('psnr_to_nearest'), '.2f')} dB (prior trained on "
+        f"{fmt(nearest.get('trained_on'))})."
     )

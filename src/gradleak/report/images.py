@@ -137,3 +137,24 @@ def save_comparison_grid(
     top = [to_pil(image) for image in truth01]
     bottom = [to_pil(recon01[int(j)]) for j in order]
     save_png(tile_rows([top, bottom], resolve_scale(truth01.shape[-2], scale)), path)
+
+
+# The run's picture of truth, reconstruction and the prior's nearest training image.
+PRIOR_GRID = "prior_nearest.png"
+
+
+def save_prior_grid(
+    truth01: Tensor, recon01: Tensor, nearest01: Tensor, path: Path, scale: int | None = None
+) -> None:
+    """Save the truth, the reconstruction and the prior's nearest training image, in rows.
+
+    All three are B×C×H×W in [0, 1], column j showing one image: the reconstruction
+    matched to truth j and the training image of the prior nearest to that reconstruction.
+    A reconstruction that looks like the third row rather than the first came from the
+    prior's memory, not from the update.
+    """
+    for images, name in ((truth01, "ground truth"), (recon01, "reconstruction")):
+        _check_batch(images, name)
+    _check_batch(nearest01, "nearest training images")
+    rows = [[to_pil(image) for image in batch] for batch in (truth01, recon01, nearest01)]
+    save_png(tile_rows(rows, resolve_scale(truth01.shape[-2], scale)), path)

@@ -11,20 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from gradleak import attacks
-from gradleak.attacks.registry import ATTACKS
+from gradleak.attacks.registry import ATTACKS, attack_label
 from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import GUESSABLE, Grants
 from gradleak.core.settings import read_mapping, replace_checked, to_plain
 from gradleak.core.update import UpdateKind
 from gradleak.data.image import MAX_IMAGE_SIZE
 from gradleak.defenses import parse_defenses
-from gradleak.fl.local_training import LocalTraining
 from gradleak.fl.protocols import (
-    DEFAULT_LOCAL_LR,
     PROTOCOLS,
     REPLAY,
     ProtocolSettings,
     get_protocol,
+    local_training_for,
 )
 
 DEFAULT_PROTOCOL = "fedsgd"
@@ -192,15 +191,14 @@ class RunConfig:
 
     def protocol_settings(self) -> ProtocolSettings:
         """What the simulated clients do."""
-        local = None
-        if get_protocol(self.protocol).trains_locally:
-            local = LocalTraining(
-                lr=DEFAULT_LOCAL_LR if self.local_lr is None else self.local_lr,
-                steps=self.local_steps,
-                epochs=self.local_epochs,
-                batch_size=self.local_batch_size,
-            )
-            local.check(self.batch_size, "--local-batch-size")
+        local = local_training_for(
+            self.protocol,
+            steps=self.local_steps,
+            epochs=self.local_epochs,
+            batch_size=self.local_batch_size,
+            lr=self.local_lr,
+            client_batch=self.batch_size,
+        )
         return ProtocolSettings(
             self.protocol,
             local,
@@ -248,7 +246,9 @@ class RunConfig:
             source = f"text-{self.task}-{self.indices[0]}"
         protocol = "" if self.protocol == DEFAULT_PROTOCOL else f"-{self.protocol}"
         users = "" if self.users == 1 else f"-u{self.users}"
-        name = f"{self.attack}-{self.model}-{source}-b{self.batch_size}{users}{protocol}"
+        # An attack's argument (learned:DIR/INV.pt) is a path: only its stem names the run.
+        attack = attack_label(self.attack)
+        name = f"{attack}-{self.model}-{source}-b{self.batch_size}{users}{protocol}"
         return Path("runs") / f"{name}-s{self.seed}-{settings_digest(self.result_settings())}"
 
 

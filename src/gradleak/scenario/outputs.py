@@ -7,11 +7,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 import yaml
 
+from gradleak.attacks.priors.nearest import NearestTraining, nearest_training
 from gradleak.core.files import write_atomically
 from gradleak.core.settings import to_plain
 from gradleak.report import write_history_csv
+from gradleak.report.images import PRIOR_GRID, save_prior_grid
 from gradleak.scenario.plan import RunPlan
 
 if TYPE_CHECKING:
@@ -60,6 +63,7 @@ def run_metrics(plan: RunPlan, outcome: AttackOutcome) -> dict[str, object]:
         "trial_status": [status.value for status in rec.trial_status],
         "threat_model": server.knowledge.describe(),
         "convention": server.modality.convention,
+        **_prior_nearest_summary(outcome),
     }
 
 
@@ -77,6 +81,11 @@ def write_outputs(
     modality.render_run(
         out_dir, server.decode(client.batch.images), recon, outcome.evaluation.matching
     )
+    nearest = _prior_nearest(outcome)
+    if nearest is not None:
+        matched = recon[torch.as_tensor(outcome.evaluation.matching, dtype=torch.long)]
+        truth = server.decode(client.batch.images)
+        save_prior_grid(truth, matched, nearest.images, out_dir / PRIOR_GRID)
     write_history_csv(rec.history, out_dir / "history.csv")
     resolved = {
         "run": to_plain(plan.config),
@@ -88,3 +97,21 @@ def write_outputs(
         outcome.snapshots.save(out_dir, modality)
     text = json.dumps(to_plain(metrics), indent=2, allow_nan=False)
     write_atomically(out_dir / "metrics.json", text + "\n")
+
+
+def _prior_nearest(outcome: AttackOutcome) -> NearestTraining | None:
+    """The trained prior's nearest training images, for image runs that used one."""
+    rec, server = outcome.reconstruction, outcome.attacked
+    if server.knowledge.modality != "image" or rec.images is None:
+        return None
+    return nearest_training(
+        rec.details,
+        server.decode(outcome.case.client.batch.images),
+        server.decode(rec.images),
+        outcome.evaluation.matching,
+    )
+
+
+def _prior_nearest_summary(outcome: AttackOutcome) -> dict[str, object]:
+    nearest = _prior_nearest(outcome)
+    return {} if nearest is None else {"prior_nearest": nearest.summary()}

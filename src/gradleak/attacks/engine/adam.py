@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from gradleak.attacks.engine.consistency import ConsistencyTerm, GroupConsistency
 from gradleak.attacks.engine.hooks import Observer, StopAttack
 from gradleak.attacks.engine.memory import ensure_trials_fit
 from gradleak.attacks.engine.status import TrialStatus, TrialWatch
@@ -135,6 +136,7 @@ def optimize_adam(
     compile: bool = False,
     notice: Notice = print_notice,
     check_memory: bool = True,
+    consistency: GroupConsistency | None = None,
 ) -> TrialsResult:
     """Adam on K stacked trials (`images` is K×B×C×H×W), all in one computation.
 
@@ -179,6 +181,9 @@ def optimize_adam(
         notice: where that one line goes (default: standard error).
         check_memory: refuse, before allocating the trials, a run that would not fit in
             free memory (default True).
+        consistency: pull each group of consecutive trials toward its registered mean
+            (GradInversion's group consistency, `gradleak.attacks.engine.consistency`);
+            None (default): the trials stay independent.
 
     Returns:
         The trials' final inputs, labels (K×B integers), losses, distances, verdicts,
@@ -187,7 +192,7 @@ def optimize_adam(
     Raises:
         GradleakError: when `check_memory` and the K stacked trials would not fit.
         ValueError: when a per-trial `lr`, `iterations` or `tv_weights` does not have K
-            values.
+            values, or K does not split into `consistency`'s groups.
     """
     k = images.shape[0]
     inputs = trial_inputs(images, labels, problem, targets, tv_weights)
@@ -198,6 +203,10 @@ def optimize_adam(
     x = images.detach().clone()
     soft_labels = inputs.labels.clone() if inputs.soft else None
     rates = per_trial(lr, k, "lr")
+    group = None
+    if consistency is not None:
+        fixed = None if inputs.soft else inputs.labels.expand(k, -1)
+        group = ConsistencyTerm(consistency, k, fixed)
     adam = BatchedAdam(x, rates, budgets, lr_decay=lr_decay)
     label_adam = None
     if soft_labels is not None:
@@ -219,7 +228,12 @@ def optimize_adam(
             if not active:
                 break
             current = inputs if soft_labels is None else _with_labels(inputs, soft_labels)
+            if group is not None and group.due(iteration):
+                group.refresh(x)
             grad_x, grad_labels, losses, distances = _step_rows(step, x, current, active)
+            if group is not None:
+                rows = None if len(active) == k else active
+                grad_x, losses = group.add(x, rows, grad_x, losses)
             evaluations += k if step.compile else len(active)
             if len(active) == k:
                 latest.copy_(losses)

@@ -142,16 +142,19 @@ class TrialStep:
         problem = self.problem
         labels_axis = 0 if inputs.labels_per_trial else None
         target_axis = 0 if inputs.target_per_trial else None
-        images = images.detach().requires_grad_(True)
+        variables = images.detach().requires_grad_(True)
         labels = inputs.labels.detach().requires_grad_(inputs.soft)
         with torch.enable_grad():
+            images = variables if problem.decoder is None else vmap(problem.inputs_of)(variables)
             candidates = vmap(problem.candidate_update, in_dims=(None, 0, labels_axis))(
                 problem.params, images, labels
             )
             values, distances = vmap(problem.match_terms, in_dims=(0, 0, target_axis, 0))(
                 candidates, images, inputs.target, inputs.tv_weight
             )
-            wrt = [images, labels] if inputs.soft else [images]
+            if problem.decoder is not None:
+                values = values + vmap(problem.decoder.penalty)(variables)
+            wrt = [variables, labels] if inputs.soft else [variables]
             grads = torch.autograd.grad(values.sum(), wrt)
         grad_labels = grads[1] if inputs.soft else None
         return grads[0], grad_labels, values.detach(), distances.detach()

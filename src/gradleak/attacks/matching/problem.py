@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -16,6 +16,23 @@ from gradleak.fl.replay import Replay
 
 # A prior on one trial's inputs (the modality's; images: total variation).
 Prior = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Decoder(Protocol):
+    """What the optimisers move when they do not move the inputs themselves.
+
+    A generative prior searches a generator's latent space (and, GIAS, its weights): each
+    trial's variable `v` is decoded into the candidate inputs, and a penalty on `v` (the
+    latent's prior) joins the loss. Both are pure functions of one trial's variable.
+    """
+
+    def decode(self, variable: torch.Tensor) -> torch.Tensor:
+        """One trial's candidate inputs (B×C×H×W, attacked space) from its variable."""
+        ...
+
+    def penalty(self, variable: torch.Tensor) -> torch.Tensor:
+        """The variable's own prior term (a scalar), already weighted."""
+        ...
 
 
 class LossTerms(NamedTuple):
@@ -115,6 +132,8 @@ class MatchingProblem:
         tv_weight: float = 0.0,
         replay: Replay | None = None,
         prior: Prior | None = None,
+        extra_prior: Prior | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
         """`model` is the attacker's replica (attacker_model); its parameters stay trainable.
 
@@ -126,7 +145,13 @@ class MatchingProblem:
                 (`get_objective`).
             tv_weight: the prior's weight, >= 0 (default 0).
             replay: how the update was produced (default: one plain gradient).
-            prior: the modality's prior on one trial's inputs (default: total variation).
+            prior: the modality's prior on one trial's inputs, weighted by `tv_weight`
+                (None: no such term).
+            extra_prior: further prior terms on one trial's inputs, already weighted (the
+                batch-norm statistics prior, `gradleak.attacks.matching.priors`); None:
+                none.
+            decoder: what the optimisers move instead of the inputs (a generator's latent,
+                `Decoder`); None (default): the inputs themselves.
 
         Raises:
             ValueError: when a parameter of `model` does not require grad.
@@ -143,6 +168,8 @@ class MatchingProblem:
         if prior is None and tv_weight:
             raise ValueError("a prior weight needs a prior: pass the modality's prior")
         self.prior = prior
+        self.extra_prior = extra_prior
+        self.decoder = decoder
         # The autograd path differentiates through the replica's own parameters.
         self._leaves = list(model.parameters())
         if not all(p.requires_grad for p in self._leaves):
@@ -200,9 +227,29 @@ class MatchingProblem:
             `LossTerms(loss, distance)`, two scalars; equal when there is no prior.
         """
         distance = self.objective(candidate, target)
-        if self.prior is None:
-            return LossTerms(distance, distance)
-        return LossTerms(distance + tv_weight * self.prior(images), distance)
+        loss = distance
+        if self.prior is not None:
+            loss = loss + tv_weight * self.prior(images)
+        if self.extra_prior is not None:
+            loss = loss + self.extra_prior(images)
+        return LossTerms(loss, distance)
+
+    def inputs_of(self, variable: torch.Tensor) -> torch.Tensor:
+        """One trial's candidate inputs from what the optimisers move (pure).
+
+        Args:
+            variable: the trial's variable: its inputs, or with a `decoder` its latent.
+
+        Returns:
+            The candidate inputs (the variable itself without a decoder).
+        """
+        return variable if self.decoder is None else self.decoder.decode(variable)
+
+    def variable_terms(self, terms: LossTerms, variable: torch.Tensor) -> LossTerms:
+        """`terms` with the decoder's penalty on the variable added to the loss (pure)."""
+        if self.decoder is None:
+            return terms
+        return LossTerms(terms.loss + self.decoder.penalty(variable), terms.distance)
 
     def match(
         self,
@@ -224,7 +271,7 @@ class MatchingProblem:
         """The loss and the gradient-matching distance of one trial (pure).
 
         Args:
-            images: the candidate inputs B×C×H×W.
+            images: the candidate inputs B×C×H×W (with a `decoder`: its variable).
             labels: B integer labels, or B×classes soft labels (logits).
             target: the update to match (None: the problem's `target`).
             tv_weight: the prior's weight (None: the problem's `tv_weight`).
@@ -235,8 +282,9 @@ class MatchingProblem:
         """
         target = self.target if target is None else target
         tv_weight = self.tv_weight if tv_weight is None else tv_weight
+        variable, images = images, self.inputs_of(images)
         candidate = self.candidate_gradient(images, labels)
-        return self.match_terms(candidate, images, target, tv_weight)
+        return self.variable_terms(self.match_terms(candidate, images, target, tv_weight), variable)
 
     def loss(
         self,
@@ -248,7 +296,7 @@ class MatchingProblem:
         """The matching loss of one trial (pure: safe under vmap, grad and compile).
 
         Args:
-            images: the candidate inputs B×C×H×W.
+            images: the candidate inputs B×C×H×W (with a `decoder`: its variable).
             labels: B integer labels, or B×classes soft labels (logits).
             target: the update to match (None: the problem's `target`); K trials may
                 each pass their own.
@@ -268,7 +316,7 @@ class MatchingProblem:
         """The gradient-matching distance of one trial, without the prior (pure).
 
         Args:
-            images: the candidate inputs B×C×H×W.
+            images: the candidate inputs B×C×H×W (with a `decoder`: its variable).
             labels: B integer labels, or B×classes soft labels (logits).
             target: the update to match (None: the problem's `target`).
 
@@ -302,7 +350,7 @@ class MatchingProblem:
         """(∂loss/∂images[, ∂loss/∂labels]) and the detached `LossTerms`, through autograd.
 
         Args:
-            images: the candidate inputs B×C×H×W.
+            images: the candidate inputs B×C×H×W (with a `decoder`: its variable).
             labels: B integer labels, or B×classes soft labels (logits).
             target: the update to match (None: the problem's `target`).
             tv_weight: the prior's weight (None: the problem's `tv_weight`).
@@ -314,12 +362,13 @@ class MatchingProblem:
         """
         target = self.target if target is None else target
         tv_weight = self.tv_weight if tv_weight is None else tv_weight
-        images = images.detach().requires_grad_(True)
-        inputs = [images]
+        variable = images.detach().requires_grad_(True)
+        inputs = [variable]
         if soft:
             labels = labels.detach().requires_grad_(True)
             inputs.append(labels)
         with torch.enable_grad():
+            images = self.inputs_of(variable)
             if self.replay.is_plain_gradient:
                 client_loss = label_loss(self.model(images), labels)
                 grads = torch.autograd.grad(client_loss, self._leaves, create_graph=True)
@@ -328,6 +377,7 @@ class MatchingProblem:
                 leaves = dict(zip(self.names, self._leaves, strict=True))
                 candidate = self.replay(self._autograd_gradient, leaves, images, labels)
             terms = self.match_terms(candidate, images, target, tv_weight)
+            terms = self.variable_terms(terms, variable)
             return torch.autograd.grad(terms.loss, inputs), LossTerms(
                 terms.loss.detach(), terms.distance.detach()
             )

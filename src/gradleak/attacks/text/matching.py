@@ -93,12 +93,24 @@ class TextMatchingConfig(GradientMatchingConfig):
             GradleakError: as `GradientMatchingConfig.validate`.
             GradleakError: when `admm` is set, `token_match` is not one of its choices, or
                 `tag_alpha` is negative or not finite.
+            GradleakError: when image priors, group consistency or a learned start are
+                asked for.
         """
         if self.admm:
             raise GradleakError(
                 "text attacks read gradients and FedAvg weight differences, not FedADMM "
                 "increments; drop admm"
             )
+        image_only = {
+            "priors": bool(self.priors),
+            "group_consistency": bool(self.group_consistency),
+            "init learned:PATH": self.init.startswith("learned"),
+        }
+        for name, given in image_only.items():
+            if given:
+                raise GradleakError(
+                    f"{name} applies to image attacks; text attacks take none, so drop it"
+                )
         super().validate()
         if self.token_match not in TOKEN_MATCHES:
             raise GradleakError(
@@ -340,8 +352,10 @@ class TextMatchingAttack(GradientMatchingAttack):
         seed: int,
         observer: Observer | None,
         progress: bool,
+        seeded: torch.Tensor | None = None,
     ) -> Reconstruction:
-        """The base's optimisation, from starts whose soft labels fit the model's task."""
+        """The base's optimisation, from starts whose soft labels fit the model's task
+        (`seeded` is always None: the config refuses a learned start)."""
         inputs, labels = self._text_start(problem, knowledge, fixed_labels, seed)
         start = time.perf_counter()
         result = self._optimize(

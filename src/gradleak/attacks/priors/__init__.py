@@ -1,0 +1,1 @@
+"""Priors that need training: image generators (GGL, GIAS) and learned inverters."""

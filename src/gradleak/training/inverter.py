@@ -1,0 +1,573 @@
+"""Train a learned inverter: updates of auxiliary images → the images, for one server model.
+
+The attacker holds the server's model and knows the protocol, so it can compute the update
+any batch of its own (auxiliary) images would produce. `train_inverter` does exactly that
+with the protocol's own client code (`fl.rounds.simulate`, as a run does), sketches each
+update (`UpdateSketch`) and trains an `InverterNet` with Adam to map sketches back to the
+images (mean squared error in the normalised space; for batches of several images the
+outputs are first matched one-to-one to the targets, since an update does not order its
+batch).
+
+Producing updates is the costly part (one forward and backward pass of the server model
+per update), so a fixed pool of `updates` pairs is generated once and reused every epoch;
+random flips and padded crops make many distinct updates out of a few hundred images. A
+pool of 4,000 pairs takes a few megabytes per thousand sketch buckets plus the images.
+
+The inverter file is written after every epoch (atomically), so Ctrl-C or SIGTERM keeps the
+last completed epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from gradleak import __version__
+from gradleak.attacks.priors.inverter import (
+    DEFAULT_DROPOUT,
+    DEFAULT_HIDDEN,
+    DEFAULT_SKETCH_DIM,
+    InverterNet,
+    LearnedInverter,
+    UpdateSketch,
+    architecture_digest,
+    describe_protocol,
+    flatten_update,
+    load_inverter,
+    save_inverter,
+    store_images,
+)
+from gradleak.core.batch import PrivateBatch
+from gradleak.core.errors import GradleakError
+from gradleak.core.files import check_writable
+from gradleak.data import input_shape, normalize, open_images
+from gradleak.data.loading import FOLDER, LoadedImages
+from gradleak.fl.protocols import ProtocolSettings, get_protocol, local_training_for
+from gradleak.fl.rounds import simulate
+from gradleak.models import (
+    build_model,
+    canonical_model_name,
+    check_checkpoint_model,
+    load_checkpoint,
+)
+from gradleak.models.checkpoint import model_fingerprint
+from gradleak.scenario.config import DATASET_CHOICES, MODEL_MODES, SPLITS
+
+# The protocols an inverter can be trained for: their update is a function of the batch
+# alone (FedADMM's depends on the client's state as well).
+INVERTER_PROTOCOLS = ("fedsgd", "fedavg")
+# Images 0-99 are where attacks are evaluated: the auxiliary images start after them.
+DEFAULT_RANGE = (100, 599)
+INVERTER_SUFFIXES = (".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class InverterTrainConfig:
+    """One inverter training: the server model, the auxiliary images, the protocol, Adam.
+
+    Attributes:
+        model: the server model's name (as `gradleak attack --model` takes it).
+        dataset: where the auxiliary images come from (cifar10, cifar100, mnist, folder).
+        data_root: the dataset's folder.
+        checkpoint: the server model's state (None: the untrained model of `seed`).
+        split: the dataset's split.
+        range: auxiliary images A..B of the split, both included (None: 100..599, or up to
+            the split's last image).
+        image_size: side of folder images (default 32).
+        batch_size: the client's batch size B: each update is of B images.
+        protocol: fedsgd or fedavg.
+        local_steps, local_epochs, local_batch_size, local_lr: FedAvg's local training
+            (as `gradleak attack` takes them).
+        model_mode: the client's batch-norm mode.
+        sketch_dim: buckets of the update's count sketch.
+        hidden: width of the inverter's hidden layers.
+        dropout: the inverter's input dropout while training.
+        augment: random flips and padded crops of the auxiliary images.
+        updates: training pairs (updates of auxiliary batches) generated once and reused
+            every epoch.
+        epochs: passes over the pairs.
+        lr: Adam's step size.
+        train_batch: pairs per Adam step.
+        seed: the server model's init (without a checkpoint), the sketch, the batches and
+            their augmentation, and the inverter's init.
+    """
+
+    model: str
+    dataset: str = "cifar10"
+    data_root: Path | None = None
+    checkpoint: Path | None = None
+    split: str = "test"
+    range: tuple[int, int] | None = None
+    image_size: int | None = None
+    batch_size: int = 1
+    protocol: str = "fedsgd"
+    local_steps: int | None = None
+    local_epochs: int | None = None
+    local_batch_size: int | None = None
+    local_lr: float | None = None
+    model_mode: str = "train"
+    sketch_dim: int = DEFAULT_SKETCH_DIM
+    hidden: int = DEFAULT_HIDDEN
+    dropout: float = DEFAULT_DROPOUT
+    augment: bool = True
+    updates: int = 3000
+    epochs: int = 20
+    lr: float = 1e-3
+    train_batch: int = 64
+    seed: int = 0
+
+    def validate(self, dataset_size: int | None = None) -> InverterTrainConfig:
+        """Check every setting; with `dataset_size`, also the range against the split.
+
+        Returns:
+            This config.
+
+        Raises:
+            GradleakError: the first setting out of range, in one line naming the fix.
+        """
+        if self.dataset not in DATASET_CHOICES:
+            raise GradleakError(
+                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASET_CHOICES)}"
+            )
+        if self.data_root is None:
+            raise GradleakError(
+                "an inverter learns from auxiliary images on disk: pass --data-root DIR "
+                "(e.g. the folder holding cifar-10-batches-py/)"
+            )
+        if self.split not in SPLITS:
+            raise GradleakError(f"unknown split {self.split!r}; choose one of: {', '.join(SPLITS)}")
+        if self.protocol not in INVERTER_PROTOCOLS:
+            get_protocol(self.protocol)  # an unknown name: the protocols' own message
+            raise GradleakError(
+                f"an inverter learns updates that depend on the batch alone; --protocol "
+                f"{self.protocol} is not supported, use one of: {', '.join(INVERTER_PROTOCOLS)}"
+            )
+        if self.model_mode not in MODEL_MODES:
+            raise GradleakError(
+                f"model_mode {self.model_mode!r} is not one of: {', '.join(MODEL_MODES)}"
+            )
+        for key in ("batch_size", "sketch_dim", "hidden", "updates", "epochs", "train_batch"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise GradleakError(f"{key} must be an integer of at least 1, got {value!r}")
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed < 2**63
+        ):
+            raise GradleakError(f"seed must be an integer in 0..2**63-1, got {self.seed!r}")
+        if not 0 <= self.dropout < 1:
+            raise GradleakError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise GradleakError(f"lr must be a positive number, got {self.lr}")
+        if self.image_size is not None and self.dataset != FOLDER:
+            raise GradleakError(
+                f"{self.dataset} images are not resized; drop --image-size or use --dataset folder"
+            )
+        self.protocol_settings()  # local training that cannot run is refused here
+        if self.range is not None:
+            first, last = self.range
+            if not 0 <= first <= last:
+                raise GradleakError(
+                    f"range {first}-{last} is not A-B with 0 <= A <= B; e.g. 100-599"
+                )
+        if dataset_size is not None:
+            first, last = self.image_range(dataset_size)
+            if self.batch_size > last - first + 1:
+                raise GradleakError(
+                    f"batch size {self.batch_size} is larger than the {last - first + 1} "
+                    f"auxiliary images ({first}-{last}); use a wider --range"
+                )
+        channels, size = self.input_shape()
+        # A throwaway model: an unknown name or an impossible input size fails before any
+        # data is read (the class count does not change what can be built).
+        build_model(self.model, num_classes=2, in_channels=channels, image_size=size, seed=0)
+        return self
+
+    def input_shape(self) -> tuple[int, tuple[int, int]]:
+        """Channels and (height, width) of the images."""
+        return input_shape(self.dataset, self.image_size)
+
+    def image_range(self, dataset_size: int) -> tuple[int, int]:
+        """The auxiliary images' indices (first, last), checked against the split's size.
+
+        Raises:
+            GradleakError: the range goes past the split, or (by default) the split holds
+                no images after the 100 kept for evaluation.
+        """
+        where = f"the {self.dataset} {self.split} split"
+        if self.range is None:
+            first, last = DEFAULT_RANGE
+            if dataset_size <= first:
+                raise GradleakError(
+                    f"{where} has {dataset_size} images, all among the first {first} that "
+                    "attacks are evaluated on; give the auxiliary images with --range A-B"
+                )
+            return first, min(last, dataset_size - 1)
+        first, last = self.range
+        if last >= dataset_size:
+            raise GradleakError(
+                f"range {first}-{last} goes past {where}, which has {dataset_size} images "
+                f"(0-{dataset_size - 1}); choose indices up to {dataset_size - 1}"
+            )
+        return first, last
+
+    def protocol_settings(self) -> ProtocolSettings:
+        """The clients' protocol, built as a run builds it (one user, round 1)."""
+        local = local_training_for(
+            self.protocol,
+            steps=self.local_steps,
+            epochs=self.local_epochs,
+            batch_size=self.local_batch_size,
+            lr=self.local_lr,
+            client_batch=self.batch_size,
+        )
+        if local is None and any(
+            v is not None
+            for v in (self.local_steps, self.local_epochs, self.local_batch_size, self.local_lr)
+        ):
+            raise GradleakError(
+                f"local training settings describe fedavg, which {self.protocol} does not do; "
+                "use --protocol fedavg"
+            )
+        return ProtocolSettings(self.protocol, local, model_mode=self.model_mode)
+
+
+@dataclass
+class InverterTrainResult:
+    """What a training produced: the inverter (None if no epoch completed) and its history.
+
+    Attributes:
+        inverter: the inverter after the last completed epoch, saved at `path`.
+        path: the inverter file.
+        losses: the mean training loss of each completed epoch (normalised-space MSE).
+        first_loss: the mean loss of the untrained inverter over the pairs.
+        updates: how many training pairs were generated.
+        generation_seconds: time spent producing the updates.
+        seconds: the whole training's time.
+        interrupted: Ctrl-C or SIGTERM ended it early.
+    """
+
+    inverter: LearnedInverter | None
+    path: Path
+    losses: list[float] = field(default_factory=list)
+    first_loss: float | None = None
+    updates: int = 0
+    generation_seconds: float = 0.0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+
+@dataclass
+class _Pairs:
+    sketches: torch.Tensor  # S×F
+    targets: torch.Tensor  # S×B×C×H×W, normalised
+
+
+def train_inverter(
+    config: InverterTrainConfig,
+    out: Path | str,
+    progress: bool = True,
+    overwrite: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> InverterTrainResult:
+    """Train an inverter for `config`'s server model and protocol; save it after every epoch.
+
+    Ctrl-C (or SIGTERM) ends the training: the last completed epoch stays at `out` and the
+    result says `interrupted` (while the updates are still being generated, nothing is
+    written).
+
+    Args:
+        config: the settings; checked before anything is read or written.
+        out: the inverter file (.pt or .pth).
+        progress: show progress bars (on a terminal only).
+        overwrite: replace an existing file at `out`; without it one is refused before any
+            work.
+        on_epoch: called with (epoch, mean loss) after each epoch is saved.
+
+    Returns:
+        The inverter, its per-epoch losses, and the time the updates and the training took.
+
+    Raises:
+        GradleakError: a bad setting, an unusable `out`, missing data, a range outside the
+            split, or a checkpoint of another model (before any work).
+    """
+    start = time.perf_counter()
+    config = config.validate()
+    out = _check_out(Path(out), overwrite)
+    images = open_images(config.dataset, config.data_root, config.split, config.image_size)
+    first, last = config.validate(len(images)).image_range(len(images))
+    pixels, labels = images.pixels(range(first, last + 1))
+    server = _server_model(config, images)
+    inverter = _new_inverter(config, images, server, pixels, (first, last))
+    result = InverterTrainResult(None, out)
+    try:
+        generation = time.perf_counter()
+        pairs = _generate(config, server, images, pixels, labels, inverter, progress)
+        result.generation_seconds = time.perf_counter() - generation
+        result.updates = pairs.sketches.shape[0]
+        # Dropout draws from the global generator: a forked, seeded one makes the training
+        # repeatable and leaves the caller's random state alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 2)
+            _train(config, inverter, pairs, out, result, progress, on_epoch)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        if result.losses:
+            # The net in memory may be halfway through an epoch: the file holds the last
+            # completed one.
+            result.inverter = load_inverter(out)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_out(out: Path, overwrite: bool) -> Path:
+    if out.suffix not in INVERTER_SUFFIXES:
+        raise GradleakError(
+            f"--out {out} must name an inverter file ending in .pt or .pth, e.g. "
+            f"{out.with_suffix('.pt')}"
+        )
+    if out.is_dir():
+        raise GradleakError(f"--out {out} is a folder; name the inverter file inside it")
+    if out.exists() and not overwrite:
+        raise GradleakError(
+            f"--out {out} already exists; add --overwrite to replace it, or choose another --out"
+        )
+    check_writable(out.parent, what="inverter folder")
+    return out
+
+
+def _server_model(config: InverterTrainConfig, images: LoadedImages) -> nn.Module:
+    """The server's model exactly as a run builds it (`scenario.case.case_from`)."""
+    model = build_model(
+        config.model,
+        num_classes=images.num_classes,
+        in_channels=images.channels,
+        image_size=images.size,
+        seed=config.seed,
+    )
+    if config.checkpoint is not None:
+        check_checkpoint_model(config.checkpoint, config.model)
+        load_checkpoint(model, config.checkpoint)
+    return model
+
+
+def _new_inverter(
+    config: InverterTrainConfig,
+    images: LoadedImages,
+    server: nn.Module,
+    pixels: torch.Tensor,
+    bounds: tuple[int, int],
+) -> LearnedInverter:
+    """An untrained inverter carrying everything it is trained for."""
+    settings = config.protocol_settings()
+    shape = (images.channels, *images.size)
+    sketch = UpdateSketch(config.sketch_dim, config.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = InverterNet(
+            sketch.features, config.batch_size, shape, hidden=config.hidden, dropout=config.dropout
+        )
+    return LearnedInverter(
+        net=net,
+        sketch=sketch,
+        parameter_names=tuple(name for name, _ in server.named_parameters()),
+        model=canonical_model_name(config.model),
+        fingerprint=model_fingerprint(server),
+        architecture=architecture_digest(server),
+        protocol=describe_protocol(
+            settings.protocol.shares, settings.local, settings.users, settings.model_mode
+        ),
+        batch_size=config.batch_size,
+        data_shape=shape,
+        mean=tuple(images.stats.mean),
+        std=tuple(images.stats.std),
+        dataset=f"{images.description}, images {bounds[0]}-{bounds[1]}",
+        auxiliary={
+            "dataset": config.dataset,
+            "split": config.split,
+            "range": list(bounds),
+            "image_size": list(images.size),
+            "checkpoint": None if config.checkpoint is None else str(config.checkpoint),
+            "seed": config.seed,
+        },
+        training_images=store_images(pixels),
+        training={
+            "updates": config.updates,
+            "augment": config.augment,
+            "lr": config.lr,
+            "train_batch": config.train_batch,
+            "hidden": config.hidden,
+            "dropout": config.dropout,
+            "epochs_planned": config.epochs,
+            "losses": [],
+            "gradleak_version": __version__,
+        },
+    )
+
+
+def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and crops after reflect-padding by 1/8 of the side.
+
+    Args:
+        pixels: B×C×H×W images.
+        generator: the random source.
+
+    Returns:
+        B×C×H×W augmented images (the same values, moved: no interpolation).
+    """
+    out = []
+    height, width = pixels.shape[-2:]
+    pad = max(1, min(height, width) // 8)
+    for image in pixels:
+        if bool(torch.rand((), generator=generator) < 0.5):
+            image = image.flip(-1)
+        if min(height, width) > pad:
+            padded = F.pad(image.unsqueeze(0), (pad, pad, pad, pad), mode="reflect")[0]
+            top, left = (int(v) for v in torch.randint(2 * pad + 1, (2,), generator=generator))
+            image = padded[:, top : top + height, left : left + width]
+        out.append(image)
+    return torch.stack(out)
+
+
+def _generate(
+    config: InverterTrainConfig,
+    server: nn.Module,
+    images: LoadedImages,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    inverter: LearnedInverter,
+    progress: bool,
+) -> _Pairs:
+    """`config.updates` (sketch, images) pairs, each update computed by the protocol's client."""
+    settings = config.protocol_settings()
+    generator = torch.Generator().manual_seed(config.seed)
+    count, b = pixels.shape[0], config.batch_size
+    stats = images.stats
+    sketches = torch.empty(config.updates, inverter.sketch.features)
+    targets = torch.empty(config.updates, b, *inverter.data_shape)
+    order = torch.empty(0, dtype=torch.long)
+    bar = tqdm(
+        total=config.updates,
+        desc="updates",
+        unit="update",
+        mininterval=0.5,
+        disable=None if progress else True,
+        leave=False,
+    )
+    try:
+        for u in range(config.updates):
+            # Each update takes the next B images of a shuffled pass over the images, so
+            # every image is used equally often and a batch never repeats an image.
+            if order.numel() < b:
+                order = torch.randperm(count, generator=generator)
+            chosen, order = order[:b], order[b:]
+            batch01 = pixels[chosen]
+            if config.augment:
+                batch01 = augment(batch01, generator)
+            batch = normalize(batch01, stats.mean, stats.std)
+            update = simulate(server, PrivateBatch(batch, labels[chosen]), settings).update
+            sketches[u] = inverter.sketch(flatten_update(update.tensors, inverter.parameter_names))
+            targets[u] = batch
+            bar.update(1)
+    finally:
+        bar.close()
+    return _Pairs(sketches, targets)
+
+
+def matched_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared error after matching each output image to one target image.
+
+    An update does not order its batch, so for B > 1 the outputs of each pair are matched
+    one-to-one to its targets by the assignment of least MSE (scipy's
+    `linear_sum_assignment` on detached costs); the loss is the MSE of the matched images.
+
+    Args:
+        outputs: S×B×C×H×W predicted images.
+        targets: S×B×C×H×W true images.
+
+    Returns:
+        The scalar loss (differentiable in `outputs`).
+    """
+    if outputs.shape[1] == 1:
+        return F.mse_loss(outputs, targets)
+    from scipy.optimize import linear_sum_assignment  # only batches need matching
+
+    cost = (outputs.detach().unsqueeze(2) - targets.unsqueeze(1)).pow(2).flatten(3).mean(3)
+    matched = []
+    for s in range(outputs.shape[0]):
+        rows, cols = linear_sum_assignment(cost[s].cpu().numpy())
+        matched.append(targets[s, torch.as_tensor(cols[rows.argsort()])])
+    return F.mse_loss(outputs, torch.stack(matched))
+
+
+def _train(
+    config: InverterTrainConfig,
+    inverter: LearnedInverter,
+    pairs: _Pairs,
+    out: Path,
+    result: InverterTrainResult,
+    progress: bool,
+    on_epoch: Callable[[int, float], None] | None,
+) -> None:
+    """Adam on the matched MSE; the inverter is saved after every epoch."""
+    net = inverter.net
+    net.set_input_statistics(pairs.sketches)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    count = pairs.sketches.shape[0]
+    with torch.no_grad():
+        net.eval()
+        result.first_loss = float(matched_mse(net(pairs.sketches), pairs.targets))
+    steps = math.ceil(count / config.train_batch)
+    bar = tqdm(
+        total=config.epochs * steps,
+        desc="train",
+        unit="step",
+        mininterval=0.5,
+        disable=None if progress else True,
+        leave=False,
+    )
+    try:
+        for epoch in range(1, config.epochs + 1):
+            net.train()
+            order = torch.randperm(count, generator=generator)
+            total = 0.0
+            for start in range(0, count, config.train_batch):
+                chosen = order[start : start + config.train_batch]
+                loss = matched_mse(net(pairs.sketches[chosen]), pairs.targets[chosen])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * chosen.numel()
+                bar.set_postfix(
+                    {"epoch": f"{epoch}/{config.epochs}", "loss": f"{float(loss.detach()):.4f}"},
+                    refresh=False,
+                )
+                bar.update(1)
+            epoch_loss = total / count
+            if not math.isfinite(epoch_loss):
+                raise GradleakError(
+                    f"the inverter's training diverged in epoch {epoch} (loss {epoch_loss}); "
+                    "train again with a lower --lr"
+                )
+            net.eval()
+            result.losses.append(epoch_loss)
+            inverter.epochs = epoch
+            inverter.training["losses"] = list(result.losses)
+            inverter.training["first_loss"] = result.first_loss
+            save_inverter(inverter, out)
+            result.inverter = inverter
+            if on_epoch is not None:
+                on_epoch(epoch, epoch_loss)
+    finally:
+        bar.close()
+        net.eval()
