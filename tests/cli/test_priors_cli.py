@@ -63,6 +63,10 @@ def test_a_generative_prior_run_shows_the_priors_nearest_training_images(tmp_pat
         (["--prior", "gan:missing.pt"], "missing.pt"),
         (["--init", "learned"], "learned needs the inverter's file"),
         (["--init", "sideways"], "init 'sideways' is not one of"),
+        (["--init", "zeros:x.pt"], "init 'zeros:x.pt' is not one of"),
+        (["--tv", "0.3", "--prior", "bn"], "add --prior tv:0.3 (or drop --tv)"),
+        (["--prior", "gan:g.pt", "--init", "learned:i.pt"], "would be ignored"),
+        (["--prior", "gias:g.pt"], "needs at least 2 iterations"),
     ],
 )
 def test_bad_prior_flags_are_one_line_and_exit_code_2(
@@ -79,7 +83,7 @@ def test_a_prior_for_other_images_is_refused_naming_what_it_was_trained_for(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _prior(tmp_path / "mnist-prior.pt", channels=1, size=28)
-    argv = ["attack", "--attack", "ig", "--model", "lenet", "--iterations", "1"]
+    argv = ["attack", "--attack", "ig", "--model", "lenet", "--iterations", "2"]
     argv += ["--prior", f"gias:{path}", "--out", str(tmp_path / "run"), "--no-progress"]
     assert cli_exit(argv) == 2
     assert "1×28×28" in one_line_error(capsys)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -173,8 +174,10 @@ def test_ctrl_c_exits_130_and_keeps_the_last_epoch(
     real_save = training.save_inverter
 
     def save_then_interrupt(inverter: object, path: Path) -> Path:
-        real_save(inverter, path)  # type: ignore[arg-type]
-        raise KeyboardInterrupt  # Ctrl-C right after epoch 1 is saved
+        saved = real_save(inverter, path)  # type: ignore[arg-type]
+        # Ctrl-C while epoch 1 is being saved: held until the save is whole, then acted on.
+        signal.raise_signal(signal.SIGINT)
+        return saved
 
     monkeypatch.setattr(training, "save_inverter", save_then_interrupt)
     inv = tmp_path / "inv.pt"

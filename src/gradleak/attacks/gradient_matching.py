@@ -29,13 +29,13 @@ from gradleak.attacks.engine.trials import TrialsResult, select, trial_inputs
 from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES, LabelStrategy, resolve_label_strategy
 from gradleak.attacks.matching.objectives import OBJECTIVES, get_objective
 from gradleak.attacks.matching.priors import (
-    BATCH_NORM,
-    GENERATIVE,
     BatchNormPrior,
     PriorSpec,
     bn_weight,
     client_statistics,
+    client_statistics_readable,
     parse_priors,
+    prior_of,
     server_statistics,
 )
 from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
@@ -200,7 +200,7 @@ class GradientMatchingConfig:
         choices = {
             "objective": (self.objective, tuple(OBJECTIVES)),
             "optimizer": (self.optimizer, OPTIMIZERS),
-            "init": (self.init.split(":", 1)[0], (*INITS, LEARNED_INIT)),
+            "init": (self.init, (*INITS, f"{LEARNED_INIT}:PATH")),
             "label_strategy": (self.label_strategy, (AUTO, *LABEL_STRATEGIES)),
             "line_search": (self.line_search, LINE_SEARCHES),
             "admm_reading": (self.admm_reading, tuple(r.name for r in admm_readings)),
@@ -213,6 +213,8 @@ class GradientMatchingConfig:
                 f"admm_reading applies to FedADMM increments only; drop it or use {readers}"
             )
         for key, (value, allowed) in choices.items():
+            if key == "init" and _learned_path(value):
+                continue  # learned:PATH, its file checked when the attack runs
             if value not in allowed:
                 raise GradleakError(f"{key} {value!r} is not one of: {', '.join(allowed)}")
         positive = {"lr": self.lr, "iterations": self.iterations, "restarts": self.restarts}
@@ -232,8 +234,24 @@ class GradientMatchingConfig:
         return self
 
     def _validate_priors(self) -> None:
-        """The prior specs, group consistency and the latent's weight."""
-        parse_priors(self.priors)
+        """The prior specs, their combinations, group consistency and the latent's weight."""
+        specs = parse_priors(self.priors)
+        generative = prior_of(specs, "generative")
+        if specs and self.tv_weight and prior_of(specs, "tv") is None:
+            raise GradleakError(
+                f"tv_weight {self.tv_weight:g} weighs the TV prior, which --prior leaves out; "
+                f"add --prior tv:{self.tv_weight:g} (or drop --tv)"
+            )
+        if generative is not None and _learned_path(self.init):
+            raise GradleakError(
+                f"--prior {generative} searches a generator's latent, so the learned start "
+                f"{self.init} would be ignored; drop one of them"
+            )
+        if generative is not None and generative.info.fine_tunes and self.iterations < 2:
+            raise GradleakError(
+                f"--prior {generative} needs at least 2 iterations (half search the latent, "
+                f"half fine-tune the generator), got {self.iterations}"
+            )
         if not (self.latent_weight >= 0 and math.isfinite(self.latent_weight)):
             raise GradleakError(f"latent_weight must be zero or positive, got {self.latent_weight}")
         if not self.group_consistency:
@@ -243,7 +261,10 @@ class GradientMatchingConfig:
                 f"group consistency needs at least 2 seeds, got {self.group_consistency}"
             )
         if self.optimizer != "adam":
-            raise GradleakError("group consistency runs with --optimizer adam only")
+            raise GradleakError(
+                f"group consistency needs the Adam optimiser, and this attack uses "
+                f"{self.optimizer}; use --attack ig (or the option optimizer: adam)"
+            )
         if self.restarts != self.group_consistency:
             raise GradleakError(
                 f"group consistency of {self.group_consistency} seeds needs restarts "
@@ -491,10 +512,8 @@ class GradientMatchingAttack:
 
     def _problem_per_update(self, update: SharedUpdate, knowledge: Knowledge) -> bool:
         """Whether each update needs its own problem: a prior reads the client's statistics."""
-        specs = parse_priors(self.config.priors)
-        return any(s.kind == "bn-client" for s in specs) or (
-            any(s.kind == "bn" for s in specs) and bool(update.buffers)
-        )
+        spec = prior_of(parse_priors(self.config.priors), "batch-norm")
+        return spec is not None and _reads_client_statistics(spec, update, knowledge)
 
     def _prepare(
         self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
@@ -555,7 +574,7 @@ class GradientMatchingAttack:
         default = self.config.tv_for(knowledge.data_shape, modality)
         if not specs:
             return default
-        tv = next((s for s in specs if s.kind == "tv"), None)
+        tv = prior_of(specs, "tv")
         if tv is None:
             return 0.0
         return default if tv.weight is None else tv.weight
@@ -564,7 +583,7 @@ class GradientMatchingAttack:
         """The generator whose latent is searched (gan, gias), checked against the data."""
         from gradleak.attacks.priors.generative import load_generative_prior
 
-        spec = next((s for s in specs if s.kind in GENERATIVE), None)
+        spec = prior_of(specs, "generative")
         if spec is None:
             return None
         prior = load_generative_prior(spec.path)
@@ -572,19 +591,18 @@ class GradientMatchingAttack:
         return LatentDecoder(prior, knowledge.mean, knowledge.std, self.config.latent_weight)
 
     def _fine_tunes_generator(self) -> bool:
-        return any(s.kind == "gias" for s in parse_priors(self.config.priors))
+        spec = prior_of(parse_priors(self.config.priors), "generative")
+        return spec is not None and spec.info.fine_tunes
 
     def _learned_start(
         self, update: SharedUpdate, model: nn.Module, knowledge: Knowledge
     ) -> torch.Tensor | None:
         """A learned inverter's reconstruction B×C×H×W for init "learned:PATH", checked."""
-        kind, _, path = self.config.init.partition(":")
-        if kind != LEARNED_INIT:
+        path = _learned_path(self.config.init)
+        if path is None:
             return None
         from gradleak.attacks.priors.inverter import load_inverter
 
-        if not path:
-            raise GradleakError("init learned needs the inverter's file: learned:INV.pt")
         inverter = load_inverter(path)
         inverter.check_fits(model, knowledge, update, f"init {self.config.init}")
         return inverter.invert(update).detach()
@@ -596,8 +614,8 @@ class GradientMatchingAttack:
         k, b = self.config.restarts, knowledge.batch_size
         generator = torch.Generator().manual_seed(seed)
         modality = get_modality(knowledge.modality)
-        init = self.config.init.partition(":")[0]
-        init = "randn" if init == LEARNED_INIT else init  # replaced by the seeded start
+        # A learned start replaces these images (`_initial`); they only keep the seed's draws.
+        init = "randn" if _learned_path(self.config.init) else self.config.init
         images = modality.initial_inputs(init, (k, b, *knowledge.data_shape), generator)
         if fixed_labels is not None:
             return images, fixed_labels
@@ -688,6 +706,10 @@ class GradientMatchingAttack:
             problem, knowledge, fixed_labels, self._soft_label_shape(problem, knowledge)
         )
         ensure_trials_fit(problem, sample, inputs, trials)
+        if self._fine_tunes_generator() and isinstance(problem.decoder, LatentDecoder):
+            # GIAS's second half moves every image's generator too: the larger of the two.
+            tuned = _fine_tuning(problem)
+            ensure_trials_fit(tuned, tuned.decoder.start(sample), inputs, trials)
 
     def check_budget(
         self,
@@ -782,8 +804,6 @@ class GradientMatchingAttack:
         trial whose fine-tuning matched worse keeps its first-half image (`_keep_better`).
         """
         cfg = self.config
-        latent = problem.decoder
-        assert isinstance(latent, LatentDecoder)
         first = cfg.iterations // 2 if self._fine_tunes_generator() else cfg.iterations
         result = self._optimize_inputs(
             problem,
@@ -800,8 +820,7 @@ class GradientMatchingAttack:
         images = _decoded(problem, result.images)
         if not self._fine_tunes_generator() or result.interrupted or result.stopped:
             return dataclasses.replace(result, images=images)
-        tuned = copy.copy(problem)
-        tuned.decoder = GeneratorDecoder(latent)
+        tuned = _fine_tuning(problem)
         second = self._optimize_inputs(
             tuned,
             tuned.decoder.start(result.images),
@@ -927,15 +946,11 @@ def _batch_norm_prior(
     client's batch statistics read from its shared buffers (refused where they are not
     shared or not readable); "bn" takes the client's where readable, else the server's.
     """
-    spec = next((s for s in specs if s.kind in BATCH_NORM), None)
+    spec = prior_of(specs, "batch-norm")
     if spec is None:
         return None
-    one_forward = knowledge.local_training is None and knowledge.admm is None
-    readable = bool(update.buffers) and one_forward and knowledge.num_users == 1
-    if spec.kind == "bn-client" or (spec.kind == "bn" and readable):
-        targets = client_statistics(
-            model, update, users=knowledge.num_users, one_forward=one_forward
-        )
+    if _reads_client_statistics(spec, update, knowledge):
+        targets = client_statistics(model, update, **_client_reading(knowledge))
     else:
         targets = server_statistics(model)
     params = {n: p.detach() for n, p in replica.named_parameters()}
@@ -956,6 +971,9 @@ def _prior_details(problem: MatchingProblem, config: GradientMatchingConfig) -> 
     if isinstance(latent, LatentDecoder):
         details["prior_file"] = latent.prior.path
         details["prior_trained_on"] = latent.prior.dataset
+    learned = _learned_path(config.init)
+    if learned is not None:
+        details["inverter_file"] = learned
     if config.group_consistency:
         details["group_consistency"] = config.group_consistency
         details["group_weight"] = config.group_weight
@@ -976,13 +994,15 @@ def _keep_better(
 ) -> TrialsResult:
     """GIAS's result: per trial, the fine-tuned image where it matches at least as well as
     the latent search's, else the latent search's; counts and history of both halves."""
-    better = (second.distances <= first.distances) & torch.isfinite(second.distances)
+    finite = torch.isfinite(second.distances)
+    better = finite & (~torch.isfinite(first.distances) | (second.distances <= first.distances))
     view = better.view(-1, *([1] * (first_images.dim() - 1)))
     keep = better.tolist()
     history = list(first.history)
-    history += [
+    history += [  # the second half's row 0 is the first half's last row again
         {**row, "iteration": int(row["iteration"] or 0) + first.iterations}
         for row in second.history
+        if row["iteration"]
     ]
     return TrialsResult(
         torch.where(view, second_images, first_images),
@@ -1004,3 +1024,44 @@ def _keep_better(
             s if k else f for s, f, k in zip(second.statuses, first.statuses, keep, strict=True)
         ],
     )
+
+
+def _client_reading(knowledge: Knowledge) -> dict[str, Any]:
+    """What decides whether the client's batch statistics can be read from its buffers."""
+    return {
+        "users": knowledge.num_users,
+        "one_forward": knowledge.local_training is None and knowledge.admm is None,
+        "model_mode": knowledge.model_mode,
+    }
+
+
+def _reads_client_statistics(spec: PriorSpec, update: SharedUpdate, knowledge: Knowledge) -> bool:
+    """Whether the batch-norm prior `spec` pulls toward the client's statistics: always for
+    "client" (refused later where unreadable), where readable for "granted"."""
+    if spec.info.statistics == "client":
+        return True
+    if spec.info.statistics == "server":
+        return False
+    return client_statistics_readable(update, **_client_reading(knowledge)) is None
+
+
+def _learned_path(init: str) -> str | None:
+    """The inverter file of init "learned:PATH"; None for another init.
+
+    Raises:
+        GradleakError: "learned" or "learned:" without a file.
+    """
+    kind, colon, path = init.partition(":")
+    if kind != LEARNED_INIT:
+        return None
+    if not path:
+        raise GradleakError("init learned needs the inverter's file: --init learned:INV.pt")
+    return path
+
+
+def _fine_tuning(problem: MatchingProblem) -> MatchingProblem:
+    """The problem of GIAS's second half: the latent problem, each image's generator moving."""
+    assert isinstance(problem.decoder, LatentDecoder)
+    tuned = copy.copy(problem)
+    tuned.decoder = GeneratorDecoder(problem.decoder)
+    return tuned

@@ -106,6 +106,51 @@ def check_writable(
     return folder
 
 
+def check_out_file(
+    out: Path,
+    what: str,
+    suffixes: Sequence[str] = (".pt", ".pth"),
+    *,
+    existing: Sequence[Path] = (),
+    overwrite: bool = False,
+) -> Path:
+    """Refuse an --out that cannot take a trained file: its suffix, a folder, an unwritable
+    folder, or files of an earlier result without `overwrite`.
+
+    Args:
+        out: the file a trainer writes.
+        what: what it is, for the messages ("checkpoint", "prior", "inverter").
+        suffixes: the endings allowed.
+        existing: files the result would replace (refused unless `overwrite`).
+        overwrite: replace them.
+
+    Returns:
+        `out`.
+
+    Raises:
+        GradleakError: one line naming the problem and the fix.
+    """
+    out = Path(out)
+    article = "an" if what[:1] in "aeiou" else "a"
+    if out.suffix not in suffixes:
+        endings = " or ".join(suffixes)
+        raise GradleakError(
+            f"--out {out} must name {article} {what} file ending in {endings}, e.g. "
+            f"{out.with_suffix(suffixes[0])}"
+        )
+    if out.is_dir():
+        raise GradleakError(f"--out {out} is a folder; name the {what} file inside it")
+    found = [p for p in existing if Path(p).exists()]
+    if found and not overwrite:
+        names = ", ".join(str(p) for p in found)
+        raise GradleakError(
+            f"--out {out}: {names} already exists; add --overwrite to replace it, or choose "
+            "another --out"
+        )
+    check_writable(out.parent, what=f"{what} folder")
+    return out
+
+
 def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 

@@ -51,7 +51,7 @@ from gradleak.attacks.priors.generative import (
     save_generative_prior,
 )
 from gradleak.core.errors import GradleakError
-from gradleak.core.files import check_writable
+from gradleak.core.files import check_out_file
 from gradleak.core.signals import hold_interrupts, release_interrupts
 from gradleak.data import input_shape, open_images
 from gradleak.data.loading import FOLDER
@@ -505,22 +505,9 @@ def _train(
 
 
 def _check_out(out: Path, overwrite: bool) -> Path:
-    if out.suffix not in PRIOR_SUFFIXES:
-        raise GradleakError(
-            f"--out {out} must name a prior file ending in .pt or .pth, e.g. "
-            f"{out.with_suffix('.pt')}"
-        )
-    if out.is_dir():
-        raise GradleakError(f"--out {out} is a folder; name the prior file inside it")
-    check_writable(out.parent, what="prior's folder")
-    existing = [p for p in (out, samples_path(out)) if p.exists()]
-    if existing and not overwrite:
-        names = ", ".join(str(p) for p in existing)
-        raise GradleakError(
-            f"--out {out}: {names} already exists; add --overwrite to replace it, or choose "
-            "another --out"
-        )
-    return out
+    return check_out_file(
+        out, "prior", PRIOR_SUFFIXES, existing=(out, samples_path(out)), overwrite=overwrite
+    )
 
 
 def _to_uint8(pixels: Tensor) -> Tensor:

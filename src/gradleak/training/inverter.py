@@ -47,7 +47,8 @@ from gradleak.attacks.priors.inverter import (
 )
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
-from gradleak.core.files import check_writable
+from gradleak.core.files import check_out_file
+from gradleak.core.signals import hold_interrupts, release_interrupts
 from gradleak.data import input_shape, normalize, open_images
 from gradleak.data.loading import FOLDER, LoadedImages
 from gradleak.fl.protocols import ProtocolSettings, get_protocol, local_training_for
@@ -330,19 +331,7 @@ def train_inverter(
 
 
 def _check_out(out: Path, overwrite: bool) -> Path:
-    if out.suffix not in INVERTER_SUFFIXES:
-        raise GradleakError(
-            f"--out {out} must name an inverter file ending in .pt or .pth, e.g. "
-            f"{out.with_suffix('.pt')}"
-        )
-    if out.is_dir():
-        raise GradleakError(f"--out {out} is a folder; name the inverter file inside it")
-    if out.exists() and not overwrite:
-        raise GradleakError(
-            f"--out {out} already exists; add --overwrite to replace it, or choose another --out"
-        )
-    check_writable(out.parent, what="inverter folder")
-    return out
+    return check_out_file(out, "inverter", INVERTER_SUFFIXES, existing=(out,), overwrite=overwrite)
 
 
 def _server_model(config: InverterTrainConfig, images: LoadedImages) -> nn.Module:
@@ -560,12 +549,20 @@ def _train(
                     "train again with a lower --lr"
                 )
             net.eval()
-            result.losses.append(epoch_loss)
-            inverter.epochs = epoch
-            inverter.training["losses"] = list(result.losses)
-            inverter.training["first_loss"] = result.first_loss
-            save_inverter(inverter, out)
-            result.inverter = inverter
+            # Saving and counting the epoch are one step: a signal meanwhile is recorded and
+            # acted on once both are done, so the file and the result always agree.
+            hold_interrupts()
+            try:
+                inverter.epochs = epoch
+                inverter.training["losses"] = [*result.losses, epoch_loss]
+                inverter.training["first_loss"] = result.first_loss
+                save_inverter(inverter, out)
+                result.losses.append(epoch_loss)
+                result.inverter = inverter
+            finally:
+                held = release_interrupts()
+            if held:
+                raise KeyboardInterrupt
             if on_epoch is not None:
                 on_epoch(epoch, epoch_loss)
     finally:

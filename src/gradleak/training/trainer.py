@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from gradleak import __version__
 from gradleak.core.errors import GradleakError
-from gradleak.core.files import check_writable, replaced_files, write_atomically
+from gradleak.core.files import check_out_file, replaced_files, write_atomically
 from gradleak.data import DATASETS, DatasetSpec, dataset_stats, input_shape, open_images
 from gradleak.models import build_model, save_checkpoint
 from gradleak.scenario.config import DATASET_CHOICES, SPLITS
@@ -356,15 +356,7 @@ def _train(
 
 
 def _check_out(out: Path) -> Path:
-    if out.suffix not in CHECKPOINT_SUFFIXES:
-        raise GradleakError(
-            f"--out {out} must name a checkpoint file ending in .pt or .pth, e.g. "
-            f"{out.with_suffix('.pt')}"
-        )
-    if out.is_dir():
-        raise GradleakError(f"--out {out} is a folder; name the checkpoint file inside it")
-    check_writable(out.parent, what="checkpoint folder")
-    return out
+    return check_out_file(out, "checkpoint", CHECKPOINT_SUFFIXES)
 
 
 def _load_data(config: TrainConfig) -> _Data:

@@ -66,10 +66,30 @@ def test_group_consistency_pulls_the_trials_together(lenet_case: Any) -> None:
     [
         ({"group_consistency": 1, "restarts": 1}, "at least 2 seeds"),
         ({"group_consistency": 4, "restarts": 2}, "needs restarts 4, got 2"),
-        ({"group_consistency": 2, "restarts": 2, "optimizer": "lbfgs"}, "adam only"),
+        ({"group_consistency": 2, "restarts": 2, "optimizer": "lbfgs"}, "needs the Adam optimiser"),
         ({"group_consistency": 2, "restarts": 2, "group_weight": 0}, "group_weight"),
     ],
 )
 def test_bad_group_consistency_settings_are_refused(options: dict, message: str) -> None:
     with pytest.raises(GradleakError, match=message):
         attacks.get("ig").with_options(options)
+
+
+def test_a_diverged_trial_does_not_pull_its_group(lenet_case: Any) -> None:
+    case, target = lenet_case
+    problem = matching_problem(case, target, "cosine")
+    g = torch.Generator().manual_seed(4)
+    start = torch.randn(3, 1, *case.server.knowledge.data_shape, generator=g)
+    start[0] = torch.nan  # this trial has diverged from the start
+    result = optimize_adam(
+        problem,
+        start,
+        case.client.batch.labels,
+        lr=0.1,
+        iterations=12,
+        log_every=4,
+        progress=False,
+        consistency=GroupConsistency(group_size=3, weight=1.0, every=5),
+    )
+    assert result.trial_iterations[1:] == [12, 12]  # the healthy trials ran their budget
+    assert torch.isfinite(result.images[1:]).all()

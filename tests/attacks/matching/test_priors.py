@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from gradleak import attacks
 from gradleak.attacks.matching.priors import (
     BatchNormPrior,
     PriorSpec,
+    batch_norm_layers,
     client_statistics,
     parse_prior,
     parse_priors,
@@ -72,7 +75,9 @@ def test_client_statistics_read_back_from_shared_buffers_make_the_prior_zero_at_
     resnet_batch,
 ) -> None:
     case, update = resnet_batch
-    targets = client_statistics(case.server.model, update, users=1, one_forward=True)
+    targets = client_statistics(
+        case.server.model, update, users=1, one_forward=True, model_mode="train"
+    )
     prior = _prior(case, targets)
     truth = case.client.batch.images
     at_truth = float(prior(truth))
@@ -90,7 +95,9 @@ def test_the_prior_is_positive_when_statistics_differ_and_scales_with_its_weight
     resnet_batch,
 ) -> None:
     case, update = resnet_batch
-    targets = client_statistics(case.server.model, update, users=1, one_forward=True)
+    targets = client_statistics(
+        case.server.model, update, users=1, one_forward=True, model_mode="train"
+    )
     other = case.client.batch.images.flip(-1) * 0.5
     one = float(_prior(case, targets, 1.0)(other))
     assert one > 0
@@ -108,12 +115,14 @@ def test_server_statistics_are_the_running_statistics(resnet_batch) -> None:
 def test_batch_norm_priors_refuse_what_the_threat_model_does_not_grant(resnet_batch) -> None:
     case, update = resnet_batch
     bare = FedSGDClient(case.server.model).compute_update(case.client.batch)
-    with pytest.raises(GradleakError, match="carries none; add --share-buffers"):
-        client_statistics(case.server.model, bare, users=1, one_forward=True)
-    with pytest.raises(GradleakError, match="ran several"):
-        client_statistics(case.server.model, update, users=1, one_forward=False)
-    with pytest.raises(GradleakError, match="averages 2 users"):
-        client_statistics(case.server.model, update, users=2, one_forward=True)
+    with pytest.raises(GradleakError, match="carries no batch-norm buffers; add --share-buffers"):
+        client_statistics(case.server.model, bare, users=1, one_forward=True, model_mode="train")
+    with pytest.raises(GradleakError, match="several forward passes"):
+        client_statistics(case.server.model, update, users=1, one_forward=False, model_mode="train")
+    with pytest.raises(GradleakError, match="averages 2 users' buffers"):
+        client_statistics(case.server.model, update, users=2, one_forward=True, model_mode="train")
+    with pytest.raises(GradleakError, match="a client in eval mode leaves its running statistics"):
+        client_statistics(case.server.model, update, users=1, one_forward=True, model_mode="eval")
     lenet = build_case(RunConfig(model="lenet", indices=(0,), progress=False)).server.model
     with pytest.raises(GradleakError, match="needs a model with batch norm, and this one has none"):
         server_statistics(lenet)
@@ -137,3 +146,26 @@ def test_ig_refuses_a_bn_prior_on_a_model_without_batch_norm() -> None:
     attack = attacks.get("ig").with_options({"iterations": 2, "priors": ["bn"]})
     with pytest.raises(GradleakError, match="has none"):
         attack.reconstruct(update, case.server.model, case.server.knowledge, progress=False)
+
+
+def test_cumulative_batch_norm_statistics_are_read_back_too() -> None:
+    case = build_case(RunConfig(model="resnet20", indices=(0, 1), batch_size=2, progress=False))
+    model = case.server.model
+    for layer in batch_norm_layers(model).values():
+        layer.momentum = None  # a cumulative average over num_batches_tracked batches
+        layer.num_batches_tracked.fill_(3)
+    update = FedSGDClient(model, share_buffers=True).compute_update(case.client.batch)
+    targets = client_statistics(model, update, users=1, one_forward=True, model_mode="train")
+    prior = _prior(case, targets)
+    assert float(prior(case.client.batch.images)) < 1e-3
+
+
+def test_bn_takes_the_servers_statistics_where_the_clients_cannot_be_read(resnet_batch) -> None:
+    case, update = resnet_batch
+    knowledge = dataclasses.replace(case.server.knowledge, model_mode="eval")
+    attack = attacks.get("ig").with_options({"iterations": 1, "restarts": 1, "priors": ["bn"]})
+    rec = attack.reconstruct(update, case.server.model, knowledge, progress=False)
+    assert rec.details["bn_statistics"] == "server running statistics"
+    client = attacks.get("ig").with_options({"iterations": 1, "priors": ["bn-client"]})
+    with pytest.raises(GradleakError, match="eval mode"):
+        client.reconstruct(update, case.server.model, knowledge, progress=False)

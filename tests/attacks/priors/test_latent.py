@@ -115,3 +115,36 @@ def test_a_prior_trained_for_other_images_is_refused_before_any_work(tmp_path: P
     attack = attacks.get("ig").with_options({"iterations": 2, "priors": [f"gan:{path}"]})
     with pytest.raises(GradleakError, match="1×28×28"):
         attack.reconstruct(update, case.server.model, case.server.knowledge, progress=False)
+
+
+def test_gias_keeps_a_fine_tuned_image_only_where_it_matches_at_least_as_well() -> None:
+    from gradleak.attacks.engine.status import TrialStatus
+    from gradleak.attacks.engine.trials import TrialsResult
+    from gradleak.attacks.gradient_matching import _keep_better
+    from gradleak.attacks.reconstruction import Status
+
+    ok, stalled = TrialStatus(Status.OK, ""), TrialStatus(Status.NO_PROGRESS, "stalled")
+
+    def result(distances: list[float], statuses, rows) -> TrialsResult:
+        return TrialsResult(
+            torch.zeros(3, 1, 1),
+            torch.zeros(3, 1, dtype=torch.long),
+            torch.tensor(distances),
+            history=[{"iteration": i, "loss": 0.0} for i in rows],
+            iterations=rows[-1],
+            trial_iterations=[rows[-1]] * 3,
+            distances=torch.tensor(distances),
+            statuses=statuses,
+        )
+
+    first = result([0.5, 0.2, float("nan")], [ok, ok, ok], [0, 5])
+    second = result([0.4, 0.3, 0.9], [ok, stalled, ok], [0, 5])
+    first_images = torch.stack([torch.full((1, 1), v) for v in (1.0, 2.0, 3.0)])
+    second_images = -first_images
+    kept = _keep_better(first, first_images, second, second_images)
+    # Trial 0 improved, trial 1 got worse, trial 2's first half had no finite distance.
+    assert kept.images.flatten().tolist() == [-1.0, 2.0, -3.0]
+    assert kept.distances.tolist() == pytest.approx([0.4, 0.2, 0.9])
+    assert kept.statuses == [ok, ok, ok]
+    assert [row["iteration"] for row in kept.history] == [0, 5, 10]  # no repeated row
+    assert kept.iterations == 10 and kept.trial_iterations == [10, 10, 10]

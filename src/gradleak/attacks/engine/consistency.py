@@ -98,13 +98,21 @@ class ConsistencyTerm:
 
     @torch.no_grad()
     def refresh(self, x: torch.Tensor) -> None:
-        """Register every group's mean from the trials' current inputs `x` (K×B×…)."""
+        """Register every group's mean from the trials' current inputs `x` (K×B×…).
+
+        Only trials whose inputs are finite join the mean: a diverged trial must not drag
+        its group with it. A diverged trial's anchor is its own inputs (no pull).
+        """
         size = self.spec.group_size
-        parts = []
+        anchors = x.clone()
+        finite = torch.isfinite(x.flatten(1)).all(dim=1).tolist()
         for start in range(0, x.shape[0], size):
-            labels = None if self.labels is None else self.labels[start : start + size]
-            parts.append(registered_mean(x[start : start + size], labels))
-        self.anchors = torch.cat(parts)
+            rows = [start + i for i in range(size) if finite[start + i]]
+            if not rows:
+                continue
+            labels = None if self.labels is None else self.labels[rows]
+            anchors[rows] = registered_mean(x[rows], labels)
+        self.anchors = anchors
 
     def add(
         self, x: torch.Tensor, rows: list[int] | None, grad: torch.Tensor, losses: torch.Tensor

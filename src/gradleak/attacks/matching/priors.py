@@ -43,14 +43,21 @@ class PriorKind:
     Attributes:
         name: how `--prior` spells it.
         description: one line for `gradleak list`.
+        family: "tv", "batch-norm" or "generative": a run takes one prior of each family.
         takes_path: the spec is `name:PATH` (a trained prior's file) instead of `name[:W]`.
         default_weight: the weight without `:W` (None: the modality's default, TV only).
+        statistics: batch-norm priors: whose statistics, "server", "client" or "granted"
+            (the client's where the threat model grants them, else the server's).
+        fine_tunes: generative priors: the generator is fine-tuned per image (GIAS).
     """
 
     name: str
     description: str
+    family: str
     takes_path: bool = False
     default_weight: float | None = None
+    statistics: str = ""
+    fine_tunes: bool = False
 
 
 PRIOR_KINDS: dict[str, PriorKind] = {
@@ -60,40 +67,48 @@ PRIOR_KINDS: dict[str, PriorKind] = {
             "tv",
             "total variation of the candidate images (Inverting Gradients); default weight "
             "1e-4 below 64 pixels a side, 1e-1 from 64 on",
+            "tv",
         ),
         PriorKind(
             "bn",
             "batch-norm statistics (DeepInversion/GradInversion): the client's batch "
             "statistics where it shares its buffers, else the server's running statistics",
+            "batch-norm",
             default_weight=BN_DEFAULT_WEIGHT,
+            statistics="granted",
         ),
         PriorKind(
             "bn-server",
             "batch-norm statistics pulled toward the server model's running statistics",
+            "batch-norm",
             default_weight=BN_DEFAULT_WEIGHT,
+            statistics="server",
         ),
         PriorKind(
             "bn-client",
             "batch-norm statistics pulled toward the client's batch statistics, read from "
             "the buffers it shares (--share-buffers)",
+            "batch-norm",
             default_weight=BN_DEFAULT_WEIGHT,
+            statistics="client",
         ),
         PriorKind(
             "gan",
             "a trained generator's latent space searched for the images (GGL); "
             "gradleak train-prior makes one",
+            "generative",
             takes_path=True,
         ),
         PriorKind(
             "gias",
             "the generator's latent searched, then its weights fine-tuned per image (GIAS)",
+            "generative",
             takes_path=True,
+            fine_tunes=True,
         ),
     )
 }
-
-GENERATIVE = ("gan", "gias")
-BATCH_NORM = ("bn", "bn-server", "bn-client")
+FAMILIES = ("tv", "batch-norm", "generative")
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,11 @@ class PriorSpec:
     kind: str
     weight: float | None = None
     path: str = ""
+
+    @property
+    def info(self) -> PriorKind:
+        """What kind of prior this is (`PRIOR_KINDS`)."""
+        return PRIOR_KINDS[self.kind]
 
     def __str__(self) -> str:
         if self.path:
@@ -163,13 +183,18 @@ def parse_priors(texts: Sequence[str]) -> tuple[PriorSpec, ...]:
         GradleakError: as `parse_prior`, or when a family is named twice.
     """
     specs = tuple(parse_prior(t) for t in texts)
-    for family, names in (("generative", GENERATIVE), ("batch-norm", BATCH_NORM), ("tv", ("tv",))):
-        chosen = [str(s) for s in specs if s.kind in names]
+    for family in FAMILIES:
+        chosen = [str(s) for s in specs if s.info.family == family]
         if len(chosen) > 1:
             raise GradleakError(
                 f"one {family} prior at a time, got {', '.join(chosen)}; keep one --prior of them"
             )
     return specs
+
+
+def prior_of(specs: Sequence[PriorSpec], family: str) -> PriorSpec | None:
+    """The spec of `family` among `specs` (one at most, `parse_priors`), or None."""
+    return next((s for s in specs if s.info.family == family), None)
 
 
 def batch_norm_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -234,15 +259,56 @@ def server_statistics(model: nn.Module) -> BatchNormTargets:
     )
 
 
+def client_statistics_readable(
+    update: SharedUpdate, *, users: int, one_forward: bool, model_mode: str
+) -> str | None:
+    """Why the client's batch statistics cannot be read from `update` (None: they can).
+
+    They can when the client shared its buffers (`--share-buffers`) after exactly one
+    forward pass (one gradient of one user) in train mode, where the forward pass moves
+    the running statistics; in eval mode the buffers are the server's.
+
+    Args:
+        update: the shared update.
+        users: the users whose updates were averaged.
+        one_forward: the update came from one forward pass (FedSGD).
+        model_mode: the client's batch-norm mode as the attacker knows or guesses it.
+
+    Returns:
+        The reason, as the end of a sentence with its fix; None when readable.
+    """
+    if not update.buffers:
+        return (
+            "this update carries no batch-norm buffers; add --share-buffers (the clients then "
+            "send them) or use --prior bn-server"
+        )
+    if model_mode != "train":
+        return (
+            "a client in eval mode leaves its running statistics as the server sent them; "
+            "use --prior bn-server, or --model-mode train"
+        )
+    if update.kind is not UpdateKind.GRADIENT or not one_forward:
+        return (
+            "the update came from several forward passes (local training), whose statistics "
+            "the buffers mix; use --prior bn-server or --protocol fedsgd"
+        )
+    if users != 1:
+        return (
+            f"the update averages {users} users' buffers; use --users 1 or --prior bn-server"
+        )
+    return None
+
+
 def client_statistics(
-    model: nn.Module, update: SharedUpdate, *, users: int, one_forward: bool
+    model: nn.Module, update: SharedUpdate, *, users: int, one_forward: bool, model_mode: str
 ) -> BatchNormTargets:
     """The client's batch statistics, read from the running statistics it shared.
 
     A client in train mode updates every running statistic once per forward pass,
     r' = (1 − m)·r + m·s, with m the layer's momentum and s the batch's statistic (the
-    unbiased variance for r = running_var). Knowing r (the server's model) and r' (the
-    shared buffers), the attacker solves s = (r' − (1 − m)·r) / m exactly.
+    unbiased variance for r = running_var), or with momentum None the cumulative average
+    r' = r + (s − r)/(n + 1), n the server's `num_batches_tracked`. Knowing r (the server's
+    model) and r' (the shared buffers), the attacker solves for s exactly.
 
     Args:
         model: the server's model (its running statistics are r).
@@ -250,32 +316,21 @@ def client_statistics(
         users: the users whose updates were averaged (the reading needs one).
         one_forward: whether the update came from one forward pass (FedSGD); after several
             local steps the buffers mix several batches' statistics.
+        model_mode: the client's batch-norm mode (train mode moves the statistics).
 
     Returns:
         The batch's mean and unbiased variance at every batch-norm layer.
 
     Raises:
-        GradleakError: when the model has no batch norm, the update carries no buffers
-            (they were not shared), the update is not one gradient of one user, or a
-            layer's momentum is cumulative (None).
+        GradleakError: when the model has no batch norm or the statistics cannot be read
+            (`client_statistics_readable`), or the buffers lack a layer's statistics.
     """
     layers = _require_batch_norm(model, "the bn-client prior")
-    if not update.buffers:
-        raise GradleakError(
-            "--prior bn-client needs the client's batch-norm buffers, and this update "
-            "carries none; add --share-buffers (the clients then send them) or use "
-            "--prior bn-server"
-        )
-    if update.kind is not UpdateKind.GRADIENT or not one_forward:
-        raise GradleakError(
-            "--prior bn-client reads one forward pass's statistics from the shared buffers; "
-            f"this {update.kind.noun} ran several, so use --prior bn-server or --protocol fedsgd"
-        )
-    if users != 1:
-        raise GradleakError(
-            f"--prior bn-client reads one client's statistics; the update averages {users} "
-            "users' buffers; use --users 1 or --prior bn-server"
-        )
+    why = client_statistics_readable(
+        update, users=users, one_forward=one_forward, model_mode=model_mode
+    )
+    if why is not None:
+        raise GradleakError(f"--prior bn-client reads the client's batch statistics, but {why}")
     means, variances = {}, {}
     for name, layer in layers.items():
         shared_mean = update.buffers.get(f"{name}.running_mean")
@@ -284,12 +339,11 @@ def client_statistics(
             raise GradleakError(
                 f"the shared buffers lack {name}'s running statistics; use --prior bn-server"
             )
-        if layer.momentum is None:
-            raise GradleakError(
-                f"{name} averages its statistics cumulatively (momentum None), so one batch's "
-                "cannot be read back; use --prior bn-server"
-            )
-        m = float(layer.momentum)
+        if layer.momentum is None:  # cumulative average: the factor is 1 / (batches + 1)
+            tracked = layer.num_batches_tracked
+            m = 1.0 / (float(tracked) + 1.0) if tracked is not None else 1.0
+        else:
+            m = float(layer.momentum)
         means[name] = (shared_mean.float() - (1 - m) * layer.running_mean) / m
         variances[name] = (shared_var.float() - (1 - m) * layer.running_var) / m
     return BatchNormTargets("client batch statistics", means, variances)

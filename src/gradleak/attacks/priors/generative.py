@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from gradleak.attacks.priors.nearest import nearest_stored_images
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import replaced_atomically
 
@@ -331,15 +332,8 @@ class GenerativePrior:
         self.check_fits(tuple(images.shape[1:]), "compared")
         if len(self.training_images) == 0:
             raise GradleakError(f"{self._name} keeps no training images to compare with")
-        kept = self.training_images.to(images.device, torch.float32) / 255.0
-        flat = kept.flatten(1)
-        # One image at a time: exact differences (no |a|²+|b|²-2ab cancellation), so an
-        # image that is a training image finds itself at distance 0.
-        distances = torch.stack(
-            [(flat - x.float().reshape(1, -1)).square().mean(dim=1) for x in images.detach()]
-        )
-        indices = distances.argmin(dim=1)
-        return kept[indices].to(images.dtype), indices.cpu()
+        nearest, indices = nearest_stored_images(self.training_images, images)
+        return nearest.to(images.device, images.dtype), indices
 
 
 def save_generative_prior(prior: GenerativePrior, path: Path | str, **extra: object) -> Path:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradleak.attacks.priors.nearest import nearest_stored_images
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import replaced_atomically
 from gradleak.core.knowledge import Knowledge
@@ -407,15 +408,7 @@ class LearnedInverter:
                 f"images of shape {tuple(images.shape)} cannot be compared with the "
                 f"inverter's training images of shape {tuple(stored.shape[1:])}"
             )
-        kept = stored.float() / 255.0
-        flat = kept.flatten(1)
-        # One image at a time: exact differences (no |a|²+|b|²-2ab cancellation), so an
-        # image that is a training image finds itself at distance 0.
-        distances = torch.stack(
-            [(flat - x.float().cpu().reshape(1, -1)).square().mean(1) for x in images.detach()]
-        )
-        indices = distances.argmin(dim=1)
-        return kept[indices], indices
+        return nearest_stored_images(stored, images)
 
 
 def _close(a: Sequence[float], b: Sequence[float]) -> bool:

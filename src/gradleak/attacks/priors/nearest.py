@@ -21,6 +21,7 @@ class TrainedPrior(Protocol):
     """What both trained priors offer: their training images and where those came from."""
 
     dataset: str
+    training_images: torch.Tensor
 
     def nearest_training_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The nearest training image of each of B×C×H×W pixels, and their indices."""
@@ -37,6 +38,30 @@ def _inverter(path: str) -> TrainedPrior:
     from gradleak.attacks.priors.inverter import load_inverter
 
     return load_inverter(path)
+
+
+def nearest_stored_images(
+    stored: torch.Tensor, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored image nearest to each image (mean squared error over pixels).
+
+    Args:
+        stored: a prior's training images, uint8 N×C×H×W (N >= 1).
+        images: pixels in [0, 1], B×C×H×W of the same image shape.
+
+    Returns:
+        The nearest stored images as float32 pixels in [0, 1], B×C×H×W (on the CPU), and
+        their indices into `stored`, int64 (B,).
+    """
+    kept = stored.cpu().float() / 255.0
+    flat = kept.flatten(1)
+    # One image at a time: exact differences (no |a|²+|b|²-2ab cancellation), so an image
+    # that is a stored image finds itself at distance 0.
+    distances = torch.stack(
+        [(flat - x.float().cpu().reshape(1, -1)).square().mean(dim=1) for x in images.detach()]
+    )
+    indices = distances.argmin(dim=1)
+    return kept[indices], indices
 
 
 # The reconstruction's detail naming the trained prior's file → how that file is loaded.
@@ -106,6 +131,8 @@ def nearest_training(
             prior = load(str(path))
             break
     else:
+        return None
+    if len(prior.training_images) == 0:  # a prior saved without its images: nothing to show
         return None
     matched = recon01[torch.as_tensor(list(matching), dtype=torch.long)]
     nearest, indices = prior.nearest_training_images(matched)
