@@ -293,9 +293,7 @@ def client_statistics_readable(
             "the buffers mix; use --prior bn-server or --protocol fedsgd"
         )
     if users != 1:
-        return (
-            f"the update averages {users} users' buffers; use --users 1 or --prior bn-server"
-        )
+        return f"the update averages {users} users' buffers; use --users 1 or --prior bn-server"
     return None
 
 
