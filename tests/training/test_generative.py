@@ -15,8 +15,8 @@ import gradleak.training.generative as training
 from gradleak.attacks.priors.generative import GENERATIVE_KINDS, load_generative_prior
 from gradleak.core.errors import GradleakError
 from gradleak.data import open_images
+from gradleak.training.auxiliary import AUXILIARY_RANGE
 from gradleak.training.generative import (
-    DEFAULT_RANGE,
     PriorTrainConfig,
     samples_path,
     train_generative_prior,
@@ -216,7 +216,7 @@ def test_defaults_keep_the_attacked_images_out() -> None:
     # The indexed datasets' first 100 images are the attacked ones by convention.
     for dataset in ("cifar10", "cifar100", "mnist"):
         config = PriorTrainConfig(dataset=dataset, data_root=Path("x"))
-        assert config.resolved_range(600) == DEFAULT_RANGE == (100, 599)
+        assert config.resolved_range(600) == AUXILIARY_RANGE == (100, 599)
         assert config.resolved_range(10_000) == (100, 599)
     assert _config(Path("x"), index_range=None).resolved_range(60) == (0, 59)
     assert PriorTrainConfig().kind == "vae" and PriorTrainConfig().resolved_lr == 1e-3

@@ -150,7 +150,6 @@ def test_ctrl_c_while_generating_writes_nothing(
 @pytest.mark.parametrize(
     ("changes", "fragment"),
     [
-        ({"range": None}, "all among the first 100 that attacks are evaluated on"),
         ({"range": (0, 8)}, "range 0-8 goes past the folder test split, which has 8 images"),
         ({"batch_size": 9}, "batch size 9 is larger than the 8 auxiliary images"),
         ({"protocol": "fedadmm"}, "--protocol fedadmm is not supported"),

@@ -8,8 +8,8 @@ import sys
 from gradleak.cli import flags
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
 from gradleak.cli.train import parse_range
+from gradleak.training.auxiliary import AUXILIARY_RANGE
 from gradleak.training.inverter import (
-    DEFAULT_RANGE,
     INVERTER_PROTOCOLS,
     InverterTrainConfig,
     InverterTrainResult,
@@ -52,8 +52,8 @@ def add_train_inverter(commands: flags.Commands) -> None:
         type=parse_range,
         metavar="A-B",
         help="auxiliary images A..B of the split, both included (default "
-        f"{DEFAULT_RANGE[0]}-{DEFAULT_RANGE[1]}: images 0-{DEFAULT_RANGE[0] - 1} are where "
-        "attacks are evaluated)",
+        f"{AUXILIARY_RANGE[0]}-{AUXILIARY_RANGE[1]}: images 0-{AUXILIARY_RANGE[0] - 1} are where "
+        "attacks are evaluated; a folder: all of it)",
     )
     flags.IMAGE_SIZE.add(p, help="side of folder images (default 32)")
     flags.BATCH_SIZE.add(p, default=d.batch_size, help=f"the client's batch size ({d.batch_size})")

@@ -57,12 +57,12 @@ from gradleak.data import input_shape, open_images
 from gradleak.data.loading import FOLDER
 from gradleak.report.images import save_png, tile_rows, to_pil
 from gradleak.scenario.config import DATASET_CHOICES, SPLITS
+from gradleak.training.auxiliary import auxiliary_range
 
 PRIOR_SUFFIXES = (".pt", ".pth")
 # Indexed datasets are attacked on their first 100 images by convention; a prior trained
 # by default starts after them. 599 is the last CIFAR test image in the shared data; a
 # full download has more, and the default stays the same 500 images.
-DEFAULT_RANGE = (100, 599)
 # Photos look as natural mirrored; digits (and text) do not.
 _FLIPS_BY_DEFAULT = {"mnist": False}
 SAMPLE_ROWS, SAMPLE_COLUMNS = 2, 8  # the samples picture: 16 images
@@ -191,21 +191,12 @@ class PriorTrainConfig:
                 )
         if size is None:
             return
-        first, last = self.resolved_range(size)
-        where = f"the {self.dataset} {self.split} split" if self.dataset != FOLDER else "the folder"
-        if last >= size or first > last:
-            raise GradleakError(
-                f"range {first}-{last} goes past {where}, which has {size} images "
-                f"(0-{size - 1}); choose indices up to {size - 1} with --range A-B"
-            )
+        self.resolved_range(size)  # refuses a range past the split
 
     def resolved_range(self, dataset_size: int) -> tuple[int, int]:
         """The images trained on, both ends included (the default made concrete)."""
-        if self.index_range is not None:
-            return self.index_range
-        if self.dataset == FOLDER:
-            return 0, dataset_size - 1
-        return DEFAULT_RANGE[0], min(DEFAULT_RANGE[1], dataset_size - 1)
+        where = f"the {self.dataset} {self.split} split" if self.dataset != FOLDER else "the folder"
+        return auxiliary_range(self.dataset, dataset_size, self.index_range, where)
 
     def data_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images trained on."""

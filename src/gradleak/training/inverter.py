@@ -61,12 +61,12 @@ from gradleak.models import (
 )
 from gradleak.models.checkpoint import model_fingerprint
 from gradleak.scenario.config import DATASET_CHOICES, MODEL_MODES, SPLITS
+from gradleak.training.auxiliary import auxiliary_range
 
 # The protocols an inverter can be trained for: their update is a function of the batch
 # alone (FedADMM's depends on the client's state as well).
 INVERTER_PROTOCOLS = ("fedsgd", "fedavg")
 # Images 0-99 are where attacks are evaluated: the auxiliary images start after them.
-DEFAULT_RANGE = (100, 599)
 INVERTER_SUFFIXES = (".pt", ".pth")
 
 
@@ -201,25 +201,10 @@ class InverterTrainConfig:
         """The auxiliary images' indices (first, last), checked against the split's size.
 
         Raises:
-            GradleakError: the range goes past the split, or (by default) the split holds
-                no images after the 100 kept for evaluation.
+            GradleakError: as `auxiliary_range`.
         """
         where = f"the {self.dataset} {self.split} split"
-        if self.range is None:
-            first, last = DEFAULT_RANGE
-            if dataset_size <= first:
-                raise GradleakError(
-                    f"{where} has {dataset_size} images, all among the first {first} that "
-                    "attacks are evaluated on; give the auxiliary images with --range A-B"
-                )
-            return first, min(last, dataset_size - 1)
-        first, last = self.range
-        if last >= dataset_size:
-            raise GradleakError(
-                f"range {first}-{last} goes past {where}, which has {dataset_size} images "
-                f"(0-{dataset_size - 1}); choose indices up to {dataset_size - 1}"
-            )
-        return first, last
+        return auxiliary_range(self.dataset, dataset_size, self.range, where)
 
     def protocol_settings(self) -> ProtocolSettings:
         """The clients' protocol, built as a run builds it (one user, round 1)."""
