@@ -67,6 +67,8 @@ PRIOR_DATA = {
     "cifar": ["--dataset", "cifar10", "--data-root", DATA, "--range", "100-599"],
     "lfw": ["--dataset", "folder", "--data-root", LFW, "--image-size", "32"],
 }
+# The inverters serve the CIFAR-10 model whatever their auxiliary images.
+VICTIM = {"cifar": [], "lfw": ["--victim-dataset", "cifar10"]}
 
 
 def _paths(out: Path) -> dict[str, Path]:
@@ -107,7 +109,7 @@ def train_all(out: Path, threads: int) -> None:
                 if state == "trained":
                     model += ["--checkpoint", str(paths["resnet"])]
                 _cli(
-                    ["train-inverter", *model, *flags, "--batch-size", str(batch)]
+                    ["train-inverter", *model, *flags, *VICTIM[data], "--batch-size", str(batch)]
                     + ["--updates", str(INVERTER_UPDATES), "--out", str(path), *threading]
                 )
 

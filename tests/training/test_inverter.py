@@ -180,3 +180,32 @@ def test_an_existing_out_is_replaced_only_on_request(image_folder: Path, tmp_pat
     assert load_inverter(out).epochs == 1
     with pytest.raises(GradleakError, match="must name an inverter file ending in .pt"):
         train_inverter(_config(image_folder), tmp_path / "inv.txt", progress=False)
+
+
+def test_an_inverter_from_other_images_serves_the_victims_model(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    from gradleak import attacks
+    from gradleak.fl import FedSGDClient
+    from gradleak.scenario import RunConfig, build_case
+
+    out = tmp_path / "inv.pt"
+    config = _config(image_folder, image_size=32, victim_dataset="cifar10", epochs=1)
+    train_inverter(config, out, progress=False)
+    inverter = load_inverter(out)
+    case = build_case(RunConfig(model="lenet", indices=(0,), progress=False))  # CIFAR-10
+    assert inverter.fingerprint == model_fingerprint(case.server.model)
+    assert inverter.mean == case.server.knowledge.mean
+    update = FedSGDClient(case.server.model).compute_update(case.client.batch)
+    rec = attacks.get(f"learned:{out}").reconstruct(
+        update, case.server.model, case.server.knowledge
+    )
+    assert rec.images.shape == case.client.batch.images.shape
+
+
+def test_a_victim_dataset_of_another_image_shape_is_refused(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    config = _config(image_folder, image_size=32, victim_dataset="mnist")
+    with pytest.raises(GradleakError, match="--victim-dataset mnist takes 1×28×28 images"):
+        train_inverter(config, tmp_path / "inv.pt", progress=False)

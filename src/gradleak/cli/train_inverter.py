@@ -8,6 +8,7 @@ import sys
 from gradleak.cli import flags
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
 from gradleak.cli.train import parse_range
+from gradleak.scenario.config import DATASET_CHOICES
 from gradleak.training.auxiliary import AUXILIARY_RANGE
 from gradleak.training.inverter import (
     INVERTER_PROTOCOLS,
@@ -56,6 +57,13 @@ def add_train_inverter(commands: flags.Commands) -> None:
         "attacks are evaluated; a folder: all of it)",
     )
     flags.IMAGE_SIZE.add(p, help="side of folder images (default 32)")
+    p.add_argument(
+        "--victim-dataset",
+        choices=[d for d in DATASET_CHOICES if d != "folder"],
+        help="the dataset the server model serves (its classes and normalisation), when the "
+        "auxiliary images come from elsewhere, e.g. LFW faces for a CIFAR-10 model "
+        "(default: --dataset)",
+    )
     flags.BATCH_SIZE.add(p, default=d.batch_size, help=f"the client's batch size ({d.batch_size})")
     flags.add_protocol_flags(
         p.add_argument_group("protocol", "what the clients share (as gradleak attack takes it)"),
@@ -139,6 +147,7 @@ def handle(args: argparse.Namespace) -> int:
         local_batch_size=args.local_batch_size,
         local_lr=args.local_lr,
         model_mode=args.model_mode,
+        victim_dataset=args.victim_dataset,
         sketch_dim=args.sketch_dim,
         hidden=args.hidden,
         dropout=args.dropout,

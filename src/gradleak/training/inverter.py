@@ -50,7 +50,7 @@ from gradleak.core.errors import GradleakError
 from gradleak.core.files import check_out_file
 from gradleak.core.signals import hold_interrupts, release_interrupts
 from gradleak.data import input_shape, normalize, open_images
-from gradleak.data.loading import FOLDER, LoadedImages
+from gradleak.data.loading import FOLDER, LoadedImages, dataset_stats
 from gradleak.fl.protocols import ProtocolSettings, get_protocol, local_training_for
 from gradleak.fl.rounds import simulate
 from gradleak.models import (
@@ -88,6 +88,10 @@ class InverterTrainConfig:
         local_steps, local_epochs, local_batch_size, local_lr: FedAvg's local training
             (as `gradleak attack` takes them).
         model_mode: the client's batch-norm mode.
+        victim_dataset: the dataset the server model is built for, whose classes and
+            normalisation it uses (None: the auxiliary `dataset`). Auxiliary images from
+            elsewhere (faces for a CIFAR-10 model) are normalised as the victim's and given
+            label (their class mod the victim's classes), as a client would label them.
         sketch_dim: buckets of the update's count sketch.
         hidden: width of the inverter's hidden layers.
         dropout: the inverter's input dropout while training.
@@ -115,6 +119,7 @@ class InverterTrainConfig:
     local_batch_size: int | None = None
     local_lr: float | None = None
     model_mode: str = "train"
+    victim_dataset: str | None = None
     sketch_dim: int = DEFAULT_SKETCH_DIM
     hidden: int = DEFAULT_HIDDEN
     dropout: float = DEFAULT_DROPOUT
@@ -134,6 +139,11 @@ class InverterTrainConfig:
         Raises:
             GradleakError: the first setting out of range, in one line naming the fix.
         """
+        victims = [d for d in DATASET_CHOICES if d != FOLDER]
+        if self.victim_dataset is not None and self.victim_dataset not in victims:
+            raise GradleakError(
+                f"--victim-dataset {self.victim_dataset!r} is not one of: {', '.join(victims)}"
+            )
         if self.dataset not in DATASET_CHOICES:
             raise GradleakError(
                 f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASET_CHOICES)}"
@@ -292,12 +302,14 @@ def train_inverter(
     images = open_images(config.dataset, config.data_root, config.split, config.image_size)
     first, last = config.validate(len(images)).image_range(len(images))
     pixels, labels = images.pixels(range(first, last + 1))
-    server = _server_model(config, images)
-    inverter = _new_inverter(config, images, server, pixels, (first, last))
+    victim = _victim(config, images)
+    labels = labels % victim.num_classes
+    server = _server_model(config, images, victim)
+    inverter = _new_inverter(config, images, victim, server, pixels, (first, last))
     result = InverterTrainResult(None, out)
     try:
         generation = time.perf_counter()
-        pairs = _generate(config, server, images, pixels, labels, inverter, progress)
+        pairs = _generate(config, server, victim, pixels, labels, inverter, progress)
         result.generation_seconds = time.perf_counter() - generation
         result.updates = pairs.sketches.shape[0]
         # Dropout draws from the global generator: a forked, seeded one makes the training
@@ -319,11 +331,36 @@ def _check_out(out: Path, overwrite: bool) -> Path:
     return check_out_file(out, "inverter", INVERTER_SUFFIXES, existing=(out,), overwrite=overwrite)
 
 
-def _server_model(config: InverterTrainConfig, images: LoadedImages) -> nn.Module:
+@dataclass(frozen=True)
+class _Victim:
+    """What the server model is built for: its classes and its input normalisation."""
+
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def _victim(config: InverterTrainConfig, images: LoadedImages) -> _Victim:
+    """The victim's setting: the auxiliary dataset's own, or `victim_dataset`'s (checked)."""
+    if config.victim_dataset is None:
+        stats = images.stats
+        return _Victim(images.num_classes, tuple(stats.mean), tuple(stats.std))
+    spec = dataset_stats(config.victim_dataset)
+    shape = (images.channels, *images.size)
+    if (spec.channels, *spec.image_size) != shape:
+        raise GradleakError(
+            f"--victim-dataset {config.victim_dataset} takes {spec.channels}×"
+            f"{spec.image_size[0]}×{spec.image_size[1]} images, but the auxiliary images are "
+            f"{'×'.join(map(str, shape))}; use --image-size {spec.image_size[0]} with a folder"
+        )
+    return _Victim(spec.num_classes, tuple(spec.mean), tuple(spec.std))
+
+
+def _server_model(config: InverterTrainConfig, images: LoadedImages, victim: _Victim) -> nn.Module:
     """The server's model exactly as a run builds it (`scenario.case.case_from`)."""
     model = build_model(
         config.model,
-        num_classes=images.num_classes,
+        num_classes=victim.num_classes,
         in_channels=images.channels,
         image_size=images.size,
         seed=config.seed,
@@ -337,6 +374,7 @@ def _server_model(config: InverterTrainConfig, images: LoadedImages) -> nn.Modul
 def _new_inverter(
     config: InverterTrainConfig,
     images: LoadedImages,
+    victim: _Victim,
     server: nn.Module,
     pixels: torch.Tensor,
     bounds: tuple[int, int],
@@ -362,8 +400,8 @@ def _new_inverter(
         ),
         batch_size=config.batch_size,
         data_shape=shape,
-        mean=tuple(images.stats.mean),
-        std=tuple(images.stats.std),
+        mean=victim.mean,
+        std=victim.std,
         dataset=f"{images.description}, images {bounds[0]}-{bounds[1]}",
         auxiliary={
             "dataset": config.dataset,
@@ -415,7 +453,7 @@ def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def _generate(
     config: InverterTrainConfig,
     server: nn.Module,
-    images: LoadedImages,
+    victim: _Victim,
     pixels: torch.Tensor,
     labels: torch.Tensor,
     inverter: LearnedInverter,
@@ -425,7 +463,6 @@ def _generate(
     settings = config.protocol_settings()
     generator = torch.Generator().manual_seed(config.seed)
     count, b = pixels.shape[0], config.batch_size
-    stats = images.stats
     sketches = torch.empty(config.updates, inverter.sketch.features)
     targets = torch.empty(config.updates, b, *inverter.data_shape)
     order = torch.empty(0, dtype=torch.long)
@@ -447,7 +484,7 @@ def _generate(
             batch01 = pixels[chosen]
             if config.augment:
                 batch01 = augment(batch01, generator)
-            batch = normalize(batch01, stats.mean, stats.std)
+            batch = normalize(batch01, victim.mean, victim.std)
             update = simulate(server, PrivateBatch(batch, labels[chosen]), settings).update
             sketches[u] = inverter.sketch(flatten_update(update.tensors, inverter.parameter_names))
             targets[u] = batch
