@@ -249,6 +249,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", choices=("main", "ood", "defenses"), action="append")
     parser.add_argument("--method", action="append", help="only these methods")
+    parser.add_argument("--batch", type=int, action="append", help="only these batch sizes")
     parser.add_argument("--images", type=int, default=2, help="batch 1: test images 0..N-1")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--restarts", type=int, default=1)
@@ -275,7 +276,9 @@ def main() -> int:
             case
             for study in args.study or ["main", "ood", "defenses"]
             for case in cases(study, args.images, args.iterations, args.restarts)
-            if (not args.method or case["method"] in args.method) and _key(case) not in done
+            if (not args.method or case["method"] in args.method)
+            and (not args.batch or case["batch"] in args.batch)
+            and _key(case) not in done
         ]
         for case in todo[index::count]:
             row = run_case(case, args.out)
