@@ -70,6 +70,34 @@ def replace_checked(instance: T, values: Mapping[str, Any], where: str) -> T:
     return dataclasses.replace(instance, **coerced)  # type: ignore[type-var]
 
 
+MAX_SEED = 2**63 - 1
+
+
+def require_counts(settings: object, keys: tuple[str, ...]) -> None:
+    """Refuse any of `settings`' fields `keys` that is not an integer of at least 1 (None
+    passes: a default still to be resolved).
+
+    Raises:
+        GradleakError: naming the first such field and its value.
+    """
+    for key in keys:
+        value = getattr(settings, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GradleakError(f"{key} must be an integer of at least 1, got {value!r}")
+
+
+def require_seed(seed: object) -> None:
+    """Refuse a seed that is not an integer in 0..2**63-1 (what torch.Generator takes).
+
+    Raises:
+        GradleakError: naming the value.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise GradleakError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+
+
 def to_plain(value: Any) -> Any:
     """`value` as JSON- and YAML-safe primitives, for every file gradleak writes.
 

@@ -52,6 +52,7 @@ from gradleak.attacks.priors.generative import (
 )
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import check_out_file
+from gradleak.core.settings import require_counts, require_seed
 from gradleak.core.signals import hold_interrupts, release_interrupts
 from gradleak.data import input_shape, open_images
 from gradleak.data.loading import FOLDER
@@ -154,20 +155,10 @@ class PriorTrainConfig:
             )
         if self.split not in SPLITS:
             raise GradleakError(f"unknown split {self.split!r}; choose one of: {', '.join(SPLITS)}")
-        for key in ("latent_dim", "width", "epochs", "batch_size"):
-            value = getattr(self, key)
-            if value is None and key == "epochs":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise GradleakError(f"{key} must be an integer of at least 1, got {value!r}")
+        require_counts(self, ("latent_dim", "width", "epochs", "batch_size"))
         if self.width < 2:
             raise GradleakError(f"width must be at least 2, got {self.width}")
-        if (
-            isinstance(self.seed, bool)
-            or not isinstance(self.seed, int)
-            or not 0 <= self.seed < 2**63
-        ):
-            raise GradleakError(f"seed must be an integer in 0..2**63-1, got {self.seed!r}")
+        require_seed(self.seed)
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise GradleakError(f"lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):

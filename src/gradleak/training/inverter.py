@@ -48,6 +48,7 @@ from gradleak.attacks.priors.inverter import (
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import check_out_file
+from gradleak.core.settings import require_counts, require_seed
 from gradleak.core.signals import hold_interrupts, release_interrupts
 from gradleak.data import input_shape, normalize, open_images
 from gradleak.data.loading import FOLDER, LoadedImages, dataset_stats
@@ -165,16 +166,10 @@ class InverterTrainConfig:
             raise GradleakError(
                 f"model_mode {self.model_mode!r} is not one of: {', '.join(MODEL_MODES)}"
             )
-        for key in ("batch_size", "sketch_dim", "hidden", "updates", "epochs", "train_batch"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise GradleakError(f"{key} must be an integer of at least 1, got {value!r}")
-        if (
-            isinstance(self.seed, bool)
-            or not isinstance(self.seed, int)
-            or not 0 <= self.seed < 2**63
-        ):
-            raise GradleakError(f"seed must be an integer in 0..2**63-1, got {self.seed!r}")
+        require_counts(
+            self, ("batch_size", "sketch_dim", "hidden", "updates", "epochs", "train_batch")
+        )
+        require_seed(self.seed)
         if not 0 <= self.dropout < 1:
             raise GradleakError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from gradleak import __version__
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import check_out_file, replaced_files, write_atomically
+from gradleak.core.settings import require_counts, require_seed
 from gradleak.data import DATASETS, DatasetSpec, dataset_stats, input_shape, open_images
 from gradleak.models import build_model, save_checkpoint
 from gradleak.scenario.config import DATASET_CHOICES, SPLITS
@@ -83,16 +84,8 @@ class TrainConfig:
             )
         if self.split not in SPLITS:
             raise GradleakError(f"unknown split {self.split!r}; choose one of: {', '.join(SPLITS)}")
-        for key in ("epochs", "batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise GradleakError(f"{key} must be an integer of at least 1, got {value!r}")
-        if (
-            isinstance(self.seed, bool)
-            or not isinstance(self.seed, int)
-            or not 0 <= self.seed < 2**63
-        ):
-            raise GradleakError(f"seed must be an integer in 0..2**63-1, got {self.seed!r}")
+        require_counts(self, ("epochs", "batch_size"))
+        require_seed(self.seed)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise GradleakError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.momentum < 1:
