@@ -21,8 +21,12 @@ if TYPE_CHECKING:
     from gradleak.scenario.run import AttackOutcome
 
 
-def run_metrics(plan: RunPlan, outcome: AttackOutcome) -> dict[str, object]:
-    """Everything metrics.json records about one run: settings, scores, the threat model."""
+def run_metrics(
+    plan: RunPlan, outcome: AttackOutcome, nearest: NearestTraining | None = None
+) -> dict[str, object]:
+    """Everything metrics.json records about one run: settings, scores, the threat model,
+    and with `nearest` (`prior_nearest`) how close the reconstruction is to the prior's
+    training images."""
     config, rec = plan.config, outcome.reconstruction
     server, client = outcome.attacked, outcome.case.client
     ev = outcome.evaluation.to_dict()
@@ -63,15 +67,20 @@ def run_metrics(plan: RunPlan, outcome: AttackOutcome) -> dict[str, object]:
         "trial_status": [status.value for status in rec.trial_status],
         "threat_model": server.knowledge.describe(),
         "convention": server.modality.convention,
-        **_prior_nearest_summary(outcome),
+        **({} if nearest is None else {"prior_nearest": nearest.summary()}),
     }
 
 
 def write_outputs(
-    out_dir: Path, plan: RunPlan, outcome: AttackOutcome, metrics: Mapping[str, object]
+    out_dir: Path,
+    plan: RunPlan,
+    outcome: AttackOutcome,
+    metrics: Mapping[str, object],
+    nearest: NearestTraining | None = None,
 ) -> None:
-    """The run directory: the modality's pictures, snapshots, history.csv, the resolved
-    config.yaml and metrics.json (written last, so its presence means the run is complete).
+    """The run directory: the modality's pictures (with `nearest`, prior_nearest.png too),
+    snapshots, history.csv, the resolved config.yaml and metrics.json (written last, so its
+    presence means the run is complete).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     server, client = outcome.attacked, outcome.case.client
@@ -81,7 +90,6 @@ def write_outputs(
     modality.render_run(
         out_dir, server.decode(client.batch.images), recon, outcome.evaluation.matching
     )
-    nearest = _prior_nearest(outcome)
     if nearest is not None:
         matched = recon[torch.as_tensor(outcome.evaluation.matching, dtype=torch.long)]
         truth = server.decode(client.batch.images)
@@ -99,8 +107,10 @@ def write_outputs(
     write_atomically(out_dir / "metrics.json", text + "\n")
 
 
-def _prior_nearest(outcome: AttackOutcome) -> NearestTraining | None:
-    """The trained prior's nearest training images, for image runs that used one."""
+def prior_nearest(outcome: AttackOutcome) -> NearestTraining | None:
+    """The trained prior's nearest training images, for image runs that used one (it reads
+    the prior's file: compute it once per run and pass it to `run_metrics` and
+    `write_outputs`)."""
     rec, server = outcome.reconstruction, outcome.attacked
     if server.knowledge.modality != "image" or rec.images is None:
         return None
@@ -110,8 +120,3 @@ def _prior_nearest(outcome: AttackOutcome) -> NearestTraining | None:
         server.decode(rec.images),
         outcome.evaluation.matching,
     )
-
-
-def _prior_nearest_summary(outcome: AttackOutcome) -> dict[str, object]:
-    nearest = _prior_nearest(outcome)
-    return {} if nearest is None else {"prior_nearest": nearest.summary()}

@@ -23,7 +23,7 @@ from gradleak.metrics import Evaluation
 from gradleak.scenario.case import Case, ServerView, case_from
 from gradleak.scenario.config import RunConfig
 from gradleak.scenario.observe import psnr_observer, score
-from gradleak.scenario.outputs import run_metrics, write_outputs
+from gradleak.scenario.outputs import prior_nearest, run_metrics, write_outputs
 from gradleak.scenario.plan import RunPlan, plan_run
 from gradleak.scenario.snapshots import SnapshotRecorder
 
@@ -165,10 +165,11 @@ def run_attack(config: RunConfig, *, overwrite: bool = False) -> RunResult:
     try:
         # Once the attack has returned, an interrupt waits until its results are written.
         outcome = execute(plan, attacked_hook=hold_interrupts)
-        metrics = run_metrics(plan, outcome)
+        nearest = prior_nearest(outcome)
+        metrics = run_metrics(plan, outcome, nearest)
         # Written whole or not at all: a run that fails while writing leaves no half run.
         with output_dir(out_dir, overwrite=overwrite) as folder:
-            write_outputs(folder, plan, outcome, metrics)
+            write_outputs(folder, plan, outcome, metrics, nearest)
     except OSError as exc:
         raise GradleakError(f"cannot write the run directory {out_dir}: {exc}") from exc
     finally:

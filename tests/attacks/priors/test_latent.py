@@ -148,3 +148,29 @@ def test_gias_keeps_a_fine_tuned_image_only_where_it_matches_at_least_as_well() 
     assert kept.statuses == [ok, ok, ok]
     assert [row["iteration"] for row in kept.history] == [0, 5, 10]  # no repeated row
     assert kept.iterations == 10 and kept.trial_iterations == [10, 10, 10]
+
+
+@pytest.mark.parametrize("priors", [["gias:PRIOR"], ["tv", "bn-server"]])
+def test_the_same_seed_gives_the_same_reconstruction_with_priors(
+    tmp_path: Path, priors: list[str]
+) -> None:
+    path = _saved_prior(tmp_path, 3, 32)
+    case = build_case(RunConfig(model="resnet20", indices=(0,), progress=False))
+    update = FedSGDClient(case.server.model).compute_update(case.client.batch)
+    options = {
+        "iterations": 4,
+        "restarts": 2,
+        "group_consistency": 2,
+        "group_every": 2,
+        "priors": [p.replace("PRIOR", str(path)) for p in priors],
+    }
+    attack = attacks.get("ig").with_options(options)
+
+    def run(seed: int) -> torch.Tensor:
+        return attack.reconstruct(
+            update, case.server.model, case.server.knowledge, seed=seed, progress=False
+        ).images
+
+    first = run(0)
+    assert torch.equal(first, run(0))
+    assert not torch.equal(first, run(1))

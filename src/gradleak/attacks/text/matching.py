@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -343,37 +342,17 @@ class TextMatchingAttack(GradientMatchingAttack):
             mapping=mapping,
         )
 
-    def _attack(
-        self,
-        problem: MatchingProblem,
-        strategy: LabelStrategy,
-        fixed_labels: torch.Tensor | None,
-        knowledge: Knowledge,
-        seed: int,
-        observer: Observer | None,
-        progress: bool,
-        seeded: torch.Tensor | None = None,
-    ) -> Reconstruction:
-        """The base's optimisation, from starts whose soft labels fit the model's task
-        (`seeded` is always None: the config refuses a learned start)."""
-        inputs, labels = self._text_start(problem, knowledge, fixed_labels, seed)
-        start = time.perf_counter()
-        result = self._optimize(
-            problem, inputs, labels, knowledge, self._log_every(), observer, progress
-        )
-        seconds = time.perf_counter() - start
-        rows = range(len(result.losses))  # an interrupted L-BFGS run has fewer trials
-        return self._reconstruction(result, rows, strategy, problem, seconds, result.history)
-
-    def _text_start(
+    def _initial(
         self,
         problem: MatchingProblem,
         knowledge: Knowledge,
         fixed_labels: torch.Tensor | None,
         seed: int,
+        seeded: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Dummy embeddings K×B×L×H with their mask channel, and the fixed labels or soft
-        labels (standard normal logits, `_soft_label_shape` per sentence), drawn from `seed`."""
+        labels (standard normal logits, `_soft_label_shape` per sentence), drawn from `seed`
+        (`seeded` is always None: the config refuses a learned start)."""
         k, b = self.config.restarts, knowledge.batch_size
         generator = torch.Generator().manual_seed(seed)
         modality = get_modality(knowledge.modality)
