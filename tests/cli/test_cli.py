@@ -41,7 +41,7 @@ def test_attack_help_lists_attacks_and_models(capsys: pytest.CaptureFixture[str]
     assert "{dlg,idlg,dlg-admm,idlg-admm,analytic,ig,rgap,tokens,dlg-text,tag,span}" in out
     for model in ("lenet", "convnet[-W]", "resnet20[-K]", "resnet56[-K]"):
         assert model in out
-    assert "{cifar10,cifar100,mnist,folder}" in out
+    assert "{cifar10,cifar100,mnist,folder,list,tensors}" in out
 
 
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:

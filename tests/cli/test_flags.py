@@ -24,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # `gradleak --help` lists the commands in this order.
 COMMANDS = [
     "attack",
+    "audit",
     "sweep",
     "report",
     "bench",
@@ -39,6 +40,7 @@ COMMANDS = [
 # The commands that take --threads, in the order of COMMANDS.
 WITH_THREADS = [
     "attack",
+    "audit",
     "sweep",
     "bench",
     "tradeoff",
@@ -48,6 +50,8 @@ WITH_THREADS = [
     "compare",
     "simulate",
 ]
+# The commands that take --device (every one that computes), in the order of COMMANDS.
+WITH_DEVICE = [*WITH_THREADS, "labels"]
 
 SPEC = """\
 name: threads
@@ -89,6 +93,7 @@ def _threads_argv(name: str, tmp_path: Path) -> list[str]:
     data = ["--dataset", "cifar10", "--data-root", str(tmp_path)]
     return {
         "attack": ["attack", *out],
+        "audit": ["audit", "--model", "lenet", "--data", "cifar10", *out],
         "sweep": ["sweep", str(spec), *out],
         "bench": ["bench", "dlg-lenet-cifar100", "--data-root", str(tmp_path), *out],
         "tradeoff": ["tradeoff", str(spec), *out],
@@ -128,6 +133,72 @@ def test_every_command_with_threads_is_checked() -> None:
         if any("--threads" in action.option_strings for action in command._actions)
     ]
     assert with_threads == WITH_THREADS
+
+
+# --- --device ---------------------------------------------------------------------------------
+
+
+def _device_argv(name: str, tmp_path: Path) -> list[str]:
+    """The least `gradleak NAME` needs to reach its --device check, writing under tmp_path."""
+    out = ["--out", str(tmp_path / "out")]
+    if name == "labels":
+        data = ["--dataset", "cifar10", "--data-root", str(tmp_path)]
+        return ["labels", "--model", "lenet", *data, *out]
+    if name == "audit":
+        return ["audit", "--model", "lenet", "--data", "cifar10", *out]
+    return _threads_argv(name, tmp_path)
+
+
+def _missing(device: str) -> bool:
+    """Whether this machine's torch lacks the device `device` names."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        return not torch.cuda.is_available()
+    return kind == "mps" and not torch.backends.mps.is_available()
+
+
+# Each spelling with what its one line says; the absent devices where this torch lacks them.
+UNUSABLE_DEVICES = [
+    ("bogus", "--device 'bogus' is not a device; use auto, cpu, cuda, cuda:N or mps"),
+    ("cpu:1", "--device cpu:1: cpu takes no index; use --device cpu"),
+    ("cuda", "--device cuda: this torch has no CUDA (torch.cuda.is_available() is False)"),
+    ("cuda:1", "--device cuda:1: this torch has no CUDA"),
+    ("mps", "--device mps: this torch has no MPS (torch.backends.mps.is_available() is False)"),
+]
+
+
+@pytest.mark.parametrize("name", WITH_DEVICE)
+@pytest.mark.parametrize(("device", "message"), UNUSABLE_DEVICES)
+def test_an_unusable_device_is_one_line_and_exit_code_2(
+    name: str, device: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if device in ("cuda", "cuda:1", "mps") and not _missing(device):
+        pytest.skip(f"this machine has {device}")
+    assert cli_exit([*_device_argv(name, tmp_path), "--device", device]) == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_command_with_device_is_checked() -> None:
+    parser = build_parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    with_device = [
+        name
+        for name, command in commands.choices.items()
+        if any("--device" in action.option_strings for action in command._actions)
+    ]
+    assert with_device == [name for name in COMMANDS if name in WITH_DEVICE]
+
+
+def test_apply_device_resolves_auto_to_a_device_this_machine_has() -> None:
+    assert flags.apply_device(None) == flags.apply_device("auto")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if not _missing("mps") else "cpu"
+    assert flags.apply_device(None).type == expected
+    assert flags.apply_device("cpu") == torch.device("cpu")
+    # Sweep cells resolve the device where they run: Ray workers' is only spelled here.
+    flags.check_device_flag("cuda:3", here=False)
+    with pytest.raises(GradleakError, match="'gpu' is not a device"):
+        flags.check_device_flag("gpu", here=False)
 
 
 def test_apply_threads_sets_torch_threads_only_in_this_process() -> None:

@@ -12,14 +12,16 @@ import pytest
 from gradleak.scenario.config import RunConfig
 from gradleak.studies.peers import DecentralizedConfig
 
-# Where a run goes and whether a bar is shown do not change its result.
-NOT_RESULTS = frozenset({"out", "progress"})
+# Where a run goes, whether a bar is shown and which device computes it do not change its
+# result.
+NOT_RESULTS = frozenset({"out", "progress", "device"})
 # Values that the name's parts read, or that are parsed: these must be real.
 REAL_VALUES: dict[str, Any] = {
     "attack": "ig",
     "attack_options": {"iterations": 5},
     "defenses": ("prune:0.5",),
     "image": Path("/images/cat.png"),
+    "model_args": {"width": 8},
 }
 
 

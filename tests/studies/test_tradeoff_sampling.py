@@ -39,7 +39,7 @@ def test_a_cached_result_from_before_the_sampling_was_recorded_is_trained_again(
     cache.write_text(json.dumps({"settings": settings, "result": old}))
     trained: list[UtilityConfig] = []
 
-    def train(config: UtilityConfig) -> UtilityResult:
+    def train(config: UtilityConfig, **where: object) -> UtilityResult:  # where: the device
         trained.append(config)
         return RESULT
 

@@ -112,7 +112,8 @@ class GradientMatchingConfig:
         lbfgs_max_hours: L-BFGS only: before any work, the run's time is estimated
             (restarts × iterations × the most evaluations of one step × the measured time
             of one evaluation; `gradleak.attacks.engine.budget`) and a run whose estimate
-            exceeds this many hours is refused; >= 0 and finite, 0: no bound (default 1).
+            exceeds this many hours is refused; >= 0 and finite, 0: no bound and no
+            estimate (default 1).
         line_search: L-BFGS only: "none" (default; a fixed step, as DLG) or
             "strong_wolfe" (torch's strong-Wolfe line search).
         tolerance: a trial stops once its matching loss is at most this, >= 0 and finite
@@ -434,14 +435,14 @@ class GradientMatchingAttack:
         *,
         seed: int = 0,
         progress: bool = True,
+        observer: Observer | None = None,
     ) -> list[Reconstruction]:
         """Attack several clients' updates (one model, one threat model) at once.
 
         With Adam, the len(updates) × restarts trials run as one stacked computation, each
         trial matching its own update; update i gets what `reconstruct(updates[i], seed=seed)`
         gives, up to float rounding. L-BFGS attacks the updates one after another.
-        `seconds` of each result is the whole batch's time; the history stays empty (the
-        observer hook needs one ground truth).
+        `seconds` of each result is the whole batch's time; the history stays empty.
 
         Args:
             updates: the updates, all of kinds this attack reads and all fitting `model`.
@@ -449,6 +450,11 @@ class GradientMatchingAttack:
             knowledge: the threat model, the same for every update.
             seed: seeds every update's trials as `reconstruct` would (default 0).
             progress: show a progress bar on a terminal (default True).
+            observer: the engine's callback hook, for hooks that read no ground truth
+                (one truth does not fit several updates), e.g. `deadline_observer`. With
+                Adam it sees every stacked trial; with L-BFGS each update's trials in turn.
+                A `StopAttack` ends the stack (Adam) or the running update, and later
+                updates then stop at their first call.
 
         Returns:
             One reconstruction per update, in order; an empty list for no updates. With
@@ -470,7 +476,7 @@ class GradientMatchingAttack:
             for update, (strategy, fixed_labels, problem) in zip(updates, prepared, strict=True):
                 seeded = self._learned_start(update, model, knowledge)
                 one = self._attack(
-                    problem, strategy, fixed_labels, knowledge, seed, None, progress, seeded
+                    problem, strategy, fixed_labels, knowledge, seed, observer, progress, seeded
                 )
                 results.append(one)
                 if one.interrupted:  # Ctrl-C ends the whole batch, not one update
@@ -502,7 +508,7 @@ class GradientMatchingAttack:
         }
         start = time.perf_counter()
         result = self._optimize(
-            problem, images, labels, knowledge, self._log_every(), None, progress, targets
+            problem, images, labels, knowledge, self._log_every(), observer, progress, targets
         )
         seconds = time.perf_counter() - start
         return [
@@ -619,7 +625,9 @@ class GradientMatchingAttack:
         images = modality.initial_inputs(init, (k, b, *knowledge.data_shape), generator)
         if fixed_labels is not None:
             return images, fixed_labels
-        return images, torch.randn(k, b, knowledge.num_classes, generator=generator)
+        # Drawn on the CPU generator (the same start on any device); the engine moves it.
+        soft = torch.randn(k, b, knowledge.num_classes, generator=generator, device="cpu")
+        return images, soft
 
     def _initial(
         self,
@@ -638,7 +646,8 @@ class GradientMatchingAttack:
         if isinstance(problem.decoder, LatentDecoder):
             return problem.decoder.start(k, knowledge.batch_size, generator), labels
         if seeded is not None:
-            noise = torch.randn(k, *seeded.shape, generator=generator) * LEARNED_SPREAD
+            noise = torch.randn(k, *seeded.shape, generator=generator, device="cpu")
+            noise = noise.to(seeded.device) * LEARNED_SPREAD
             noise[0] = 0
             return seeded.unsqueeze(0) + noise, labels
         return images, labels
@@ -754,7 +763,9 @@ class GradientMatchingAttack:
         updates: int = 1,
     ) -> BudgetEstimate | None:
         cfg = self.config
-        if cfg.optimizer != "lbfgs":
+        # Unbounded runs are not estimated: the estimate's timed evaluations and its notice
+        # would serve no bound (time-budgeted studies end L-BFGS by a deadline instead).
+        if cfg.optimizer != "lbfgs" or cfg.lbfgs_max_hours == 0:
             return None
         sample, inputs = _sample_trial(
             problem, knowledge, fixed_labels, self._soft_label_shape(problem, knowledge)
@@ -901,12 +912,15 @@ def _sample_trial(
     soft_shape: tuple[int, ...],
 ) -> tuple[torch.Tensor, TrialInputs]:
     """One trial's inputs (zeros 1×B×C×H×W, or latents) and labels, for the up-front checks."""
-    b = knowledge.batch_size
+    b, device = knowledge.batch_size, problem.device  # the memory check asks this device
     if isinstance(problem.decoder, LatentDecoder):  # the trials move latents
-        sample = problem.decoder.start(1, b, torch.Generator().manual_seed(0))
+        sample = problem.decoder.start(1, b, torch.Generator().manual_seed(0)).to(device)
     else:
-        sample = torch.zeros(1, b, *knowledge.data_shape)
-    labels = torch.zeros(1, b, *soft_shape) if fixed_labels is None else fixed_labels.long()
+        sample = torch.zeros(1, b, *knowledge.data_shape, device=device)
+    if fixed_labels is None:
+        labels = torch.zeros(1, b, *soft_shape, device=device)
+    else:
+        labels = fixed_labels.long().to(device)
     return sample, trial_inputs(sample, labels, problem, None, None)
 
 

@@ -218,7 +218,8 @@ def mean_softmax_estimate(model: nn.Module, knowledge: Knowledge) -> torch.Tenso
     probe.train(knowledge.model_mode == "train")
     generator = torch.Generator().manual_seed(_PROBE_SEED)
     param = next(probe.parameters())
-    inputs = torch.randn(_PROBE_SAMPLES, *knowledge.data_shape, generator=generator)
+    shape = (_PROBE_SAMPLES, *knowledge.data_shape)
+    inputs = torch.randn(shape, generator=generator, device=generator.device)
     with torch.no_grad():
         logits = probe(inputs.to(device=param.device, dtype=param.dtype))
     return logits.double().softmax(dim=1).mean(dim=0).cpu()
@@ -278,7 +279,7 @@ def count_labels(update: SharedUpdate, model: nn.Module, knowledge: Knowledge) -
     _weight, bias = _classifier_grads(update, model, "count", need_bias=True)
     assert bias is not None  # need_bias refuses a bias-free classifier
     counts = counts_from_bias(bias, mean_softmax_estimate(model, knowledge), knowledge.batch_size)
-    return torch.repeat_interleave(torch.arange(counts.numel()), counts)
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
 
 
 LABEL_STRATEGIES: dict[str, LabelStrategy] = {

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from gradleak import __version__
 from gradleak.cli.attack import add_attack
+from gradleak.cli.audit import add_audit
 from gradleak.cli.bench import add_bench
 from gradleak.cli.compare import add_compare
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_USAGE
@@ -28,6 +29,7 @@ from gradleak.core.signals import interrupt_exit_code, terminate_as_interrupt
 # add_<command> that registers it with a handler) and one line here.
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
     add_attack,
+    add_audit,
     add_sweep,
     add_report,
     add_bench,

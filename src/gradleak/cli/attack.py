@@ -34,7 +34,7 @@ def add_attack(commands: flags.Commands) -> None:
     p.add_argument("--image", type=Path, metavar="PATH", help="attack this image file instead")
     p.add_argument("--label", type=int, metavar="L", help="label of --image (default 0)")
     p.add_argument("--num-classes", type=int, metavar="C", help="classes of the model's output")
-    flags.IMAGE_SIZE.add(p, help="side of --image/folder images")
+    flags.IMAGE_SIZE.add(p, help="side that --image and folder/list/tensors images are resized to")
     flags.BATCH_SIZE.add(p, help="private samples per user (default 1)")
     flags.add_attack_tuning_flags(p)
     flags.ADMM_READING.add(p)
@@ -50,6 +50,7 @@ def add_attack(commands: flags.Commands) -> None:
         help="CPU threads for torch (default: torch's choice; 1 is as fast for lenet and "
         "much faster on a busy machine)",
     )
+    flags.DEVICE.add(p)
     p.add_argument(
         "--compile",
         action="store_true",

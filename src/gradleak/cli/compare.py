@@ -33,6 +33,7 @@ parse_iterations = IntList(
 # the runs whose protocol trains locally), in the order the summary lists them.
 _SETTINGS = (
     "model",
+    "model_args",
     "seed",
     "batch_size",
     "image_size",
@@ -97,6 +98,7 @@ def add_compare(commands: flags.Commands) -> None:
         "first observed after step 1; a run that stops earlier shows its final state)",
     )
     flags.MODEL.add(p, help="model of every run (default lenet; minilm for sentences)")
+    flags.MODEL_ARG.add(p)
     flags.SEED.add(p, help="model init and attack start (0)")
     flags.BATCH_SIZE.add(p, help="private batch size (1)")
     flags.IMAGE_SIZE.add(p, help="side of folder images (32)")
@@ -123,6 +125,7 @@ def add_compare(commands: flags.Commands) -> None:
         "included) once it ends; without it a comparison's folder is resumed",
     )
     flags.THREADS.add(p)
+    flags.DEVICE.add(p)
     flags.NO_PROGRESS.add(p, help="hide the progress bars")
     p.set_defaults(handler=handle)
 
@@ -169,11 +172,12 @@ def handle(args: argparse.Namespace) -> int:
         finished runs are drawn.
 
     Raises:
-        GradleakError: bad runs, datasets, images, settings, --threads or --out.
+        GradleakError: bad runs, datasets, images, settings, --threads, --device or --out.
     """
     from gradleak.studies.compare import SPEC_FILE, run_compare  # heavy imports: when running
 
     flags.apply_threads(args.threads)
+    device = str(flags.apply_device(args.device))
     out = args.out or DEFAULT_OUT
     # Before the images are read: a folder that cannot take the comparison costs nothing.
     check_out_dir(out, overwrite=args.overwrite, resumes=SPEC_FILE, what="comparison folder")
@@ -189,7 +193,9 @@ def handle(args: argparse.Namespace) -> int:
 
     print(f"{total} runs; outputs under {out}", flush=True)
     with output_dir(out, overwrite=args.overwrite, resumable=True) as folder:
-        result = run_compare(spec, folder, progress=not args.no_progress, report=report)
+        result = run_compare(
+            spec, folder, progress=not args.no_progress, report=report, device=device
+        )
     if result.removed_partial:
         print(f"removed {result.removed_partial} half-written run(s) left by an earlier call")
     if result.skipped:

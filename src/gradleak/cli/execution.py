@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gradleak.cli.exits import EXIT_CELLS_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from gradleak.cli.flags import apply_threads
+from gradleak.cli.flags import apply_threads, check_device_flag
 from gradleak.core.errors import GradleakError
 
 if TYPE_CHECKING:
@@ -23,12 +23,15 @@ def check_execution_flags(args: argparse.Namespace) -> None:
         args: parsed flags declared by `flags.add_execution_flags`.
 
     Raises:
-        GradleakError: bad --threads or --workers, or --address without --backend ray.
+        GradleakError: bad --threads, --workers or --device (a local device this machine
+            lacks included), or --address without --backend ray.
     """
     from gradleak.studies.sweep.backends import check_workers
 
     # Each cell sets its own threads; here only the value is checked.
     apply_threads(args.threads, in_this_process=False)
+    # Local cells compute on this machine's devices; Ray workers resolve theirs.
+    check_device_flag(args.device, here=args.backend != "ray")
     if args.workers is not None:
         check_workers(args.workers, local=args.backend != "ray")
     if args.backend != "ray" and args.address is not None:
@@ -77,7 +80,12 @@ def run_study(spec: SweepSpec, out: Path, args: argparse.Namespace) -> int:
 
     with open_backend(args) as backend:
         result = run_sweep(
-            spec, out, backend=backend, progress=not args.no_progress, threads=args.threads
+            spec,
+            out,
+            backend=backend,
+            progress=not args.no_progress,
+            threads=args.threads,
+            device=args.device,
         )
     if result.removed_partial:
         print(

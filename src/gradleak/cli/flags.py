@@ -12,10 +12,12 @@ import argparse
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES
 from gradleak.cli import values
+from gradleak.core.device import AUTO as AUTO_DEVICE
+from gradleak.core.device import DEVICE_HELP, device_spelling, resolve_device
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import UpdateKind
 from gradleak.fl.protocols import DEFAULT_LOCAL_LR, protocol_sharing
@@ -28,6 +30,9 @@ from gradleak.scenario.config import (
     SPLITS,
     TEXT_TASKS,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 LABEL_STRATEGY_CHOICES = (AUTO, *LABEL_STRATEGIES)
 
@@ -97,9 +102,35 @@ def add_flags(
 
 # --- model and data ---------------------------------------------------------------------------
 
-MODEL = _flag("--model", metavar="NAME", help=f"model: {', '.join(available_models())}")
+MODEL = _flag(
+    "--model",
+    metavar="NAME",
+    help=f"model: {', '.join(available_models())}, or your own: MODULE:FACTORY or "
+    "FILE.py:FACTORY, a callable returning an nn.Module",
+)
+MODEL_ARG = _flag(
+    "--model-arg",
+    dest="model_args",
+    action=values.ModelArgs,
+    metavar="KEY=VALUE",
+    help="keyword argument of a MODULE:FACTORY model, repeatable; VALUE is read as YAML "
+    "(16, 0.5, true, word)",
+)
 DATASET = _flag("--dataset", choices=DATASET_CHOICES, help="dataset (default cifar10)")
-DATA_ROOT = _flag("--data-root", type=Path, metavar="DIR", help="folder with the dataset files")
+DATA_ROOT = _flag(
+    "--data-root",
+    type=Path,
+    metavar="DIR",
+    help="folder with the dataset files (list, tensors: the .csv/.json or .npz/.pt file)",
+)
+NORMALIZE = _flag(
+    "--normalize",
+    metavar="SPEC",
+    help="normalisation statistics (public knowledge): auto (the data's own per-channel mean "
+    "and std, from at most 2000 images), a dataset (cifar10, cifar100, mnist, imagenet) or "
+    "MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25 (default: the dataset's, imagenet's for "
+    "your own images)",
+)
 SPLIT = _flag("--split", choices=SPLITS, help="dataset split (default test)")
 INDICES = _flag("--index", dest="indices", type=int, nargs="+", metavar="I")
 BATCH_SIZE = _flag("--batch-size", type=int, metavar="B")
@@ -119,11 +150,14 @@ OVERWRITE = _flag(
 
 
 def add_model_and_data_flags(p: Flags) -> None:
-    """--model, --dataset, --data-root, --split, each optional with the run's default."""
+    """--model, --model-arg, --dataset, --data-root, --split, --normalize, each optional with
+    the run's default."""
     MODEL.add(p, help=f"{MODEL.help} (default lenet)")
+    MODEL_ARG.add(p)
     DATASET.add(p)
     DATA_ROOT.add(p, help=f"{DATA_ROOT.help} (default for cifar10: bundled sample images)")
     SPLIT.add(p)
+    NORMALIZE.add(p)
 
 
 # --- text ---------------------------------------------------------------------------------------
@@ -299,11 +333,13 @@ THREADS = _flag("--threads", type=int, metavar="N", help="CPU threads for torch"
 # other, larger machines (Ray); it is above the hardware threads of any one machine.
 MAX_THREADS = 1024
 NO_PROGRESS = _flag("--no-progress", action="store_true", help="hide the progress bar")
+DEVICE = _flag("--device", metavar="DEV", help=DEVICE_HELP)
 CONFIG = _flag("--config", type=Path, metavar="FILE", help="YAML/JSON file of run settings")
 
 
 def add_execution_flags(p: Flags) -> None:
-    """Where sweep cells run: --workers, --backend, --address, --threads, --no-progress."""
+    """Where sweep cells run: --workers, --backend, --address, --threads, --device,
+    --no-progress."""
     p.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes")
     p.add_argument(
         "--backend",
@@ -315,6 +351,7 @@ def add_execution_flags(p: Flags) -> None:
         "--address", metavar="ADDR", help="Ray cluster address (default: start Ray locally)"
     )
     THREADS.add(p, help="torch threads per cell (default: cores/workers)")
+    DEVICE.add(p, help=f"{DEVICE_HELP}; each cell resolves it where it runs")
     NO_PROGRESS.add(p)
 
 
@@ -338,3 +375,34 @@ def apply_threads(threads: int | None, *, in_this_process: bool = True) -> None:
         import torch  # heavy: only once a command runs
 
         torch.set_num_threads(threads)
+
+
+def apply_device(device: str | None) -> torch.device:
+    """Check --device and resolve it, before any work: the one place that reads the flag.
+
+    Args:
+        device: the flag's value; None means auto.
+
+    Returns:
+        The device the command computes on (auto: CUDA, else MPS, else the CPU).
+
+    Raises:
+        GradleakError: an unknown spelling or a device this machine does not have, in one
+            line naming the fix.
+    """
+    return resolve_device(AUTO_DEVICE if device is None else device)
+
+
+def check_device_flag(device: str | None, *, here: bool = True) -> None:
+    """Check --device for work that resolves it later (sweep cells), before any work.
+
+    Args:
+        device: the flag's value; None leaves it to each cell (auto unless its spec says).
+        here: the work runs on this machine, so the device must exist here; False (Ray
+            workers) checks the spelling only.
+
+    Raises:
+        GradleakError: an unknown spelling, or with `here` a device this machine lacks.
+    """
+    if device is not None:
+        (resolve_device if here else device_spelling)(device)

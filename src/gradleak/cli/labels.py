@@ -39,6 +39,7 @@ def add_labels(commands: flags.Commands) -> None:
         "--overwrite replaces it.",
     )
     flags.MODEL.add(p, required=True)
+    flags.MODEL_ARG.add(p)
     flags.DATASET.add(p, required=True, choices=_DATASETS, help=None)
     flags.DATA_ROOT.add(p, required=True)
     p.add_argument(
@@ -60,6 +61,7 @@ def add_labels(commands: flags.Commands) -> None:
     flags.OUT.add(p, required=True, help="output folder")
     flags.OVERWRITE.add(p)
     flags.SEED.add(p, default=0, help="model init and batches (0)")
+    flags.DEVICE.add(p)
     p.set_defaults(handler=handle)
 
 
@@ -73,11 +75,13 @@ def handle(args: argparse.Namespace) -> int:
         0.
 
     Raises:
-        GradleakError: an unknown strategy, bad batch sizes, missing data or an --out that
-            cannot be written or holds files (without --overwrite), before any batch.
+        GradleakError: an unknown strategy, bad batch sizes, missing data, a bad --device
+            or an --out that cannot be written or holds files (without --overwrite), before
+            any batch.
     """
     from gradleak.studies.labels import evaluate_label_recovery, label_table, write_label_results
 
+    device = flags.apply_device(args.device)
     check_out_dir(args.out, overwrite=args.overwrite, what="output folder")
     rows = evaluate_label_recovery(
         args.model,
@@ -88,6 +92,8 @@ def handle(args: argparse.Namespace) -> int:
         strategies=args.strategies,
         checkpoint=args.checkpoint,
         seed=args.seed,
+        model_args=args.model_args,
+        device=device,
     )
     with output_dir(args.out, overwrite=args.overwrite) as folder:
         written = write_label_results(rows, folder)

@@ -43,6 +43,8 @@ def handle(args: argparse.Namespace) -> int:
     for kind, text in GENERATIVE_KINDS.items():
         print(f"  {kind:14} {text}")
     print(f"image models: {', '.join(available_models())}")
+    print("  your own: MODULE:FACTORY or FILE.py:FACTORY, a callable returning an nn.Module")
+    print("  (its keyword arguments: --model-arg KEY=VALUE)")
     print("text models (--modality text; pip install 'gradleak[text]'):")
     for name, (_, text) in TEXT_MODELS.items():
         print(f"  {name:9} {text}")

@@ -10,6 +10,7 @@ from typing import Any
 RUN_SETTINGS = (
     "attack",
     "model",
+    "model_args",
     "dataset",
     "data_root",
     "split",
@@ -18,6 +19,7 @@ RUN_SETTINGS = (
     "label",
     "num_classes",
     "image_size",
+    "normalize",
     "batch_size",
     "checkpoint",
     "seed",
@@ -47,6 +49,7 @@ RUN_SETTINGS = (
     "text_file",
     "task",
     "lengths_known",
+    "device",
 )
 # Flags that fill the attack's options (RunConfig.attack_options) of the same name.
 ATTACK_OPTIONS = (

@@ -73,6 +73,7 @@ def add_simulate(commands: flags.Commands) -> None:
     flags.OVERWRITE.add(p)
     flags.CONFIG.add(p)
     flags.THREADS.add(p)
+    flags.DEVICE.add(p)
     flags.NO_PROGRESS.add(p, help="hide the progress bars")
     p.set_defaults(handler=handle)
 
@@ -88,7 +89,7 @@ def handle(args: argparse.Namespace) -> int:
         are written.
 
     Raises:
-        GradleakError: bad network, settings, data, --threads or --out.
+        GradleakError: bad network, settings, data, --threads, --device or --out.
     """
     from gradleak.studies.peers import DecentralizedConfig, markdown_tables, run_decentralized
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from gradleak.cli import flags
-from gradleak.cli.execution import open_backend
+from gradleak.cli.execution import check_execution_flags, open_backend
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
 from gradleak.core.files import check_out_dir, output_dir
 
@@ -56,7 +56,8 @@ def handle(args: argparse.Namespace) -> int:
     """
     from gradleak.studies.tradeoff import read_tradeoff, run_tradeoff
 
-    if args.out is not None:  # before the spec's data is opened
+    check_execution_flags(args)  # cheap, before the spec's data is opened
+    if args.out is not None:
         _check_out(args.out, args.overwrite)
     spec = read_tradeoff(args.spec)
     out = _check_out(args.out or Path("sweeps") / spec.sweep.name, args.overwrite)
@@ -66,7 +67,12 @@ def handle(args: argparse.Namespace) -> int:
     ):
         try:
             _, interrupted = run_tradeoff(
-                spec, folder, backend=backend, progress=not args.no_progress, threads=args.threads
+                spec,
+                folder,
+                backend=backend,
+                progress=not args.no_progress,
+                threads=args.threads,
+                device=args.device,
             )
         except KeyboardInterrupt:
             # During a utility training: the finished cells and trainings are kept (the

@@ -55,6 +55,7 @@ def add_train(commands: flags.Commands) -> None:
         "completed epoch and exits with 130 (143).",
     )
     flags.MODEL.add(p, required=True)
+    flags.MODEL_ARG.add(p)
     flags.DATASET.add(p, required=True, help=None)
     flags.DATA_ROOT.add(p, required=True)
     flags.OUT.add(p, required=True, metavar="CKPT", help="final checkpoint (.pt)")
@@ -92,6 +93,7 @@ def add_train(commands: flags.Commands) -> None:
     flags.IMAGE_SIZE.add(p, help="side of folder images (default 32)")
     flags.SEED.add(p, default=0, help="model init and batch order (0)")
     flags.THREADS.add(p)
+    flags.DEVICE.add(p)
     flags.NO_PROGRESS.add(p)
     p.set_defaults(handler=handle)
 
@@ -107,13 +109,14 @@ def handle(args: argparse.Namespace) -> int:
         epoch is saved.
 
     Raises:
-        GradleakError: bad settings, data, --out or --threads.
+        GradleakError: bad settings, data, --out, --threads or --device.
     """
     from tqdm.auto import tqdm  # heavy imports only when training
 
     from gradleak.training.trainer import TrainConfig, train_model
 
     flags.apply_threads(args.threads)
+    device = flags.apply_device(args.device)
     config = TrainConfig(
         model=args.model,
         dataset=args.dataset,
@@ -129,6 +132,7 @@ def handle(args: argparse.Namespace) -> int:
         seed=args.seed,
         save_epochs=args.save_epochs,
         image_size=args.image_size,
+        model_args=args.model_args or {},
     )
 
     def report(checkpoint: SavedCheckpoint) -> None:
@@ -136,7 +140,12 @@ def handle(args: argparse.Namespace) -> int:
         tqdm.write(_summary(checkpoint), file=sys.stdout)
 
     result = train_model(
-        config, args.out, progress=not args.no_progress, on_save=report, overwrite=args.overwrite
+        config,
+        args.out,
+        progress=not args.no_progress,
+        on_save=report,
+        overwrite=args.overwrite,
+        device=device,
     )
     print(f"history written to {result.history_path} ({result.seconds:.1f} s)")
     if result.interrupted:

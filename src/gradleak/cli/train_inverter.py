@@ -8,6 +8,7 @@ import sys
 from gradleak.cli import flags
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
 from gradleak.cli.train import parse_range
+from gradleak.data.loading import FILE_DATASETS
 from gradleak.scenario.config import DATASET_CHOICES
 from gradleak.training.auxiliary import AUXILIARY_RANGE
 from gradleak.training.inverter import (
@@ -41,6 +42,7 @@ def add_train_inverter(commands: flags.Commands) -> None:
         "(or SIGTERM) keeps the last completed epoch and exits with 130 (143).",
     )
     flags.MODEL.add(p, required=True, help=f"{flags.MODEL.help} (the server's model)")
+    flags.MODEL_ARG.add(p)
     flags.CHECKPOINT.add(
         p, help="the server model's state (default: the untrained model of --seed)"
     )
@@ -59,7 +61,7 @@ def add_train_inverter(commands: flags.Commands) -> None:
     flags.IMAGE_SIZE.add(p, help="side of folder images (default 32)")
     p.add_argument(
         "--victim-dataset",
-        choices=[d for d in DATASET_CHOICES if d != "folder"],
+        choices=[d for d in DATASET_CHOICES if d not in FILE_DATASETS],
         help="the dataset the server model serves (its classes and normalisation), when the "
         "auxiliary images come from elsewhere, e.g. LFW faces for a CIFAR-10 model "
         "(default: --dataset)",
@@ -112,6 +114,7 @@ def add_train_inverter(commands: flags.Commands) -> None:
     flags.OUT.add(p, required=True, metavar="INV", help="the inverter file (.pt)")
     flags.OVERWRITE.add(p, help="replace an existing inverter file at --out")
     flags.THREADS.add(p)
+    flags.DEVICE.add(p)
     flags.NO_PROGRESS.add(p)
     p.set_defaults(handler=handle)
 
@@ -127,13 +130,15 @@ def handle(args: argparse.Namespace) -> int:
         kept at --out.
 
     Raises:
-        GradleakError: bad settings, data, --out or --threads (before any work).
+        GradleakError: bad settings, data, --out, --threads or --device (before any work).
     """
     from gradleak.training.inverter import train_inverter
 
     flags.apply_threads(args.threads)
+    device = flags.apply_device(args.device)
     config = InverterTrainConfig(
         model=args.model,
+        model_args=args.model_args or {},
         dataset=args.dataset,
         data_root=args.data_root,
         checkpoint=args.checkpoint,
@@ -158,7 +163,7 @@ def handle(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     result = train_inverter(
-        config, args.out, progress=not args.no_progress, overwrite=args.overwrite
+        config, args.out, progress=not args.no_progress, overwrite=args.overwrite, device=device
     )
     if result.interrupted:
         where = (

@@ -69,6 +69,7 @@ def add_train_prior(commands: flags.Commands) -> None:
     )
     flags.SEED.add(p, default=0, help="initialisation, batch order, flips and noise (0)")
     flags.THREADS.add(p)
+    flags.DEVICE.add(p)
     flags.NO_PROGRESS.add(p)
     p.set_defaults(handler=handle)
 
@@ -84,11 +85,12 @@ def handle(args: argparse.Namespace) -> int:
         epoch is saved.
 
     Raises:
-        GradleakError: bad settings, data, --out or --threads.
+        GradleakError: bad settings, data, --out, --threads or --device.
     """
     from gradleak.training.generative import PriorTrainConfig, train_generative_prior
 
     flags.apply_threads(args.threads)
+    device = flags.apply_device(args.device)
     config = PriorTrainConfig(
         kind=args.kind,
         dataset=args.dataset,
@@ -104,7 +106,7 @@ def handle(args: argparse.Namespace) -> int:
         augment=args.augment,
     )
     result = train_generative_prior(
-        config, args.out, progress=not args.no_progress, overwrite=args.overwrite
+        config, args.out, progress=not args.no_progress, overwrite=args.overwrite, device=device
     )
     if result.path is not None:
         print(_summary(result))

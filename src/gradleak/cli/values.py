@@ -90,3 +90,28 @@ def group_consistency(text: str) -> tuple[int, float | None]:
             "as K or K:W (e.g. 4:0.01)"
         )
     return seeds, pull
+
+
+class ModelArgs(argparse.Action):
+    """Repeated `--model-arg KEY=VALUE` → {KEY: VALUE}: a factory's keyword arguments.
+
+    Each value is read as a YAML scalar (`models.user.parse_model_arg`); bad syntax or a
+    key given twice is a one-line usage error.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from gradleak.core.errors import GradleakError
+        from gradleak.models.user import model_args_from, parse_model_arg
+
+        earlier = dict(getattr(namespace, self.dest, None) or {})
+        try:
+            pair = parse_model_arg(str(values))
+            setattr(namespace, self.dest, model_args_from([*earlier.items(), pair]))
+        except GradleakError as error:
+            parser.error(str(error))

@@ -140,6 +140,18 @@ class SharedUpdate:
         except GradleakError as exc:
             raise GradleakError(f"{path}: {exc}") from exc
 
+    def to(self, device: torch.device | str) -> SharedUpdate:
+        """The same update with every tensor and buffer on `device` (itself when there)."""
+        tensors = [*self.tensors.values(), *self.buffers.values()]
+        if all(t.device == torch.device(device) for t in tensors):
+            return self
+        return SharedUpdate(
+            {name: t.to(device) for name, t in self.tensors.items()},
+            self.kind,
+            self.metadata,
+            buffers={name: t.to(device) for name, t in self.buffers.items()},
+        )
+
     def scaled(self, factor: float, kind: UpdateKind) -> SharedUpdate:
         """The same update with every tensor multiplied by `factor`, read as `kind`."""
         tensors = {name: t * factor for name, t in self.tensors.items()}

@@ -23,7 +23,7 @@ def _stats(x: Tensor | None, mean: Sequence[float], std: Sequence[float]) -> tup
             f"expected a tensor ...×C×H×W with C={len(mean)} channels, got shape {tuple(x.shape)}"
         )
     dtype = x.dtype if x is not None and x.is_floating_point() else torch.float32
-    device = x.device if x is not None else None
+    device = x.device if x is not None else torch.device("cpu")
     m = torch.tensor(tuple(mean), dtype=dtype, device=device).view(-1, 1, 1)
     s = torch.tensor(tuple(std), dtype=dtype, device=device).view(-1, 1, 1)
     return m, s

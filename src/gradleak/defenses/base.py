@@ -251,7 +251,14 @@ def check_no_overflow(
     Raises:
         GradleakError: `error(name, before[name])` for the first tensor that overflowed.
     """
-    for name, tensor in after.tensors.items():
-        source = before[name]
-        if not bool(torch.isfinite(tensor[torch.isfinite(source)]).all()):
-            raise error(name, source)
+    names = list(after.tensors)
+    if not names:
+        return
+    overflowed = [
+        (torch.isfinite(before[name]) & ~torch.isfinite(after.tensors[name])).any()
+        for name in names
+    ]
+    # One read for all tensors: on a GPU each read waits for the device.
+    for name, bad in zip(names, torch.stack(overflowed).tolist(), strict=True):
+        if bad:
+            raise error(name, before[name])

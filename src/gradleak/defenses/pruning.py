@@ -45,7 +45,7 @@ def _keep_mask(magnitudes: torch.Tensor, fraction: float) -> torch.Tensor:
     """False at the round(p·n) smallest entries of the flat `magnitudes`, ties by index."""
     count = pruned_count(fraction, magnitudes.numel())
     order = torch.argsort(magnitudes, stable=True)
-    keep = torch.ones(magnitudes.numel(), dtype=torch.bool)
+    keep = torch.ones(magnitudes.numel(), dtype=torch.bool, device=magnitudes.device)
     keep[order[:count]] = False
     return keep
 

@@ -100,7 +100,8 @@ def feature_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         )
     values = representation.detach().abs().double()
     features = representation.shape[1]
-    scores = torch.zeros(features, dtype=torch.float64)
+    # Filled on the model's device and read back once: no wait for the device per feature.
+    scores = torch.zeros(features, dtype=torch.float64, device=values.device)
     selector = torch.zeros_like(representation)
     for i in range(features):
         selector[:, i] = 1
@@ -116,8 +117,8 @@ def feature_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         norms = derivative.flatten(1).norm(dim=1).double()
         ratios = norms / values[:, i]
         ratios = torch.where((norms == 0) & (values[:, i] == 0), 0.0, ratios)
-        scores[i] = ratios.sum().cpu()
-    return scores
+        scores[i] = ratios.sum()
+    return scores.cpu()
 
 
 def _check_percent(percent: float) -> None:
@@ -196,7 +197,7 @@ class Soteria:
             return with_tensors(update, update.tensors)
         scores = feature_scores(view.model, view.batch.images)
         pruned = torch.argsort(scores, stable=True)[:count]
-        keep = torch.ones(layer.in_features, dtype=torch.bool)
+        keep = torch.ones(layer.in_features, dtype=torch.bool, device=scores.device)
         keep[pruned] = False
         tensors = dict(update.tensors)
         tensors[key] = torch.where(keep.to(weight.device), weight, torch.zeros_like(weight))

@@ -32,7 +32,7 @@ def _keep_mask(magnitudes: torch.Tensor, fraction: float) -> torch.Tensor:
     """True at the kept_count largest entries of the flat `magnitudes`, ties by index."""
     count = kept_count(fraction, magnitudes.numel())
     order = torch.argsort(-magnitudes, stable=True)  # largest first, earlier first on ties
-    keep = torch.zeros(magnitudes.numel(), dtype=torch.bool)
+    keep = torch.zeros(magnitudes.numel(), dtype=torch.bool, device=magnitudes.device)
     keep[order[:count]] = True
     return keep
 

@@ -80,7 +80,8 @@ class Topology:
 
 
 def _metropolis(topology: Topology) -> torch.Tensor:
-    weights = torch.zeros(topology.peers, topology.peers, dtype=torch.float64)
+    # Gossip weights are read on the host (`mix`): they live on the CPU.
+    weights = torch.zeros(topology.peers, topology.peers, dtype=torch.float64, device="cpu")
     for i, j in topology.edges:
         w = 1.0 / (1 + max(topology.degree(i), topology.degree(j)))
         weights[i, j] = weights[j, i] = w
@@ -89,7 +90,8 @@ def _metropolis(topology: Topology) -> torch.Tensor:
 
 
 def _uniform(topology: Topology) -> torch.Tensor:
-    weights = torch.zeros(topology.peers, topology.peers, dtype=torch.float64)
+    # Gossip weights are read on the host (`mix`): they live on the CPU.
+    weights = torch.zeros(topology.peers, topology.peers, dtype=torch.float64, device="cpu")
     for i in range(topology.peers):
         group = list(topology.closed_neighbourhood(i))
         weights[i, group] = 1.0 / len(group)
@@ -150,5 +152,5 @@ def mix(states: Mapping[int, State], row: torch.Tensor, own: int) -> dict[str, t
             mixed[name] = tensor.clone()
             continue
         total = sum(float(row[k]) * states[k][name].double() for k in partners)
-        mixed[name] = torch.as_tensor(total).to(tensor.dtype)
+        mixed[name] = torch.as_tensor(total, device=tensor.device).to(tensor.dtype)
     return mixed

@@ -52,12 +52,10 @@ def match_reconstructions(recon: Tensor, truth: Tensor) -> Tensor:
         GradleakError: when `recon` or `truth` is empty or contains NaN.
         GradleakError: when `recon` and `truth` differ in shape.
     """
-    cost = pairwise_mse(recon, truth)
+    cost = pairwise_mse(recon, truth)  # on the CPU: the assignment is solved there
     if cost.shape[0] == 1:
-        return torch.zeros(1, dtype=torch.int64)
+        return torch.zeros(1, dtype=torch.int64, device=cost.device)
     truth_idx, recon_idx = linear_sum_assignment(cost.numpy())
-    order = torch.empty(cost.shape[0], dtype=torch.int64)
-    order[torch.as_tensor(truth_idx, dtype=torch.int64)] = torch.as_tensor(
-        recon_idx, dtype=torch.int64
-    )
+    order = torch.empty(cost.shape[0], dtype=torch.int64, device=cost.device)
+    order[torch.from_numpy(truth_idx).long()] = torch.from_numpy(recon_idx).long()
     return order

@@ -55,11 +55,13 @@ class ImageModality:
     def initial_inputs(
         self, init: str, shape: tuple[int, ...], generator: torch.Generator
     ) -> torch.Tensor:
-        """Dummy images: standard normal (randn), uniform in [−0.5, 0.5) or zeros."""
+        """Dummy images: standard normal (randn), uniform in [−0.5, 0.5) or zeros, on the
+        generator's device (the engine moves them to the model's)."""
+        device = generator.device
         makers = {
-            "randn": lambda: torch.randn(shape, generator=generator),
-            "uniform": lambda: torch.rand(shape, generator=generator) - 0.5,
-            "zeros": lambda: torch.zeros(shape),
+            "randn": lambda: torch.randn(shape, generator=generator, device=device),
+            "uniform": lambda: torch.rand(shape, generator=generator, device=device) - 0.5,
+            "zeros": lambda: torch.zeros(shape, device=device),
         }
         return makers[init]()
 

@@ -65,17 +65,23 @@ class TextModality:
     def initial_inputs(
         self, init: str, shape: tuple[int, ...], generator: torch.Generator
     ) -> torch.Tensor:
-        """Dummy word embeddings (… × L × H): normal or uniform at BERT's init scale, or zeros."""
+        """Dummy word embeddings (… × L × H): normal or uniform at BERT's init scale, or zeros,
+        on the generator's device (the engine moves them to the model's)."""
+        device = generator.device
         makers = {
-            "randn": lambda: EMBEDDING_INIT_STD * torch.randn(shape, generator=generator),
-            "uniform": lambda: EMBEDDING_INIT_STD * (torch.rand(shape, generator=generator) - 0.5),
-            "zeros": lambda: torch.zeros(shape),
+            "randn": lambda: (
+                EMBEDDING_INIT_STD * torch.randn(shape, generator=generator, device=device)
+            ),
+            "uniform": lambda: (
+                EMBEDDING_INIT_STD * (torch.rand(shape, generator=generator, device=device) - 0.5)
+            ),
+            "zeros": lambda: torch.zeros(shape, device=device),
         }
         return makers[init]()
 
     def bounds(self, knowledge: Knowledge) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings are unbounded."""
-        return torch.tensor(-torch.inf), torch.tensor(torch.inf)
+        return torch.tensor(-torch.inf, device="cpu"), torch.tensor(torch.inf, device="cpu")
 
     def prior(self, inputs: torch.Tensor) -> torch.Tensor:
         """No prior on embeddings (TAG and DLG use none)."""
@@ -113,7 +119,7 @@ class TextModality:
         """Token accuracy in order when the attack holds tokens; nothing for embeddings."""
         from gradleak.metrics.text import token_accuracy
 
-        order = torch.arange(truth.shape[0])
+        order = torch.arange(truth.shape[0], device=truth.device)
         if recon.is_floating_point():
             return order, {}
         return order, {"token_accuracy": token_accuracy(recon, truth)}

@@ -13,6 +13,8 @@ from torch import nn
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import replaced_atomically
 from gradleak.models.registry import canonical_model_name, is_model_name
+from gradleak.models.torchvision_names import adapt_state
+from gradleak.models.user import is_factory_spec
 
 _WRAPPER_KEYS = ("state_dict", "model")
 # How many offending keys an error message names before summarising the rest.
@@ -77,7 +79,8 @@ def load_checkpoint(model: nn.Module, path: Path | str) -> nn.Module:
 
     Accepts a raw state_dict or a dict holding one under "state_dict" or "model".
     The file is read tensors-only (no pickled code runs), and a "module." prefix on every
-    key (nn.DataParallel) is dropped.
+    key (nn.DataParallel) is dropped. A state dict of torchvision's ResNet-18 (`fc`,
+    `downsample`) loads into gradleak's `resnet18` (`models/torchvision_names.py`).
 
     Args:
         model: the model to load into; its keys and shapes must match the checkpoint's.
@@ -95,7 +98,8 @@ def load_checkpoint(model: nn.Module, path: Path | str) -> nn.Module:
             (say complex or integer for a float parameter), or holds NaN or infinity.
     """
     path = Path(path)
-    state = _extract_state_dict(_read(path), path)
+    # A torchvision ResNet-18 state dict is read in gradleak's names (`torchvision_names`).
+    state = adapt_state(model, _extract_state_dict(_read(path), path))
     _check_fits(model, state, path)
     _check_values(model, state, path)
     model.load_state_dict(state, strict=True)
@@ -122,28 +126,44 @@ def read_checkpoint_metadata(path: Path | str) -> dict[str, object]:
     return dict(metadata) if isinstance(metadata, Mapping) else {}
 
 
-def check_checkpoint_model(path: Path | str, model_name: str) -> None:
+def check_checkpoint_model(
+    path: Path | str, model_name: str, model_args: Mapping[str, object] | None = None
+) -> None:
     """Refuse a checkpoint whose metadata names a model other than `model_name`.
 
-    Checkpoints without a model name pass; load_checkpoint still checks that they fit.
-    Names are compared by `canonical_model_name`, so "resnet20" and "resnet20-1" agree.
+    Checkpoints without a model name pass (a plain state dict, e.g. torchvision's);
+    load_checkpoint still checks that they fit. Names are compared by
+    `canonical_model_name`, so "resnet20" and "resnet20-1" agree. A factory's checkpoint
+    also records its `model_args`, which must be the same: arguments such as an activation
+    change the model without changing a tensor's shape.
 
     Args:
         path: the checkpoint file.
         model_name: the name of the model it is about to be loaded into.
+        model_args: the keyword arguments that model's factory is built with.
 
     Raises:
         GradleakError: when `path` is not a file.
         GradleakError: when the file is not a tensors-only checkpoint torch can read.
         GradleakError: when the saved model name differs from `model_name`.
+        GradleakError: when a factory's saved arguments differ from `model_args`.
     """
-    saved = read_checkpoint_metadata(path).get("model")
+    metadata = read_checkpoint_metadata(path)
+    saved = metadata.get("model")
     if not isinstance(saved, str) or not saved.strip():
         return
     if canonical_model_name(saved) != canonical_model_name(model_name):
         raise GradleakError(
             f"checkpoint {path} was saved from model {saved!r}, not {model_name!r}; "
             f"pass --model {_shown(saved.strip())} or a checkpoint saved from {model_name}"
+        )
+    saved_args = metadata.get("model_args") or {}
+    if is_factory_spec(saved) and dict(saved_args) != dict(model_args or {}):
+        spelled = " ".join(f"--model-arg {k}={v}" for k, v in dict(saved_args).items())
+        raise GradleakError(
+            f"checkpoint {path} was saved from {saved.strip()} with model_args "
+            f"{dict(saved_args)}, not {dict(model_args or {})}; pass "
+            f"{_shown(spelled) or 'no --model-arg'} or a checkpoint saved with these arguments"
         )
 
 

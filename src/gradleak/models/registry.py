@@ -1,4 +1,5 @@
-"""Build models by name ("lenet", "convnet-32", "resnet20-4", "mlp-512", ...)."""
+"""Build models by name ("lenet", "convnet-32", "resnet20-4", "mlp-512", ...) or from the
+user's own factory ("mypkg.models:make_net", "models/net.py:make_net": `models/user.py`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +20,12 @@ from gradleak.models.lenet import LeNet
 from gradleak.models.mlp import MLP
 from gradleak.models.resnet import ResNet
 from gradleak.models.resnet_imagenet import ResNet18
+from gradleak.models.user import (
+    build_user_model,
+    check_input_shape,
+    check_model_args,
+    is_factory_spec,
+)
 
 # A factory gets the name's parameters (its optional parts filled with their defaults) plus
 # (num_classes, in_channels, image_size).
@@ -127,6 +135,7 @@ def build_model(
     in_channels: int = 3,
     image_size: tuple[int, int] = (32, 32),
     seed: int | None = 0,
+    model_args: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build the named model; a given seed fixes its initial parameters.
 
@@ -134,15 +143,23 @@ def build_model(
     global random state is left untouched. seed=None draws from (and advances) the
     global RNG.
 
+    A factory spec (`MODULE:FACTORY`, `FILE.py:FACTORY`) builds the user's own model
+    (`models/user.py`): the factory is called with `model_args` and decides its own
+    classes, channels and size, so `num_classes` is not used; the model must take images
+    of `in_channels` × `image_size` and give class logits. Callers that need its classes
+    read them from the model (`models.user.describe_model`).
+
     Args:
         name: one of the patterns of `available_models` ("lenet", "convnet-32",
-            "mlp3-256", "resnet20-4", ...); case and surrounding blanks are ignored.
-        num_classes: number of output logits; an int >= 1.
+            "mlp3-256", "resnet20-4", ...); case and surrounding blanks are ignored. Or a
+            factory spec: "package.module:factory" or "path/to/file.py:factory".
+        num_classes: number of output logits; an int >= 1 (a factory decides its own).
         in_channels: channels of the input images; an int >= 1, default 3.
         image_size: (height, width) of the input images; default (32, 32). Some models
             need a minimum size (convnet 9×9, resnets 8×8, resnet18 64×64).
         seed: an int >= 0 fixing the initial parameters, or None for the global RNG;
             default 0.
+        model_args: keyword arguments of a factory; a registry model takes none.
 
     Returns:
         The model on the CPU, in train mode, mapping images B×C×H×W to logits
@@ -155,9 +172,17 @@ def build_model(
         GradleakError: when the model refuses its arguments (see its class).
         GradleakError: when the model and one update of it would not fit in this
             machine's memory (e.g. an mlp on very large images).
+        GradleakError: for a factory, see `models.user.build_user_model` and
+            `models.user.check_input_shape`.
+        GradleakError: when `model_args` are given for a registry model.
     """
     if not isinstance(name, str):
         raise GradleakError(f"model name must be a string, got {name!r}; pass e.g. 'lenet'")
+    if is_factory_spec(name):
+        model = build_user_model(name, model_args, seed=seed)
+        check_input_shape(model, in_channels, image_size, name=name.strip())
+        return model
+    check_model_args(name, model_args)  # a registry model takes none
     key = name.strip().lower()
     entry, match = _lookup(key)
     if entry is None or match is None:
@@ -170,11 +195,13 @@ def build_model(
         lambda: entry.factory(params, num_classes, in_channels, image_size),
     )
     if seed is None:
-        return entry.factory(params, num_classes, in_channels, image_size)
+        with torch.device("cpu"):
+            return entry.factory(params, num_classes, in_channels, image_size)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise GradleakError(f"seed must be a non-negative integer or None, got {seed!r}")
-    # Models are built on the CPU, so only the CPU generator needs forking.
-    with torch.random.fork_rng(devices=[]):
+    # Models are built on the CPU whatever torch's default device (callers move them), so
+    # a seed draws the same weights everywhere and only the CPU generator needs forking.
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
         return entry.factory(params, num_classes, in_channels, image_size)
 
@@ -215,8 +242,9 @@ def canonical_model_name(name: str) -> str:
 
     Every optional part is spelled out with its default ("resnet20" → "resnet20-1",
     "convnet" → "convnet-64", "mlp" and "mlp2" → "mlp2-1024"), so two names build the same
-    architecture exactly when their canonical names are equal. Names the registry does not
-    know come back stripped and lower-cased.
+    architecture exactly when their canonical names are equal. A factory spec is its own
+    canonical name, stripped but not lower-cased (module paths are case-sensitive). Other
+    names the registry does not know come back stripped and lower-cased.
 
     Args:
         name: a model name, e.g. "ResNet20" or "mlp-512".
@@ -224,6 +252,8 @@ def canonical_model_name(name: str) -> str:
     Returns:
         The canonical name ("lenet", "convnet-64", "mlp2-512", "resnet20-1", ...).
     """
+    if is_factory_spec(name):
+        return name.strip()
     key = name.strip().lower()
     entry, match = _lookup(key)
     if entry is None or match is None:
@@ -234,12 +264,18 @@ def canonical_model_name(name: str) -> str:
 def is_model_name(name: object) -> bool:
     """Whether `build_model` knows `name` (any spelling: case and blanks are ignored).
 
+    A well-formed factory spec counts without being imported: whether it imports and
+    builds is found when the model is built.
+
     Args:
         name: anything; only strings can be model names.
 
     Returns:
-        True when `name` matches one of the patterns of `available_models`.
+        True when `name` matches one of the patterns of `available_models`, or is a
+        factory spec (`MODULE:FACTORY`, `FILE.py:FACTORY`).
     """
+    if is_factory_spec(name):
+        return True
     return isinstance(name, str) and _lookup(name.strip().lower())[0] is not None
 
 

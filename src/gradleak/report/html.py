@@ -848,3 +848,45 @@ def _prior_note(nearest: object) -> str:
         f"training image {fmt(nearest.get('psnr_to_nearest'), '.2f')} dB (prior trained on "
         f"{fmt(nearest.get('trained_on'))})."
     )
+
+
+# ---------------------------------------------------------------------------- audit page
+
+_AUDIT_CSS = (
+    ".verdict { font-size: 1.25rem; font-weight: 700; padding: 10px 14px; border-radius: 8px; "
+    "margin: 10px 0; }\n"
+    ".verdict-leaks { background: #fde8e8; color: #9b1c1c; }\n"
+    ".verdict-labels { background: var(--warn-bg); color: var(--warn); }\n"
+    ".verdict-none { background: #e6f4ea; color: #1e6b34; }\n"
+    "tr.overall td { font-weight: 600; border-top: 2px solid var(--line); }\n"
+    "ol.captions { font-size: 0.85rem; color: var(--muted); }\n"
+)
+# The verdict's colour on the page, by its level.
+_LEVEL_CLASS = {"LEAKS": "leaks", "LABELS LEAK": "labels", "NO LEAK FOUND": "none"}
+
+
+def render_audit_page(page: Mapping[str, Any], out: Path) -> Path:
+    """Write the audit's HTML page (`report/audit.py` assembles `page`).
+
+    Args:
+        page: title, level, summary, lines, description, the table's header and rows, the
+            worst reconstructions (`worst_png` bytes for images, `worst` captions and
+            sentences), thresholds, facts and attacks.
+        out: the file to write.
+
+    Returns:
+        `out`.
+
+    Raises:
+        GradleakError: jinja2 is missing or the file cannot be written.
+    """
+    worst_png = page.get("worst_png")
+    context = {k: v for k, v in page.items() if k != "worst_png"}
+    return _render(
+        "audit.html.j2",
+        out,
+        worst_picture=None if worst_png is None else _picture(worst_png, rows=2),
+        level_class=_LEVEL_CLASS.get(str(page["level"]), "labels"),
+        extra_css=_AUDIT_CSS,
+        **context,
+    )

@@ -3,7 +3,7 @@ private data, built as two separate objects so that only the first can reach an 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,12 +22,15 @@ from gradleak.data import (
     normalize,
     open_images,
 )
-from gradleak.data.loading import FOLDER
+from gradleak.data.loading import FILE_DATASETS
+from gradleak.data.statistics import Normalization, normalization, pixel_statistics
 from gradleak.fl.protocols import ProtocolSettings
 from gradleak.modalities import Modality, get_modality
 from gradleak.models import build_model, check_checkpoint_model, load_checkpoint
+from gradleak.models.user import check_labels_fit
 from gradleak.scenario.config import RunConfig
-from gradleak.scenario.plan import DataRequest, ModelRequest, data_request
+from gradleak.scenario.plan import DataRequest, ModelRequest, data_request, model_request
+from gradleak.scenario.user_model import fit_user_model, is_user_model
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,17 @@ class Case(NamedTuple):
     server: ServerView
     client: ClientData
 
+    def to(self, device: torch.device) -> Case:
+        """This case on `device`: the server's model moved there (in place), the granted
+        labels and the clients' batch copied there. Built and seeded on the CPU, a case is
+        moved once, so the same seed gives the same case on any device."""
+        server, client = self
+        knowledge = server.knowledge
+        if knowledge.labels is not None:
+            knowledge = replace(knowledge, labels=knowledge.labels.to(device))
+        batch = PrivateBatch(client.batch.images.to(device), client.batch.labels.to(device))
+        return Case(ServerView(server.model.to(device), knowledge), replace(client, batch=batch))
+
 
 @dataclass(frozen=True)
 class _Data:
@@ -104,7 +118,7 @@ def build_case(config: RunConfig) -> Case:
     """
     # Only the case's parts are resolved: the attack and the outputs are not needed here.
     config = config.validate()
-    model = ModelRequest(config.model, config.checkpoint, config.seed)
+    model = model_request(config)
     return case_from(data_request(config), model, config.protocol_settings(), config.grants())
 
 
@@ -131,17 +145,26 @@ def case_from(
 
         # Text models and tokenizers come from an optional extra: imported only for text.
         return text_case(data, model, protocol, grants)
-    loaded = _load_data(data)
+    # The user's own model is built first: the data is read at the size it takes.
+    fitted = fit_user_model(data, model) if is_user_model(model) else None
+    loaded = _load_data(data if fitted is None else fitted.data)
     channels, height, width = loaded.images01.shape[1:]
-    server_model = build_model(
-        model.name,
-        num_classes=loaded.num_classes,
-        in_channels=channels,
-        image_size=(height, width),
-        seed=model.seed,
-    )
+    if fitted is None:
+        server_model = build_model(
+            model.name,
+            num_classes=loaded.num_classes,
+            in_channels=channels,
+            image_size=(height, width),
+            seed=model.seed,
+            model_args=model.model_args,
+        )
+    else:
+        # A factory decides its own classes: the batch's labels must fall among them.
+        check_labels_fit(loaded.labels, fitted.shape.num_classes, name=model.name.strip())
+        loaded = replace(loaded, num_classes=fitted.shape.num_classes)
+        server_model = fitted.model
     if model.checkpoint is not None:
-        check_checkpoint_model(model.checkpoint, model.name)
+        check_checkpoint_model(model.checkpoint, model.name, model.model_args)
         load_checkpoint(server_model, model.checkpoint)
     batch = PrivateBatch(normalize(loaded.images01, loaded.mean, loaded.std), loaded.labels)
     facts = DataFacts(
@@ -155,7 +178,9 @@ def case_from(
 def _load_data(request: DataRequest) -> _Data:
     if request.image is not None:
         return _single_image(request)
-    images = open_images(request.dataset, request.data_root, request.split, request.image_size)
+    images = open_images(
+        request.dataset, request.data_root, request.split, request.image_size, request.normalize
+    )
     _check_enough(request, images)
     images01, labels = images.pixels(request.indices)
     num_classes = request.num_classes or images.num_classes
@@ -197,7 +222,12 @@ def _single_image(request: DataRequest) -> _Data:
     channels, (side, _) = input_shape(request.dataset)
     size = request.image_size or side
     image01 = load_image(Path(request.image), (size, size), channels)
-    folder = request.dataset == FOLDER
+    default = Normalization(stats.name, stats.mean, stats.std)
+    # --normalize auto: the statistics of this one image.
+    chosen = normalization(
+        request.normalize, default, channels, lambda: pixel_statistics(image01.unsqueeze(0))
+    )
+    folder = request.dataset in FILE_DATASETS
     num_classes = request.num_classes or (FOLDER_IMAGE_CLASSES if folder else stats.num_classes)
     label = 0 if request.label is None else request.label
     labels = torch.tensor([label])
@@ -208,9 +238,9 @@ def _single_image(request: DataRequest) -> _Data:
         labels,
         names,
         num_classes,
-        stats.mean,
-        stats.std,
-        stats.name,
+        chosen.mean,
+        chosen.std,
+        chosen.name,
         f"image {request.image}, label {label}",
     )
 

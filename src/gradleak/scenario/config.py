@@ -12,11 +12,15 @@ from typing import Any
 
 from gradleak import attacks
 from gradleak.attacks.registry import ATTACKS, attack_label
+from gradleak.core.device import AUTO as AUTO_DEVICE
+from gradleak.core.device import check_device
 from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import GUESSABLE, Grants
 from gradleak.core.settings import read_mapping, replace_checked, to_plain
 from gradleak.core.update import UpdateKind
 from gradleak.data.image import MAX_IMAGE_SIZE
+from gradleak.data.loading import input_shape
+from gradleak.data.statistics import check_normalize
 from gradleak.defenses import parse_defenses
 from gradleak.fl.protocols import (
     PROTOCOLS,
@@ -25,9 +29,10 @@ from gradleak.fl.protocols import (
     get_protocol,
     local_training_for,
 )
+from gradleak.models.user import check_model_args, model_label
 
 DEFAULT_PROTOCOL = "fedsgd"
-DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "folder")
+DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "folder", "list", "tensors")
 MODEL_MODES = ("train", "eval")
 SPLITS = ("test", "train")
 MAX_CLASSES = 100_000
@@ -44,6 +49,8 @@ class RunConfig:
 
     attack: str = "dlg"
     model: str = "lenet"
+    # Keyword arguments of a model factory (model = MODULE:FACTORY or FILE.py:FACTORY).
+    model_args: dict[str, Any] = field(default_factory=dict)
     dataset: str = "cifar10"
     data_root: Path | None = None  # None with cifar10: the bundled sample images
     split: str = "test"
@@ -51,7 +58,10 @@ class RunConfig:
     image: Path | None = None
     label: int | None = None
     num_classes: int | None = None
-    image_size: int | None = None  # for 'folder' and --image; default: the dataset's size
+    image_size: int | None = None  # for folder/list/tensors and --image; default: the dataset's
+    # Normalisation statistics: auto, a dataset's name or MEAN/STD (None: the dataset's own,
+    # the photo statistics for the user's images); gradleak.data.statistics.
+    normalize: str | None = None
     batch_size: int = 1  # samples per user
     seed: int = 0
     out: Path | None = None
@@ -96,13 +106,21 @@ class RunConfig:
     text_file: Path | None = None
     task: str = "classification"
     lengths_known: bool = False
+    # Where tensors compute (auto, cpu, cuda, cuda:N, mps): not a setting of the result,
+    # which is the same on any device up to float rounding; a run records the one it used.
+    device: str = AUTO_DEVICE
 
     def validate(self) -> RunConfig:
         _check_modality(self)
+        check_device(self.device)  # an unavailable device fails before any work
+        check_model_args(self.model, self.model_args)
         if self.dataset not in DATASET_CHOICES:
             raise GradleakError(
                 f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASET_CHOICES)}"
             )
+        if self.normalize is not None and self.modality != "text":
+            # The spelling and channel count now, before any work; `auto` is computed later.
+            check_normalize(self.normalize, input_shape(self.dataset)[0])
         if self.model_mode not in MODEL_MODES:
             raise GradleakError(
                 f"model_mode {self.model_mode!r} is not one of: {', '.join(MODEL_MODES)}"
@@ -223,14 +241,21 @@ class RunConfig:
 
     def result_settings(self) -> dict[str, Any]:
         """Every setting that can change the run's result, as plain values: all but where
-        the run goes (`out`) and whether a bar is shown (`progress`), with the attack's
+        the run goes (`out`), whether a bar is shown (`progress`) and where tensors compute
+        (`device`: the same numbers up to float rounding), with the attack's
         options resolved into its preset and the defenses in their canonical spelling.
 
         Raises:
             GradleakError: an unknown attack, bad attack options or a bad defense.
         """
         settings = to_plain(self)
-        del settings["out"], settings["progress"]
+        del settings["out"], settings["progress"], settings["device"]
+        if not settings["model_args"]:
+            # Absent rather than empty, so runs without a factory keep their digests.
+            del settings["model_args"]
+        if settings["normalize"] is None:
+            # Likewise absent, so runs with their dataset's statistics keep their digests.
+            del settings["normalize"]
         attack = attacks.get(self.attack).with_options(self.attack_options)
         settings["attack_options"] = to_plain(attack.config)
         settings["defenses"] = [d.spec for d in parse_defenses(self.defenses)]
@@ -248,7 +273,9 @@ class RunConfig:
         users = "" if self.users == 1 else f"-u{self.users}"
         # An attack's argument (learned:DIR/INV.pt) is a path: only its stem names the run.
         attack = attack_label(self.attack)
-        name = f"{attack}-{self.model}-{source}-b{self.batch_size}{users}{protocol}"
+        # A factory spec (a path, a colon) is named by its file's stem and factory.
+        model = model_label(self.model)
+        name = f"{attack}-{model}-{source}-b{self.batch_size}{users}{protocol}"
         return Path("runs") / f"{name}-s{self.seed}-{settings_digest(self.result_settings())}"
 
 
@@ -304,6 +331,8 @@ def _check_modality(config: RunConfig) -> None:
             raise GradleakError("--stop-psnr scores images; text runs have no PSNR")
         if config.texts and len(config.indices) > 1:
             raise GradleakError("--index picks lines of --text-file; --text gives the batch itself")
+        if config.normalize is not None:
+            raise GradleakError("--normalize sets image statistics; text has none, drop it")
         return
     for name, flag in (("texts", "--text"), ("text_file", "--text-file")):
         if getattr(config, name):
@@ -389,6 +418,9 @@ def load_run_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
             f"arguments: attack_options must be a mapping of keys to values, not {given!r}"
         )
     options.update(given)
+    if isinstance(overrides.get("model_args"), Mapping):
+        # --model-arg flags add to (and win over) the file's model_args, key by key.
+        overrides["model_args"] = {**config.model_args, **overrides["model_args"]}
     config = replace_checked(config, {**overrides, "attack_options": options}, "arguments")
     # A modality's own model and attack where neither the file nor the flags name one.
     named = {**from_file, **overrides}

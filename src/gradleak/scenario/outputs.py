@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from gradleak.attacks.priors.nearest import NearestTraining, nearest_training
+from gradleak.core.device import device_name
 from gradleak.core.files import write_atomically
 from gradleak.core.settings import to_plain
 from gradleak.report import write_history_csv
@@ -33,6 +34,8 @@ def run_metrics(
     return {
         "attack": config.attack,
         "model": config.model,
+        # A factory's keyword arguments (absent for built-in models).
+        **({"model_args": to_plain(config.model_args)} if config.model_args else {}),
         "modality": config.modality,
         "dataset": config.dataset if config.modality == "image" else "text",
         "source": client.source,
@@ -48,6 +51,9 @@ def run_metrics(
         "iterations": rec.iterations,
         "loss_evaluations": rec.loss_evaluations,
         "seconds": rec.seconds,
+        # Where the seconds were spent: the device and, for a GPU, its name.
+        "device": str(plan.device),
+        "device_name": device_name(plan.device),
         "stopped_at_psnr": plan.output.stop_psnr if rec.stopped else None,
         "compiled": rec.compiled,
         "compile_seconds": rec.compile_seconds,
@@ -91,7 +97,8 @@ def write_outputs(
         out_dir, server.decode(client.batch.images), recon, outcome.evaluation.matching
     )
     if nearest is not None:
-        matched = recon[torch.as_tensor(outcome.evaluation.matching, dtype=torch.long)]
+        matching = outcome.evaluation.matching
+        matched = recon[torch.as_tensor(matching, dtype=torch.long, device=recon.device)]
         truth = server.decode(client.batch.images)
         save_prior_grid(truth, matched, nearest.images, out_dir / PRIOR_GRID)
     write_history_csv(rec.history, out_dir / "history.csv")
@@ -99,6 +106,8 @@ def write_outputs(
         "run": to_plain(plan.config),
         "attack": {"name": plan.config.attack, **to_plain(plan.attack.config), **rec.details},
         "threat_model": server.knowledge.describe(),
+        # Where it ran: `run` keeps the device as asked for (e.g. auto), to run it again.
+        "device": str(plan.device),
     }
     write_atomically(out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     if outcome.snapshots is not None:

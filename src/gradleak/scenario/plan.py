@@ -9,11 +9,16 @@ run (`config.yaml`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from gradleak import attacks
 from gradleak.attacks.registry import check_readable
+from gradleak.core.device import CPU, resolve_device
 from gradleak.core.knowledge import Grants
 from gradleak.defenses import Defense, parse_defenses
 from gradleak.fl.protocols import ProtocolSettings
@@ -26,7 +31,7 @@ class DataRequest:
     """Which private images the clients hold.
 
     Attributes:
-        dataset: cifar10, cifar100, mnist or folder.
+        dataset: cifar10, cifar100, mnist, folder, list or tensors.
         data_root: where the dataset's files are (None with cifar10: the bundled images).
         split: test or train.
         indices: one index per image, users' shares one after another.
@@ -39,6 +44,7 @@ class DataRequest:
         texts: text: the sentences themselves (empty: lines of `text_file`, by `indices`).
         text_file: text: a UTF-8 file of sentences, one per line (None: the bundled ones).
         task: text: the clients' task, classification or mlm.
+        normalize: a --normalize spec replacing the dataset's statistics (None: keep them).
     """
 
     dataset: str
@@ -54,6 +60,7 @@ class DataRequest:
     texts: tuple[str, ...] = ()
     text_file: Path | None = None
     task: str = "classification"
+    normalize: str | None = None
 
     @property
     def per_user(self) -> int:
@@ -62,11 +69,13 @@ class DataRequest:
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """The server's model: a registry name, the state to load, the seed of its init."""
+    """The server's model: a registry name or a factory spec (`MODULE:FACTORY`), the state
+    to load, the seed of its init and the factory's keyword arguments."""
 
     name: str
     checkpoint: Path | None
     seed: int
+    model_args: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,8 @@ class RunPlan:
     defenses: tuple[Defense, ...]
     output: OutputPlan
     seed: int
+    # Where the case's model and data go once built, and everything after them computes.
+    device: torch.device = CPU
 
 
 def plan_run(config: RunConfig) -> RunPlan:
@@ -116,6 +127,7 @@ def plan_run(config: RunConfig) -> RunPlan:
             them an attack that cannot read the protocol's updates.
     """
     config = config.validate()
+    device = resolve_device(config.device)  # "auto" is resolved once, here
     attack = attacks.get(config.attack).with_options(config.attack_options)
     protocol = config.protocol_settings()
     check_readable(config.attack, attack.reads, protocol.protocol.shares)
@@ -123,7 +135,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     return RunPlan(
         config=config,
         data=data_request(config),
-        model=ModelRequest(config.model, config.checkpoint, config.seed),
+        model=model_request(config),
         protocol=protocol,
         grants=config.grants(),
         attack=attack,
@@ -135,7 +147,13 @@ def plan_run(config: RunConfig) -> RunPlan:
             stop_psnr=config.stop_psnr,
         ),
         seed=config.seed,
+        device=device,
     )
+
+
+def model_request(config: RunConfig) -> ModelRequest:
+    """The server's model of a (validated) run."""
+    return ModelRequest(config.model, config.checkpoint, config.seed, dict(config.model_args))
 
 
 def data_request(config: RunConfig) -> DataRequest:
@@ -154,4 +172,5 @@ def data_request(config: RunConfig) -> DataRequest:
         texts=config.texts,
         text_file=config.text_file,
         task=config.task,
+        normalize=config.normalize,
     )

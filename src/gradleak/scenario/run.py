@@ -119,7 +119,7 @@ def attacked_view(plan: RunPlan) -> tuple[Case, SharedUpdate, ServerView]:
     Raises:
         GradleakError: missing or unreadable data, a checkpoint of another model.
     """
-    case = case_from(plan.data, plan.model, plan.protocol, plan.grants)
+    case = case_from(plan.data, plan.model, plan.protocol, plan.grants).to(plan.device)
     server, client = case
     generator = torch.Generator().manual_seed(plan.seed)
 

@@ -55,12 +55,13 @@ def described_config(config: object) -> dict[str, Any]:
         config: a run configuration (a dataclass such as RunConfig).
 
     Returns:
-        Its fields as JSON-able values, without `out` (where the run is written) and
-        `progress` (whether a bar is shown).
+        Its fields as JSON-able values, without `out` (where the run is written),
+        `progress` (whether a bar is shown) and `device` (where tensors compute: a cell
+        finished on one device is reused on another).
     """
     plain = to_plain(config)
-    plain.pop("out", None)
-    plain.pop("progress", None)
+    for key in ("out", "progress", "device"):
+        plain.pop(key, None)
     return plain
 
 

@@ -42,6 +42,7 @@ from gradleak.core.errors import GradleakError
 from gradleak.core.files import replaced_atomically, write_atomically, write_bytes_atomically
 from gradleak.core.knowledge import GUESSABLE
 from gradleak.core.settings import replace_checked, to_plain
+from gradleak.data.loading import FILE_DATASETS
 from gradleak.fl.protocols import PROTOCOLS, protocols_read_by
 from gradleak.modalities import Modality, get_modality
 from gradleak.report.compare_plots import Curve, GridRow, Tile, curves_png, snapshot_grid_png
@@ -80,7 +81,7 @@ LOCAL_TRAINING_KEYS = frozenset(
     | {f"guess_local_{key}" for key in GUESSABLE}
     | {"admm_rho", "rounds"}
 )
-FOLDER_KEYS = frozenset({"image_size"})  # only image folders are resized
+FOLDER_KEYS = frozenset({"image_size"})  # only the user's images (FILE_DATASETS) are resized
 TEXT_KEYS = frozenset({"task", "lengths_known"})  # only sentences have a task and lengths
 # Only runs whose protocol's clients keep a state between rounds (FedADMM) get these.
 STATE_KEYS = frozenset({"client_state_known"})
@@ -162,7 +163,7 @@ class DatasetSource:
 
     @property
     def label(self) -> str:
-        if self.dataset in ("folder", TEXT_SOURCE) and self.data_root is not None:
+        if self.dataset in (*FILE_DATASETS, TEXT_SOURCE) and self.data_root is not None:
             path = self.data_root.resolve()
             return (path.name if self.dataset == "folder" else path.stem) or self.dataset
         return self.dataset
@@ -194,8 +195,11 @@ def parse_dataset(text: str) -> DatasetSource:
             f"dataset {kind!r} in {text!r} is not one of: {', '.join(kinds)}; "
             "write KIND=ROOT, e.g. mnist=/data/mnist"
         )
-    if kind == "folder" and not root:
-        raise GradleakError(f"{text!r}: an image folder needs its path, e.g. folder=/data/lfw")
+    if kind in FILE_DATASETS and not root:
+        raise GradleakError(
+            f"{text!r}: an image folder needs its path, an image list or tensor file its file, "
+            "e.g. folder=/data/lfw or tensors=/data/faces.npz"
+        )
     return DatasetSource(kind, Path(root).expanduser() if root else None)
 
 
@@ -252,7 +256,7 @@ class CompareSpec:
             key: value
             for key, value in self.settings.items()
             if (key not in LOCAL_TRAINING_KEYS or PROTOCOLS[cell.run.protocol].trains_locally)
-            and (key not in FOLDER_KEYS or cell.source.dataset == "folder")
+            and (key not in FOLDER_KEYS or cell.source.dataset in FILE_DATASETS)
             and (key not in STATE_KEYS or PROTOCOLS[cell.run.protocol].client_state is not None)
             and (key not in TEXT_KEYS or not cell.source.pictures)
         }
@@ -361,7 +365,12 @@ Report = Callable[[Cell, Mapping[str, Any]], None]
 
 
 def run_compare(
-    spec: CompareSpec, out_dir: Path, *, progress: bool = True, report: Report | None = None
+    spec: CompareSpec,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    report: Report | None = None,
+    device: str | None = None,
 ) -> CompareResult:
     """Run every cell not yet finished, then write tables and figures from the finished ones.
 
@@ -373,6 +382,8 @@ def run_compare(
         out_dir: the comparison's folder (runs under `runs/`, tables and figures beside).
         progress: show each attack's progress bar.
         report: called as `report(cell, metrics)` after each run that finishes now.
+        device: where the runs compute (auto, cpu, cuda, cuda:N, mps; None: auto); not
+            part of a run's description, so a run finished on one device is kept on another.
 
     Returns:
         The cells, how many ran now, were kept or removed, the rows and the figures written.
@@ -396,7 +407,8 @@ def run_compare(
             result.skipped += 1
             continue
         try:
-            run = store.publish(ref, functools.partial(_write_run, spec, cell, progress=progress))
+            write = functools.partial(_write_run, spec, cell, progress=progress, device=device)
+            run = store.publish(ref, write)
         except KeyboardInterrupt:
             result.interrupted = True
             break
@@ -417,9 +429,12 @@ def cell_store(out_dir: Path) -> CellStore:
     return CellStore(Path(out_dir), RUN_MARKER, layout=f"{RUNS_DIR}/*/*/*", keep_unpublished=True)
 
 
-def _write_run(spec: CompareSpec, cell: Cell, partial: Path, progress: bool) -> RunResult | None:
+def _write_run(
+    spec: CompareSpec, cell: Cell, partial: Path, progress: bool, device: str | None = None
+) -> RunResult | None:
     """Run one cell into `partial` with its snapshots; None if Ctrl-C reached the attack."""
-    config = replace(spec.config(cell), out=partial, progress=progress).validate()
+    config = replace(spec.config(cell), out=partial, progress=progress)
+    config = (config if device is None else replace(config, device=device)).validate()
     run = run_attack(config)
     if run.reconstruction.interrupted:
         return None

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from gradleak.attacks.labels import LABEL_STRATEGIES
 from gradleak.core import PrivateBatch
+from gradleak.core.device import CPU
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import write_atomically
 from gradleak.core.knowledge import DataFacts, Requirement, grant_knowledge
-from gradleak.data import get_dataset_spec, open_images
+from gradleak.data import DatasetSpec, get_dataset_spec, open_images
 from gradleak.fl.protocols import ProtocolSettings
 from gradleak.models import build_model, load_checkpoint
+from gradleak.models.user import is_factory_spec, output_classes
 from gradleak.report.tables import write_csv
 
 DEFAULT_STRATEGIES = ("analytic", "sign", "yin", "count")
@@ -39,8 +42,9 @@ def score_labels(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) 
             f"predicted labels have shape {tuple(predicted.shape)} but the batch has "
             f"{tuple(true.shape)}; give one label per sample"
         )
-    pred_counts = torch.bincount(predicted.long(), minlength=num_classes)
-    true_counts = torch.bincount(true.long(), minlength=num_classes)
+    # Scored on the CPU, whichever device the labels were recovered on.
+    pred_counts = torch.bincount(predicted.long().cpu(), minlength=num_classes)
+    true_counts = torch.bincount(true.long().cpu(), minlength=num_classes)
     pred_set, true_set = pred_counts > 0, true_counts > 0
     hits = int((pred_set & true_set).sum())
     return LabelScore(
@@ -112,11 +116,14 @@ def evaluate_label_recovery(
     strategies: Sequence[str] = DEFAULT_STRATEGIES,
     checkpoint: Path | None = None,
     seed: int = 0,
+    model_args: Mapping[str, Any] | None = None,
+    device: torch.device = CPU,
 ) -> list[LabelRow]:
     """Draw batches with replacement from the test split, compute FedSGD gradients, score.
 
     Args:
-        model_name: a registry model.
+        model_name: a registry model, or a factory spec (MODULE:FACTORY) whose model has
+            one logit per class of the dataset.
         dataset: cifar10, cifar100 or mnist.
         data_root: the folder holding the dataset's files.
         batch_sizes: the batch sizes studied.
@@ -124,6 +131,9 @@ def evaluate_label_recovery(
         strategies: label strategies that recover labels from the update alone.
         checkpoint: a model state to load (default: the seeded untrained model).
         seed: the model's initialisation and the draws.
+        model_args: keyword arguments of a factory spec.
+        device: where the model and batches compute (the model is built and seeded on
+            the CPU and moved once; batches are drawn on the CPU and moved one by one).
 
     Returns:
         One row per strategy and batch size with the mean scores over the batches (iDLG's
@@ -143,11 +153,14 @@ def evaluate_label_recovery(
         in_channels=spec.channels,
         image_size=spec.image_size,
         seed=seed,
+        model_args=model_args,
     )
+    _check_classes(model, model_name, spec)
     state = "untrained"
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
         state = Path(checkpoint).name
+    model.to(device)
     generator = torch.Generator().manual_seed(seed)
     facts = DataFacts(
         (spec.channels, *spec.image_size), spec.num_classes, spec.mean, spec.std, dataset
@@ -157,8 +170,9 @@ def evaluate_label_recovery(
     for batch_size in batch_sizes:
         scores: dict[str, list[LabelScore]] = {s: [] for s in strategies}
         for _ in range(batches):
-            indices = torch.randint(len(images), (batch_size,), generator=generator).tolist()
-            batch = PrivateBatch(*images.normalized(indices))
+            draw = torch.randint(len(images), (batch_size,), generator=generator, device="cpu")
+            pixels, labels = images.normalized(draw.tolist())
+            batch = PrivateBatch(pixels.to(device), labels.to(device))
             knowledge = grant_knowledge(facts, batch.labels, fedsgd)
             update = fedsgd.client(model).compute_update(batch)
             for name in strategies:
@@ -181,6 +195,19 @@ def evaluate_label_recovery(
                     )
                 )
     return rows
+
+
+def _check_classes(model: nn.Module, name: str, spec: DatasetSpec) -> None:
+    """Refuse a factory's model without one logit per class of the dataset (one line)."""
+    if not is_factory_spec(name):
+        return  # a registry model is built with the dataset's classes
+    classes = output_classes(model, spec.channels, spec.image_size, name=name.strip())
+    if classes != spec.num_classes:
+        raise GradleakError(
+            f"model {name.strip()} outputs {classes} classes but {spec.name} has "
+            f"{spec.num_classes}; the label study scores one logit per class: give it "
+            f"{spec.num_classes} (e.g. --model-arg num_classes={spec.num_classes})"
+        )
 
 
 _FIELDS = tuple(LabelRow.__dataclass_fields__)

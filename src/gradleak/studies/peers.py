@@ -46,6 +46,7 @@ from gradleak.fl.protocols import DEFAULT_LOCAL_LR, PROTOCOLS, ProtocolSettings
 from gradleak.fl.rounds import split_users
 from gradleak.fl.topology import MIXING, Topology, build_topology, mix
 from gradleak.metrics import Evaluation
+from gradleak.models.user import model_label
 from gradleak.report import save_comparison_grid, to_pil
 from gradleak.report.images import resolve_scale, save_png, tile_rows
 from gradleak.report.tables import write_csv
@@ -133,7 +134,7 @@ class DecentralizedConfig:
         share a directory."""
         r = self.run
         name = (
-            f"simulate-{self.topology}{self.peers}-{r.attack}-{r.model}-{r.dataset}-"
+            f"simulate-{self.topology}{self.peers}-{r.attack}-{model_label(r.model)}-{r.dataset}-"
             f"{r.indices[0]}-b{r.batch_size}-{r.protocol}-r{self.rounds}-s{r.seed}"
         )
         settings = {**self.describe(), "run": r.result_settings(), "sgd_lr": self.sgd_lr}
@@ -359,7 +360,7 @@ def run_decentralized(
     if write:
         out_dir = check_out_dir(Path(config.run.out or config.default_out()), overwrite=overwrite)
     plan = plan_run(config.case_config())
-    case = case_from(plan.data, plan.model, plan.protocol, plan.grants)
+    case = case_from(plan.data, plan.model, plan.protocol, plan.grants).to(plan.device)
     server, client = case
     topology = config.graph()
     weights = topology.mixing_matrix(config.mixing)

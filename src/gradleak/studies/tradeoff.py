@@ -16,6 +16,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from gradleak.core.device import AUTO as AUTO_DEVICE
+from gradleak.core.device import CPU, resolve_device
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import write_atomically, write_bytes_atomically
 from gradleak.core.settings import replace_checked, to_plain
@@ -84,6 +88,7 @@ def run_tradeoff(
     backend: Backend | None = None,
     progress: bool = True,
     threads: int | None = None,
+    device: str | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Run the attacks and the utility trainings; write tradeoff.csv/.md/.png.
 
@@ -93,6 +98,8 @@ def run_tradeoff(
         backend: where the attack cells run.
         progress: show progress bars.
         threads: torch threads per attack cell.
+        device: where the attack cells (resolved by each, None: the spec's) and the utility
+            trainings (resolved here, None: auto) compute.
 
     Returns:
         The trade-off rows (per attack and defense) and whether Ctrl-C ended the study (then
@@ -101,10 +108,13 @@ def run_tradeoff(
     Raises:
         GradleakError: as `run_sweep`, or a utility training that cannot run.
     """
-    result = run_sweep(spec.sweep, out_dir, backend=backend, progress=progress, threads=threads)
+    result = run_sweep(
+        spec.sweep, out_dir, backend=backend, progress=progress, threads=threads, device=device
+    )
     if result.interrupted:
         return [], True
-    utility = {d: _utility(spec.utility, d, out_dir) for d in spec.sweep.defenses}
+    here = resolve_device(device or AUTO_DEVICE)
+    utility = {d: _utility(spec.utility, d, out_dir, here) for d in spec.sweep.defenses}
     rows = tradeoff_rows(result.rows, utility, spec.recovered_psnr)
     write_tradeoff(out_dir, rows, spec)
     return rows, False
@@ -114,8 +124,11 @@ def _label(defense: tuple[str, ...]) -> str:
     return "+".join(defense) if defense else NO_DEFENSE
 
 
-def _utility(config: UtilityConfig, defense: tuple[str, ...], out_dir: Path) -> dict[str, Any]:
-    """Train once per defense setting; the result is cached with the settings it came from."""
+def _utility(
+    config: UtilityConfig, defense: tuple[str, ...], out_dir: Path, device: torch.device = CPU
+) -> dict[str, Any]:
+    """Train once per defense setting; the result is cached with the settings it came from
+    (not the device: a result trained on one device is reused on another)."""
     config = replace(config, defenses=defense)
     settings = to_plain(config)
     cache = out_dir / "utility" / f"{_label(defense).replace(':', '-')}.json"
@@ -133,7 +146,7 @@ def _utility(config: UtilityConfig, defense: tuple[str, ...], out_dir: Path) -> 
                 return result
         except (json.JSONDecodeError, AttributeError):
             pass  # a damaged cache file is a miss: train again
-    result = asdict(train_with_defenses(config))
+    result = asdict(train_with_defenses(config, device=device))
     write_atomically(cache, json.dumps({"settings": settings, "result": result}, indent=2))
     return result
 

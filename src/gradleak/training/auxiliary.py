@@ -8,7 +8,7 @@ so priors and inverters train on images 100–599 of those splits unless told ot
 from __future__ import annotations
 
 from gradleak.core.errors import GradleakError
-from gradleak.data.loading import FOLDER
+from gradleak.data.loading import FILE_DATASETS
 
 AUXILIARY_RANGE = (100, 599)
 
@@ -31,7 +31,7 @@ def auxiliary_range(
         GradleakError: the range goes past the split, or by default the split holds no
             image after the 100 kept for evaluation.
     """
-    if given is None and dataset == FOLDER:
+    if given is None and dataset in FILE_DATASETS:
         return 0, dataset_size - 1
     if given is None:
         first, last = AUXILIARY_RANGE

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
@@ -50,12 +50,13 @@ from gradleak.attacks.priors.generative import (
     check_side,
     save_generative_prior,
 )
+from gradleak.core.device import CPU
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import check_out_file
 from gradleak.core.settings import require_counts, require_seed
 from gradleak.core.signals import hold_interrupts, release_interrupts
 from gradleak.data import input_shape, open_images
-from gradleak.data.loading import FOLDER
+from gradleak.data.loading import FILE_DATASETS, FOLDER
 from gradleak.report.images import save_png, tile_rows, to_pil
 from gradleak.scenario.config import DATASET_CHOICES, SPLITS
 from gradleak.training.auxiliary import auxiliary_range
@@ -163,10 +164,10 @@ class PriorTrainConfig:
             raise GradleakError(f"lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
             raise GradleakError(f"kl_weight must be 0 or more, got {self.kl_weight}")
-        if self.image_size is not None and self.dataset != FOLDER:
+        if self.image_size is not None and self.dataset not in FILE_DATASETS:
             raise GradleakError(
                 f"{self.dataset} images keep their own size; drop --image-size or use "
-                "--dataset folder"
+                "--dataset folder, list or tensors"
             )
         channels, size, _ = self.data_shape()
         check_side(size, channels)
@@ -186,7 +187,9 @@ class PriorTrainConfig:
 
     def resolved_range(self, dataset_size: int) -> tuple[int, int]:
         """The images trained on, both ends included (the default made concrete)."""
-        where = f"the {self.dataset} {self.split} split" if self.dataset != FOLDER else "the folder"
+        where = f"the {self.dataset} {self.split} split"
+        if self.dataset in FILE_DATASETS:
+            where = "the folder" if self.dataset == FOLDER else "the file"
         return auxiliary_range(self.dataset, dataset_size, self.index_range, where)
 
     def data_shape(self) -> tuple[int, int, int]:
@@ -271,7 +274,8 @@ class _VAE:
 
     def step(self, x: Tensor, rng: torch.Generator) -> dict[str, float]:
         mean, logvar = self.encoder(x)
-        noise = torch.randn(mean.shape, generator=rng)
+        # Drawn on the CPU generator (the same on any device), then moved.
+        noise = torch.randn(mean.shape, generator=rng, device=rng.device).to(mean.device)
         z = mean + noise * torch.exp(0.5 * logvar)
         decoded = self.generator(z)
         n = x.shape[0]
@@ -296,7 +300,8 @@ class _DCGAN:
 
     def step(self, x: Tensor, rng: torch.Generator) -> dict[str, float]:
         n = x.shape[0]
-        fake = self.generator(torch.randn((n, self.latent_dim), generator=rng))
+        codes = torch.randn((n, self.latent_dim), generator=rng, device=rng.device)
+        fake = self.generator(codes.to(x.device))
         real_logits = self.discriminator(x)
         fake_logits = self.discriminator(fake.detach())
         d_loss = F.binary_cross_entropy_with_logits(
@@ -360,6 +365,7 @@ def train_generative_prior(
     progress: bool = True,
     overwrite: bool = False,
     on_epoch: Callable[[EpochLoss], None] | None = None,
+    device: torch.device = CPU,
 ) -> PriorTrainResult:
     """Train a generative prior and save it after every epoch.
 
@@ -373,6 +379,9 @@ def train_generative_prior(
         overwrite: replace an existing `out` (and its samples picture); without it they
             are refused before any work.
         on_epoch: called after each epoch is saved.
+        device: where the networks and images go: built and seeded on the CPU, moved once
+            (batches, noise and flips are drawn on the CPU, so a seed trains alike on any
+            device up to float rounding); the file is saved from the CPU.
 
     Returns:
         The prior of the last completed epoch, the losses, the time taken, whether it was
@@ -395,6 +404,11 @@ def train_generative_prior(
         # Initialisation from the seed without disturbing the caller's random state.
         torch.manual_seed(config.seed)
         learner = _BUILDERS[config.kind](config)
+    # Built and seeded on the CPU, moved once with the images; the optimisers hold the same
+    # parameters, moved in place.
+    for network in vars(learner).values():
+        if isinstance(network, nn.Module):
+            network.to(device)
     prior = GenerativePrior(
         kind=config.kind,
         generator=learner.generator,
@@ -406,6 +420,7 @@ def train_generative_prior(
         mean=tuple(images.stats.mean),
         std=tuple(images.stats.std),
     )
+    pixels = pixels.to(device)
     return _train(config, learner, prior, pixels, out, progress, on_epoch, (first, last))
 
 
@@ -439,7 +454,9 @@ def _train(
             began = time.perf_counter()
             learner.generator.train().requires_grad_(True)
             totals: dict[str, float] = {}
-            for batch in torch.randperm(n, generator=rng).split(config.batch_size):
+            # The epoch's order, drawn on the CPU and moved once (not once per step).
+            order = torch.randperm(n, generator=rng, device=rng.device).to(pixels.device)
+            for batch in order.split(config.batch_size):
                 x = _flipped(pixels[batch], rng) if config.flips else pixels[batch]
                 terms = learner.step(x, rng)
                 for key, value in terms.items():
@@ -499,7 +516,7 @@ def _to_uint8(pixels: Tensor) -> Tensor:
 
 def _flipped(x: Tensor, rng: torch.Generator) -> Tensor:
     """Each image mirrored left-right with probability 1/2."""
-    flip = torch.rand(x.shape[0], generator=rng) < 0.5
+    flip = (torch.rand(x.shape[0], generator=rng, device=rng.device) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -531,6 +548,7 @@ class _Saver:
         self.codes = torch.randn(
             (SAMPLE_ROWS * SAMPLE_COLUMNS, self.config.latent_dim),
             generator=torch.Generator().manual_seed(self.config.seed + 1),
+            device="cpu",
         )
 
     def save(self, losses: list[EpochLoss], *, picture: bool, interrupted: bool = False) -> None:
@@ -572,7 +590,7 @@ class _Saver:
         was_training = generator.training
         generator.eval()
         with torch.no_grad():
-            samples = generator(self.codes)
+            samples = generator(self.codes.to(next(generator.parameters()).device)).cpu()
         generator.train(was_training)
         rows = [
             [to_pil(image) for image in samples[r * SAMPLE_COLUMNS : (r + 1) * SAMPLE_COLUMNS]]

@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,12 +47,13 @@ from gradleak.attacks.priors.inverter import (
     store_images,
 )
 from gradleak.core.batch import PrivateBatch
+from gradleak.core.device import CPU, module_device
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import check_out_file
 from gradleak.core.settings import require_counts, require_seed
 from gradleak.core.signals import hold_interrupts, release_interrupts
 from gradleak.data import input_shape, normalize, open_images
-from gradleak.data.loading import FOLDER, LoadedImages, dataset_stats
+from gradleak.data.loading import FILE_DATASETS, LoadedImages, dataset_stats
 from gradleak.fl.protocols import ProtocolSettings, get_protocol, local_training_for
 from gradleak.fl.rounds import simulate
 from gradleak.models import (
@@ -61,7 +63,9 @@ from gradleak.models import (
     load_checkpoint,
 )
 from gradleak.models.checkpoint import model_fingerprint
+from gradleak.models.user import check_labels_fit, is_factory_spec, output_classes
 from gradleak.scenario.config import DATASET_CHOICES, MODEL_MODES, SPLITS
+from gradleak.scenario.user_model import dataset_image_size
 from gradleak.training.auxiliary import auxiliary_range
 
 # The protocols an inverter can be trained for: their update is a function of the batch
@@ -130,6 +134,8 @@ class InverterTrainConfig:
     lr: float = 1e-3
     train_batch: int = 64
     seed: int = 0
+    # Keyword arguments of a model factory (model = MODULE:FACTORY or FILE.py:FACTORY).
+    model_args: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, dataset_size: int | None = None) -> InverterTrainConfig:
         """Check every setting; with `dataset_size`, also the range against the split.
@@ -140,7 +146,7 @@ class InverterTrainConfig:
         Raises:
             GradleakError: the first setting out of range, in one line naming the fix.
         """
-        victims = [d for d in DATASET_CHOICES if d != FOLDER]
+        victims = [d for d in DATASET_CHOICES if d not in FILE_DATASETS]
         if self.victim_dataset is not None and self.victim_dataset not in victims:
             raise GradleakError(
                 f"--victim-dataset {self.victim_dataset!r} is not one of: {', '.join(victims)}"
@@ -174,9 +180,10 @@ class InverterTrainConfig:
             raise GradleakError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise GradleakError(f"lr must be a positive number, got {self.lr}")
-        if self.image_size is not None and self.dataset != FOLDER:
+        if self.image_size is not None and self.dataset not in FILE_DATASETS:
             raise GradleakError(
-                f"{self.dataset} images are not resized; drop --image-size or use --dataset folder"
+                f"{self.dataset} images are not resized; drop --image-size or use --dataset "
+                "folder, list or tensors"
             )
         self.protocol_settings()  # local training that cannot run is refused here
         if self.range is not None:
@@ -192,10 +199,24 @@ class InverterTrainConfig:
                     f"batch size {self.batch_size} is larger than the {last - first + 1} "
                     f"auxiliary images ({first}-{last}); use a wider --range"
                 )
+        if is_factory_spec(self.model):
+            # A factory decides its input: built and probed now, before any data is read,
+            # and the images are read at the size it takes where none is asked for.
+            side = dataset_image_size(
+                self.model, self.model_args, self.dataset, self.image_size, seed=self.seed
+            )
+            return replace(self, image_size=side)
         channels, size = self.input_shape()
         # A throwaway model: an unknown name or an impossible input size fails before any
         # data is read (the class count does not change what can be built).
-        build_model(self.model, num_classes=2, in_channels=channels, image_size=size, seed=0)
+        build_model(
+            self.model,
+            num_classes=2,
+            in_channels=channels,
+            image_size=size,
+            seed=0,
+            model_args=self.model_args,
+        )
         return self
 
     def input_shape(self) -> tuple[int, tuple[int, int]]:
@@ -269,6 +290,7 @@ def train_inverter(
     progress: bool = True,
     overwrite: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
+    device: torch.device = CPU,
 ) -> InverterTrainResult:
     """Train an inverter for `config`'s server model and protocol; save it after every epoch.
 
@@ -283,6 +305,10 @@ def train_inverter(
         overwrite: replace an existing file at `out`; without it one is refused before any
             work.
         on_epoch: called with (epoch, mean loss) after each epoch is saved.
+        device: where the server's model computes the updates and the inverter trains:
+            both are built and seeded on the CPU and moved once; batches, augmentations
+            and orders are drawn on the CPU (the same on any device), the sketches are
+            computed on the CPU, and dropout draws from the device's own generator.
 
     Returns:
         The inverter, its per-epoch losses, and the time the updates and the training took.
@@ -301,15 +327,18 @@ def train_inverter(
     labels = labels % victim.num_classes
     server = _server_model(config, images, victim)
     inverter = _new_inverter(config, images, victim, server, pixels, (first, last))
+    server.to(device)
     result = InverterTrainResult(None, out)
     try:
         generation = time.perf_counter()
         pairs = _generate(config, server, victim, pixels, labels, inverter, progress)
         result.generation_seconds = time.perf_counter() - generation
         result.updates = pairs.sketches.shape[0]
-        # Dropout draws from the global generator: a forked, seeded one makes the training
-        # repeatable and leaves the caller's random state alone.
-        with torch.random.fork_rng(devices=[]):
+        inverter.net.to(device)
+        pairs = _Pairs(pairs.sketches.to(device), pairs.targets.to(device))
+        # Dropout draws from the global generator of the net's device: a forked, seeded one
+        # makes the training repeatable and leaves the caller's random state alone.
+        with torch.random.fork_rng(**_forked(device)):
             torch.manual_seed(config.seed + 2)
             _train(config, inverter, pairs, out, result, progress, on_epoch)
     except KeyboardInterrupt:
@@ -320,6 +349,14 @@ def train_inverter(
             result.inverter = load_inverter(out)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _forked(device: torch.device) -> dict[str, object]:
+    """`torch.random.fork_rng`'s arguments that fork the CPU's generator and `device`'s."""
+    if device.type == "cpu":
+        return {"devices": []}
+    # None: every device of the kind (MPS has one, and no index).
+    return {"devices": None if device.index is None else [device.index], "device_type": device.type}
 
 
 def _check_out(out: Path, overwrite: bool) -> Path:
@@ -359,9 +396,15 @@ def _server_model(config: InverterTrainConfig, images: LoadedImages, victim: _Vi
         in_channels=images.channels,
         image_size=images.size,
         seed=config.seed,
+        model_args=config.model_args,
     )
+    if is_factory_spec(config.model):
+        # A factory decides its classes: every label an update is made with must be one.
+        name = config.model.strip()
+        classes = output_classes(model, images.channels, images.size, name=name)
+        check_labels_fit(torch.arange(victim.num_classes), classes, name=name)
     if config.checkpoint is not None:
-        check_checkpoint_model(config.checkpoint, config.model)
+        check_checkpoint_model(config.checkpoint, config.model, config.model_args)
         load_checkpoint(model, config.checkpoint)
     return model
 
@@ -435,11 +478,12 @@ def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     height, width = pixels.shape[-2:]
     pad = max(1, min(height, width) // 8)
     for image in pixels:
-        if bool(torch.rand((), generator=generator) < 0.5):
+        if bool(torch.rand((), generator=generator, device=generator.device) < 0.5):
             image = image.flip(-1)
         if min(height, width) > pad:
             padded = F.pad(image.unsqueeze(0), (pad, pad, pad, pad), mode="reflect")[0]
-            top, left = (int(v) for v in torch.randint(2 * pad + 1, (2,), generator=generator))
+            shift = torch.randint(2 * pad + 1, (2,), generator=generator, device=generator.device)
+            top, left = (int(v) for v in shift)
             image = padded[:, top : top + height, left : left + width]
         out.append(image)
     return torch.stack(out)
@@ -457,10 +501,11 @@ def _generate(
     """`config.updates` (sketch, images) pairs, each update computed by the protocol's client."""
     settings = config.protocol_settings()
     generator = torch.Generator().manual_seed(config.seed)
+    device = module_device(server)  # the clients compute there; the rest is on the CPU
     count, b = pixels.shape[0], config.batch_size
-    sketches = torch.empty(config.updates, inverter.sketch.features)
-    targets = torch.empty(config.updates, b, *inverter.data_shape)
-    order = torch.empty(0, dtype=torch.long)
+    sketches = torch.empty(config.updates, inverter.sketch.features, device="cpu")
+    targets = torch.empty(config.updates, b, *inverter.data_shape, device="cpu")
+    order = torch.empty(0, dtype=torch.long, device="cpu")
     bar = tqdm(
         total=config.updates,
         desc="updates",
@@ -474,13 +519,14 @@ def _generate(
             # Each update takes the next B images of a shuffled pass over the images, so
             # every image is used equally often and a batch never repeats an image.
             if order.numel() < b:
-                order = torch.randperm(count, generator=generator)
+                order = torch.randperm(count, generator=generator, device="cpu")
             chosen, order = order[:b], order[b:]
             batch01 = pixels[chosen]
             if config.augment:
                 batch01 = augment(batch01, generator)
             batch = normalize(batch01, victim.mean, victim.std)
-            update = simulate(server, PrivateBatch(batch, labels[chosen]), settings).update
+            private = PrivateBatch(batch.to(device), labels[chosen].to(device))
+            update = simulate(server, private, settings).update
             sketches[u] = inverter.sketch(flatten_update(update.tensors, inverter.parameter_names))
             targets[u] = batch
             bar.update(1)
@@ -511,7 +557,7 @@ def matched_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     matched = []
     for s in range(outputs.shape[0]):
         rows, cols = linear_sum_assignment(cost[s].cpu().numpy())
-        matched.append(targets[s, torch.as_tensor(cols[rows.argsort()])])
+        matched.append(targets[s, torch.from_numpy(cols[rows.argsort()]).to(targets.device)])
     return F.mse_loss(outputs, torch.stack(matched))
 
 
@@ -545,7 +591,9 @@ def _train(
     try:
         for epoch in range(1, config.epochs + 1):
             net.train()
-            order = torch.randperm(count, generator=generator)
+            # Drawn on the CPU, moved once per epoch (not once per step).
+            order = torch.randperm(count, generator=generator, device="cpu")
+            order = order.to(pairs.sketches.device)
             total = 0.0
             for start in range(0, count, config.train_batch):
                 chosen = order[start : start + config.train_batch]
@@ -553,10 +601,10 @@ def _train(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss.detach()) * chosen.numel()
+                value = float(loss.detach())  # the step's one read of the device
+                total += value * chosen.numel()
                 bar.set_postfix(
-                    {"epoch": f"{epoch}/{config.epochs}", "loss": f"{float(loss.detach()):.4f}"},
-                    refresh=False,
+                    {"epoch": f"{epoch}/{config.epochs}", "loss": f"{value:.4f}"}, refresh=False
                 )
                 bar.update(1)
             epoch_loss = total / count

@@ -44,7 +44,7 @@ BatchDraw = Callable[[int, int, torch.Generator], Iterator[Tensor]]
 
 
 def _shuffled(count: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
-    permutation = torch.randperm(count, generator=generator)
+    permutation = torch.randperm(count, generator=generator, device=generator.device)
     for first in range(0, count, batch_size):
         yield permutation[first : first + batch_size]
 
@@ -54,7 +54,8 @@ def _poisson(count: int, batch_size: int, generator: torch.Generator) -> Iterato
     # number per image and step, the image in the batch when it falls below q.
     rate = poisson_rate(count, batch_size)
     for _ in range(math.ceil(count / batch_size)):
-        yield torch.nonzero(torch.rand(count, generator=generator) < rate).flatten()
+        draw = torch.rand(count, generator=generator, device=generator.device)
+        yield torch.nonzero(draw < rate).flatten()
 
 
 def poisson_rate(count: int, batch_size: int) -> float:
@@ -150,7 +151,7 @@ def sgd_epochs(
         start = time.perf_counter()
         stats = EpochStats(epoch)
         model.train()
-        for index in BATCHES[sampling](len(labels), batch_size, order):
+        for index in _epoch_batches(BATCHES[sampling], len(labels), batch_size, order, images):
             batch = PrivateBatch(images[index], labels[index])
             if len(batch):
                 logits = model(batch.images)
@@ -165,6 +166,18 @@ def sgd_epochs(
                 on_step(stats)
         stats.seconds = time.perf_counter() - start
         yield stats
+
+
+def _epoch_batches(
+    draw: BatchDraw, count: int, batch_size: int, generator: torch.Generator, images: Tensor
+) -> list[Tensor]:
+    """One epoch's batches, drawn on the (CPU) generator, moved to the images' device at once:
+    one copy per epoch rather than one per step (on a GPU each copy waits for the device)."""
+    batches = list(draw(count, batch_size, generator))
+    if images.device == generator.device or not batches:
+        return batches
+    sizes = [len(index) for index in batches]
+    return list(torch.cat(batches).to(images.device).split(sizes))
 
 
 def _gradient(loss: Tensor, params: dict[str, nn.Parameter]) -> dict[str, Tensor]:

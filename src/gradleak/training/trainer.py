@@ -28,20 +28,25 @@ import re
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from gradleak import __version__
+from gradleak.core.device import CPU
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import check_out_file, replaced_files, write_atomically
 from gradleak.core.settings import require_counts, require_seed
 from gradleak.data import DATASETS, DatasetSpec, dataset_stats, input_shape, open_images
+from gradleak.data.loading import FILE_DATASETS
 from gradleak.models import build_model, save_checkpoint
+from gradleak.models.user import check_labels_fit, is_factory_spec, output_classes
 from gradleak.scenario.config import DATASET_CHOICES, SPLITS
+from gradleak.scenario.user_model import dataset_image_size
 from gradleak.training.sgd import EpochStats, accuracy, sgd_epochs
 
 TRAIN_DATASETS = DATASET_CHOICES
@@ -69,6 +74,8 @@ class TrainConfig:
     seed: int = 0
     save_epochs: tuple[int, ...] = ()  # 0 saves the initial state too
     image_size: int | None = None  # side of folder images (default 32); fixed for the others
+    # Keyword arguments of a model factory (model = MODULE:FACTORY or FILE.py:FACTORY).
+    model_args: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, dataset_size: int | None = None) -> TrainConfig:
         """Check every setting; with `dataset_size`, also that the ranges lie in the split."""
@@ -99,19 +106,33 @@ class TrainConfig:
                 f"--epochs {self.epochs} (0 saves the untrained state)"
             )
         if self.image_size is not None:
-            if self.dataset != "folder":
+            if self.dataset not in FILE_DATASETS:
                 size = DATASETS[self.dataset].image_size[0]
                 raise GradleakError(
                     f"{self.dataset} images are {size} pixels and are not resized; drop "
-                    "--image-size or use --dataset folder"
+                    "--image-size or use --dataset folder, list or tensors"
                 )
             if self.image_size < 1:
                 raise GradleakError(f"image_size must be at least 1, got {self.image_size}")
         self._check_ranges(dataset_size)
+        if is_factory_spec(self.model):
+            # A factory decides its input: built and probed now, before any data is read,
+            # and the images are read at the size it takes where none is asked for.
+            side = dataset_image_size(
+                self.model, self.model_args, self.dataset, self.image_size, seed=self.seed
+            )
+            return replace(self, image_size=side)
         channels, size = self.input_shape()
         # Builds a throwaway model so an unknown name or an impossible input size fails
         # before any data is read (the class count does not change what can be built).
-        build_model(self.model, num_classes=2, in_channels=channels, image_size=size, seed=0)
+        build_model(
+            self.model,
+            num_classes=2,
+            in_channels=channels,
+            image_size=size,
+            seed=0,
+            model_args=self.model_args,
+        )
         return self
 
     def _check_ranges(self, size: int | None) -> None:
@@ -181,6 +202,7 @@ class TrainResult:
     history_path: Path
     seconds: float
     interrupted: bool = False
+    device: str = "cpu"  # where it trained
 
     @property
     def final(self) -> SavedCheckpoint | None:
@@ -225,6 +247,7 @@ def train_model(
     progress: bool = True,
     on_save: Callable[[SavedCheckpoint], None] | None = None,
     overwrite: bool = False,
+    device: torch.device = CPU,
 ) -> TrainResult:
     """Train `config.model` with SGD on cross-entropy; save checkpoints and the history.
 
@@ -238,10 +261,13 @@ def train_model(
         on_save: called after each checkpoint is written (with its path at `out`'s folder).
         overwrite: replace the files of an earlier training at `out` (see the module's
             notes); without it they are refused before any work.
+        device: where the model and images go: built and seeded on the CPU, moved once
+            (batches are drawn on the CPU, so a seed trains alike on any device up to
+            float rounding); checkpoints are saved from the CPU.
 
     Returns:
-        The trained model, the per-epoch history, the saved checkpoints and where the
-        history went.
+        The trained model, the per-epoch history, the saved checkpoints, where the
+        history went and the device it trained on.
 
     Raises:
         GradleakError: if a setting is invalid, `out` names no checkpoint file, its folder
@@ -260,7 +286,7 @@ def train_model(
     data = _load_data(config)
     staging = replaced_files(out.parent, out.stem, earlier) if earlier else nullcontext(out.parent)
     with staging as folder:
-        return _train(config, data, out, folder, progress, on_save)
+        return _train(config, data, out, folder, progress, on_save, device)
 
 
 def _train(
@@ -270,6 +296,7 @@ def _train(
     folder: Path,
     progress: bool,
     on_save: Callable[[SavedCheckpoint], None] | None,
+    device: torch.device = CPU,
 ) -> TrainResult:
     """The training loop; every file goes to `folder` under its name beside `out`."""
     channels, size = config.input_shape()
@@ -279,6 +306,21 @@ def _train(
         in_channels=channels,
         image_size=size,
         seed=config.seed,
+        model_args=config.model_args,
+    )
+    classes = data.num_classes
+    if is_factory_spec(config.model):
+        # A factory decides its classes: every label trained or scored on must be one.
+        name = config.model.strip()
+        classes = output_classes(model, channels, size, name=name)
+        check_labels_fit(torch.cat([data.train_y, data.test_y]), classes, name=name)
+    model.to(device)  # before the optimiser takes its parameters
+    data = replace(
+        data,
+        train_x=data.train_x.to(device),
+        train_y=data.train_y.to(device),
+        test_x=data.test_x.to(device),
+        test_y=data.test_y.to(device),
     )
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -286,7 +328,7 @@ def _train(
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    metadata = _metadata(config, data, channels, size)
+    metadata = _metadata(config, classes, data, channels, size)
     history: list[EpochRecord] = []
     saved: list[SavedCheckpoint] = []
 
@@ -343,7 +385,9 @@ def _train(
         model.load_state_dict(last_state)
         save(out, history[-1], final=True, interrupted=interrupted, epochs_planned=config.epochs)
     seconds = time.perf_counter() - start
-    result = TrainResult(config, model, history, saved, history_path(out), seconds, interrupted)
+    result = TrainResult(
+        config, model, history, saved, history_path(out), seconds, interrupted, str(device)
+    )
     _write_history(result, data, folder / result.history_path.name)
     return result
 
@@ -403,14 +447,15 @@ def _record(stats: EpochStats, model: nn.Module, data: _Data) -> EpochRecord:
 
 
 def _metadata(
-    config: TrainConfig, data: _Data, channels: int, size: tuple[int, int]
+    config: TrainConfig, classes: int, data: _Data, channels: int, size: tuple[int, int]
 ) -> dict[str, object]:
     """What every checkpoint of this run records about where it came from."""
     return {
         "model": config.model.strip(),
+        **({"model_args": dict(config.model_args)} if config.model_args else {}),
         "dataset": config.dataset,
         "split": config.split,
-        "num_classes": data.num_classes,
+        "num_classes": classes,
         "in_channels": channels,
         "image_size": list(size),
         "seed": config.seed,
@@ -434,6 +479,7 @@ def _write_history(result: TrainResult, data: _Data, path: Path) -> None:
         "heldout_images": len(data.test_y),
         "interrupted": result.interrupted,
         "seconds": result.seconds,
+        "device": result.device,
         "epochs": [asdict(r) for r in result.history],
         "checkpoints": [
             {"path": str(c.path), "epoch": c.epoch, "final": c.final} for c in result.checkpoints

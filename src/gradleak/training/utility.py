@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gradleak.core.batch import PrivateBatch
+from gradleak.core.device import CPU
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
 from gradleak.data import DATASETS, LoadedImages, open_images
@@ -109,12 +110,15 @@ def open_utility_data(config: UtilityConfig) -> LoadedImages:
     return images
 
 
-def train_with_defenses(config: UtilityConfig) -> UtilityResult:
+def train_with_defenses(config: UtilityConfig, *, device: torch.device = CPU) -> UtilityResult:
     """Train with the defenses on every step and score test accuracy.
 
     Args:
         config: the run; the first `train_count` images of the split train, the next
             `test_count` are scored.
+        device: where the model and images go (built and seeded on the CPU, moved once;
+            the defenses' noise and the batches are drawn on the CPU, so a seed gives the
+            same numbers on any device up to float rounding).
 
     Returns:
         Test accuracy, the last epoch's mean batch loss, the number of steps, the time
@@ -135,7 +139,9 @@ def train_with_defenses(config: UtilityConfig) -> UtilityResult:
         in_channels=images.channels,
         image_size=images.size,
         seed=config.seed,
-    )
+    ).to(device)
+    train_x, train_y = train_x.to(device), train_y.to(device)
+    test_x, test_y = test_x.to(device), test_y.to(device)
     defenses = parse_defenses(config.defenses)
     mechanisms = dp_mechanisms(defenses)
     # The accountant's guarantee holds for Poisson-sampled batches only.

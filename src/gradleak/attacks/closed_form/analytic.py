@@ -213,7 +213,9 @@ def takes_flat_image(model: nn.Module, layer: nn.Linear, data_shape: tuple[int, 
     probe_layer = dict(probe_model.named_modules())[_name_of(model, layer)]
     seen: list[torch.Tensor] = []
     handle = probe_layer.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
-    probe = torch.randn(1, *data_shape, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(1, *data_shape, generator=generator, device="cpu")
+    probe = probe.to(layer.weight.device)
     try:
         with torch.no_grad():
             probe_model(probe)

@@ -145,7 +145,9 @@ def _check_forward(
 ) -> None:
     # The module order says nothing about what forward() does (a skip connection, a pool in
     # functional form), so a probe pass must agree with the stack read as a plain chain.
-    probe = torch.randn(1, *data_shape, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(1, *data_shape, generator=generator, device="cpu")
+    probe = probe.to(linear.weight.device)
     probe_model = copy.deepcopy(model).eval()
     with torch.no_grad():
         want = probe_model(probe)
@@ -181,7 +183,8 @@ def _patch_indices(conv: nn.Conv2d, in_shape: tuple[int, int, int]) -> torch.Ten
     """(C_in·kh·kw) × positions: 1 + the flat input index each patch entry reads, 0 = padding."""
     count = math.prod(in_shape)
     # Float64 holds these integers exactly, and unfold does the padding and striding.
-    index = torch.arange(1, count + 1, dtype=torch.float64).reshape(1, *in_shape)
+    device = conv.weight.device
+    index = torch.arange(1, count + 1, dtype=torch.float64, device=device).reshape(1, *in_shape)
     patches = F.unfold(
         index,
         conv.kernel_size,
@@ -214,19 +217,25 @@ def _solve_layer(
         )
     # Column 0 collects the padding, which is known to be zero, and is dropped below.
     # Forward: z[o, p] - b[o] = Σ_j W[o, j] x[index[j, p]].
-    rows = torch.arange(out_channels * positions).reshape(out_channels, 1, positions)
-    forward = torch.zeros(out_channels * positions, n + 1, dtype=torch.float64)
+    device = weight.device
+    rows = torch.arange(out_channels * positions, device=device)
+    rows = rows.reshape(out_channels, 1, positions)
+    forward = torch.zeros(out_channels * positions, n + 1, dtype=torch.float64, device=device)
     forward.index_put_(
         (rows.expand(-1, taps, -1), index.unsqueeze(0).expand(out_channels, -1, -1)),
         weight.unsqueeze(2).expand(-1, -1, positions),
         accumulate=True,
     )
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(out_channels)
+    bias = (
+        conv.bias.detach().double()
+        if conv.bias is not None
+        else torch.zeros(out_channels, dtype=torch.float64, device=device)
+    )
     forward_rhs = (z.reshape(out_channels, positions) - bias.double().unsqueeze(1)).flatten()
     # Gradient: ∂L/∂W[o, j] = Σ_p δ[o, p] x[index[j, p]].
     d = delta.reshape(out_channels, positions)
-    grad_rows = torch.arange(out_channels * taps).reshape(out_channels, taps, 1)
-    gradient = torch.zeros(out_channels * taps, n + 1, dtype=torch.float64)
+    grad_rows = torch.arange(out_channels * taps, device=device).reshape(out_channels, taps, 1)
+    gradient = torch.zeros(out_channels * taps, n + 1, dtype=torch.float64, device=device)
     gradient.index_put_(
         (grad_rows.expand(-1, -1, positions), index.unsqueeze(0).expand(out_channels, -1, -1)),
         d.unsqueeze(1).expand(-1, taps, -1),
@@ -240,10 +249,13 @@ def _solve_layer(
     norms = torch.linalg.vector_norm(system, dim=1)
     keep = norms > 0
     system, rhs = system[keep] / norms[keep, None], rhs[keep] / norms[keep]
+    # LAPACK's gelsd (rank-revealing, rcond) exists on the CPU only: the solve runs there.
+    system, rhs = system.cpu(), rhs.cpu()
     solution = torch.linalg.lstsq(system, rhs.unsqueeze(1), rcond=rcond, driver="gelsd")
-    x = solution.solution[:, 0]
+    x = solution.solution[:, 0].to(device)
     rhs_norm = torch.linalg.vector_norm(rhs).item()
-    residual = torch.linalg.vector_norm(system @ x - rhs).item() / rhs_norm if rhs_norm else 0.0
+    fit = torch.linalg.vector_norm(system @ solution.solution[:, 0] - rhs).item()
+    residual = fit / rhs_norm if rhs_norm else 0.0
     report = LayerRank(
         layer=step.name,
         unknowns=n,
@@ -316,7 +328,7 @@ def _input_shapes(
     steps: list[_ConvStep], data_shape: tuple[int, int, int]
 ) -> list[tuple[int, int, int]]:
     shapes: list[tuple[int, int, int]] = []
-    x = torch.zeros(1, *data_shape)
+    x = torch.zeros(1, *data_shape, device=steps[0].conv.weight.device)
     with torch.no_grad():
         for step in steps:
             channels, height, width = x.shape[1:]

@@ -19,8 +19,10 @@ from gradleak.attacks.engine.memory import ensure_trials_fit
 from gradleak.attacks.engine.status import TrialStatus, TrialWatch
 from gradleak.attacks.engine.step import Notice, TrialInputs, TrialStep, print_notice
 from gradleak.attacks.engine.trials import (
+    RowIndex,
     TrialsResult,
     hard_labels,
+    on_device,
     per_trial,
     progress_bar,
     record,
@@ -71,7 +73,8 @@ class BatchedAdam:
         self._view = (k,) + (1,) * (param.dim() - 1)
         self._t = torch.zeros(k, dtype=param.dtype, device=param.device)
         self._lr_values: list[float] = []
-        self._lr = torch.empty(0)
+        self._lr = torch.empty(0, dtype=param.dtype, device=param.device)
+        self._rows = RowIndex(param.device)
 
     def lr(self, k: int) -> float:
         """Trial k's step size for its next step."""
@@ -89,7 +92,7 @@ class BatchedAdam:
         """Apply one step to the trials in `index` (None: all); `grad` has their rows."""
         rows = range(len(self.steps)) if index is None else index
         self._refresh_lr()  # host-side schedule: a new tensor only when a step size changes
-        rows_t = None if index is None else torch.tensor(index, device=self.param.device)
+        rows_t = None if index is None else self._rows(index)
         pick = (lambda t: t) if rows_t is None else (lambda t: t[rows_t])
         if rows_t is None:
             self._t += 1
@@ -146,6 +149,8 @@ def optimize_adam(
     integers, or K×B×classes soft labels that are optimised too. A trial stops early when
     its loss is at most `tolerance` or not finite (checked every `log_every` iterations,
     so the hot loop never waits for the device); stopped trials cost nothing more.
+    The trials run where the problem's replica is (`MatchingProblem.device`): the starts,
+    labels, targets and bounds are moved there once, before the loop.
 
     Every step computes each running trial's matching loss and its gradient with respect
     to the inputs (and soft labels), then takes one Adam step (torch.optim.Adam's update,
@@ -195,6 +200,9 @@ def optimize_adam(
             values, or K does not split into `consistency`'s groups.
     """
     k = images.shape[0]
+    images, labels = on_device(problem, images, labels)
+    if bounds is not None:
+        bounds = (bounds[0].to(images.device), bounds[1].to(images.device))
     inputs = trial_inputs(images, labels, problem, targets, tv_weights)
     budgets = [int(n) for n in per_trial(iterations, k, "iterations")]
     step = TrialStep(problem, compile=compile, notice=notice)
@@ -212,6 +220,7 @@ def optimize_adam(
     if soft_labels is not None:
         label_adam = BatchedAdam(soft_labels, rates, budgets, lr_decay=lr_decay)
     active = [i for i in range(k) if budgets[i] > 0]
+    rows = RowIndex(x.device)  # the running trials' index, rebuilt only when they change
     latest = torch.full((k,), torch.nan, dtype=x.dtype, device=x.device)
     latest_distance = torch.full_like(latest, torch.nan)
     watch = TrialWatch(k)
@@ -230,18 +239,17 @@ def optimize_adam(
             current = inputs if soft_labels is None else _with_labels(inputs, soft_labels)
             if group is not None and group.due(iteration):
                 group.refresh(x)
-            grad_x, grad_labels, losses, distances = _step_rows(step, x, current, active)
+            grad_x, grad_labels, losses, distances = _step_rows(step, x, current, active, rows)
             if group is not None:
-                rows = None if len(active) == k else active
-                grad_x, losses = group.add(x, rows, grad_x, losses)
+                grad_x, losses = group.add(x, None if len(active) == k else active, grad_x, losses)
             evaluations += k if step.compile else len(active)
             if len(active) == k:
                 latest.copy_(losses)
                 latest_distance.copy_(distances)
             else:
-                rows_t = torch.tensor(active, device=x.device)
-                latest[rows_t] = losses
-                latest_distance[rows_t] = distances
+                where = rows(active)
+                latest[where] = losses
+                latest_distance[where] = distances
             if iteration % log_every == 0:
                 values = latest.tolist()  # the check's one device sync
                 for i in active:
@@ -281,7 +289,7 @@ def optimize_adam(
     except KeyboardInterrupt:
         # Interrupted while scoring: keep the images, rank trials as unknown.
         interrupted = True
-        unknown = torch.full((k,), torch.nan)
+        unknown = torch.full((k,), torch.nan, dtype=x.dtype, device=x.device)
         terms = LossTerms(unknown, unknown.clone())
         statuses = [TrialStatus(Status.INTERRUPTED, "stopped by an interrupt while scoring")] * k
     # A stopped run's last row is this iteration's already, and the observer is not called
@@ -360,11 +368,13 @@ def _judge(
     return LossTerms(loss, distance), statuses, len(diverged)
 
 
-def _step_rows(step: TrialStep, x: torch.Tensor, inputs: TrialInputs, active: list[int]):
+def _step_rows(
+    step: TrialStep, x: torch.Tensor, inputs: TrialInputs, active: list[int], index: RowIndex
+):
     """The step's outputs for the running trials only."""
     if len(active) == x.shape[0]:
         return step(x, inputs)
-    rows = torch.tensor(active, device=x.device)
+    rows = index(active)
     if not step.compile:
         return step(x[rows], inputs.select(rows))
     # A compiled step keeps its input shape (no recompiling): compute all, keep the rows.

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from gradleak.attacks.engine.trials import RowIndex
+
 DEFAULT_WEIGHT = 0.01
 DEFAULT_EVERY = 100
 
@@ -55,7 +57,8 @@ def registered_mean(group: torch.Tensor, labels: torch.Tensor | None) -> torch.T
         return group.mean(dim=0, keepdim=True).expand_as(group).clone()
     flat = group.flatten(2)
     reference = flat[0]
-    order = torch.empty(g, b, dtype=torch.long)  # order[g, j]: trial g's sample matched to j
+    # order[g, j]: trial g's sample matched to j; the assignment is solved on the host.
+    order = torch.empty(g, b, dtype=torch.long, device="cpu")
     for k in range(g):
         cost = torch.cdist(reference, flat[k]).pow(2)
         if labels is not None:
@@ -63,7 +66,7 @@ def registered_mean(group: torch.Tensor, labels: torch.Tensor | None) -> torch.T
             cost = cost.masked_fill(different, float("inf"))
         cost = torch.nan_to_num(cost, nan=1e30, posinf=1e30).cpu().numpy()
         rows, cols = linear_sum_assignment(cost)
-        order[k, torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
+        order[k, torch.from_numpy(rows)] = torch.from_numpy(cols).long()
     index = order.to(group.device)
     aligned = torch.stack([group[k, index[k]] for k in range(g)])
     mean = aligned.mean(dim=0)
@@ -91,6 +94,7 @@ class ConsistencyTerm:
         self.spec = spec
         self.labels = labels
         self.anchors: torch.Tensor | None = None
+        self._rows: RowIndex | None = None
 
     def due(self, iteration: int) -> bool:
         """Whether the anchors are refreshed before this iteration's step."""
@@ -130,7 +134,11 @@ class ConsistencyTerm:
         """
         if self.anchors is None:
             return grad, losses
-        index = None if rows is None else torch.tensor(rows, device=x.device)
+        index = None
+        if rows is not None:  # the same index tensor while the running trials are unchanged
+            if self._rows is None or self._rows.device != x.device:
+                self._rows = RowIndex(x.device)
+            index = self._rows(rows)
         current = x if index is None else x[index]
         anchors = self.anchors if index is None else self.anchors[index]
         diff = current - anchors

@@ -30,6 +30,7 @@ lives in `gradleak.scenario.observe` (`psnr_observer`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -55,3 +56,24 @@ class StopAttack(Exception):  # noqa: N818 - a signal, not an error
     def __init__(self, message: str = "", columns: Mapping[str, float] | None = None) -> None:
         super().__init__(message)
         self.columns: dict[str, float] = dict(columns or {})
+
+
+def deadline_observer(until: float) -> Observer:
+    """An observer that ends the attack once the clock passes `until`; it reads no truth.
+
+    Time-budgeted studies (`gradleak audit`) give it to the engine so an attack ends on
+    time even where its iterations were estimated too generously; the engine then keeps
+    the trials as they are and marks the result `stopped`.
+
+    Args:
+        until: a `time.monotonic()` reading after which the next observer call stops.
+
+    Returns:
+        The engine's callback hook; it adds no history columns.
+    """
+
+    def observe(iteration: int, losses: torch.Tensor, inputs: torch.Tensor) -> None:
+        if time.monotonic() >= until:
+            raise StopAttack(f"time budget spent at iteration {iteration}")
+
+    return observe

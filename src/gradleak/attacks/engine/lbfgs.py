@@ -10,7 +10,13 @@ import torch
 from gradleak.attacks.engine.hooks import Observer, StopAttack
 from gradleak.attacks.engine.status import TrialWatch
 from gradleak.attacks.engine.step import Notice, TrialInputs, TrialStep, print_notice
-from gradleak.attacks.engine.trials import TrialsResult, hard_labels, progress_bar, record
+from gradleak.attacks.engine.trials import (
+    TrialsResult,
+    hard_labels,
+    on_device,
+    progress_bar,
+    record,
+)
 from gradleak.attacks.matching.problem import MatchingProblem
 
 # An L-BFGS trial has converged when its best loss has not improved for this many steps.
@@ -37,7 +43,8 @@ def optimize_lbfgs(
 
     Trials are not stacked: L-BFGS's line search, curvature history and convergence tests
     read the loss on the host after every evaluation, and each trial needs a different
-    number of evaluations per step (see docs/PERFORMANCE.md).
+    number of evaluations per step (see docs/PERFORMANCE.md). They run where the problem's
+    replica is: the starts and labels are moved there once.
 
     Each trial runs torch.optim.LBFGS (history size 100) on its inputs, and on its soft
     labels when they are soft, for up to `steps` outer steps. It keeps the best iterate
@@ -75,6 +82,7 @@ def optimize_lbfgs(
         (`trial` names the trial), outer steps and loss evaluations.
     """
     per_trial_labels = labels.dim() > 1  # K×B integers or K×B×classes soft labels
+    images, labels = on_device(problem, images, labels)
     step = TrialStep(problem, compile=compile, notice=notice)
     watch = TrialWatch(images.shape[0])
     results = []
@@ -219,13 +227,13 @@ def _lbfgs_trial(
     return TrialsResult(
         best["x"].unsqueeze(0),
         hard_labels(best["labels"]).unsqueeze(0),
-        torch.tensor([best["loss"]]),
+        torch.tensor([best["loss"]], device="cpu"),
         history,
         done,
         evaluations,
         interrupted,
         stopped,
-        distances=torch.tensor([best["distance"]]),
+        distances=torch.tensor([best["distance"]], device="cpu"),
         statuses=[status],
     )
 
@@ -238,6 +246,7 @@ def _record(
     trial: int,
 ) -> None:
     """One history row for the running trial's best iterate."""
-    losses = torch.tensor([best["loss"]])
-    distances = torch.tensor([best["distance"]])
+    # The best loss was read on the host already: its one-value tensors stay there.
+    losses = torch.tensor([best["loss"]], device="cpu")
+    distances = torch.tensor([best["distance"]], device="cpu")
     record(history, iteration, losses, distances, best["x"].unsqueeze(0), observer, trial)

@@ -74,7 +74,7 @@ class TrialsResult:
     compile_seconds: float = 0.0  # spent compiling (the first compiled step included)
     compiled: bool = False
     seconds: float = 0.0  # the optimisation loop, compile time included
-    distances: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    distances: torch.Tensor = field(default_factory=lambda: torch.empty(0, device="cpu"))
     statuses: list[TrialStatus] = field(default_factory=list)
 
 
@@ -208,15 +208,52 @@ def trial_inputs(
     """Stack what the K trials of `images` attack: labels, target update, TV weight."""
     k = images.shape[0]
     tv = problem.tv_weight if tv_weights is None else tv_weights
+    device = images.device
     return TrialInputs(
-        labels=labels.detach(),
-        target=problem.target if targets is None else {n: targets[n] for n in problem.names},
+        labels=labels.detach().to(device),
+        target=problem.target
+        if targets is None
+        else {n: targets[n].to(device) for n in problem.names},
         tv_weight=torch.tensor(
             per_trial(tv, k, "tv_weights"), dtype=images.dtype, device=images.device
         ),
         labels_per_trial=labels.dim() > 1,
         target_per_trial=targets is not None,
     )
+
+
+class RowIndex:
+    """Index tensors of trial rows on one device, made once per distinct set of rows.
+
+    The running trials change only at the optimisers' checks; an index built from a Python
+    list at every step would copy it to the device every iteration (on CUDA a copy that
+    also waits for the device).
+
+    Args:
+        device: where the indexed tensors are.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._rows: tuple[int, ...] | None = None
+        self._index = torch.empty(0, dtype=torch.long, device=device)
+
+    def __call__(self, rows: Sequence[int]) -> torch.Tensor:
+        """The int64 index of `rows` on the device (the same tensor while they are unchanged)."""
+        key = tuple(rows)
+        if key != self._rows:
+            self._rows = key
+            self._index = torch.tensor(key, dtype=torch.long, device=self.device)
+        return self._index
+
+
+def on_device(
+    problem: MatchingProblem, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trials' starting inputs and labels on the problem's device (moved once, before
+    the loop; starts are drawn on the CPU so a seed gives the same start on any device)."""
+    device = problem.device
+    return images.to(device), labels.to(device)
 
 
 def score_trials(problem: MatchingProblem, images: torch.Tensor, inputs: TrialInputs) -> LossTerms:

@@ -12,6 +12,7 @@ from torch.func import functional_call, grad, replace_all_batch_norm_modules_
 from torch.nn import functional as F
 
 from gradleak.attacks.matching.objectives import Objective
+from gradleak.core.device import module_device
 from gradleak.fl.replay import Replay
 
 # A prior on one trial's inputs (the modality's; images: total variation).
@@ -32,6 +33,10 @@ class Decoder(Protocol):
 
     def penalty(self, variable: torch.Tensor) -> torch.Tensor:
         """The variable's own prior term (a scalar), already weighted."""
+        ...
+
+    def to(self, device: torch.device) -> Decoder:
+        """This decoder with its networks on `device` (the problem's)."""
         ...
 
 
@@ -162,18 +167,25 @@ class MatchingProblem:
         self.names = [n for n, _ in model.named_parameters()]
         self.params = {n: p.detach() for n, p in model.named_parameters()}
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
-        self.target = {n: target[n].detach() for n in self.names}
+        # The target joins the replica's device once (an update read from a file is on the
+        # CPU), so no step copies it.
+        self.target = {n: target[n].detach().to(self.device) for n in self.names}
         self.objective = objective
         self.tv_weight = float(tv_weight)
         if prior is None and tv_weight:
             raise ValueError("a prior weight needs a prior: pass the modality's prior")
         self.prior = prior
         self.extra_prior = extra_prior
-        self.decoder = decoder
+        self.decoder = None if decoder is None else decoder.to(self.device)
         # The autograd path differentiates through the replica's own parameters.
         self._leaves = list(model.parameters())
         if not all(p.requires_grad for p in self._leaves):
             raise ValueError("the attacker's model must keep requires_grad on its parameters")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the replica's parameters are: every trial computes there."""
+        return module_device(self.model)
 
     def client_loss(
         self, params: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor

@@ -405,7 +405,8 @@ def load_generative_prior(path: Path | str) -> GenerativePrior:
         if not _is_int(value) or value < 0:
             raise _damaged(path, f"{key} {value!r} is not a count")
     try:
-        generator = Generator(latent_dim, channels, height, width)
+        with torch.device("cpu"):  # loaded on the CPU, as the file's tensors are
+            generator = Generator(latent_dim, channels, height, width)
     except GradleakError as error:
         raise _damaged(path, str(error)) from error
     _load_state(generator, payload.get("state"), path)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from gradleak.attacks.priors.nearest import nearest_stored_images
+from gradleak.core.device import module_device
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import replaced_atomically
 from gradleak.core.knowledge import Knowledge
@@ -87,8 +88,10 @@ class UpdateSketch:
         if total not in self._hashes:
             key = hashlib.sha256(f"{self.seed}:{total}".encode()).digest()
             generator = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
-            buckets = torch.randint(self.dim, (total,), generator=generator)
-            signs = torch.randint(2, (total,), generator=generator).float() * 2 - 1
+            # The sketch is computed on the CPU (`__call__`), so its hashes live there.
+            buckets = torch.randint(self.dim, (total,), generator=generator, device="cpu")
+            signs = torch.randint(2, (total,), generator=generator, device="cpu")
+            signs = signs.float() * 2 - 1
             self._hashes[total] = (buckets, signs)
         return self._hashes[total]
 
@@ -104,7 +107,8 @@ class UpdateSketch:
         single = flat.dim() == 1
         rows = flat.detach().reshape(1 if single else flat.shape[0], -1).float().cpu()
         buckets, signs = self.hashes(rows.shape[1])
-        sketch = torch.zeros(rows.shape[0], self.dim).index_add_(1, buckets, rows * signs)
+        sketch = torch.zeros(rows.shape[0], self.dim, device="cpu")
+        sketch = sketch.index_add_(1, buckets, rows * signs)
         # The norm in float64: a float16 update's squares can overflow float32's range.
         norm = torch.linalg.vector_norm(rows.double(), dim=1).clamp_min(_TINY)
         out = torch.cat([sketch / norm.float().unsqueeze(1), norm.log().float().unsqueeze(1)], 1)
@@ -379,7 +383,7 @@ class LearnedInverter:
         Raises:
             GradleakError: the update lacks a parameter the inverter reads.
         """
-        sketch = self.sketch_of(update)
+        sketch = self.sketch_of(update).to(module_device(self.net))
         self.net.eval()
         with torch.no_grad():
             return self.net(sketch.unsqueeze(0))[0].clone()
@@ -421,7 +425,8 @@ def store_images(pixels: torch.Tensor) -> torch.Tensor:
     """[0, 1] images as uint8, at most `MAX_STORED_IMAGES` of them (evenly spread)."""
     count = pixels.shape[0]
     if count > MAX_STORED_IMAGES:
-        pixels = pixels[torch.linspace(0, count - 1, MAX_STORED_IMAGES).round().long()]
+        spread = torch.linspace(0, count - 1, MAX_STORED_IMAGES, device=pixels.device)
+        pixels = pixels[spread.round().long()]
     return (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
@@ -545,13 +550,14 @@ def load_inverter(path: Path | str) -> LearnedInverter:
 
 def _from_payload(payload: Mapping[str, Any], path: Path) -> LearnedInverter:
     spec = payload["net"]
-    net = InverterNet(
-        int(spec["in_features"]),
-        int(spec["batch_size"]),
-        tuple(int(s) for s in spec["data_shape"]),
-        hidden=int(spec["hidden"]),
-        dropout=float(spec.get("dropout", 0.0)),
-    )
+    with torch.device("cpu"):  # loaded on the CPU, as the file's tensors are
+        net = InverterNet(
+            int(spec["in_features"]),
+            int(spec["batch_size"]),
+            tuple(int(s) for s in spec["data_shape"]),
+            hidden=int(spec["hidden"]),
+            dropout=float(spec.get("dropout", 0.0)),
+        )
     net.load_state_dict(payload["state_dict"], strict=True)
     net.eval()
     sketch = UpdateSketch(int(payload["sketch"]["dim"]), int(payload["sketch"]["seed"]))

@@ -65,9 +65,18 @@ class LatentDecoder:
         self.latent_weight = float(latent_weight)
         self.latent_dim = prior.latent_dim
 
+    def to(self, device: torch.device) -> LatentDecoder:
+        """This decoder with its generator on `device` (moved in place)."""
+        self.generator.to(device)
+        self.params = {n: p.detach() for n, p in self.generator.named_parameters()}
+        self.buffers = {n: b.detach() for n, b in self.generator.named_buffers()}
+        return self
+
     def start(self, trials: int, batch: int, generator: torch.Generator) -> torch.Tensor:
-        """K×B×d standard-normal latents, the search's start."""
-        return torch.randn(trials, batch, self.latent_dim, generator=generator)
+        """K×B×d standard-normal latents, the search's start, on the generator's device (a
+        CPU generator draws the same start for any device; the engine moves it)."""
+        shape = (trials, batch, self.latent_dim)
+        return torch.randn(shape, generator=generator, device=generator.device)
 
     def pixels(self, z: torch.Tensor) -> torch.Tensor:
         """B×C×H×W pixels in [0, 1] from B latents."""
@@ -102,6 +111,11 @@ class GeneratorDecoder:
         self.shapes = [latent.params[n].shape for n in self.names]
         self.sizes = [latent.params[n].numel() for n in self.names]
         self.weights = sum(self.sizes)
+
+    def to(self, device: torch.device) -> GeneratorDecoder:
+        """This decoder with its generator on `device` (moved in place)."""
+        self.latent.to(device)
+        return self
 
     def start(self, latents: torch.Tensor) -> torch.Tensor:
         """K×B×(d + P) variables from K×B×d latents, every generator at its trained weights."""

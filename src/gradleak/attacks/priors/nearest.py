@@ -134,7 +134,7 @@ def nearest_training(
         return None
     if len(prior.training_images) == 0:  # a prior saved without its images: nothing to show
         return None
-    matched = recon01[torch.as_tensor(list(matching), dtype=torch.long)]
+    matched = recon01[torch.as_tensor(list(matching), dtype=torch.long, device=recon01.device)]
     nearest, indices = prior.nearest_training_images(matched)
     return NearestTraining(
         nearest,

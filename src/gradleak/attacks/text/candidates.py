@@ -96,6 +96,6 @@ def accept_pairs(
             ids.append(pid[order])
             distances.append(pdist[order])
         else:
-            ids.append(torch.zeros(0, dtype=torch.long))
-            distances.append(torch.zeros(0, dtype=torch.float64))
+            ids.append(torch.zeros(0, dtype=torch.long, device="cpu"))
+            distances.append(torch.zeros(0, dtype=torch.float64, device="cpu"))
     return PositionCandidates(ids, distances, int(tokens.numel()))

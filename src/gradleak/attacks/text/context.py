@@ -55,7 +55,8 @@ class ContextTest:
         self.evaluated = 0  # sequences evaluated so far
         self.ids = [torch.unique(t.long()) for t in tokens]  # sorted, per position
         widest = max(1, max(t.numel() for t in self.ids))
-        table = torch.full((widest, len(self.ids)), model.vocabulary.pad_id, dtype=torch.long)
+        pad = model.vocabulary.pad_id
+        table = torch.full((widest, len(self.ids)), pad, dtype=torch.long, device="cpu")
         for p, ids in enumerate(self.ids):
             table[: ids.numel(), p] = ids
         with torch.no_grad():
@@ -88,7 +89,7 @@ class ContextTest:
         """
         n, length = sequences.shape
         rows = self._rows(sequences)
-        positions = torch.arange(length).expand(n, length)
+        positions = torch.arange(length, device="cpu").expand(n, length)
         with torch.no_grad():
             x = self.x[rows, positions]
             heads = (n, length, self.heads, self.head_size)
@@ -113,4 +114,4 @@ class ContextTest:
             for s in range(0, n, rows)
         ]
         self.evaluated += n
-        return torch.cat(out) if out else torch.zeros(0, length, dtype=torch.float64)
+        return torch.cat(out) if out else torch.zeros(0, length, dtype=torch.float64, device="cpu")

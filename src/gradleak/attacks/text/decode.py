@@ -80,9 +80,9 @@ def beam(
         The best beam: [CLS] and the words of positions 1 … len(choices)-2.
     """
     end = len(choices) - 1
-    base = torch.tensor([int(c[0]) for c in choices[:end]])
+    base = torch.tensor([int(c[0]) for c in choices[:end]], device="cpu")
     base[anchor] = seed
-    chosen = torch.zeros(end, dtype=torch.bool)
+    chosen = torch.zeros(end, dtype=torch.bool, device="cpu")
     chosen[0] = chosen[anchor] = True
     beams = [base]
     for p in range(1, end):

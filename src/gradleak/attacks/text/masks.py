@@ -109,11 +109,11 @@ def _assign(
     # rows − known ≈ −(1/M) Σ_{m: y_m = y} h_m: fit each on the h_m.
     coefficients = torch.linalg.lstsq(hidden.T, (rows - known).T).solution  # M × tokens
     scores = -count * coefficients.T  # tokens × M, ≈ 1 where the token was masked
-    slots = torch.repeat_interleave(torch.arange(tokens.numel()), counts[tokens].long())
+    slots = torch.arange(tokens.numel(), device="cpu").repeat_interleave(counts[tokens].long())
     cost = -scores[slots].numpy()
     slot_of, position = linear_sum_assignment(cost)
-    labels = torch.empty(count, dtype=torch.long)
-    labels[torch.as_tensor(position)] = tokens[slots[torch.as_tensor(slot_of)]]
+    labels = torch.empty(count, dtype=torch.long, device="cpu")
+    labels[torch.from_numpy(position)] = tokens[slots[torch.from_numpy(slot_of)]]
     return labels
 
 

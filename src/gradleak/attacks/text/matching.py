@@ -362,7 +362,8 @@ class TextMatchingAttack(GradientMatchingAttack):
         if fixed_labels is not None:
             return inputs, fixed_labels
         soft = self._soft_label_shape(problem, knowledge)
-        return inputs, torch.randn(k, b, *soft, generator=generator)
+        # Drawn on the CPU generator (the same start on any device); the engine moves it.
+        return inputs, torch.randn(k, b, *soft, generator=generator, device="cpu")
 
     def _reconstruction(
         self,

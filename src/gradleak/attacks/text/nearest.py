@@ -39,10 +39,11 @@ def candidate_ids(model: nn.Module, leaked: torch.Tensor | None) -> torch.Tensor
         Sorted distinct int64 ids.
     """
     vocabulary = model.vocabulary
+    # Kept on the CPU (host-side bookkeeping); `nearest_tokens` moves them to the model.
     if leaked is None:
-        ids = torch.arange(vocabulary.size)
+        ids = torch.arange(vocabulary.size, device="cpu")
     else:
-        specials = torch.tensor([vocabulary.cls_id, vocabulary.sep_id])
+        specials = torch.tensor([vocabulary.cls_id, vocabulary.sep_id], device="cpu")
         ids = torch.cat([leaked.long().flatten().cpu(), specials]).unique()
     return ids[ids != vocabulary.pad_id]
 
@@ -77,7 +78,7 @@ def nearest_tokens(
     x = embeddings.detach().to(words.dtype)
     length = x.shape[1]
     ids = candidates.to(words.device)
-    chosen = torch.empty(x.shape[:2], dtype=torch.long)
+    chosen = torch.empty(x.shape[:2], dtype=torch.long, device="cpu")
     with torch.no_grad():
         if match == "cosine":
             rows = nn.functional.normalize(words[ids], dim=-1)

@@ -86,7 +86,7 @@ def reorder(
     for row, move in enumerate(moves):
         for target, source in move:
             trials[row, target] = sequence[source]
-    valid = torch.ones(len(moves), dtype=torch.bool)
+    valid = torch.ones(len(moves), dtype=torch.bool, device="cpu")
     for p, options in enumerate(choices):
         valid &= torch.isin(trials[:, p], options)
     if not bool(valid.any()):

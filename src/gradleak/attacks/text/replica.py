@@ -68,10 +68,11 @@ def attention_mask(knowledge: Knowledge) -> torch.Tensor:
     sequences share one length (the padded length L is the longest).
     """
     b, length = knowledge.batch_size, knowledge.data_shape[0]
+    # On the CPU, from what the threat model grants; users move it to their inputs' device.
     if knowledge.sequence_lengths is None:
-        return torch.ones(b, length)
-    positions = torch.arange(length)
-    lengths = torch.tensor(knowledge.sequence_lengths)
+        return torch.ones(b, length, device="cpu")
+    positions = torch.arange(length, device="cpu")
+    lengths = torch.tensor(knowledge.sequence_lengths, device="cpu")
     return (positions < lengths[:, None]).float()
 
 

@@ -113,10 +113,10 @@ def exhaustive(
 ) -> None:
     """Test every sequence of one length (in batches) and record the certified ones and
     the best guesses."""
-    grids = torch.meshgrid(*[torch.arange(c.numel()) for c in choices], indexing="ij")
+    grids = torch.meshgrid(*[torch.arange(c.numel(), device="cpu") for c in choices], indexing="ij")
     index = torch.stack([g.reshape(-1) for g in grids], dim=1)
     table = torch.nn.utils.rnn.pad_sequence(choices, batch_first=True)  # positions × widest
-    positions = torch.arange(len(choices))
+    positions = torch.arange(len(choices), device="cpu")
     for start in range(0, index.shape[0], EXHAUSTIVE_BATCH):
         sequences = table[positions, index[start : start + EXHAUSTIVE_BATCH]]
         distances = test.distances(sequences)

@@ -83,19 +83,20 @@ def length_choices(
 ) -> list[torch.Tensor]:
     """The candidates of each position of a sequence of `length` tokens: [CLS] first,
     [SEP] last, accepted word tokens between (no special token mid-sequence)."""
-    specials = torch.tensor([cls_id, sep_id, pad_id])
+    specials = torch.tensor([cls_id, sep_id, pad_id], device="cpu")
     middle = [c[~torch.isin(c, specials)] for c in accepted[1 : length - 1]]
-    return [torch.tensor([cls_id]), *middle, torch.tensor([sep_id])]
+    return [torch.tensor([cls_id], device="cpu"), *middle, torch.tensor([sep_id], device="cpu")]
 
 
 def random_start(
     choices: list[torch.Tensor], known: list[Found], generator: torch.Generator
 ) -> torch.Tensor:
     """A random sequence preferring, at each position, tokens no certified sequence uses."""
-    start = torch.empty(len(choices), dtype=torch.long)
+    start = torch.empty(len(choices), dtype=torch.long, device="cpu")
     for p, options in enumerate(choices):
         used = {int(f.ids[p]) for f in known if f.ids.numel() > p}
-        fresh = torch.tensor([t for t in options.tolist() if t not in used], dtype=torch.long)
+        unused = [t for t in options.tolist() if t not in used]
+        fresh = torch.tensor(unused, dtype=torch.long, device="cpu")
         pool = fresh if fresh.numel() else options
-        start[p] = pool[int(torch.randint(pool.numel(), (1,), generator=generator))]
+        start[p] = pool[int(torch.randint(pool.numel(), (1,), generator=generator, device="cpu"))]
     return start

@@ -50,6 +50,7 @@ from gradleak.attacks.text.tokens import (
     read_length,
     read_token_set,
 )
+from gradleak.core.device import CPU, module_on
 from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import Knowledge
 from gradleak.core.update import SharedUpdate, UpdateKind
@@ -167,6 +168,9 @@ class SpanAttack(TextClosedFormAttack):
         """
         start = time.perf_counter()
         text_model = check_text_model(model, self.name)
+        # The search reads every candidate's distance on the host: it runs on the CPU (a
+        # copy of a model on another device; the result is token ids, scored there too).
+        text_model, update = module_on(text_model, CPU), update.to(CPU)
         names = self._required(update, text_model)
         update.validate_for(text_model)
         delta = update.kind is UpdateKind.WEIGHT_DELTA
@@ -183,7 +187,7 @@ class SpanAttack(TextClosedFormAttack):
         reading = read_token_set(update, text_model)
         tokens = _tokens_to_test(text_model, reading.ids)
         pairs = accept_pairs(text_model, first, tokens, length, tolerance)
-        specials = torch.tensor([vocabulary.cls_id, vocabulary.sep_id])
+        specials = torch.tensor([vocabulary.cls_id, vocabulary.sep_id], device="cpu")
         test = ContextTest(text_model, context, [torch.cat([c, specials]) for c in pairs.ids])
         settings = SearchSettings(
             tolerance=sequence_tolerance,
@@ -334,12 +338,12 @@ def _margin(
 def _rows(chosen: list[Found | None], batch: int, width: int, model: TextModel) -> torch.Tensor:
     """B×L ids: each chosen sequence padded, [CLS] [SEP] where nothing was found."""
     vocabulary = model.vocabulary
-    rows = torch.full((batch, width), vocabulary.pad_id, dtype=torch.long)
+    rows = torch.full((batch, width), vocabulary.pad_id, dtype=torch.long, device="cpu")
     for b, found in enumerate(chosen):
         if found is not None:
             rows[b, : found.ids.numel()] = found.ids
         else:
-            rows[b, :2] = torch.tensor([vocabulary.cls_id, vocabulary.sep_id])
+            rows[b, :2] = torch.tensor([vocabulary.cls_id, vocabulary.sep_id], device="cpu")
     return rows
 
 
@@ -357,9 +361,9 @@ def _check_rank(first: Span, context: Span, knowledge: Knowledge, length: int) -
 def _tokens_to_test(model: TextModel, ids: torch.Tensor | None) -> torch.Tensor:
     vocabulary = model.vocabulary
     if ids is None:
-        everything = torch.arange(vocabulary.size, dtype=torch.long)
+        everything = torch.arange(vocabulary.size, dtype=torch.long, device="cpu")
         return everything[everything != vocabulary.pad_id]
-    extra = torch.tensor([vocabulary.cls_id, vocabulary.sep_id], dtype=torch.long)
+    extra = torch.tensor([vocabulary.cls_id, vocabulary.sep_id], dtype=torch.long, device="cpu")
     return torch.unique(torch.cat([ids.long(), extra]))
 
 

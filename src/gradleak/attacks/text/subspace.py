@@ -112,7 +112,7 @@ def span_of(
         The span: basis, relative singular values, rank.
     """
     dim = int(gradients[0].shape[-1])
-    gram = torch.zeros(dim, dim, dtype=torch.float64)
+    gram = torch.zeros(dim, dim, dtype=torch.float64, device=gradients[0].device)
     for i, gradient in enumerate(gradients):
         g = gradient.detach().to(torch.float64).reshape(-1, dim)
         # Each matrix is scaled by its own noise level so that none buries another's
@@ -128,7 +128,7 @@ def span_of(
     order = eigenvalues.flip(0).clamp_min(0.0)
     vectors = vectors.flip(1)
     singular = order.sqrt()
-    top = singular[0] if singular[0] > 0 else torch.tensor(1.0, dtype=torch.float64)
+    top = singular[0] if singular[0] > 0 else singular.new_ones(())
     relative = singular / top
     threshold = rank_tolerance
     if weights is not None and singular[0] > 0:

@@ -119,7 +119,7 @@ def _never_emitted(size: int) -> tuple[int, ...]:
 def never_emitted(vocabulary: Vocabulary) -> torch.Tensor:
     """The padding id and the ids no text tokenizes to: their rows carry no input side."""
     ids = (vocabulary.pad_id, *_never_emitted(vocabulary.size))
-    return torch.tensor(sorted(set(ids)), dtype=torch.long)
+    return torch.tensor(sorted(set(ids)), dtype=torch.long, device="cpu")
 
 
 def read_token_set(update: SharedUpdate, model: TextModel, tolerance: float = 0.0) -> TokenReading:
@@ -143,7 +143,7 @@ def read_token_set(update: SharedUpdate, model: TextModel, tolerance: float = 0.
         raise GradleakError(f"token tolerance must lie in [0, 1), got {tolerance}")
     rows = embedding_rows(update, model, "tokens").detach().to(torch.float64)
     length = read_length(update, model)
-    never = never_emitted(model.vocabulary)
+    never = never_emitted(model.vocabulary).to(rows.device)
     if model.task == "mlm":
         delta = update.kind is not UpdateKind.GRADIENT
         weights = model.word_embeddings.weight if delta else None
@@ -297,14 +297,16 @@ def bag_rows(ids: torch.Tensor, vocabulary: Vocabulary, batch: int, length: int)
     consecutive shares; a share longer than the row allows is cut short.
     """
     words = [int(t) for t in ids if int(t) not in (vocabulary.cls_id, vocabulary.sep_id)]
-    rows = torch.full((batch, length), vocabulary.pad_id, dtype=torch.long)
+    # Host-side bookkeeping of token ids: the rows are built on the CPU.
+    rows = torch.full((batch, length), vocabulary.pad_id, dtype=torch.long, device="cpu")
     base, extra = divmod(len(words), batch)
     start = 0
     for b in range(batch):
         share = words[start : start + base + (1 if b < extra else 0)]
         start += len(share)
         row = [vocabulary.cls_id, *share][: max(length - 1, 1)] + [vocabulary.sep_id]
-        rows[b, : min(len(row), length)] = torch.tensor(row[:length], dtype=torch.long)
+        kept = torch.tensor(row[:length], dtype=torch.long, device="cpu")
+        rows[b, : min(len(row), length)] = kept
     return rows
 
 
@@ -380,7 +382,7 @@ class TokensAttack(TextClosedFormAttack):
         reading = read_token_set(update, text_model, self.config.tolerance)
         batch, length = knowledge.batch_size, int(knowledge.data_shape[0])
         vocabulary = text_model.vocabulary
-        empty = torch.zeros(0, dtype=torch.long)
+        empty = torch.zeros(0, dtype=torch.long, device="cpu")
         ids = reading.ids if reading.ids is not None else empty
         details: dict[str, object] = {
             "token_set": [int(t) for t in ids],

@@ -21,7 +21,7 @@ many cells cannot run.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,7 +35,8 @@ from gradleak.data import dataset_stats, input_shape, load_image, open_images
 from gradleak.models import build_model, check_checkpoint_model, load_checkpoint
 from gradleak.scenario.budget import check_run_budget
 from gradleak.scenario.config import RunConfig
-from gradleak.scenario.plan import plan_run
+from gradleak.scenario.plan import RunPlan, plan_run
+from gradleak.scenario.user_model import fit_user_model, is_user_model
 from gradleak.studies.sweep.spec import Cell, SweepSpec
 
 T = TypeVar("T")
@@ -126,6 +127,7 @@ class _Checker:
         self.settings: dict[tuple[Any, ...], _Setting | Problem] = {}
         self.data: dict[tuple[Any, ...], _Data | Problem] = {}
         self.models: dict[tuple[Any, ...], nn.Module | Problem] = {}
+        self.sizes: dict[tuple[Any, ...], int | None | Problem] = {}
         self.budgets: dict[tuple[Any, ...], BudgetEstimate | Problem | None] = {}
 
     def tell_budget(self, cells: list[Cell], notice: Notice) -> None:
@@ -156,12 +158,18 @@ class _Checker:
             plan = plan_run(config)
         except GradleakError as exc:
             return Problem(("attack", "protocol"), str(exc))
+        if is_user_model(plan.model):
+            # A factory is built first and the data read at the size it takes, as a run does.
+            side = _cached(self.sizes, _size_key(plan), lambda: _user_model_size(plan))
+            if isinstance(side, Problem):
+                return side
+            config = replace(config, image_size=side)
         data = _cached(self.data, _data_key(config), lambda: _open_data(config))
         if isinstance(data, Problem):
             return data
         model = _cached(
             self.models,
-            (config.model, config.checkpoint, data.shape, data.classes),
+            (config.model, repr(config.model_args), config.checkpoint, data.shape, data.classes),
             lambda: _build_model(config, data),
         )
         if isinstance(model, Problem):
@@ -211,6 +219,22 @@ def _cached(
     if key not in cache:
         cache[key] = make()
     return cache[key]
+
+
+def _size_key(plan: RunPlan) -> tuple[Any, ...]:
+    # What a factory's fit to the data depends on (not the images, seeds or defenses).
+    data, model = plan.data, plan.model
+    fixed = (data.dataset, data.image_size, data.image, data.label, data.num_classes)
+    return (model.name, repr(model.model_args), *fixed)
+
+
+def _user_model_size(plan: RunPlan) -> int | None | Problem:
+    """The side a factory's model reads the data at (`scenario/user_model.py`)."""
+    try:
+        fitted = fit_user_model(plan.data, replace(plan.model, seed=0, checkpoint=None))
+    except GradleakError as exc:
+        return Problem(("model", "base"), str(exc))
+    return fitted.data.image_size
 
 
 def _data_key(config: RunConfig) -> tuple[Any, ...]:
@@ -268,12 +292,13 @@ def _build_model(config: RunConfig, data: _Data) -> nn.Module | Problem:
             in_channels=channels,
             image_size=(height, width),
             seed=0,
+            model_args=config.model_args,
         )
     except GradleakError as exc:
         return Problem(("model",), str(exc))
     if config.checkpoint is not None:
         try:
-            check_checkpoint_model(config.checkpoint, config.model)
+            check_checkpoint_model(config.checkpoint, config.model, config.model_args)
             load_checkpoint(model, config.checkpoint)
         except GradleakError as exc:
             return Problem(("model", "base"), str(exc))

@@ -192,11 +192,22 @@ def sweep_modalities(spec: SweepSpec) -> list[Modality]:
 
 
 def cell_job(
-    spec: SweepSpec, cell: Cell, sweep_dir: Path, threads: int, progress: bool = False
+    spec: SweepSpec,
+    cell: Cell,
+    sweep_dir: Path,
+    threads: int,
+    progress: bool = False,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """What a worker needs to run one cell (plain data: it crosses process boundaries)."""
+    """What a worker needs to run one cell (plain data: it crosses process boundaries).
+
+    `device` (None: the spec's, by default auto) travels as spelled and is resolved where
+    the cell runs; it is not part of the cell's description, so a cell finished on one
+    device is reused on another.
+    """
+    config = replace(spec.run_config(cell, sweep_dir / CELLS / cell.name), progress=progress)
     return {
-        "config": replace(spec.run_config(cell, sweep_dir / CELLS / cell.name), progress=progress),
+        "config": config if device is None else replace(config, device=device),
         "cell": cell,
         "description": _description(spec, cell),
         "sweep_dir": str(sweep_dir),
@@ -258,6 +269,7 @@ def run_sweep(
     progress: bool = True,
     threads: int | None = None,
     notice: Notice = print_notice,
+    device: str | None = None,
 ) -> SweepResult:
     """Run every cell of `spec` not already finished under `out_dir`; collect the tables.
 
@@ -272,6 +284,8 @@ def run_sweep(
         progress: show the sweep's progress bar (and each attack's, one worker only).
         threads: torch threads per cell (default: the cores over the workers).
         notice: where the line saying a stale lock was taken over goes.
+        device: where each cell computes (auto, cpu, cuda, cuda:N, mps), resolved by the
+            worker that runs it (None: the spec's, by default auto).
 
     Returns:
         How many cells there are, ran now, were skipped or removed, the rows, the summary
@@ -293,11 +307,16 @@ def run_sweep(
             write_atomically(out_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
         except OSError as exc:
             raise GradleakError(f"cannot write the sweep directory {out_dir}: {exc}") from exc
-        return _run_cells(spec, out_dir, backend, progress, threads)
+        return _run_cells(spec, out_dir, backend, progress, threads, device)
 
 
 def _run_cells(
-    spec: SweepSpec, out_dir: Path, backend: Backend, progress: bool, threads: int | None
+    spec: SweepSpec,
+    out_dir: Path,
+    backend: Backend,
+    progress: bool,
+    threads: int | None,
+    device: str | None = None,
 ) -> SweepResult:
     store = cell_store(out_dir)
     removed = store.remove_leftovers()
@@ -306,7 +325,7 @@ def _run_cells(
     per_job = threads or max(1, (os.cpu_count() or 1) // backend.workers)
     # Each attack's own progress bar only when cells run here, one at a time.
     attack_bars = progress and isinstance(backend, LocalBackend) and backend.workers == 1
-    jobs = [cell_job(spec, c, out_dir, per_job, attack_bars) for c in pending]
+    jobs = [cell_job(spec, c, out_dir, per_job, attack_bars, device) for c in pending]
     result = SweepResult(out_dir, len(cells), 0, len(cells) - len(pending), removed)
     bar = tqdm(
         total=len(cells),

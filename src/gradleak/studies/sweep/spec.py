@@ -29,6 +29,7 @@ from gradleak.core.errors import GradleakError
 from gradleak.core.settings import replace_checked, to_plain
 from gradleak.models import available_models, is_model_name
 from gradleak.models.text import TEXT_MODELS, is_text_model
+from gradleak.models.user import check_model_args
 from gradleak.scenario.config import DEFAULT_PROTOCOL, MODALITY_DEFAULTS, PROTOCOLS, RunConfig
 
 AXES = ("attack", "model", "defense", "protocol", "image", "seed")
@@ -36,7 +37,8 @@ SPEC_KEYS = {
     "name": "a name for the study",
     "base": "run settings every cell shares (any gradleak attack config key)",
     "attacks": "list of attack presets",
-    "models": "list of model names",
+    "models": "list of models: a name, your own MODULE:FACTORY or FILE.py:FACTORY, or a "
+    "mapping {model: FILE.py:FACTORY, model_args: {width: 16}} (the factory's arguments)",
     "defenses": "list of defense settings: none, a spec such as prune:0.3, or a list of specs",
     "protocols": "list of protocols: a name, or a mapping of protocol settings such as "
     "{protocol: fedavg, local_steps: 5, batch_size: 4, guess_local_steps: 1}",
@@ -104,6 +106,9 @@ class SweepSpec:
     success_psnr: float = 20.0
     # The run settings behind each protocol label (a plain name sets only `protocol`).
     protocol_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The run settings behind each model label (`model`, `model_args`; a plain name sets
+    # only `model`).
+    model_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Where each value was given: axis (attack, model, …, seed) → value → line of the spec
     # file, "options" → attack → line and "base" → setting → line; empty for a spec given
     # as a plain mapping.
@@ -119,10 +124,13 @@ class SweepSpec:
         """The full run configuration of one cell."""
         base = dict(self.base)
         options = {**base.pop("attack_options", {}), **self.options.get(cell.attack, {})}
+        model = dict(self.model_settings.get(cell.model, {"model": cell.model}))
+        if "model_args" in model:  # an entry's arguments win over base's, key by key
+            model["model_args"] = {**base.get("model_args", {}), **model["model_args"]}
         values = {
             **base,
             "attack": cell.attack,
-            "model": cell.model,
+            **model,
             "defenses": cell.defense,
             **self.protocol_settings.get(cell.protocol, {"protocol": cell.protocol}),
             "indices": (cell.image,),
@@ -165,6 +173,7 @@ class SweepSpec:
             "options": self.options,
             "success_psnr": self.success_psnr,
             "protocol_settings": to_plain(self.protocol_settings),
+            **({"model_settings": to_plain(self.model_settings)} if self.model_settings else {}),
         }
 
 
@@ -331,7 +340,8 @@ def parse_spec(
         at.fail(None, "the spec needs 'attacks': a list of attack presets")
     base = _base(at, _given(root, "base", {}))
     attack_names = _choices(at, "attacks", list(attacks.available()))
-    models = _models(at, root.value.get("models", ["lenet"]))
+    model_settings = _models(at, root.value.get("models", ["lenet"]))
+    models = tuple(model_settings)
     protocols = _protocols(at, root.value.get("protocols", [DEFAULT_PROTOCOL]), base)
     defenses = _defenses(at, root.value.get("defenses", [NO_DEFENSE]))
     images = _images(at, root.value.get("images", [0]))
@@ -347,6 +357,7 @@ def parse_spec(
         defenses=defenses,
         protocols=tuple(protocols),
         protocol_settings=protocols,
+        model_settings={k: v for k, v in model_settings.items() if v != {"model": k}},
         images=images,
         seeds=seeds,
         options=_options(at, _given(root, "options", {}), attack_names),
@@ -459,6 +470,7 @@ def _protocols(at: _Where, values: Any, base: dict[str, Any]) -> dict[str, dict[
                 i,
             )
         run = {**base, **entry}
+        run.pop("model_args", None)  # a factory's arguments go with the model axis's cells
         # The model and attack the axes will give are the cells' check; here a run of the
         # entry's modality (text needs a text model) takes that modality's defaults.
         run = {**MODALITY_DEFAULTS.get(str(run.get("modality", RunConfig.modality)), {}), **run}
@@ -475,18 +487,45 @@ def _protocols(at: _Where, values: Any, base: dict[str, Any]) -> dict[str, dict[
     return settings
 
 
-def _models(at: _Where, values: Any) -> tuple[str, ...]:
+_MODEL_ENTRY_KEYS = ("model", "model_args")
+
+
+def _models(at: _Where, values: Any) -> dict[str, dict[str, Any]]:
+    """Label → run settings; a label is the name, or 'name key=value …' for a mapping."""
     values = _list(at, "models", values)
-    for i, name in enumerate(values):
-        # Only the name here: whether the model takes the data's images is a cell's check.
+    settings: dict[str, dict[str, Any]] = {}
+    for i, value in enumerate(values):
+        entry = value if isinstance(value, dict) else {"model": value}
+        bad = [k for k in entry if k not in _MODEL_ENTRY_KEYS]
+        if bad:
+            at.fail(
+                "models",
+                f"models entry sets {bad[0]!r}; a mapping holds {' and '.join(_MODEL_ENTRY_KEYS)}",
+                i,
+            )
+        name = entry.get("model")
+        # Only the name here: whether the model builds and takes the data's images is a
+        # cell's check (a factory is imported then, not now).
         if not (is_model_name(name) or is_text_model(name)):
             at.fail(
                 "models",
                 f"models entry {name!r} is not a model; choose from: "
-                f"{', '.join([*available_models(), *TEXT_MODELS])}",
+                f"{', '.join([*available_models(), *TEXT_MODELS])}, or give your own as "
+                "MODULE:FACTORY or FILE.py:FACTORY",
                 i,
             )
-    return tuple(str(v) for v in values)
+        args = entry.get("model_args") or {}
+        if not isinstance(args, dict):
+            at.fail("models", f"models entry's model_args must be a mapping, got {args!r}", i)
+        try:
+            check_model_args(str(name), args)
+        except GradleakError as exc:
+            at.fail("models", str(exc), i)
+        label = " ".join([str(name), *(f"{k}={v}" for k, v in args.items())])
+        if label in settings:
+            at.fail("models", f"models repeat a value: {label!r}; give each once", i)
+        settings[label] = {"model": str(name), **({"model_args": dict(args)} if args else {})}
+    return settings
 
 
 def _defenses(at: _Where, values: Any) -> tuple[tuple[str, ...], ...]:

@@ -1,0 +1,588 @@
+"""Run an audit: simulate the clients' updates, run every attack that applies within the
+time budget, score what each recovers and reach a verdict.
+
+The budget covers the whole audit. The clients' updates are simulated first (one per
+sample); closed-form attacks then run at once, and the optimisation attacks share what is
+left by their weights (`selection.CANDIDATES`). An Adam attack, whose step sizes follow a
+schedule over its iterations, is timed on short runs and given the iterations that fit
+its share (never more than its preset's), all samples' trials optimised as one stack
+(`reconstruct_many`); a deadline stops it should the estimate be too generous. L-BFGS
+attacks the samples in turn, each until the end of its slice of the share; closed forms
+take no share.
+
+The attacks see only the server's view and the shared updates; the truth reaches only the
+scoring. An attack that raises is reported as failed and the audit goes on; Ctrl-C or
+SIGTERM ends the audit with what was attacked so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from gradleak import attacks
+from gradleak.attacks.engine.hooks import Observer, deadline_observer
+from gradleak.attacks.reconstruction import Reconstruction
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate
+from gradleak.data import open_images
+from gradleak.metrics import Evaluation
+from gradleak.metrics.image import mse, ssim, ssim_supported
+from gradleak.metrics.text import TextEvaluation
+from gradleak.scenario.case import Case, ServerView
+from gradleak.scenario.observe import score
+from gradleak.scenario.plan import plan_run
+from gradleak.scenario.run import attacked_view
+from gradleak.studies.audit.scores import (
+    AttackSummary,
+    ItemScore,
+    Verdict,
+    image_leakage,
+    overall,
+    summarise,
+    text_leakage,
+    verdict,
+)
+from gradleak.studies.audit.selection import AuditTarget, Selected, select_attacks
+from gradleak.studies.audit.settings import AuditSettings
+
+# An attack every update of the modality can be planned with (plan_run needs one).
+STAND_IN = {"image": "ig", "text": "tokens"}
+# Optimisers whose step sizes follow a schedule over the planned iterations: they are
+# timed and given the iterations that fit. The others (L-BFGS) run until their deadline.
+_SCHEDULED = frozenset({"adam"})
+# Iterations of the two timing runs of an optimisation attack (slope = time per iteration).
+_TIMING_ITERATIONS = {"adam": (3, 12)}
+# Fewest iterations worth running: below this an attack is skipped as out of budget.
+MIN_ITERATIONS = {"adam": 20}
+# Iterations between the deadline's checks (each check reads the losses: one device sync).
+_LOG_EVERY = {"adam": 10, "lbfgs": 1}
+# Share of an attack's estimated time it is planned to fill (the rest absorbs noise in the
+# timing); the deadline stops it at its full share.
+_FILL = 0.85
+# Kept back for scoring and writing the outputs: seconds plus a share of the budget.
+RESERVE_SECONDS = 2.0
+RESERVE_SHARE = 0.03
+# The mean image is taken over at most this many images of the dataset.
+_BASELINE_IMAGES = 2000
+# The worst reconstructions shown beside their originals.
+WORST_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class AuditSample:
+    """One attacked client update and the truth behind it.
+
+    Attributes:
+        index: the sample's number.
+        case: the built case (its client part is the truth, for scoring only).
+        update: the shared update.
+        view: the server's view the attacks get.
+        data_indices: the dataset indices of the update's private items.
+    """
+
+    index: int
+    case: Case
+    update: SharedUpdate
+    view: ServerView
+    data_indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One of the worst reconstructions: the original beside what the attack made of it.
+
+    Attributes:
+        attack: the attack's name.
+        item: the item's scores.
+        original: the private image (C×H×W in [0, 1]) or sentence.
+        recovered: what the attack recovered of it, of the same kind.
+    """
+
+    attack: str
+    item: ItemScore
+    original: torch.Tensor | str
+    recovered: torch.Tensor | str
+
+
+@dataclass
+class AuditResult:
+    """What an audit found.
+
+    Attributes:
+        settings: the audit's settings.
+        attacks: one summary per candidate attack (ran, stopped, skipped or failed).
+        items: every attack's scored items.
+        overall: the overall row (`scores.overall`).
+        verdict: the verdict and the gates' results.
+        seconds: the audit's wall time.
+        setup_seconds: the part spent building the cases and simulating the clients.
+        interrupted: Ctrl-C or SIGTERM ended it early.
+        worst: the worst reconstructions, most leaking first.
+        description: the audited setup in words.
+        device: the device the audit ran on.
+    """
+
+    settings: AuditSettings
+    attacks: list[AttackSummary]
+    items: list[ItemScore]
+    overall: dict
+    verdict: Verdict
+    seconds: float
+    setup_seconds: float
+    interrupted: bool = False
+    worst: list[Shown] = field(default_factory=list)
+    description: str = ""
+    device: str = "cpu"
+
+
+class _Clock:
+    """The audit's budget: when it ends and what is left of it."""
+
+    def __init__(self, budget: float) -> None:
+        self.start = time.monotonic()
+        self.end = self.start + budget
+
+    def left(self) -> float:
+        return self.end - time.monotonic() - self.reserve
+
+    @property
+    def reserve(self) -> float:
+        # Scoring and writing grow with the audit; a deadline also ends an attack only at
+        # its next check.
+        return RESERVE_SECONDS + RESERVE_SHARE * (self.end - self.start)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+
+def _samples(settings: AuditSettings) -> list[AuditSample]:
+    """Simulate one client update per sample: images i·n … i·n + n − 1 for sample i."""
+    run = settings.run
+    # The run's attack is only a stand-in for planning (the audit picks its attacks).
+    stand_in = STAND_IN[run.modality]
+    samples = []
+    for i in range(settings.samples):
+        start = i * run.total_samples
+        config = dataclasses.replace(run, attack=stand_in, indices=(start,), attack_options={})
+        # The model is the same for every sample (it is seeded by the run's seed); each
+        # client draws its own noise (defenses) from its own seed.
+        plan = dataclasses.replace(plan_run(config), seed=run.seed + i)
+        case, update, view = attacked_view(plan)
+        samples.append(AuditSample(i, case, update, view, tuple(plan.data.indices)))
+    return samples
+
+
+def _check_budget(clock: _Clock, settings: AuditSettings, setup: float) -> None:
+    """Refuse a budget that cannot run any attack once the updates are simulated."""
+    if clock.left() <= 0:
+        least = math.ceil((setup + RESERVE_SECONDS + 1) / (1 - RESERVE_SHARE))
+        raise GradleakError(
+            f"--budget {settings.budget:g}s is too small: simulating the {settings.samples} "
+            f"client update(s) took {setup:.1f} s and scoring and writing need about "
+            f"{clock.reserve:.0f} s; give --budget {least}s or more, or fewer --samples"
+        )
+
+
+def _optimizer(attack: attacks.Attack) -> str | None:
+    """ "adam" or "lbfgs" for an optimisation attack, None for a closed form."""
+    if attack.config.iterations <= 0:
+        return None
+    return str(getattr(attack.config, "optimizer", "adam"))
+
+
+def _reconstruct(
+    attack: attacks.Attack,
+    samples: Sequence[AuditSample],
+    seed: int,
+    deadline: Callable[[int], Observer | None],
+) -> list[Reconstruction]:
+    """Attack every sample: stacked with Adam, else one after another.
+
+    `deadline(i)` gives sample i's observer (the stack's for Adam: i = number of samples).
+    """
+    view = samples[0].view
+    many = getattr(attack, "reconstruct_many", None)
+    if _optimizer(attack) == "adam" and many is not None:
+        return many(
+            [s.update for s in samples],
+            view.model,
+            view.knowledge,
+            seed=seed,
+            progress=False,
+            observer=deadline(len(samples)),
+        )
+    results = []
+    for s in samples:
+        one = attack.reconstruct(
+            s.update,
+            s.view.model,
+            s.view.knowledge,
+            seed=seed,
+            observer=deadline(s.index + 1),
+            progress=False,
+        )
+        results.append(one)
+        if one.interrupted:
+            break
+    return results
+
+
+def _timed(
+    attack: attacks.Attack, samples: Sequence[AuditSample], seed: int, iterations: int
+) -> float:
+    start = time.monotonic()
+    quick = attack.with_options({"iterations": iterations})
+    results = _reconstruct(quick, samples, seed, lambda _: None)
+    if any(r.interrupted for r in results):
+        raise KeyboardInterrupt
+    return time.monotonic() - start
+
+
+def _plan_iterations(
+    attack: attacks.Attack, samples: Sequence[AuditSample], seed: int, share: float
+) -> tuple[int, float]:
+    """Time short runs and return the iterations that fit `share`, and the time spent."""
+    short, longer = _TIMING_ITERATIONS["adam"]
+    # A first run pays the one-off costs (allocations, first passes) that would otherwise
+    # make the short run look as slow as the long one.
+    warm = _timed(attack, samples, seed, 1)
+    first = _timed(attack, samples, seed, short)
+    second = _timed(attack, samples, seed, longer)
+    # The slope between the two runs is the cost of one iteration without the fixed costs;
+    # the floor keeps a noisy pair of timings from promising free iterations.
+    per_iteration = max((second - first) / (longer - short), second / longer / 4)
+    spent = warm + first + second
+    left = share - spent
+    fits = int(left * _FILL / per_iteration) if left > 0 else 0
+    return min(attack.config.iterations, fits), spent
+
+
+def _score_attack(
+    name: str,
+    samples: Sequence[AuditSample],
+    results: Sequence[Reconstruction],
+    mean_image: torch.Tensor | None,
+) -> tuple[list[ItemScore], list[Shown]]:
+    """Score each sample's reconstruction item by item; also the pictures to show."""
+    items: list[ItemScore] = []
+    shown: list[Shown] = []
+    scored = [
+        (sample, r, score(sample.view, sample.case.client.batch, r))
+        for sample, r in zip(samples, results, strict=False)
+    ]
+    if mean_image is None:
+        truths = [row["truth"] for _, _, e in scored for row in e.per_sequence]
+        words = _frequent_words(truths)
+    for sample, reconstruction, evaluation in scored:
+        if mean_image is None:
+            found, pictures = _text_items(name, sample, evaluation, words)
+        else:
+            found, pictures = _image_items(name, sample, reconstruction, evaluation, mean_image)
+        items.extend(found)
+        shown.extend(pictures)
+    return items, shown
+
+
+def _image_items(
+    name: str,
+    sample: AuditSample,
+    reconstruction: Reconstruction,
+    evaluation: Evaluation,
+    mean_image: torch.Tensor,
+) -> tuple[list[ItemScore], list[Shown]]:
+    view, truth = sample.view, sample.case.client.batch
+    originals = view.decode(truth.images)
+    recovered = view.decode(reconstruction.images)
+    base_ssim, base_mse = _baseline_scores(mean_image, originals)
+    labels = reconstruction.labels if reconstruction.labels_recovered else None
+    items, shown = [], []
+    for position, row in enumerate(evaluation.per_image):
+        j = row["matched_reconstruction"]
+        leakage, recognisable = image_leakage(
+            row["psnr"], row["ssim"], row["mse"], base_ssim[position], base_mse[position]
+        )
+        correct = None if labels is None else int(labels[j]) == int(truth.labels[position])
+        item = ItemScore(
+            name,
+            sample.index,
+            position,
+            sample.data_indices[position],
+            leakage,
+            recognisable,
+            correct,
+            psnr=row["psnr"],
+            ssim=row["ssim"],
+        )
+        items.append(item)
+        shown.append(Shown(name, item, originals[position].cpu(), recovered[j].cpu()))
+    return items, shown
+
+
+def _text_items(
+    name: str, sample: AuditSample, evaluation: TextEvaluation, words: Sequence[str]
+) -> tuple[list[ItemScore], list[Shown]]:
+    from gradleak.metrics.text import rouge_scores
+
+    rows = evaluation.per_sequence
+    guesses = [" ".join(words[: max(1, len(str(r["truth"]).split()))]) for r in rows]
+    base = rouge_scores(guesses, [str(r["truth"]) for r in rows])
+    items, shown = [], []
+    for position, (row, b) in enumerate(zip(rows, base, strict=True)):
+        leakage, recognisable = text_leakage(float(row["rouge1"]), float(b["rouge1"]))
+        item = ItemScore(
+            name,
+            sample.index,
+            position,
+            sample.data_indices[position],
+            leakage,
+            recognisable,
+            None,
+            rouge1=float(row["rouge1"]),
+            exact=bool(row["exact"]),
+        )
+        items.append(item)
+        shown.append(Shown(name, item, str(row["truth"]), str(row["recovered"])))
+    return items, shown
+
+
+def _baseline_scores(
+    mean_image: torch.Tensor, originals: torch.Tensor
+) -> tuple[list[float | None], list[float]]:
+    """SSIM (None below the window) and MSE of the mean image against each original."""
+    base = mean_image.to(originals.device).expand_as(originals).contiguous()
+    errors = mse(base, originals).tolist()
+    if ssim_supported(*originals.shape[-2:]):
+        return ssim(base, originals).tolist(), errors
+    return [None] * len(errors), errors
+
+
+def _mean_image(settings: AuditSettings, shape: tuple[int, ...]) -> torch.Tensor:
+    """The mean of up to `_BASELINE_IMAGES` images of the audited dataset, at the model's size."""
+    run = settings.run
+    side = shape[-1]
+    images = open_images(run.dataset, run.data_root, run.split, run.image_size)
+    if images.size != tuple(shape[-2:]):
+        images = open_images(run.dataset, run.data_root, run.split, side)
+    count = len(images)
+    step = max(1, count // _BASELINE_IMAGES)
+    indices = list(range(0, count, step))[:_BASELINE_IMAGES]
+    total = torch.zeros(shape)
+    for first in range(0, len(indices), 256):
+        pixels, _ = images.pixels(indices[first : first + 256])
+        total += pixels.sum(0)
+    return total / len(indices)
+
+
+def _frequent_words(sentences: Sequence[str]) -> list[str]:
+    """The sentences' words, most frequent first (ties in first-seen order)."""
+    counts: dict[str, int] = {}
+    for sentence in sentences:
+        for word in sentence.lower().split():
+            counts[word] = counts.get(word, 0) + 1
+    return sorted(counts, key=lambda w: -counts[w])
+
+
+def run_audit(settings: AuditSettings) -> AuditResult:
+    """Audit one federated setup within its time budget.
+
+    Args:
+        settings: the audit's settings (checked here first).
+
+    Returns:
+        The attacks' summaries, the items' scores, the overall row, the verdict and the
+        worst reconstructions. After Ctrl-C or SIGTERM during the attacks, what was
+        attacked so far, with `interrupted` set.
+
+    Raises:
+        GradleakError: settings that cannot run, data or a model that cannot be used, or a
+            budget too small to attack anything (before any attack runs).
+    """
+    settings = settings.validate()
+    clock = _Clock(settings.budget)
+    samples = _samples(settings)
+    setup = clock.elapsed()
+    _check_budget(clock, settings, setup)
+    first = samples[0]
+    target = AuditTarget(first.view.model, first.view.knowledge, first.update.kind, settings.priors)
+    chosen = select_attacks(target, settings.attacks)
+    # The no-information baseline images are scored against: the dataset's mean image.
+    image = first.view.knowledge.modality == "image"
+    mean_image = _mean_image(settings, tuple(first.view.knowledge.data_shape)) if image else None
+    summaries: list[AttackSummary] = []
+    items: list[ItemScore] = []
+    shown: list[Shown] = []
+    interrupted = False
+    runnable = [c for c in chosen if c.attack is not None]
+    bar = tqdm(
+        total=len(runnable) * len(samples),
+        desc="audit",
+        unit="update",
+        disable=None if settings.progress else True,
+        leave=False,
+    )
+    try:
+        for k, selected in enumerate(chosen):
+            if selected.attack is None:
+                summaries.append(
+                    AttackSummary(
+                        selected.candidate.attack,
+                        selected.candidate.purpose,
+                        "skipped",
+                        selected.reason,
+                    )
+                )
+                continue
+            bar.set_postfix_str(f"{selected.candidate.attack}, {max(0.0, clock.left()):.0f} s left")
+            weights_left = sum(c.candidate.weight for c in chosen[k:] if c.attack is not None)
+            summary, found, pictures, stop = _run_one(
+                selected, target, samples, settings.run.seed, clock, weights_left, mean_image
+            )
+            summaries.append(summary)
+            items.extend(found)
+            shown.extend(pictures)
+            bar.update(len(samples))
+            if stop:
+                interrupted = True
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    done = {s.attack for s in summaries}
+    for selected in chosen:
+        if selected.candidate.attack not in done:
+            summaries.append(
+                AttackSummary(
+                    selected.candidate.attack,
+                    selected.candidate.purpose,
+                    "skipped",
+                    "the audit was interrupted before it ran",
+                )
+            )
+    row = overall(summaries, items)
+    budget_text = f"{settings.budget:g} s"
+    result_verdict = verdict(row, summaries, settings.gates, budget_text)
+    # Each private item once, under the attack that recovered most of it.
+    best: dict[tuple[int, int], Shown] = {}
+    for one in shown:
+        key = (one.item.sample, one.item.position)
+        if key not in best or one.item.leakage > best[key].item.leakage:
+            best[key] = one
+    worst = sorted(best.values(), key=lambda s: -s.item.leakage)[:WORST_SHOWN]
+    return AuditResult(
+        settings=settings,
+        attacks=summaries,
+        items=items,
+        overall=row,
+        verdict=result_verdict,
+        seconds=clock.elapsed(),
+        setup_seconds=setup,
+        interrupted=interrupted,
+        worst=worst,
+        description=_describe(settings, first),
+        device=str(next(first.view.model.parameters()).device),
+    )
+
+
+def _run_one(
+    selected: Selected,
+    target: AuditTarget,
+    samples: Sequence[AuditSample],
+    seed: int,
+    clock: _Clock,
+    weights_left: float,
+    mean_image: torch.Tensor | None,
+) -> tuple[AttackSummary, list[ItemScore], list[Shown], bool]:
+    """Run one selected attack on every sample; (summary, items, pictures, interrupted)."""
+    attack = selected.attack
+    assert attack is not None
+    candidate = selected.candidate
+    summary = AttackSummary(
+        candidate.attack,
+        candidate.purpose,
+        "ran",
+        options=_plain(dict(candidate.options(target))),
+    )
+    start = time.monotonic()
+    try:
+        optimizer = _optimizer(attack)
+        if optimizer is None:
+            results = _reconstruct(attack, samples, seed, lambda _: None)
+        else:
+            share = clock.left() * (candidate.weight / weights_left if weights_left > 0 else 1.0)
+            if optimizer in _SCHEDULED:
+                iterations, spent = _plan_iterations(attack, samples, seed, share)
+            else:  # no schedule to fit: run the preset and let the deadline end it
+                iterations, spent = attack.config.iterations, 0.0
+                if hasattr(attack.config, "lbfgs_max_hours"):  # the deadline is the bound
+                    attack = attack.with_options({"lbfgs_max_hours": 0})
+            minimum = MIN_ITERATIONS.get(optimizer, 1)
+            if iterations < minimum:
+                summary.status = "skipped"
+                summary.reason = (
+                    f"its share of the budget ({share:.0f} s) fits {iterations} iterations, "
+                    f"fewer than {minimum}; give a larger --budget or fewer --samples"
+                )
+                summary.seconds = time.monotonic() - start
+                return summary, [], [], False
+            # The deadline is checked at every history row: rows often enough to end on time.
+            attack = attack.with_options(
+                {"iterations": iterations, "log_every": _LOG_EVERY.get(optimizer, 10)}
+            )
+            summary.iterations = iterations
+            begin, rest = time.monotonic(), share - spent
+            per_sample = rest / len(samples)
+
+            def deadline(i: int) -> Observer:
+                # Adam's stack ends at the share's end; L-BFGS sample i at its own slice.
+                return deadline_observer(begin + per_sample * i)
+
+            results = _reconstruct(attack, samples, seed, deadline)
+    except GradleakError as exc:
+        return _failed(summary, str(exc), start), [], [], False
+    except (RuntimeError, ValueError) as exc:  # a model or an attack that breaks: reported
+        return _failed(summary, f"{type(exc).__name__}: {exc}", start), [], [], False
+    summary.seconds = time.monotonic() - start
+    interrupted = any(r.interrupted for r in results)
+    if any(r.stopped for r in results) and not interrupted:
+        summary.status = "stopped"
+        summary.reason = "the budget ended it before its planned iterations"
+    items, pictures = _score_attack(candidate.attack, samples, results, mean_image)
+    summary.items = len(items)
+    summary.scores = summarise(items)
+    return summary, items, pictures, interrupted
+
+
+def _failed(summary: AttackSummary, reason: str, start: float) -> AttackSummary:
+    summary.status = "failed"
+    summary.reason = reason
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def _plain(options: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+
+
+def _describe(settings: AuditSettings, first: AuditSample) -> str:
+    run = settings.run
+    protocol = run.protocol
+    if run.local_steps or run.local_epochs:
+        protocol += (
+            f", {run.local_epochs} local epochs"
+            if run.local_epochs
+            else f", {run.local_steps} local steps"
+        )
+    users = f", {run.users} users averaged" if run.users > 1 else ""
+    defenses = f", defenses {' + '.join(run.defenses)}" if run.defenses else ", no defense"
+    return (
+        f"{run.model} on {first.case.client.source.split(',')[0]}, {protocol}, batch size "
+        f"{run.batch_size}{users}{defenses}"
+    )
