@@ -6,6 +6,14 @@ Examples (2 CPU cores, a few minutes each):
   python benchmarks/engine_speed.py scaling --write-docs
   python benchmarks/engine_speed.py compile --write-docs
   python benchmarks/engine_speed.py many --write-docs   # independent images stacked
+  python benchmarks/engine_speed.py floor --device cuda  # the same on a GPU
+
+`--device` (cpu by default) picks where the timed loops run: each setting is built and
+seeded on the CPU, then the model (a copy), the data, the target gradients, the bounds and
+the starts are moved there once, before any timing; the device is synchronised before the
+clock is read around a timed region. The floor is timed from outside, synchronised; the
+engine reports its own loop time, which syncs at each of its ~100 loss checks but not at
+the very end, so on a GPU up to 1 % of iterations' queued work may fall outside it.
 
 The floor is the least a Python loop can do for one Inverting Gradients iteration: forward,
 parameter gradient with create_graph, cosine distance plus TV, backward to the input,
@@ -19,8 +27,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from perf_report import machine, markdown_table, peak_rss_bytes, rss_bytes, write_section
@@ -33,6 +42,9 @@ from gradleak.attacks.engine.memory import ensure_trials_fit
 from gradleak.attacks.engine.trials import trial_inputs
 from gradleak.attacks.matching.objectives import cosine_distance
 from gradleak.attacks.matching.problem import MatchingProblem, attacker_model
+from gradleak.core.device import DEVICE_SPELLINGS, device_name, module_on, resolve_device
+from gradleak.core.errors import GradleakError
+from gradleak.core.update import SharedUpdate
 from gradleak.data.datasets import DATASETS
 from gradleak.data.normalize import pixel_bounds
 from gradleak.fl import FedSGDClient
@@ -56,8 +68,30 @@ class Setting:
     target: dict[str, torch.Tensor]
     bounds: tuple[torch.Tensor, torch.Tensor]
 
+    def to(self, device: torch.device) -> Setting:
+        """This setting on `device`: a copy of the model moved there (the model itself when
+        it is there already), and the image, label, target gradients and bounds moved."""
+        lower, upper = self.bounds
+        return Setting(
+            self.name,
+            module_on(self.model, device),
+            self.image.to(device),
+            self.label.to(device),
+            {n: t.to(device) for n, t in self.target.items()},
+            (lower.to(device), upper.to(device)),
+        )
 
-def make_setting(name: str, seed: int = 0) -> Setting:
+
+def _sync(device: torch.device) -> None:
+    """Wait for the work queued on `device` (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def make_setting(name: str, device: torch.device, seed: int = 0) -> Setting:
+    """The setting built and seeded on the CPU, then moved to `device`."""
     model = build_model(name, num_classes=10, image_size=(SIZE, SIZE), seed=seed)
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(1, 3, SIZE, SIZE, generator=generator)
@@ -68,7 +102,8 @@ def make_setting(name: str, seed: int = 0) -> Setting:
     names = [n for n, _ in model.named_parameters()]
     target = {n: g.detach() for n, g in zip(names, grads, strict=True)}
     spec = DATASETS["cifar10"]
-    return Setting(name, model, image, label, target, pixel_bounds(spec.mean, spec.std))
+    setting = Setting(name, model, image, label, target, pixel_bounds(spec.mean, spec.std))
+    return setting.to(device)
 
 
 def floor_loop(setting: Setting, iterations: int, start: torch.Tensor) -> torch.Tensor:
@@ -103,7 +138,11 @@ def floor_loop(setting: Setting, iterations: int, start: torch.Tensor) -> torch.
 def engine_loop(
     setting: Setting, iterations: int, start: torch.Tensor, *, compile: bool = False
 ) -> tuple[float, float]:
-    """gradleak's engine on K = start.shape[0] trials: (loop seconds, compile seconds)."""
+    """gradleak's engine on K = start.shape[0] trials: (loop seconds, compile seconds).
+
+    The engine reads its own clock; the device is synchronised first, so no earlier work
+    is counted."""
+    _sync(start.device)
     problem = MatchingProblem(
         attacker_model(setting.model, "train"),
         setting.target,
@@ -127,18 +166,23 @@ def engine_loop(
 
 def run_floor(args: argparse.Namespace) -> None:
     rows = []
+    device = args.device
     for name in args.models:
-        setting = make_setting(name)
+        setting = make_setting(name, device)
         start = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+        start = start.to(device)
+        starts = start.unsqueeze(0)
         n = args.iterations
         floor_loop(setting, 3, start)  # warm-up both paths
-        engine_loop(setting, 3, start.unsqueeze(0))
+        engine_loop(setting, 3, starts)
         floor_s, engine_s = [], []
         for _ in range(args.rounds):  # alternate so drift hits both sides alike
+            _sync(device)
             t = time.perf_counter()
             floor_loop(setting, n, start)
+            _sync(device)
             floor_s.append((time.perf_counter() - t) / n)
-            engine_s.append(engine_loop(setting, n, start.unsqueeze(0))[0] / n)
+            engine_s.append(engine_loop(setting, n, starts)[0] / n)
         f, e = statistics.median(floor_s), statistics.median(engine_s)
         rows.append([name, f"{f * 1e3:.2f}", f"{e * 1e3:.2f}", f"{e / f:.3f}"])
         print(rows[-1], flush=True)
@@ -146,12 +190,14 @@ def run_floor(args: argparse.Namespace) -> None:
     _publish(args, "floor", table, f"{args.iterations} iterations × {args.rounds} rounds")
 
 
-def _memory_cell(job: tuple[str, int, int]) -> dict:
-    """Peak memory of one (model, K) run in a fresh process, and the engine's estimate."""
-    name, trials, threads = job
+def _memory_cell(job: tuple[str, int, int, str]) -> dict:
+    """Peak memory of one (model, K) run in a fresh process, and the engine's estimate:
+    the process's resident memory, or on CUDA the memory torch allocated on the GPU."""
+    name, trials, threads, spec = job
     torch.set_num_threads(threads)
-    setting = make_setting(name)
-    start = _starts(trials)
+    device = resolve_device(spec)
+    setting = make_setting(name, device)
+    start = _starts(trials, device)
     problem = MatchingProblem(
         attacker_model(setting.model, "train"),
         setting.target,
@@ -162,32 +208,44 @@ def _memory_cell(job: tuple[str, int, int]) -> dict:
     estimate = ensure_trials_fit(
         problem, start, trial_inputs(start, setting.label, problem, None, None), trials
     )
-    before = rss_bytes()  # the model, the data and the estimate's one step are in
-    engine_loop(setting, 3, start)
-    peak = peak_rss_bytes()
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        engine_loop(setting, 3, start)
+        _sync(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        before = rss_bytes()  # the model, the data and the estimate's one step are in
+        engine_loop(setting, 3, start)
+        peak = peak_rss_bytes()
     return {"peak_bytes": peak, "run_bytes": max(peak - before, 0), "estimate": estimate}
 
 
-def _starts(trials: int) -> torch.Tensor:
-    return torch.randn(trials, 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+def _starts(trials: int, device: torch.device) -> torch.Tensor:
+    """K starts drawn on the CPU (the same for a seed anywhere), moved to `device`."""
+    start = torch.randn(trials, 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    return start.to(device)
 
 
 def run_scaling(args: argparse.Namespace) -> None:
     rows = []
     context = multiprocessing.get_context("spawn")
     for name in args.models:
-        setting = make_setting(name)
+        setting = make_setting(name, args.device)
         runs = {k: max(args.min_iterations, args.iterations // k) for k in args.trials}
+        starts = {k: _starts(k, args.device) for k in args.trials}
         for k in args.trials:
-            engine_loop(setting, 2, _starts(k))  # warm-up
+            engine_loop(setting, 2, starts[k])  # warm-up
         samples: dict[int, list[float]] = {k: [] for k in args.trials}
         for _ in range(args.rounds):  # interleaved, so drift hits every K alike
             for k in args.trials:
-                samples[k].append(engine_loop(setting, runs[k], _starts(k))[0] / runs[k])
+                samples[k].append(engine_loop(setting, runs[k], starts[k])[0] / runs[k])
         one = statistics.median(samples[args.trials[0]])
         for k in args.trials:
             with context.Pool(1) as pool:
-                memory = pool.apply(_memory_cell, ((name, k, args.threads),))
+                job = (name, k, args.threads, str(args.device))
+                memory = pool.apply(_memory_cell, (job,))
             seconds = statistics.median(samples[k])
             rows.append(
                 [
@@ -202,7 +260,8 @@ def run_scaling(args: argparse.Namespace) -> None:
                 ]
             )
             print(rows[-1], flush=True)
-    header = ["model", "K", "ms/it", "ms/trial", "× one trial", "peak RSS MiB"]
+    peak = "peak CUDA MiB" if args.device.type == "cuda" else "peak RSS MiB"
+    header = ["model", "K", "ms/it", "ms/trial", "× one trial", peak]
     header += ["run MiB", "estimate MiB"]
     detail = f"about {args.iterations} trial-iterations per K, median of {args.rounds} rounds"
     _publish(args, "scaling", markdown_table(header, rows), detail)
@@ -212,8 +271,8 @@ def run_compile(args: argparse.Namespace) -> None:
     rows = []
     for name in args.models:
         for k in args.trials:
-            setting = make_setting(name)
-            start = torch.randn(k, 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+            setting = make_setting(name, args.device)
+            start = _starts(k, args.device)
             n = args.iterations
             engine_loop(setting, 3, start)
             eager = min(engine_loop(setting, n, start)[0] for _ in range(args.rounds)) / n
@@ -239,22 +298,29 @@ def run_many(args: argparse.Namespace) -> None:
     """The `ig` preset on the 8 bundled CIFAR-10 images: one stack against one by one."""
     rows = []
     for name in args.models:
+        # Built, seeded and differentiated on the CPU; then the updates, the model and the
+        # granted labels are moved to the device once.
         cases = [
             build_case(RunConfig(model=name, indices=(i,), labels_known=True)) for i in range(8)
         ]
         updates = [FedSGDClient(c.server.model).compute_update(c.client.batch) for c in cases]
-        model, knowledge = cases[0].server.model, cases[0].server.knowledge
+        updates = [_update_on(update, args.device) for update in updates]
+        server = cases[0].to(args.device).server
+        model, knowledge = server.model, server.knowledge
         for k in args.trials:
             attack = attacks.get("ig").with_options({"iterations": args.iterations, "restarts": k})
             attack.with_options({"iterations": 2}).reconstruct_many(
                 updates, model, knowledge, progress=False
             )  # warm-up
+            _sync(args.device)
             start = time.perf_counter()
             for update in updates:
                 attack.reconstruct(update, model, knowledge, progress=False)
+            _sync(args.device)
             alone = time.perf_counter() - start
             start = time.perf_counter()
             attack.reconstruct_many(updates, model, knowledge, progress=False)
+            _sync(args.device)
             together = time.perf_counter() - start
             n, its = len(updates), args.iterations
             rows.append(
@@ -276,9 +342,22 @@ def run_many(args: argparse.Namespace) -> None:
     _publish(args, "many", markdown_table(header, rows), detail)
 
 
+def _update_on(update: SharedUpdate, device: torch.device) -> SharedUpdate:
+    """`update` with its tensors and buffers moved to `device`."""
+    return replace(
+        update,
+        tensors={n: t.to(device) for n, t in update.tensors.items()},
+        buffers={n: t.to(device) for n, t in update.buffers.items()},
+    )
+
+
 def _publish(args: argparse.Namespace, section: str, table: str, detail: str) -> None:
     command = f"python benchmarks/engine_speed.py {args.command}"
-    body = f"{table}\n\nMeasured on {machine()}; {detail}. Command: `{command}`."
+    where = str(args.device)
+    if args.device.type != "cpu":
+        command += f" --device {args.device}"
+        where = f"{args.device} ({device_name(args.device)})"
+    body = f"{table}\n\nMeasured on {machine()}; run on {where}; {detail}. Command: `{command}`."
     print(body)
     if args.write_docs:
         write_section(f"engine_speed:{section}", body)
@@ -293,8 +372,19 @@ def main() -> None:
     parser.add_argument("--min-iterations", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help=f"where the timed loops run: {DEVICE_SPELLINGS} (default: cpu); settings are "
+        "built on the CPU and moved there once",
+    )
     parser.add_argument("--write-docs", action="store_true", help="update docs/PERFORMANCE.md")
     args = parser.parse_args()
+    try:
+        args.device = resolve_device(args.device)
+    except GradleakError as error:
+        print(f"engine_speed.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
     defaults = {
         "floor": (["lenet", "convnet", "resnet20", "resnet20-4"], [1], 60),
         "scaling": (["lenet", "resnet20"], [1, 4, 16, 64], 640),
@@ -307,7 +397,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     commands = {"floor": run_floor, "scaling": run_scaling, "compile": run_compile}
     commands["many"] = run_many
-    commands[args.command](args)
+    try:
+        commands[args.command](args)
+    except GradleakError as error:  # e.g. K trials that do not fit the device's memory
+        print(f"engine_speed.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ is read at the end.
 Example (2 CPU cores, about 10 minutes):
   python benchmarks/preset_times.py --write-docs
   python benchmarks/preset_times.py --presets ig --model resnet20 --psnr 18 --max-iterations 500
+  python benchmarks/preset_times.py --device cuda   # the attacks on a GPU (cpu by default)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +24,8 @@ from perf_report import machine, markdown_table, peak_rss_bytes, rss_bytes, writ
 from selection import SHARED_DATA
 
 from gradleak import attacks
+from gradleak.core.device import DEVICE_SPELLINGS, device_name, resolve_device
+from gradleak.core.errors import GradleakError
 from gradleak.scenario import RunConfig
 from gradleak.scenario.run import attack_case
 
@@ -45,6 +49,7 @@ def run_preset(job: dict) -> dict:
             attack_options=options,
             progress=False,
             stop_psnr=job["psnr"],
+            device=job["device"],
         )
         if base_rss is None:  # imports and one model in memory, before any attack
             from gradleak.scenario.case import build_case
@@ -81,8 +86,18 @@ def main() -> None:
     )
     parser.add_argument("--data-root", type=Path, default=SHARED_DATA)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help=f"where the attacks run: {DEVICE_SPELLINGS} (default: cpu)",
+    )
     parser.add_argument("--write-docs", action="store_true", help="update docs/PERFORMANCE.md")
     args = parser.parse_args()
+    try:
+        device = resolve_device(args.device)  # refused here, before any worker starts
+    except GradleakError as error:
+        print(f"preset_times.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
     context = multiprocessing.get_context("spawn")
     table = []
     for preset in args.presets:
@@ -94,6 +109,7 @@ def main() -> None:
             "max_iterations": args.max_iterations,
             "data_root": str(args.data_root),
             "threads": args.threads,
+            "device": str(device),
         }
         with context.Pool(1) as pool:
             out = pool.apply(run_preset, (job,))
@@ -134,10 +150,14 @@ def main() -> None:
         for k, v in (("psnr", args.psnr), ("max_iterations", args.max_iterations))
         if v
     )
+    where = str(device)
+    if device.type != "cpu":
+        command += f" --device {device}"
+        where = f"{device} ({device_name(device)}); peak RSS is host memory"
     body = (
         f"{markdown_table(header, table)}\n\nCIFAR-10 test images {indices}, batch 1, presets' "
         f"default hyper-parameters{cap}; time is the attack's own (the model and data already "
-        f"loaded). Measured on {machine()}. Command: `{command}`."
+        f"loaded). Measured on {machine()}; run on {where}. Command: `{command}`."
     )
     print(body)
     if args.write_docs:

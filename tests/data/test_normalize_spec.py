@@ -158,16 +158,14 @@ def test_the_attacker_is_told_the_chosen_statistics() -> None:
     assert torch.allclose(client.batch.images, (images[:2] - mean) / std, atol=1e-6)
 
 
-def test_a_single_image_takes_its_own_auto_statistics(tmp_path: Path) -> None:
+def test_a_single_image_refuses_auto_statistics(tmp_path: Path) -> None:
+    # Its own statistics, handed to the attacker as public knowledge, would describe it.
     pixels = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "x.png")
-    server, _ = build_case(RunConfig(image=tmp_path / "x.png", normalize="auto"))
-    want_mean, want_std = _torch_stats(
-        torch.from_numpy(pixels.transpose(2, 0, 1).copy()).float().div(255)[None]
-    )
-    assert server.knowledge.dataset == "auto"
-    assert np.allclose(server.knowledge.mean, want_mean, rtol=0, atol=1e-12)
-    assert np.allclose(server.knowledge.std, want_std, rtol=0, atol=1e-12)
+    with pytest.raises(GradleakError, match="--normalize auto computes statistics from a dataset"):
+        build_case(RunConfig(image=tmp_path / "x.png", normalize="auto"))
+    server, _ = build_case(RunConfig(image=tmp_path / "x.png", normalize="0.5,0.5,0.5/0.2,0.2,0.2"))
+    assert server.knowledge.mean == (0.5, 0.5, 0.5)
 
 
 def test_sweeps_take_normalize_in_base() -> None:

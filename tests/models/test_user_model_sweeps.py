@@ -73,3 +73,17 @@ def test_bad_entries_are_refused_before_any_cell_runs(
 def test_base_model_args_with_a_built_in_model_name_the_cell(faces: Path) -> None:
     with pytest.raises(GradleakError, match="cell attack idlg, model lenet.*built-in model"):
         parse_spec(_spec(faces, ["lenet", FACES], model_args={"width": 2}))
+
+
+def test_an_edited_model_file_is_a_new_cell(tmp_path: Path) -> None:
+    from gradleak.scenario.config import RunConfig
+    from gradleak.studies.cells import described_config
+
+    source = tmp_path / "net.py"
+    source.write_text("from torch import nn\n\ndef make():\n    return nn.Linear(4, 2)\n")
+    config = RunConfig(model=f"{source}:make")
+    before = described_config(config)
+    assert before["model_source"] and config.result_settings()["model_source"]
+    source.write_text("from torch import nn\n\ndef make():\n    return nn.Linear(4, 3)\n")
+    assert described_config(config)["model_source"] != before["model_source"]
+    assert "model_source" not in described_config(RunConfig(model="lenet"))

@@ -167,7 +167,10 @@ def test_unknown_attack_names_are_refused() -> None:
         check_attack_names(["rgap"])
 
 
-def test_overall_row_when_nothing_ran() -> None:
-    row = overall([AttackSummary("a", "", "failed", "boom")], [])
+def test_nothing_measured_is_said_and_fails_every_gate() -> None:
+    summaries = [AttackSummary("a", "", "failed", "boom")]
+    row = overall(summaries, [])
     assert row["items"] == 0 and row["recognisable"] is None
-    assert verdict(row, [], [Gate("psnr", 1.0)], "1 s").unmet == (Gate("psnr", 1.0),)
+    result = verdict(row, summaries, [Gate("psnr", 1.0)], "1 s")
+    assert result.level == "NOT MEASURED"
+    assert result.unmet == (Gate("psnr", 1.0),) and not result.passed

@@ -13,8 +13,6 @@ from gradleak.defenses import available_defenses
 
 # Exit code of an audit whose leakage exceeds a --fail-above limit (a CI gate's failure).
 EXIT_LEAKS = 1
-# The datasets --data names; anything else is a path to the user's own data.
-_NAMED = ("cifar10", "cifar100", "mnist")
 # --data of a language model that picks the bundled sentences.
 BUNDLED_TEXT = "bundled"
 
@@ -113,6 +111,11 @@ def add_audit(commands: flags.Commands) -> None:
         help="only these attacks (default: every one that applies): "
         + ", ".join(candidate_names()),
     )
+    flags.ITERATIONS.add(
+        p,
+        help="every optimisation attack's iterations (default: what the budget fits); fixed "
+        "iterations give the same scores run after run, for CI gates",
+    )
     flags.SEED.add(p, help="model init, the clients' noise and the attacks' starts (0)")
     flags.OUT.add(p, required=True, help="output folder")
     flags.OVERWRITE.add(p)
@@ -141,13 +144,16 @@ def _text_settings(data: str, root: Path | None) -> dict[str, object]:
 def _data_settings(data: str, root: Path | None) -> dict[str, object]:
     """--data as run settings: a named dataset, or the kind of data a path holds."""
     from gradleak.core.errors import GradleakError
-    from gradleak.data.loading import infer_dataset
+    from gradleak.data.loading import FILE_DATASETS, infer_dataset
+    from gradleak.scenario.config import DATASET_CHOICES
 
-    if data.lower() in _NAMED:
+    # A dataset's name, or else a path to the user's own data.
+    named = [name for name in DATASET_CHOICES if name not in FILE_DATASETS]
+    if data.lower() in named:
         return {"dataset": data.lower(), "data_root": root}
     if root is not None:
         raise GradleakError(
-            f"--data-root is for a named dataset ({', '.join(_NAMED)}); --data {data} is a "
+            f"--data-root is for a named dataset ({', '.join(named)}); --data {data} is a "
             "path already: drop --data-root"
         )
     path = Path(data)
@@ -170,7 +176,7 @@ def settings_from(args: argparse.Namespace):  # noqa: ANN201 - AuditSettings, im
     gates = tuple(parse_gate(text) for text in args.fail_above)
     priors = tuple(args.audit_priors or ())
     overrides = run_overrides(args)
-    overrides.pop("attack_options", None)
+    overrides.pop("attack_options", None)  # the audit sets each attack's options
     overrides.pop("progress", None)
     overrides.pop("out", None)
     # The run's own attack is a stand-in: the audit chooses its attacks per candidate.
@@ -189,6 +195,7 @@ def settings_from(args: argparse.Namespace):  # noqa: ANN201 - AuditSettings, im
         gates=gates,
         priors=priors,
         attacks=args.attacks,
+        iterations=args.iterations,
         out=args.out,
         progress=not args.no_progress,
     ).validate()

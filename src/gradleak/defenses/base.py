@@ -14,6 +14,7 @@ from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
 from gradleak.defenses.accounting import GaussianMechanism
+from gradleak.fl.local_training import LocalTraining
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,18 @@ class ClientView:
             batch's own size; None (the default) divides by len(batch). Under Poisson
             sampling the size of a batch depends on who is in the data, so DP-SGD averages
             over the expected size q·N instead, as Opacus does.
+        local: the client's local training (FedAvg's steps, mini-batches and rate); None
+            (the default) for a client that trains none (FedSGD). DP-SGD replays it.
+        start: the server's model the client's round started from (θ_start), which its
+            local training began at; None (the default) when not given. DP-SGD restarts
+            there to clip and noise every local step.
     """
 
     model: nn.Module
     batch: PrivateBatch
     expected_batch_size: int | None = None
+    local: LocalTraining | None = None
+    start: nn.Module | None = None
 
     @property
     def mean_over(self) -> int:

@@ -10,6 +10,14 @@ Training with Poisson-sampled batches divides by the expected batch size q·N in
 (`ClientView.expected_batch_size`), as Opacus does: the size of such a batch depends on
 who is in the data. An empty batch shares the noise alone.
 
+With FedAvg the client clips and noises every local step, as DP-SGD training does: the
+shared weight delta is recomputed by re-running the client's local training
+(`ClientView.local`: the same mini-batches, in the same order, and the same rate as
+`fl.local_training.local_sgd`) from the model its round started at (`ClientView.start`),
+each step descending the DP-SGD gradient of its mini-batch (clipped sum plus noise, divided
+by the mini-batch's size), and sharing θ' − θ_start. With σ = 0 and C above every
+per-sample norm this is the plain FedAvg delta. FedADMM increments are refused.
+
 The incoming update's values are ignored and replaced, so DP-SGD must come first in a
 chain of defenses (`dpsgd:1:0.5 prune:0.3`); a chain that gives it later, where it would
 throw away what ran before it, is refused (`ChainRole.replaces_update`). Only the incoming
@@ -21,8 +29,13 @@ GroupNorm (`opacus.validators.ModuleValidator.fix`); but the attacker holds the 
 model, with BatchNorm, so an update computed with GroupNorm would not be the gradient of
 the model under attack. Use a model without BatchNorm (lenet, mlp) instead.
 
-Each application is the sampled Gaussian mechanism of noise multiplier σ on the client's
-batch (`mechanism`); `accounting.privacy_spent` turns a run of such steps into (ε, δ).
+Each DP-SGD step is the sampled Gaussian mechanism of noise multiplier σ on the step's
+batch (`mechanism`); `accounting.privacy_spent` turns a run of such steps into (ε, δ). A
+FedSGD update is one step; a FedAvg update is one step per local step, so R rounds of S
+local steps are R·S steps for the accountant (`len(local.step_slices(n)) * rounds`). Its
+subsampling amplification assumes Poisson-sampled batches, which FedAvg's fixed walk of
+the client's samples is not: there the honest sample rate is 1 (or the fraction of the
+population the client's data is drawn from, if it is so sampled).
 """
 
 from __future__ import annotations
@@ -50,6 +63,7 @@ from gradleak.defenses.base import (
     require_client,
     with_tensors,
 )
+from gradleak.fl.local_training import local_sgd
 
 NAME = "dpsgd"
 USAGE = (
@@ -57,7 +71,10 @@ USAGE = (
     "multiplier (e.g. dpsgd:1.0:0.5)"
 )
 CLIP_RANGE = "a finite number > 0"
-HELP = "DP-SGD: recompute the gradient with per-sample clipping and Gaussian noise (Opacus)"
+HELP = (
+    "DP-SGD: recompute the update (FedSGD gradient or FedAvg local training) with per-sample "
+    "clipping and Gaussian noise on every step (Opacus)"
+)
 
 
 def _opacus(what: str) -> ModuleType:
@@ -81,10 +98,11 @@ def _check_sigma(sigma: float) -> None:
 
 @dataclass(frozen=True)
 class DPSGD:
-    """Replace the update by the DP-SGD gradient of the client's batch: clip C, noise σC.
+    """Replace the update by the DP-SGD one of the client's batch: clip C, noise σC.
 
-    Spelled `dpsgd:CLIP:SIGMA`. The update becomes (Σ_i clip_C(g_i) + N(0, σ²C²)) / B over
-    the B samples of the client's batch; see the top of this module. It replaces the
+    Spelled `dpsgd:CLIP:SIGMA`. A FedSGD gradient becomes (Σ_i clip_C(g_i) + N(0, σ²C²)) / B
+    over the B samples of the client's batch; a FedAvg weight delta becomes that of local
+    training with such a step per mini-batch; see the top of this module. It replaces the
     incoming update, so it comes first in a chain, and it runs the sampled Gaussian
     mechanism of noise multiplier σ.
 
@@ -126,26 +144,35 @@ class DPSGD:
         generator: torch.Generator,
         client: ClientView | None = None,
     ) -> SharedUpdate:
-        """Recompute the client's FedSGD gradient with per-sample clipping and noise.
+        """Recompute the client's update with per-sample clipping and noise on every step.
 
-        The incoming values are discarded; only the tensor names are used, and they must
-        be the client model's parameters. The noise is drawn from `generator` on its
-        device, tensor by tensor in the update's order, so a seed repeats it.
+        A FedSGD gradient becomes the DP-SGD gradient of the client's batch. A FedAvg weight
+        delta is recomputed by re-running the client's local training (`client.local`) from
+        the model its round started at (`client.start`), each local step descending the
+        DP-SGD gradient of that step's mini-batch (divided by the mini-batch's size), and
+        becomes θ' − θ_start. The incoming values are discarded; only the tensor names are
+        used, and they must be the client model's parameters. The noise is drawn from
+        `generator` on its device, step by step and tensor by tensor in the update's order,
+        so a seed repeats it.
 
         Args:
-            update: a gradient update of the client's model; left unchanged.
+            update: a gradient (FedSGD) or weight_delta (FedAvg) update of the client's
+                model; left unchanged.
             generator: the source of the Gaussian noise.
             client: the client's model (in its batch-norm mode, without BatchNorm layers)
-                and its batch, possibly empty; required. The noised sum is divided by its
-                `mean_over`.
+                and its batch, possibly empty; required. A gradient's noised sum is divided
+                by its `mean_over`. A weight delta also needs its `local` and `start`.
 
         Returns:
-            A new gradient update, each tensor the clipped, noised mean over the batch, with
-            `update`'s tensor order, metadata and buffers.
+            A new update of `update`'s kind, tensor order, metadata and buffers: the
+            clipped, noised mean gradient over the batch, or the weight delta of local
+            training with such steps.
 
         Raises:
             GradleakError: when `client` is None.
-            GradleakError: when `update` is not a gradient (FedAvg or FedADMM updates).
+            GradleakError: when `update` is an admm_increment (FedADMM).
+            GradleakError: when `update` is a weight_delta and `client` lacks the local
+                training or the start model, or gives an expected batch size.
             GradleakError: when the update's tensor names are not the model's parameters.
             GradleakError: when the opacus package is missing.
             GradleakError: when Opacus cannot take the model's per-sample gradients (BatchNorm).
@@ -154,10 +181,16 @@ class DPSGD:
                 dtype (σ·C above the dtype's largest value / 1000), naming the bound.
         """
         view = require_client(client, self.spec)
-        if update.kind is not UpdateKind.GRADIENT:
+        if update.kind is UpdateKind.ADMM_INCREMENT:
             raise GradleakError(
-                f"defense {self.spec!r} recomputes a FedSGD gradient and cannot replace a "
-                f"{update.kind.value} update; use it with the FedSGD protocol"
+                f"defense {self.spec!r} cannot replace an admm_increment update: DP-SGD is "
+                "not implemented for FedADMM; use it with the FedSGD or FedAvg protocol"
+            )
+        if update.kind is UpdateKind.WEIGHT_DELTA and (view.local is None or view.start is None):
+            raise GradleakError(
+                f"defense {self.spec!r} cannot replace a weight_delta update without the "
+                "client's local training and the model its round started from; give "
+                "ClientView(..., local=..., start=...)"
             )
         names = [name for name, _ in view.model.named_parameters()]
         if sorted(names) != sorted(update.tensors):
@@ -165,7 +198,7 @@ class DPSGD:
                 f"defense {self.spec!r}: the update's tensors are not the client model's "
                 "parameters; apply it to the update of the client whose model is given"
             )
-        if view.mean_over == 0:
+        if update.kind is UpdateKind.GRADIENT and view.mean_over == 0:
             raise GradleakError(
                 f"defense {self.spec!r} cannot average over an empty batch; give the client's "
                 "expected batch size (ClientView(..., expected_batch_size=q·N)) when batches "
@@ -175,23 +208,74 @@ class DPSGD:
         for name, parameter in view.model.named_parameters():
             if std > largest_noise_std(parameter.dtype):
                 raise self._overflow(name, parameter)
-        if len(view.batch):
-            per_sample = per_sample_gradients(view.model, view.batch.images, view.batch.labels)
+        if update.kind is UpdateKind.WEIGHT_DELTA:
+            return self._local_training(update, generator, view)
+        private = self._private_gradient(
+            view.model,
+            view.batch.images,
+            view.batch.labels,
+            list(update.tensors),
+            view.mean_over,
+            generator,
+        )
+        return with_tensors(update, private)
+
+    def _private_gradient(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        order: list[str],
+        mean_over: int,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """(Σ_i clip_C(g_i) + N(0, σ²C²)) / `mean_over` on (images, labels) at `model`.
+
+        The noise is drawn tensor by tensor in `order`; an empty batch gives the noise
+        alone. Fails when the noise turned a finite entry of the clipped sum non-finite.
+        """
+        if len(images):
+            per_sample = per_sample_gradients(model, images, labels)
             clipped_sum = _clipped_sum(per_sample, self.clip)
         else:  # a Poisson batch may be empty: the step shares the noise alone
-            params = view.model.named_parameters()
+            params = model.named_parameters()
             clipped_sum = {n: torch.zeros_like(p.detach()) for n, p in params}
+        std = self.noise_multiplier * self.clip
         private = {}
-        for name in update.tensors:  # the update's order fixes the order of the draws
+        for name in order:  # the update's order fixes the order of the draws
             total = clipped_sum[name]
             noise = torch.randn(
                 total.shape, dtype=total.dtype, device=generator.device, generator=generator
             )
-            private[name] = (total + std * noise.to(total.device)) / view.mean_over
-        shared = with_tensors(update, private)
+            private[name] = (total + std * noise.to(total.device)) / mean_over
         # A non-finite clipped sum is the client's own gradient; only the noise is ours.
-        check_no_overflow(clipped_sum, shared, self._overflow)
-        return shared
+        check_no_overflow(clipped_sum, SharedUpdate(private), self._overflow)
+        return private
+
+    def _local_training(
+        self, update: SharedUpdate, generator: torch.Generator, view: ClientView
+    ) -> SharedUpdate:
+        """FedAvg with DP-SGD steps: θ' − θ_start, θ' from `view.start` by `view.local`."""
+        assert view.local is not None and view.start is not None  # checked by `apply`
+        if view.expected_batch_size is not None:
+            raise GradleakError(
+                f"defense {self.spec!r} divides each local step by its mini-batch's size; "
+                "an expected batch size applies to FedSGD gradients only"
+            )
+        order = list(update.tensors)
+
+        def step_gradient(
+            model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+        ) -> dict[str, torch.Tensor]:
+            return self._private_gradient(model, images, labels, order, len(images), generator)
+
+        # The client's own copy of the start, in the client's batch-norm mode.
+        model = copy.deepcopy(view.start)
+        model.train(view.model.training)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        local_sgd(model, view.batch, view.local, gradient=step_gradient)
+        delta = {n: p.detach() - start[n] for n, p in model.named_parameters()}
+        return with_tensors(update, {name: delta[name] for name in order})
 
     def _overflow(self, name: str, tensor: torch.Tensor) -> GradleakError:
         """The one line for noise σ·C too large for `tensor`'s dtype, with the bound."""

@@ -24,6 +24,7 @@ class Client(Protocol):
     """
 
     model: nn.Module  # the client's own model after its last update (Soteria reads it)
+    server_model: nn.Module  # the server's model of its last round (DP-SGD restarts there)
 
     def compute_update(
         self, batch: PrivateBatch, server_model: nn.Module | None = None

@@ -102,6 +102,7 @@ class FedADMMClient:
     ) -> None:
         if not (rho > 0 and math.isfinite(rho)):
             raise GradleakError(f"ADMM penalty rho must be positive, got {rho}")
+        self.server_model = server_model
         self.local = local
         self.rho = float(rho)
         self.model_mode = model_mode
@@ -128,6 +129,7 @@ class FedADMMClient:
             An `admm_increment` update: the change of x + π/ρ over the round.
         """
         if server_model is not None:
+            self.server_model = server_model
             self.global_params = {n: p.detach().clone() for n, p in server_model.named_parameters()}
             own = dict(self.model.named_buffers())
             for name, buffer in server_model.named_buffers():  # buffers follow the server's

@@ -31,6 +31,7 @@ class FedSGDClient:
     def __init__(
         self, server_model: nn.Module, *, model_mode: str = "train", share_buffers: bool = False
     ) -> None:
+        self.server_model = server_model
         self.model = own_copy(server_model, model_mode)
         self.model_mode = model_mode
         self.share_buffers = share_buffers
@@ -48,6 +49,7 @@ class FedSGDClient:
             A `gradient` update with one tensor per named parameter.
         """
         if server_model is not None:
+            self.server_model = server_model
             self.model = own_copy(server_model, self.model_mode)
         grads = client_gradient(self.model, batch.images, batch.labels)
         return SharedUpdate(

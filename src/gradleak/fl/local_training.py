@@ -74,6 +74,9 @@ class LocalTraining:
 # The direction a local step descends for parameter `name` at `param` given its loss gradient
 # (FedADMM adds its dual and penalty terms); None: the plain gradient.
 StepDirection = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
+# The loss gradient of one local step, by parameter name, given the model and the step's
+# mini-batch (DP-SGD's clipped, noised one); None: `client_gradient`, the plain mean.
+StepGradient = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
 def local_sgd(
@@ -81,6 +84,7 @@ def local_sgd(
     batch: PrivateBatch,
     local: LocalTraining,
     direction: StepDirection | None = None,
+    gradient: StepGradient | None = None,
 ) -> None:
     """Train `model` in place: one SGD step of size `local.lr` per mini-batch of `local`.
 
@@ -89,10 +93,12 @@ def local_sgd(
         batch: the client's private samples, walked in order (`local.step_slices`).
         local: the local training.
         direction: what each step descends instead of the plain loss gradient.
+        gradient: each step's loss gradient instead of `client_gradient`'s (DP-SGD).
     """
     params = dict(model.named_parameters())
+    step_gradient = client_gradient if gradient is None else gradient
     for rows in local.step_slices(len(batch)):
-        grads = client_gradient(model, batch.images[rows], batch.labels[rows])
+        grads = step_gradient(model, batch.images[rows], batch.labels[rows])
         with torch.no_grad():
             for name, p in params.items():
                 step = grads[name] if direction is None else direction(name, p, grads[name])

@@ -278,6 +278,35 @@ def _plain(value: object) -> bool:
 # --- importing and calling the factory ---------------------------------------------------
 
 
+def factory_source_digest(name: str) -> str | None:
+    """A digest of the code a factory spec names, so an edited model is a new setting.
+
+    A file spec digests the file's bytes; a module spec the file of its module where
+    `importlib` finds one without importing it (a top-level module; for a dotted one only
+    its parent packages are imported, as any import of it would).
+
+    Args:
+        name: a factory spec.
+
+    Returns:
+        The SHA-256 hex digest of the source, or None where it cannot be read (building
+        the model then fails with its own one-line error).
+    """
+    spec = parse_factory_spec(name)
+    if spec.is_file:
+        path: str | None = spec.source
+    else:
+        try:
+            found = importlib.util.find_spec(spec.source)
+        except (ImportError, ValueError):
+            return None
+        path = None if found is None else found.origin
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except OSError:
+        return None
+
+
 def load_factory(name: str) -> Callable[..., Any]:
     """Import the module (or run the file) a spec names and return its factory.
 

@@ -104,7 +104,7 @@ def verdict_lines(result: AuditResult) -> list[str]:
             f"({GATE_KEYS[gate.key]})"
         )
     for gate in v.unmet:
-        lines.append(f"note: no attack produced {gate.key}, so --fail-above {gate} passes")
+        lines.append(f"FAIL: no attack produced {gate.key}, so --fail-above {gate} cannot pass")
     passed = [g for g in result.settings.gates if g not in v.failed and g not in v.unmet]
     for gate in passed:
         lines.append(f"pass: {gate.key} = {result.overall[gate.key]:.4g} ≤ {gate.limit:g}")

@@ -862,7 +862,12 @@ _AUDIT_CSS = (
     "ol.captions { font-size: 0.85rem; color: var(--muted); }\n"
 )
 # The verdict's colour on the page, by its level.
-_LEVEL_CLASS = {"LEAKS": "leaks", "LABELS LEAK": "labels", "NO LEAK FOUND": "none"}
+_LEVEL_CLASS = {
+    "LEAKS": "leaks",
+    "LABELS LEAK": "labels",
+    "NO LEAK FOUND": "none",
+    "NOT MEASURED": "labels",
+}
 
 
 def render_audit_page(page: Mapping[str, Any], out: Path) -> Path:

@@ -223,7 +223,8 @@ def _single_image(request: DataRequest) -> _Data:
     size = request.image_size or side
     image01 = load_image(Path(request.image), (size, size), channels)
     default = Normalization(stats.name, stats.mean, stats.std)
-    # --normalize auto: the statistics of this one image.
+    # --normalize auto is refused for one image (`RunConfig.validate`): its own statistics
+    # would describe the private image to the attacker.
     chosen = normalization(
         request.normalize, default, channels, lambda: pixel_statistics(image01.unsqueeze(0))
     )

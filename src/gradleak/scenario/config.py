@@ -29,7 +29,12 @@ from gradleak.fl.protocols import (
     get_protocol,
     local_training_for,
 )
-from gradleak.models.user import check_model_args, model_label
+from gradleak.models.user import (
+    check_model_args,
+    factory_source_digest,
+    is_factory_spec,
+    model_label,
+)
 
 DEFAULT_PROTOCOL = "fedsgd"
 DATASET_CHOICES = ("cifar10", "cifar100", "mnist", "folder", "list", "tensors")
@@ -121,6 +126,12 @@ class RunConfig:
         if self.normalize is not None and self.modality != "text":
             # The spelling and channel count now, before any work; `auto` is computed later.
             check_normalize(self.normalize, input_shape(self.dataset)[0])
+            if self.image is not None and self.normalize.strip().lower() == "auto":
+                # One image's own statistics, handed to the attacker, would describe it.
+                raise GradleakError(
+                    "--normalize auto computes statistics from a dataset; with one --image they "
+                    "would tell the attacker about that image: give MEAN/STD or a dataset's name"
+                )
         if self.model_mode not in MODEL_MODES:
             raise GradleakError(
                 f"model_mode {self.model_mode!r} is not one of: {', '.join(MODEL_MODES)}"
@@ -253,6 +264,10 @@ class RunConfig:
         if not settings["model_args"]:
             # Absent rather than empty, so runs without a factory keep their digests.
             del settings["model_args"]
+        if is_factory_spec(self.model):
+            # A factory's code is part of the setting: a sweep re-runs the cells of an
+            # edited model file instead of reusing their results.
+            settings["model_source"] = factory_source_digest(self.model)
         if settings["normalize"] is None:
             # Likewise absent, so runs with their dataset's statistics keep their digests.
             del settings["normalize"]

@@ -124,8 +124,10 @@ def attacked_view(plan: RunPlan) -> tuple[Case, SharedUpdate, ServerView]:
     generator = torch.Generator().manual_seed(plan.seed)
 
     def defend(update: SharedUpdate, member: Client, batch: PrivateBatch) -> SharedUpdate:
-        # Each client defends its own update before sharing it.
-        return apply_defenses(update, plan.defenses, generator, ClientView(member.model, batch))
+        # Each client defends its own update before sharing it; DP-SGD re-runs its local
+        # training from the round's server model.
+        view = ClientView(member.model, batch, local=plan.protocol.local, start=member.server_model)
+        return apply_defenses(update, plan.defenses, generator, view)
 
     shared = simulate(server.model, client.batch, plan.protocol, defend)
     # The attacker holds the server's model of the attacked round and what is granted; the

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import write_atomically
 from gradleak.core.settings import to_plain
+from gradleak.models.user import factory_source_digest, is_factory_spec
 from gradleak.studies.lock import process_alive, this_host
 
 METRICS = "metrics.json"  # what every run directory holds once its run has ended
@@ -57,11 +58,16 @@ def described_config(config: object) -> dict[str, Any]:
     Returns:
         Its fields as JSON-able values, without `out` (where the run is written),
         `progress` (whether a bar is shown) and `device` (where tensors compute: a cell
-        finished on one device is reused on another).
+        finished on one device is reused on another); with a factory model, the digest of
+        its source (`model_source`).
     """
     plain = to_plain(config)
     for key in ("out", "progress", "device"):
         plain.pop(key, None)
+    model = plain.get("model")
+    if is_factory_spec(model):
+        # The user's model code is part of the cell: an edited file makes its cells run again.
+        plain["model_source"] = factory_source_digest(str(model))
     return plain
 
 

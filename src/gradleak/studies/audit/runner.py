@@ -29,9 +29,11 @@ from tqdm.auto import tqdm
 from gradleak import attacks
 from gradleak.attacks.engine.hooks import Observer, deadline_observer
 from gradleak.attacks.reconstruction import Reconstruction
+from gradleak.core.device import module_device
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
 from gradleak.data import open_images
+from gradleak.data.text import BUNDLED_SENTENCES, read_sentences
 from gradleak.metrics import Evaluation
 from gradleak.metrics.image import mse, ssim, ssim_supported
 from gradleak.metrics.text import TextEvaluation
@@ -162,21 +164,52 @@ class _Clock:
         return time.monotonic() - self.start
 
 
-def _samples(settings: AuditSettings) -> list[AuditSample]:
-    """Simulate one client update per sample: images i·n … i·n + n − 1 for sample i."""
+def _samples(settings: AuditSettings, clock: _Clock) -> list[AuditSample]:
+    """Simulate one client update per sample, each from its own private items.
+
+    Images are drawn without replacement in a seeded order (`draw_indices`), so that the
+    updates of data stored class by class hold several classes, as real clients' do.
+    """
     run = settings.run
     # The run's attack is only a stand-in for planning (the audit picks its attacks).
     stand_in = STAND_IN[run.modality]
+    draws = draw_indices(settings)
     samples = []
-    for i in range(settings.samples):
-        start = i * run.total_samples
-        config = dataclasses.replace(run, attack=stand_in, indices=(start,), attack_options={})
+    for i, indices in enumerate(draws):
+        config = dataclasses.replace(
+            run, attack=stand_in, indices=tuple(indices), attack_options={}
+        )
         # The model is the same for every sample (it is seeded by the run's seed); each
         # client draws its own noise (defenses) from its own seed.
         plan = dataclasses.replace(plan_run(config), seed=run.seed + i)
         case, update, view = attacked_view(plan)
         samples.append(AuditSample(i, case, update, view, tuple(plan.data.indices)))
+        _check_budget(clock, settings, clock.elapsed())
     return samples
+
+
+def draw_indices(settings: AuditSettings) -> list[list[int]]:
+    """The dataset indices of each sample's private items.
+
+    Images: a seeded permutation of the dataset (`--seed`), cut into samples of batch size ×
+    users items. Text: consecutive sentences, as `gradleak attack` takes them.
+
+    Raises:
+        GradleakError: the data holds fewer items than the samples need.
+    """
+    run = settings.run
+    n = run.total_samples
+    if run.modality != "image":
+        return [list(range(i * n, (i + 1) * n)) for i in range(settings.samples)]
+    size = len(open_images(run.dataset, run.data_root, run.split, run.image_size))
+    need = settings.samples * n
+    if need > size:
+        raise GradleakError(
+            f"{settings.samples} samples of {n} images need {need} images but the data holds "
+            f"{size}; give fewer --samples or a smaller --batch-size"
+        )
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(run.seed)).tolist()
+    return [order[i * n : (i + 1) * n] for i in range(settings.samples)]
 
 
 def _check_budget(clock: _Clock, settings: AuditSettings, setup: float) -> None:
@@ -268,23 +301,19 @@ def _score_attack(
     name: str,
     samples: Sequence[AuditSample],
     results: Sequence[Reconstruction],
-    mean_image: torch.Tensor | None,
+    baseline: Baseline,
 ) -> tuple[list[ItemScore], list[Shown]]:
     """Score each sample's reconstruction item by item; also the pictures to show."""
     items: list[ItemScore] = []
     shown: list[Shown] = []
-    scored = [
-        (sample, r, score(sample.view, sample.case.client.batch, r))
-        for sample, r in zip(samples, results, strict=False)
-    ]
-    if mean_image is None:
-        truths = [row["truth"] for _, _, e in scored for row in e.per_sequence]
-        words = _frequent_words(truths)
-    for sample, reconstruction, evaluation in scored:
-        if mean_image is None:
-            found, pictures = _text_items(name, sample, evaluation, words)
+    for sample, reconstruction in zip(samples, results, strict=False):
+        evaluation = score(sample.view, sample.case.client.batch, reconstruction)
+        if baseline.mean_image is None:
+            found, pictures = _text_items(name, sample, evaluation, baseline.words)
         else:
-            found, pictures = _image_items(name, sample, reconstruction, evaluation, mean_image)
+            found, pictures = _image_items(
+                name, sample, reconstruction, evaluation, baseline.mean_image
+            )
         items.extend(found)
         shown.extend(pictures)
     return items, shown
@@ -363,16 +392,45 @@ def _baseline_scores(
     return [None] * len(errors), errors
 
 
-def _mean_image(settings: AuditSettings, shape: tuple[int, ...]) -> torch.Tensor:
-    """The mean of up to `_BASELINE_IMAGES` images of the audited dataset, at the model's size."""
+@dataclass(frozen=True)
+class Baseline:
+    """The no-information baseline, built from data the attacked items are not part of.
+
+    Attributes:
+        mean_image: images: the mean of the other images of the dataset, C×H×W in [0, 1]
+            (mid grey where the dataset holds no other image).
+        words: text: the other sentences' words, most frequent first.
+    """
+
+    mean_image: torch.Tensor | None = None
+    words: tuple[str, ...] = ()
+
+
+def baseline_for(settings: AuditSettings, samples: Sequence[AuditSample]) -> Baseline:
+    """The baseline of the audited data, leaving out every attacked item."""
+    attacked = {i for s in samples for i in s.data_indices}
+    first = samples[0].view.knowledge
+    if first.modality == "image":
+        return Baseline(mean_image=_mean_image(settings, tuple(first.data_shape), attacked))
     run = settings.run
-    side = shape[-1]
+    lines = read_sentences(run.text_file or BUNDLED_SENTENCES) if not run.texts else []
+    others = [line for i, line in enumerate(lines) if i not in attacked]
+    return Baseline(words=tuple(_frequent_words(others)))
+
+
+def _mean_image(
+    settings: AuditSettings, shape: tuple[int, ...], attacked: set[int]
+) -> torch.Tensor:
+    """The mean of up to `_BASELINE_IMAGES` other images of the dataset, at the model's size."""
+    run = settings.run
     images = open_images(run.dataset, run.data_root, run.split, run.image_size)
     if images.size != tuple(shape[-2:]):
-        images = open_images(run.dataset, run.data_root, run.split, side)
-    count = len(images)
-    step = max(1, count // _BASELINE_IMAGES)
-    indices = list(range(0, count, step))[:_BASELINE_IMAGES]
+        images = open_images(run.dataset, run.data_root, run.split, shape[-1])
+    others = [i for i in range(len(images)) if i not in attacked]
+    if not others:  # nothing else to learn the data's look from: knowing nothing is grey
+        return torch.full(shape, 0.5)
+    step = max(1, len(others) // _BASELINE_IMAGES)
+    indices = others[::step][:_BASELINE_IMAGES]
     total = torch.zeros(shape)
     for first in range(0, len(indices), 256):
         pixels, _ = images.pixels(indices[first : first + 256])
@@ -406,15 +464,12 @@ def run_audit(settings: AuditSettings) -> AuditResult:
     """
     settings = settings.validate()
     clock = _Clock(settings.budget)
-    samples = _samples(settings)
+    samples = _samples(settings, clock)
     setup = clock.elapsed()
-    _check_budget(clock, settings, setup)
     first = samples[0]
     target = AuditTarget(first.view.model, first.view.knowledge, first.update.kind, settings.priors)
     chosen = select_attacks(target, settings.attacks)
-    # The no-information baseline images are scored against: the dataset's mean image.
-    image = first.view.knowledge.modality == "image"
-    mean_image = _mean_image(settings, tuple(first.view.knowledge.data_shape)) if image else None
+    baseline = baseline_for(settings, samples)
     summaries: list[AttackSummary] = []
     items: list[ItemScore] = []
     shown: list[Shown] = []
@@ -442,7 +497,7 @@ def run_audit(settings: AuditSettings) -> AuditResult:
             bar.set_postfix_str(f"{selected.candidate.attack}, {max(0.0, clock.left()):.0f} s left")
             weights_left = sum(c.candidate.weight for c in chosen[k:] if c.attack is not None)
             summary, found, pictures, stop = _run_one(
-                selected, target, samples, settings.run.seed, clock, weights_left, mean_image
+                selected, target, samples, settings, clock, weights_left, baseline
             )
             summaries.append(summary)
             items.extend(found)
@@ -487,7 +542,7 @@ def run_audit(settings: AuditSettings) -> AuditResult:
         interrupted=interrupted,
         worst=worst,
         description=_describe(settings, first),
-        device=str(next(first.view.model.parameters()).device),
+        device=str(module_device(first.view.model)),
     )
 
 
@@ -495,10 +550,10 @@ def _run_one(
     selected: Selected,
     target: AuditTarget,
     samples: Sequence[AuditSample],
-    seed: int,
+    settings: AuditSettings,
     clock: _Clock,
     weights_left: float,
-    mean_image: torch.Tensor | None,
+    baseline: Baseline,
 ) -> tuple[AttackSummary, list[ItemScore], list[Shown], bool]:
     """Run one selected attack on every sample; (summary, items, pictures, interrupted)."""
     attack = selected.attack
@@ -511,24 +566,20 @@ def _run_one(
         options=_plain(dict(candidate.options(target))),
     )
     start = time.monotonic()
+    seed = settings.run.seed
     try:
         optimizer = _optimizer(attack)
         if optimizer is None:
             results = _reconstruct(attack, samples, seed, lambda _: None)
         else:
             share = clock.left() * (candidate.weight / weights_left if weights_left > 0 else 1.0)
-            if optimizer in _SCHEDULED:
-                iterations, spent = _plan_iterations(attack, samples, seed, share)
-            else:  # no schedule to fit: run the preset and let the deadline end it
-                iterations, spent = attack.config.iterations, 0.0
-                if hasattr(attack.config, "lbfgs_max_hours"):  # the deadline is the bound
-                    attack = attack.with_options({"lbfgs_max_hours": 0})
+            iterations, spent, attack = _iterations_for(attack, optimizer, samples, settings, share)
             minimum = MIN_ITERATIONS.get(optimizer, 1)
             if iterations < minimum:
                 summary.status = "skipped"
                 summary.reason = (
-                    f"its share of the budget ({share:.0f} s) fits {iterations} iterations, "
-                    f"fewer than {minimum}; give a larger --budget or fewer --samples"
+                    f"its share of the budget ({max(share, 0.0):.0f} s) fits {iterations} "
+                    f"iterations, fewer than {minimum}; give a larger --budget or fewer --samples"
                 )
                 summary.seconds = time.monotonic() - start
                 return summary, [], [], False
@@ -536,7 +587,6 @@ def _run_one(
             attack = attack.with_options(
                 {"iterations": iterations, "log_every": _LOG_EVERY.get(optimizer, 10)}
             )
-            summary.iterations = iterations
             begin, rest = time.monotonic(), share - spent
             per_sample = rest / len(samples)
 
@@ -545,19 +595,45 @@ def _run_one(
                 return deadline_observer(begin + per_sample * i)
 
             results = _reconstruct(attack, samples, seed, deadline)
+        summary.iterations = max((r.iterations for r in results), default=0)
+        interrupted = any(r.interrupted for r in results)
+        if any(r.stopped for r in results) and not interrupted:
+            summary.status = "stopped"
+            summary.reason = "the budget ended it before its planned iterations"
+        items, pictures = _score_attack(candidate.attack, samples, results, baseline)
     except GradleakError as exc:
         return _failed(summary, str(exc), start), [], [], False
-    except (RuntimeError, ValueError) as exc:  # a model or an attack that breaks: reported
+    except Exception as exc:  # noqa: BLE001 - the user's model or an attack broke: reported
         return _failed(summary, f"{type(exc).__name__}: {exc}", start), [], [], False
     summary.seconds = time.monotonic() - start
-    interrupted = any(r.interrupted for r in results)
-    if any(r.stopped for r in results) and not interrupted:
-        summary.status = "stopped"
-        summary.reason = "the budget ended it before its planned iterations"
-    items, pictures = _score_attack(candidate.attack, samples, results, mean_image)
     summary.items = len(items)
     summary.scores = summarise(items)
     return summary, items, pictures, interrupted
+
+
+def _iterations_for(
+    attack: attacks.Attack,
+    optimizer: str,
+    samples: Sequence[AuditSample],
+    settings: AuditSettings,
+    share: float,
+) -> tuple[int, float, attacks.Attack]:
+    """The iterations an optimisation attack gets, the time spent finding them, the attack.
+
+    With `--iterations` every optimisation attack runs that many (the budget still ends
+    it); else Adam gets what its timed share fits and L-BFGS its preset, ended by its
+    deadline.
+    """
+    if hasattr(attack.config, "lbfgs_max_hours"):  # the deadline is the bound
+        attack = attack.with_options({"lbfgs_max_hours": 0})
+    if settings.iterations is not None:
+        return settings.iterations, 0.0, attack
+    if optimizer not in _SCHEDULED:
+        return attack.config.iterations, 0.0, attack
+    if share <= 0:
+        return 0, 0.0, attack
+    iterations, spent = _plan_iterations(attack, samples, settings.run.seed, share)
+    return iterations, spent, attack
 
 
 def _failed(summary: AttackSummary, reason: str, start: float) -> AttackSummary:

@@ -226,10 +226,11 @@ class Verdict:
     """The audit's answer in one word and one sentence, and the gates' results.
 
     Attributes:
-        level: "LEAKS", "LABELS LEAK" or "NO LEAK FOUND".
+        level: "LEAKS", "LABELS LEAK", "NO LEAK FOUND" or "NOT MEASURED" (no attack ran).
         summary: one sentence saying why.
         failed: the gates whose score exceeded their limit.
-        unmet: gates whose score no attack produced (they pass, and say so).
+        unmet: gates whose score no attack produced. They fail too: a gate that measured
+            nothing cannot vouch for the setup.
     """
 
     level: str
@@ -239,7 +240,7 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.unmet
 
 
 def verdict(
@@ -259,7 +260,10 @@ def verdict(
     ran = [a.attack for a in attacks if a.ran]
     recognisable = row.get("recognisable") or 0.0
     items = row.get("items", 0)
-    if recognisable > 0:
+    if not ran or not items:
+        level = "NOT MEASURED"
+        summary = "no attack ran, so the audit measured nothing; see why each did not run"
+    elif recognisable > 0:
         count = round(recognisable * items)
         best = row["by"].get("worst-leakage", "an attack")
         level = "LEAKS"

@@ -21,6 +21,7 @@ _UNITS: Mapping[str, float] = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 _BUDGET = re.compile(r"\s*(?P<value>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[smh]?)\s*", re.IGNORECASE)
 MAX_BUDGET_SECONDS = 7 * 24 * 3600.0
 MAX_SAMPLES = 1000
+MAX_ITERATIONS = 1_000_000
 DEFAULT_BUDGET_SECONDS = 600.0
 DEFAULT_SAMPLES = 4
 
@@ -78,6 +79,11 @@ GATE_KEYS: Mapping[str, str] = {
     "exact": "text: fraction of sentences some attack recovers exactly",
     "rouge1": "text: median ROUGE-1 of the sentences, under the attack that leaks most",
 }
+# The gate keys each kind of data has scores for.
+GATE_MODALITIES: Mapping[str, frozenset[str]] = {
+    "image": frozenset(GATE_KEYS) - {"exact", "rouge1"},
+    "text": frozenset({"recognisable", "leakage", "labels", "exact", "rouge1"}),
+}
 
 
 def parse_gate(text: str) -> Gate:
@@ -124,6 +130,9 @@ class AuditSettings:
         priors: image priors for Inverting Gradients (empty: the strongest the model
             allows, see `selection.py`).
         attacks: the attacks to run (empty: every one that applies).
+        iterations: every optimisation attack's iterations (None: what the budget fits);
+            fixed iterations make the scores repeat run after run, as long as the budget
+            does not end an attack first.
         out: the output folder.
         progress: show a progress bar.
     """
@@ -134,6 +143,7 @@ class AuditSettings:
     gates: tuple[Gate, ...] = ()
     priors: tuple[str, ...] = ()
     attacks: tuple[str, ...] = ()
+    iterations: int | None = None
     out: Path = Path("audit")
     progress: bool = True
 
@@ -161,4 +171,16 @@ class AuditSettings:
         check_attack_names(self.attacks)
         parse_priors(self.priors)
         self.run.validate()
+        scored = GATE_MODALITIES[self.run.modality]
+        for gate in self.gates:
+            if gate.key not in scored:
+                keys = ", ".join(k for k in GATE_KEYS if k in scored)
+                raise GradleakError(
+                    f"--fail-above {gate}: an audit of {self.run.modality} data has no "
+                    f"{gate.key} score; use one of: {keys}"
+                )
+        if self.iterations is not None and not 1 <= self.iterations <= MAX_ITERATIONS:
+            raise GradleakError(
+                f"--iterations must be in 1..{MAX_ITERATIONS}, got {self.iterations}"
+            )
         return self
