@@ -139,7 +139,7 @@ def test_attacks_follow_the_model_and_the_update() -> None:
         s.candidate.attack: s for s in select_attacks(AuditTarget(cnn, _knowledge(), gradient))
     }
     assert on_cnn["analytic"].attack is None
-    assert "not read by a Linear" in str(on_cnn["analytic"].reason)
+    assert "does not read the flattened image" in str(on_cnn["analytic"].reason)
     assert strongest_priors(AuditTarget(cnn, _knowledge(), gradient)) == ("tv", "bn")
     assert strongest_priors(AuditTarget(mlp, _knowledge(), gradient)) == ("tv",)
     big = nn.Sequential(nn.Flatten(), nn.Linear(192, DLG_MAX_PARAMETERS // 192 + 1))

@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from gradleak import attacks
+from gradleak.attacks.base import ModelChecked
 from gradleak.attacks.matching.priors import batch_norm_layers
 from gradleak.attacks.registry import check_readable
 from gradleak.core.errors import GradleakError
@@ -52,7 +53,9 @@ class Candidate:
         purpose: why it is in the audit, in a few words.
         weight: its share of the time budget relative to the others (0: a closed form that
             takes no budget to speak of).
-        applies: the target → None when the attack applies, else the reason it does not.
+        applies: the target → None when the audit should run the attack, else the reason
+            it should not; the attack's own `check_model` and the update kinds it reads
+            are checked as well.
         options: the target → the attack's options in the audit.
     """
 
@@ -64,21 +67,7 @@ class Candidate:
     options: Callable[[AuditTarget], Mapping[str, Any]]
 
 
-def _first_layer(model: nn.Module) -> nn.Module | None:
-    """The first module (in registration order) that holds parameters of its own."""
-    for module in model.modules():
-        if any(True for _ in module.parameters(recurse=False)):
-            return module
-    return None
-
-
 def _always(target: AuditTarget) -> str | None:
-    return None
-
-
-def _analytic_applies(target: AuditTarget) -> str | None:
-    if not isinstance(_first_layer(target.model), nn.Linear):
-        return "the model's input is not read by a Linear layer"
     return None
 
 
@@ -136,7 +125,7 @@ CANDIDATES: tuple[Candidate, ...] = (
         "image",
         "closed form: exact input of a first Linear layer",
         0.0,
-        _analytic_applies,
+        _always,  # the attack's own check_model says whether a Linear reads the image
         _no_options,
     ),
     Candidate(
@@ -233,6 +222,9 @@ def select_attacks(target: AuditTarget, only: Sequence[str] = ()) -> list[Select
             try:
                 attack = attacks.get(candidate.attack).with_options(candidate.options(target))
                 check_readable(candidate.attack, attack.reads, target.kind)
+                if isinstance(attack, ModelChecked):  # an attack that serves only some models
+                    knowledge = target.knowledge
+                    attack.check_model(target.model, knowledge.data_shape, knowledge.batch_size)
             except GradleakError as exc:
                 attack, reason = None, str(exc)
         chosen.append(Selected(candidate, attack, reason))
