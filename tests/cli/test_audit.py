@@ -41,6 +41,7 @@ def test_gate_fails_the_undefended_setup_and_passes_the_defended_one(
     assert analytic["scores"]["leakage"] == pytest.approx(1.0, abs=1e-6)
     assert record["overall"]["recognisable"] == 1.0 and record["overall"]["items"] == 2
     assert {a["attack"]: a["status"] for a in record["attacks"]} == {
+        "labels": "skipped",
         "analytic": "ran",
         "dlg": "skipped",
         "ig": "skipped",
@@ -115,7 +116,7 @@ def test_an_interrupted_audit_writes_what_it_attacked(
     record = json.loads((out / "audit.json").read_text())
     assert record["interrupted"]
     status = {a["attack"]: a["status"] for a in record["attacks"]}
-    assert status == {"analytic": "ran", "dlg": "skipped", "ig": "skipped"}
+    assert status == {"labels": "ran", "analytic": "ran", "dlg": "skipped", "ig": "skipped"}
 
 
 @pytest.mark.parametrize(
@@ -256,3 +257,12 @@ def test_a_tensor_file_with_labels_beyond_the_model_is_refused(
     assert cli_exit([*argv, "--samples", "4", "--out", str(tmp_path / "a")]) == 2
     assert "classes" in one_line_error(capsys)
     assert not (tmp_path / "a").exists()
+
+
+def test_one_sample_updates_give_every_label_away(tmp_path: Path) -> None:
+    # iDLG's reading is exact for one sample: the one negative last-layer bias gradient.
+    out = tmp_path / "a"
+    argv = ["audit", "--model", "lenet", "--data", "cifar10", "--attacks", "labels"]
+    assert cli_exit([*argv, "--samples", "4", "--out", str(out), "--no-progress"]) == 0
+    record = json.loads((out / "audit.json").read_text())
+    assert record["overall"]["labels"] == 1.0 and record["verdict"]["level"] == "LABELS LEAK"

@@ -133,7 +133,8 @@ def test_attacks_follow_the_model_and_the_update() -> None:
     names = {
         s.candidate.attack: s for s in select_attacks(AuditTarget(mlp, _knowledge(), gradient))
     }
-    assert list(names) == ["analytic", "dlg", "ig"]  # text attacks are not listed for images
+    # Text attacks are not listed for images.
+    assert list(names) == ["labels", "analytic", "dlg", "ig"]
     assert all(s.attack is not None for s in names.values())
     on_cnn = {
         s.candidate.attack: s for s in select_attacks(AuditTarget(cnn, _knowledge(), gradient))

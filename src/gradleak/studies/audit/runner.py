@@ -41,6 +41,7 @@ from gradleak.scenario.case import Case, ServerView
 from gradleak.scenario.observe import score
 from gradleak.scenario.plan import plan_run
 from gradleak.scenario.run import attacked_view
+from gradleak.studies.audit.labels import LabelReading
 from gradleak.studies.audit.scores import (
     AttackSummary,
     ItemScore,
@@ -53,6 +54,7 @@ from gradleak.studies.audit.scores import (
 )
 from gradleak.studies.audit.selection import AuditTarget, Selected, select_attacks
 from gradleak.studies.audit.settings import AuditSettings
+from gradleak.studies.labels import score_labels
 
 # An attack every update of the modality can be planned with (plan_run needs one).
 STAND_IN = {"image": "ig", "text": "tokens"}
@@ -567,6 +569,8 @@ def _run_one(
     )
     start = time.monotonic()
     seed = settings.run.seed
+    if isinstance(attack, LabelReading):
+        return _read_labels(attack, summary, samples, start), [], [], False
     try:
         optimizer = _optimizer(attack)
         if optimizer is None:
@@ -609,6 +613,26 @@ def _run_one(
     summary.items = len(items)
     summary.scores = summarise(items)
     return summary, items, pictures, interrupted
+
+
+def _read_labels(
+    reading: LabelReading, summary: AttackSummary, samples: Sequence[AuditSample], start: float
+) -> AttackSummary:
+    """Read every update's labels and score them as multisets (there are no images)."""
+    shares = []
+    try:
+        for s in samples:
+            predicted = reading.read(s.update, s.view.model, s.view.knowledge)
+            truth = s.case.client.batch.labels
+            shares.append(score_labels(predicted.cpu(), truth.cpu(), s.view.knowledge.num_classes))
+    except GradleakError as exc:
+        return _failed(summary, str(exc), start)
+    except Exception as exc:  # noqa: BLE001 - the user's model broke: reported
+        return _failed(summary, f"{type(exc).__name__}: {exc}", start)
+    summary.seconds = time.monotonic() - start
+    summary.items = sum(len(s.data_indices) for s in samples)
+    summary.scores = {"labels": sum(x.count_accuracy for x in shares) / len(shares)}
+    return summary
 
 
 def _iterations_for(

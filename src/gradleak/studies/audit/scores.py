@@ -260,7 +260,7 @@ def verdict(
     ran = [a.attack for a in attacks if a.ran]
     recognisable = row.get("recognisable") or 0.0
     items = row.get("items", 0)
-    if not ran or not items:
+    if not ran:
         level = "NOT MEASURED"
         summary = "no attack ran, so the audit measured nothing; see why each did not run"
     elif recognisable > 0:

@@ -20,6 +20,7 @@ from gradleak.attacks.registry import check_readable
 from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import Knowledge
 from gradleak.core.update import UpdateKind
+from gradleak.studies.audit.labels import LabelReading
 
 # DLG's L-BFGS costs about twenty double-backward passes a step: beyond this many parameters
 # it does not get anywhere within an audit's budget, and IG covers the model instead.
@@ -53,6 +54,7 @@ class Candidate:
         purpose: why it is in the audit, in a few words.
         weight: its share of the time budget relative to the others (0: a closed form that
             takes no budget to speak of).
+        make: builds the attack where it is not a registry attack (the label reading).
         applies: the target → None when the audit should run the attack, else the reason
             it should not; the attack's own `check_model` and the update kinds it reads
             are checked as well.
@@ -65,6 +67,7 @@ class Candidate:
     weight: float
     applies: Callable[[AuditTarget], str | None]
     options: Callable[[AuditTarget], Mapping[str, Any]]
+    make: Callable[[], Any] | None = None  # None: the registry's attack of that name
 
 
 def _always(target: AuditTarget) -> str | None:
@@ -119,7 +122,29 @@ def _no_options(target: AuditTarget) -> Mapping[str, Any]:
     return {}
 
 
+def _labels_apply(target: AuditTarget) -> str | None:
+    if label_strategy(target) == "optimize":
+        return (
+            "the labels of a batch's weight change are not read in closed form; DLG and IG "
+            "optimise them with the images"
+        )
+    return None
+
+
+def _label_options(target: AuditTarget) -> Mapping[str, Any]:
+    return {"label_strategy": label_strategy(target)}
+
+
 CANDIDATES: tuple[Candidate, ...] = (
+    Candidate(
+        "labels",
+        "image",
+        "label recovery alone, from the update's last layer",
+        0.0,
+        _labels_apply,
+        _label_options,
+        LabelReading,
+    ),
     Candidate(
         "analytic",
         "image",
@@ -220,7 +245,8 @@ def select_attacks(target: AuditTarget, only: Sequence[str] = ()) -> list[Select
         attack = None
         if reason is None:
             try:
-                attack = attacks.get(candidate.attack).with_options(candidate.options(target))
+                made = attacks.get(candidate.attack) if candidate.make is None else candidate.make()
+                attack = made.with_options(candidate.options(target))
                 check_readable(candidate.attack, attack.reads, target.kind)
                 if isinstance(attack, ModelChecked):  # an attack that serves only some models
                     knowledge = target.knowledge
