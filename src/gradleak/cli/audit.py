@@ -29,7 +29,7 @@ def add_audit(commands: flags.Commands) -> None:
         "every attack that applies to it within the time budget (label recovery, analytic "
         "reconstruction where a Linear layer reads the input, DLG on small models, Inverting "
         "Gradients with the strongest prior, text attacks on language models), score what "
-        "each recovers against the originals and the dataset's mean image, and give a "
+        "each recovers against the originals and the mean of the data's other images, and give a "
         "verdict. Writes OUT/audit.json, audit.md, audit.html and worst.png; prints the "
         "verdict table. With --fail-above it exits 1 when the leakage exceeds a limit.",
     )
