@@ -3,6 +3,7 @@
 # examples/faces_model.py on ../shared/data/lfw, FedSGD and FedAvg, with and without DP-SGD.
 # About 12 minutes on 2 CPU cores. Run from the repository root; results go to OUT.
 set -u
+GRADLEAK=${GRADLEAK:-.venv/bin/gradleak}
 OUT=${1:-bench/audit}
 M="--model examples/faces_model.py:make_model --data ../shared/data/lfw --samples 4"
 M="$M --budget 2m --fail-above recognisable=0.1 --no-progress --overwrite"
@@ -13,7 +14,7 @@ run() {
     name=$1
     shift
     echo "== $name: $*"
-    gradleak audit $M "$@" --out "$OUT/$name"
+    "$GRADLEAK" audit $M "$@" --out "$OUT/$name"
     echo "exit $?"
 }
 run fedsgd
