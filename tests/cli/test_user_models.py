@@ -230,3 +230,22 @@ def test_a_sweep_refuses_a_bad_model_entry_with_its_line(
     assert cli_exit(["sweep", str(spec), "--out", str(tmp_path / "s"), "--no-progress"]) == 2
     line = one_line_error(capsys)
     assert f"{spec}, line 4: models entry sets 'width'" in line
+
+
+def test_a_grey_model_reads_the_folder_as_grey_images(faces: Path, tmp_path: Path) -> None:
+    # The example model with in_channels=1: the RGB photos are read as grey, at its 32×32.
+    out = tmp_path / "grey"
+    argv = ["attack", "--model", FACES, "--model-arg", "in_channels=1", "--model-arg"]
+    argv += ["num_classes=3", "--dataset", "folder", "--data-root", str(faces)]
+    assert cli_exit([*argv, "--out", str(out), *QUICK]) == 0
+    metrics = _metrics(out)
+    assert metrics["threat_model"]["data_shape"] == [1, 32, 32]
+    # The statistics of grey photos: the photo statistics averaged over the channels.
+    assert len(metrics["threat_model"]["mean"]) == 1
+    audit = tmp_path / "audit"
+    argv = ["audit", "--model", FACES, "--model-arg", "in_channels=1", "--model-arg"]
+    argv += ["num_classes=3", "--data", str(faces), "--attacks", "labels,ig", "--iterations"]
+    argv += ["3", "--samples", "2", "--budget", "60s", "--out", str(audit), "--no-progress"]
+    assert cli_exit(argv) == 0
+    record = json.loads((audit / "audit.json").read_text())
+    assert {a["attack"]: a["status"] for a in record["attacks"]}["ig"] == "ran"

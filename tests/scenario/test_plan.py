@@ -28,7 +28,7 @@ def no_data_access(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     """Record every attempt of the case builder to open a dataset (and refuse it)."""
     calls: list[tuple[Any, ...]] = []
 
-    def refuse(*args: Any) -> None:
+    def refuse(*args: Any, **options: Any) -> None:
         calls.append(args)
         raise GradleakError("data was read")
 

@@ -179,7 +179,12 @@ def _load_data(request: DataRequest) -> _Data:
     if request.image is not None:
         return _single_image(request)
     images = open_images(
-        request.dataset, request.data_root, request.split, request.image_size, request.normalize
+        request.dataset,
+        request.data_root,
+        request.split,
+        request.image_size,
+        request.normalize,
+        channels=request.channels,
     )
     _check_enough(request, images)
     images01, labels = images.pixels(request.indices)

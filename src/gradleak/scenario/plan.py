@@ -61,6 +61,8 @@ class DataRequest:
     text_file: Path | None = None
     task: str = "classification"
     normalize: str | None = None
+    # Channels the user's images are read with (1 grey, 3 RGB; None: RGB): a factory model's.
+    channels: int | None = None
 
     @property
     def per_user(self) -> int:

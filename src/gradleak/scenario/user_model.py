@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gradleak.core.errors import GradleakError
-from gradleak.data import input_shape
+from gradleak.data import FILE_DATASETS, input_shape
 from gradleak.models.user import (
     ModelShape,
     build_user_model,
@@ -70,13 +70,21 @@ def fit_user_model(data: DataRequest, model: ModelRequest) -> FittedModel:
     net = build_user_model(name, model.model_args, seed=model.seed)
     # A single --image is resized to any size; a dataset says whether it can be.
     dataset = None if data.image is not None else data.dataset
-    shape, side = _fit(net, name, _data_shape(data), data.image_size, dataset)
+    prefer = _data_shape(data)
+    channels = None
+    if dataset in FILE_DATASETS:
+        # The user's own images are read as grey or RGB, whichever the model takes.
+        taken = describe_model(net, prefer, name=name).channels
+        if taken != prefer[0] and taken in (1, 3):
+            channels = taken
+            prefer = input_shape(dataset, data.image_size, channels=taken)
+    shape, side = _fit(net, name, prefer, data.image_size, dataset)
     if data.num_classes is not None and data.num_classes != shape.num_classes:
         raise GradleakError(
             f"--num-classes {data.num_classes} differs from the {shape.num_classes} classes model "
             f"{name} outputs; drop --num-classes (a factory decides its classes)"
         )
-    fitted = replace(data, image_size=side)
+    fitted = replace(data, image_size=side, channels=channels)
     if data.image is not None:
         label = 0 if data.label is None else data.label
         check_labels_fit(torch.tensor([label]), shape.num_classes, name=name)

@@ -32,7 +32,7 @@ from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.device import module_device
 from gradleak.core.errors import GradleakError
 from gradleak.core.update import SharedUpdate
-from gradleak.data import open_images
+from gradleak.data import FILE_DATASETS, open_images
 from gradleak.data.text import BUNDLED_SENTENCES, read_sentences
 from gradleak.metrics import Evaluation
 from gradleak.metrics.image import mse, ssim, ssim_supported
@@ -425,9 +425,11 @@ def _mean_image(
 ) -> torch.Tensor:
     """The mean of up to `_BASELINE_IMAGES` other images of the dataset, at the model's size."""
     run = settings.run
-    images = open_images(run.dataset, run.data_root, run.split, run.image_size)
+    # The user's own images are read with the model's channels, as the clients' were.
+    channels = shape[0] if run.dataset in FILE_DATASETS else None
+    images = open_images(run.dataset, run.data_root, run.split, run.image_size, channels=channels)
     if images.size != tuple(shape[-2:]):
-        images = open_images(run.dataset, run.data_root, run.split, shape[-1])
+        images = open_images(run.dataset, run.data_root, run.split, shape[-1], channels=channels)
     others = [i for i in range(len(images)) if i not in attacked]
     if not others:  # nothing else to learn the data's look from: knowing nothing is grey
         return torch.full(shape, 0.5)
@@ -578,7 +580,8 @@ def _run_one(
         else:
             share = clock.left() * (candidate.weight / weights_left if weights_left > 0 else 1.0)
             iterations, spent, attack = _iterations_for(attack, optimizer, samples, settings, share)
-            minimum = MIN_ITERATIONS.get(optimizer, 1)
+            # The fewest worth a share of the budget; iterations the user fixed are theirs.
+            minimum = MIN_ITERATIONS.get(optimizer, 1) if settings.iterations is None else 1
             if iterations < minimum:
                 summary.status = "skipped"
                 summary.reason = (
