@@ -10,7 +10,7 @@ before any image is read: another channel count, a size the data cannot take, a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from gradleak.core.errors import GradleakError
 from gradleak.data import FILE_DATASETS, input_shape
+from gradleak.models import build_model
 from gradleak.models.user import (
     ModelShape,
     build_user_model,
@@ -119,6 +120,50 @@ def dataset_image_size(
     name = name.strip()
     net = build_user_model(name, model_args, seed=seed)
     return _fit(net, name, input_shape(dataset, image_size), image_size, dataset)[1]
+
+
+def checked_image_size(
+    name: str,
+    model_args: Mapping[str, Any] | None,
+    dataset: str,
+    image_size: int | None,
+    input_shape_of: Callable[[], tuple[int, tuple[int, int]]],
+    *,
+    seed: int = 0,
+) -> int | None:
+    """The side a trainer reads `dataset` at, checked by building the model before any data.
+
+    A factory decides its input: it is built and probed (`dataset_image_size`). A registry
+    model is built once, thrown away, for the data's shape, so an unknown name or an
+    impossible input size fails before any data is read (the class count does not change
+    what can be built).
+
+    Args:
+        name: the model's name or factory spec.
+        model_args: a factory's keyword arguments.
+        dataset: the dataset's name.
+        image_size: the side asked for (None: the dataset's default).
+        input_shape_of: the trainer's channels and image size for a registry model.
+        seed: the seed a factory is built with.
+
+    Returns:
+        The side to read the images at (`image_size` for a registry model).
+
+    Raises:
+        GradleakError: the model cannot be built for the data (one line).
+    """
+    if is_factory_spec(name):
+        return dataset_image_size(name, model_args, dataset, image_size, seed=seed)
+    channels, size = input_shape_of()
+    build_model(
+        name,
+        num_classes=2,
+        in_channels=channels,
+        image_size=size,
+        seed=0,
+        model_args=model_args,
+    )
+    return image_size
 
 
 def _data_shape(data: DataRequest) -> tuple[int, tuple[int, int]]:

@@ -65,7 +65,7 @@ from gradleak.models import (
 from gradleak.models.checkpoint import model_fingerprint
 from gradleak.models.user import check_labels_fit, is_factory_spec, output_classes
 from gradleak.scenario.config import DATASET_CHOICES, MODEL_MODES, SPLITS
-from gradleak.scenario.user_model import dataset_image_size
+from gradleak.scenario.user_model import checked_image_size
 from gradleak.training.auxiliary import auxiliary_range
 
 # The protocols an inverter can be trained for: their update is a function of the batch
@@ -199,25 +199,17 @@ class InverterTrainConfig:
                     f"batch size {self.batch_size} is larger than the {last - first + 1} "
                     f"auxiliary images ({first}-{last}); use a wider --range"
                 )
-        if is_factory_spec(self.model):
-            # A factory decides its input: built and probed now, before any data is read,
-            # and the images are read at the size it takes where none is asked for.
-            side = dataset_image_size(
-                self.model, self.model_args, self.dataset, self.image_size, seed=self.seed
-            )
-            return replace(self, image_size=side)
-        channels, size = self.input_shape()
-        # A throwaway model: an unknown name or an impossible input size fails before any
-        # data is read (the class count does not change what can be built).
-        build_model(
+        # The model is built (a factory probed) before any data is read; a factory's
+        # images are read at the size it takes where none is asked for.
+        side = checked_image_size(
             self.model,
-            num_classes=2,
-            in_channels=channels,
-            image_size=size,
-            seed=0,
-            model_args=self.model_args,
+            self.model_args,
+            self.dataset,
+            self.image_size,
+            self.input_shape,
+            seed=self.seed,
         )
-        return self
+        return self if side == self.image_size else replace(self, image_size=side)
 
     def input_shape(self) -> tuple[int, tuple[int, int]]:
         """Channels and (height, width) of the images."""

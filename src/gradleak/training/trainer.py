@@ -46,7 +46,7 @@ from gradleak.data.loading import FILE_DATASETS
 from gradleak.models import build_model, save_checkpoint
 from gradleak.models.user import check_labels_fit, is_factory_spec, output_classes
 from gradleak.scenario.config import DATASET_CHOICES, SPLITS
-from gradleak.scenario.user_model import dataset_image_size
+from gradleak.scenario.user_model import checked_image_size
 from gradleak.training.sgd import EpochStats, accuracy, sgd_epochs
 
 TRAIN_DATASETS = DATASET_CHOICES
@@ -115,25 +115,17 @@ class TrainConfig:
             if self.image_size < 1:
                 raise GradleakError(f"image_size must be at least 1, got {self.image_size}")
         self._check_ranges(dataset_size)
-        if is_factory_spec(self.model):
-            # A factory decides its input: built and probed now, before any data is read,
-            # and the images are read at the size it takes where none is asked for.
-            side = dataset_image_size(
-                self.model, self.model_args, self.dataset, self.image_size, seed=self.seed
-            )
-            return replace(self, image_size=side)
-        channels, size = self.input_shape()
-        # Builds a throwaway model so an unknown name or an impossible input size fails
-        # before any data is read (the class count does not change what can be built).
-        build_model(
+        # The model is built (a factory probed) before any data is read; a factory's
+        # images are read at the size it takes where none is asked for.
+        side = checked_image_size(
             self.model,
-            num_classes=2,
-            in_channels=channels,
-            image_size=size,
-            seed=0,
-            model_args=self.model_args,
+            self.model_args,
+            self.dataset,
+            self.image_size,
+            self.input_shape,
+            seed=self.seed,
         )
-        return self
+        return self if side == self.image_size else replace(self, image_size=side)
 
     def _check_ranges(self, size: int | None) -> None:
         where = f"the {self.dataset} {self.split} split"
