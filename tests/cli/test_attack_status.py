@@ -20,7 +20,7 @@ def test_a_diverged_attack_is_reported_in_the_summary_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "diverge.yaml"
-    options = {"line_search": "none", "lr": 1e6, "iterations": 20}
+    options = {"line_search": "none", "lr": 1e6, "iterations": 20, "init": "randn"}
     config.write_text(yaml.safe_dump({"attack_options": options}))
     out = tmp_path / "run"
 
@@ -48,14 +48,17 @@ def test_a_normal_attack_line_has_no_status(
 def test_too_many_lbfgs_restarts_are_refused_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # 10 ms an evaluation: 50 trials × 300 steps × 25 evaluations is over an hour.
-    monkeypatch.setattr(gradient_matching, "measure_evaluation_seconds", lambda *a: 0.01)
+    # 10 ms a trial in every stacked evaluation (stacking saves nothing here): 50 trials ×
+    # 300 steps × 25 evaluations is over an hour.
+    monkeypatch.setattr(
+        gradient_matching, "measure_evaluation_seconds", lambda _p, images, _i: 0.01 * len(images)
+    )
     out = tmp_path / "run"
 
     code = cli_exit(["attack", "--restarts", "50", "--out", str(out), "--no-progress"])
 
     assert code == 2
     line = one_line_error(capsys)
-    assert line.startswith("gradleak: error: L-BFGS runs its trials one after another: 50 trials")
+    assert line.startswith("gradleak: error: L-BFGS: 50 trials in 1 stack of 50")
     assert "--restarts 48 or fewer" in line
     assert not (out / "metrics.json").exists()

@@ -75,7 +75,7 @@ def test_help_lists_the_commands_in_order(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_every_command_has_a_handler() -> None:
-    parser = build_parser()
+    parser = build_parser(full=True)
     (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert list(commands.choices) == COMMANDS
     for name, command in commands.choices.items():
@@ -125,7 +125,7 @@ def test_threads_below_one_is_one_line_and_exit_code_2(
 
 
 def test_every_command_with_threads_is_checked() -> None:
-    parser = build_parser()
+    parser = build_parser(full=True)
     (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     with_threads = [
         name
@@ -180,7 +180,7 @@ def test_an_unusable_device_is_one_line_and_exit_code_2(
 
 
 def test_every_command_with_device_is_checked() -> None:
-    parser = build_parser()
+    parser = build_parser(full=True)
     (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     with_device = [
         name

@@ -147,3 +147,24 @@ def test_bad_inputs_are_clear_errors():
         mse(torch.zeros(0, 1, 4, 4), torch.zeros(0, 1, 4, 4))
     with pytest.raises(GradleakError, match="torch.Tensor"):
         mse(np.zeros((1, 1, 4, 4)), _const(0.5, (1, 1, 4, 4)))
+
+
+def test_ssim_matches_torchmetrics_valid_windows():
+    # torchmetrics' Gaussian SSIM map, with its reflect-padded margin dropped, is the
+    # valid-window SSIM: ours must give the same numbers without importing it.
+    functional = pytest.importorskip("torchmetrics.functional.image")
+    gen = torch.Generator().manual_seed(5)
+    truth = torch.rand(2, 3, 32, 29, generator=gen, dtype=torch.float64)
+    recon = (truth + 0.2 * torch.randn(truth.shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    _, full = functional.structural_similarity_index_measure(
+        recon,
+        truth,
+        gaussian_kernel=True,
+        kernel_size=11,
+        sigma=1.5,
+        data_range=1.0,
+        reduction="none",
+        return_full_image=True,
+    )
+    expected = full[..., 5:-5, 5:-5].flatten(1).mean(dim=1)
+    assert ssim(recon, truth).tolist() == pytest.approx(expected.tolist(), abs=1e-10)

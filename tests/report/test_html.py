@@ -201,6 +201,7 @@ def test_run_report_without_snapshots_and_with_missing_values(
     (copy / "snapshots.json").unlink()
     metrics = json.loads((copy / "metrics.json").read_text())
     metrics.update(label_accuracy=None, ssim=None, compiled=True, compile_seconds=12.5)
+    metrics.update(compile_cache_hits=1, compile_decision="auto: compiled, 900 evaluations")
     metrics["threat_model"]["labels_known"] = True
     metrics["per_image"][0]["ssim"] = None
     (copy / "metrics.json").write_text(json.dumps(metrics))
@@ -216,6 +217,8 @@ def test_run_report_without_snapshots_and_with_missing_values(
     assert "SSIM n/a" in text
     assert "label accuracy n/a (labels given by the threat model" in text
     assert "compile seconds 12.5 s" in text
+    assert "compiled graphs from the cache 1" in text
+    assert "compile decision auto: compiled, 900 evaluations" in text
     assert "nan" not in text.lower().replace("n/a", "")
     assert len(page.images("curves")) == 2
 

@@ -157,8 +157,11 @@ def test_lbfgs_cells_beyond_the_time_bound_are_refused_and_the_total_is_told(
 ) -> None:
     import gradleak.attacks.gradient_matching as gradient_matching
 
-    # One loss evaluation takes 10 ms: a DLG trial (300 steps × up to 25) at most 75 s.
-    monkeypatch.setattr(gradient_matching, "measure_evaluation_seconds", lambda *a: 0.01)
+    # 10 ms a trial in every stacked evaluation (stacking saves nothing here): a DLG trial
+    # (300 steps × up to 25 evaluations) at most 75 s.
+    monkeypatch.setattr(
+        gradient_matching, "measure_evaluation_seconds", lambda _p, images, _i: 0.01 * len(images)
+    )
     message = _refusal(tmp_path, "attacks: [ig, dlg]\noptions:\n  dlg: {restarts: 100}\n")
     assert message.startswith(f"{tmp_path / 'spec.yaml'}, lines 1, 3: cell attack dlg")
     assert "above the 1 h bound" in message and "48 or fewer" in message

@@ -19,13 +19,17 @@ from gradleak.attacks.engine.budget import (
     check_budget,
     lbfgs_estimate,
     measure_evaluation_seconds,
+    stacked_sample,
 )
+from gradleak.attacks.engine.compiling import compile_mode, plan_compile
 from gradleak.attacks.engine.consistency import DEFAULT_EVERY, DEFAULT_WEIGHT, GroupConsistency
+from gradleak.attacks.engine.curvature import CurvatureHistory
 from gradleak.attacks.engine.hooks import Observer
 from gradleak.attacks.engine.lbfgs import optimize_lbfgs
-from gradleak.attacks.engine.memory import ensure_trials_fit
+from gradleak.attacks.engine.line_search import LINE_SEARCHES as LINE_SEARCH_RUNS
+from gradleak.attacks.engine.memory import run_in_groups, trial_groups
 from gradleak.attacks.engine.step import Notice, TrialInputs, print_notice
-from gradleak.attacks.engine.trials import TrialsResult, select, trial_inputs
+from gradleak.attacks.engine.trials import TrialsResult, UpdateObservers, select, trial_inputs
 from gradleak.attacks.labels import AUTO, LABEL_STRATEGIES, LabelStrategy, resolve_label_strategy
 from gradleak.attacks.matching.objectives import OBJECTIVES, get_objective
 from gradleak.attacks.matching.priors import (
@@ -48,13 +52,14 @@ from gradleak.core.update import SharedUpdate, UpdateKind
 from gradleak.fl.protocols import protocol_sharing
 from gradleak.fl.replay import Replay
 from gradleak.modalities import Modality, get_modality
+from gradleak.modalities.image import TV_FORMS
 
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("randn", "uniform", "zeros")
 LEARNED_INIT = "learned"  # init "learned:INV.pt": the trials start at a learned inverter's output
 LEARNED_SPREAD = 0.1  # the noise added to that start for every restart after the first
 GIAS_LR_FACTOR = 0.1  # GIAS's second half: the step size relative to `lr`
-LINE_SEARCHES = ("none", "strong_wolfe")
+LINE_SEARCHES = tuple(LINE_SEARCH_RUNS)
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,9 @@ class GradientMatchingConfig:
     the loss is `objective`(replayed update, shared update) + weight × the modality's prior
     (images: total variation). The trial returned is the one whose final inputs have the
     smallest gradient-matching distance, without the prior (Inverting Gradients' rule); a
-    diverged trial never wins over one that did not diverge. Adam runs all trials at once
-    as one stacked computation; L-BFGS runs them one after another.
+    diverged trial never wins over one that did not diverge. Both optimisers run all trials
+    at once as one stacked computation (in groups one after another when they do not fit
+    in free memory together).
 
     Attributes:
         objective: the distance between the replayed and the shared update, both
@@ -76,10 +82,10 @@ class GradientMatchingConfig:
             "cosine".
         tv_weight: the weight of the modality's prior (images: anisotropic total
             variation) in the loss, both optimisers; >= 0 and finite. None (default): the
-            modality's default for the data's shape (images: 1e-4 below 64 pixels a side,
+            modality's default for the data's shape (images: 0.05 below 64 pixels a side,
             1e-1 from 64 on).
-        optimizer: "adam" (default; all trials stacked in one computation) or "lbfgs"
-            (torch.optim.LBFGS, one trial after another).
+        optimizer: "adam" (default) or "lbfgs" (per-trial curvature history, step size and
+            line search); either stacks all trials in one computation.
         lr: the step size, > 0 and finite. Adam: the base step size of every trial
             (default 0.1), divided by 10 at 3/8, 5/8 and 7/8 of the run with `lr_decay`.
             L-BFGS: torch's `lr`, the step length along each search direction (with
@@ -110,12 +116,14 @@ class GradientMatchingConfig:
         lbfgs_inner_iterations: L-BFGS only: torch's `max_iter`, the L-BFGS iterations
             of one outer step, > 0 (default 20).
         lbfgs_max_hours: L-BFGS only: before any work, the run's time is estimated
-            (restarts × iterations × the most evaluations of one step × the measured time
-            of one evaluation; `gradleak.attacks.engine.budget`) and a run whose estimate
+            (stacks × iterations × the most evaluations of one step × the measured time
+            of one stacked evaluation; `gradleak.attacks.engine.budget`) and a run whose estimate
             exceeds this many hours is refused; >= 0 and finite, 0: no bound and no
             estimate (default 1).
-        line_search: L-BFGS only: "none" (default; a fixed step, as DLG) or
-            "strong_wolfe" (torch's strong-Wolfe line search).
+        line_search: L-BFGS only: "none" (default; a fixed step, as DLG), "strong_wolfe"
+            (a strong-Wolfe search with cubic interpolation) or "unit_first" (the step `lr`
+            when it lowers the loss, else the strong-Wolfe search from the same point;
+            `gradleak.attacks.engine.line_search`).
         tolerance: a trial stops once its matching loss is at most this, >= 0 and finite
             (default 0: only an exact match stops). Adam checks it every `log_every`
             iterations; L-BFGS after every outer step. Trials whose loss is not finite
@@ -123,8 +131,10 @@ class GradientMatchingConfig:
         log_every: iterations between history rows and observer calls, >= 0; 0
             (default): iterations // 100, at least 1 (about 100 rows). Adam also checks
             `tolerance` at these iterations.
-        compile: torch.compile the functional step, both optimisers (default False);
-            where compiling fails the attack says so in one line and runs uncompiled.
+        compile: torch.compile the functional step, both optimisers: True ("on"), False
+            ("off", default) or "auto" (when the run's planned evaluations repay the
+            expected compile time, `gradleak.attacks.engine.compiling`); where compiling
+            fails the attack says so in one line and runs uncompiled.
         priors: the prior terms of the loss, as `--prior` spells them (`parse_priors`):
             "tv[:W]" (total variation), "bn[:W]", "bn-server[:W]", "bn-client[:W]"
             (batch-norm statistics), "gan:PATH" (a trained generator's latent searched,
@@ -139,6 +149,14 @@ class GradientMatchingConfig:
         group_every: iterations between refreshes of the group's mean, > 0 (default 100).
         latent_weight: gan/gias only: the weight of the latent's KL term, >= 0 (default
             0.01).
+        tv_form: the form of the total-variation prior: "auto" (default: the modality's
+            own prior; images: the interior form), "interior" (differences between neighbouring
+            pixels inside the image only) or "padded" (the image zero-padded on its right
+            and bottom, which also pulls the last row and column toward the mean colour;
+            `gradleak.modalities.image.TV_FORMS`).
+        keep_best: Adam only: return each trial's lowest-loss iterate (loss with the
+            prior, as the steps compute it; the final iterate is scored too) instead of its
+            last one. Default False (the last iterate).
         admm: read FedADMM increments Δ (the -admm presets). Default False: gradients and
             FedAvg weight differences are read.
         admm_reading: how an increment Δ is read, with `admm` only: "replay" (default;
@@ -162,10 +180,12 @@ class GradientMatchingConfig:
     label_strategy: str = AUTO
     lbfgs_inner_iterations: int = 20
     lbfgs_max_hours: float = 1.0  # L-BFGS only: refuse runs estimated longer (0: no bound)
-    line_search: str = "none"  # L-BFGS only: "none" (fixed step, as DLG) or "strong_wolfe"
+    line_search: str = "none"  # L-BFGS only: "none" (fixed step, as DLG), or a search
     tolerance: float = 0.0
     log_every: int = 0  # 0: about 100 rows over the run
-    compile: bool = False  # torch.compile the functional step; falls back when it cannot
+    # torch.compile the functional step: true, false or "auto" (`engine.compiling`); falls
+    # back when it cannot
+    compile: bool | str = False
     # DLG-ADMM / iDLG-ADMM: the update is a FedADMM increment Δ, read as `admm_reading` says
     # (a name of the FedADMM protocol's readings).
     admm: bool = False
@@ -178,6 +198,8 @@ class GradientMatchingConfig:
     group_weight: float = DEFAULT_WEIGHT
     group_every: int = DEFAULT_EVERY
     latent_weight: float = LATENT_WEIGHT  # gan/gias: the latent's KL term
+    tv_form: str = AUTO  # auto: the modality's prior; else a name of image.TV_FORMS
+    keep_best: bool = False  # Adam: each trial's lowest-loss iterate instead of its last
     # signed, boxed and lr_decay apply to Adam; L-BFGS takes lr, line_search, tolerance.
 
     def validate(self) -> GradientMatchingConfig:
@@ -194,6 +216,7 @@ class GradientMatchingConfig:
             GradleakError: when `tv_weight`, `tolerance` or `lbfgs_max_hours` is negative
                 or not finite.
             GradleakError: when `log_every` is negative.
+            GradleakError: when `compile` is not true, false, "on", "off" or "auto".
             GradleakError: when `admm_reading` is not one of the FedADMM readings, or is
                 not "replay" without `admm`.
         """
@@ -205,6 +228,7 @@ class GradientMatchingConfig:
             "label_strategy": (self.label_strategy, (AUTO, *LABEL_STRATEGIES)),
             "line_search": (self.line_search, LINE_SEARCHES),
             "admm_reading": (self.admm_reading, tuple(r.name for r in admm_readings)),
+            "tv_form": (self.tv_form, (AUTO, *TV_FORMS)),
         }
         if not self.admm and self.admm_reading != admm_readings[0].name:
             from gradleak.attacks.registry import readers_of  # the registry imports presets
@@ -231,6 +255,7 @@ class GradientMatchingConfig:
                 raise GradleakError(f"{key} must be zero or positive and finite, got {value}")
         if self.log_every < 0:
             raise GradleakError(f"log_every must be zero or positive, got {self.log_every}")
+        compile_mode(self.compile)  # true, false, on, off or auto
         self._validate_priors()
         return self
 
@@ -391,19 +416,21 @@ class GradientMatchingAttack:
                 "count" on a weight difference or FedADMM increment; "count" without a
                 classifier bias).
             GradleakError: when the strategy's labels are not B labels in 0..classes−1.
-            GradleakError: when the trials would not fit in free memory.
+            GradleakError: when not even one trial (or the trials' inputs alone) would fit
+                in free memory; more trials than fit run in groups, one after another.
             GradleakError: with L-BFGS, when the run's estimated time exceeds
                 `lbfgs_max_hours`.
         """
         cfg = self.config
         strategy, fixed_labels, problem = self._prepare(update, model, knowledge)
         k = cfg.restarts
-        # Before allocating anything per trial: Adam stacks all K trials, L-BFGS runs one.
-        self._check_memory(problem, knowledge, fixed_labels, 1 if cfg.optimizer == "lbfgs" else k)
-        self._check_budget(problem, knowledge, fixed_labels)
+        # Before allocating anything per trial: both optimisers stack the K trials, in
+        # groups one after another when they do not fit at once.
+        groups = self._check_memory(problem, knowledge, fixed_labels, k)
+        self._check_budget(problem, knowledge, fixed_labels, stack=len(groups[0]))
         seeded = self._learned_start(update, model, knowledge)
         return self._attack(
-            problem, strategy, fixed_labels, knowledge, seed, observer, progress, seeded
+            problem, strategy, fixed_labels, knowledge, seed, observer, progress, seeded, groups
         )
 
     def _attack(
@@ -416,86 +443,133 @@ class GradientMatchingAttack:
         observer: Observer | None,
         progress: bool,
         seeded: torch.Tensor | None = None,
+        groups: list[range] | None = None,
     ) -> Reconstruction:
         """The optimisation of one update's prepared problem, after the up-front checks."""
         images, labels = self._initial(problem, knowledge, fixed_labels, seed, seeded)
         log_every = self._log_every()
 
         start = time.perf_counter()
-        result = self._optimize(problem, images, labels, knowledge, log_every, observer, progress)
+        result = self._optimize_groups(
+            groups or [range(len(images))],
+            problem,
+            images,
+            labels,
+            knowledge,
+            log_every,
+            observer,
+            progress,
+        )
         seconds = time.perf_counter() - start
-        rows = range(len(result.losses))  # an interrupted L-BFGS run has fewer trials
+        rows = range(len(result.losses))  # a run interrupted between groups has fewer trials
         return self._reconstruction(result, rows, strategy, problem, seconds, result.history)
 
     def reconstruct_many(
         self,
         updates: Sequence[SharedUpdate],
         model: nn.Module,
-        knowledge: Knowledge,
+        knowledge: Knowledge | Sequence[Knowledge],
         *,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         progress: bool = True,
         observer: Observer | None = None,
+        observers: Sequence[Observer | None] | None = None,
     ) -> list[Reconstruction]:
         """Attack several clients' updates (one model, one threat model) at once.
 
         With Adam, the len(updates) × restarts trials run as one stacked computation, each
         trial matching its own update; update i gets what `reconstruct(updates[i], seed=seed)`
-        gives, up to float rounding. L-BFGS attacks the updates one after another.
-        `seconds` of each result is the whole batch's time; the history stays empty.
+        gives, up to float rounding; so do L-BFGS's, unless `observers` are given (then
+        L-BFGS attacks the updates one after another). Trials that do not fit in free
+        memory together run in groups of whole updates, one group after another.
+        `seconds` of each result is the whole batch's time; the history stays empty unless
+        `observers` are given.
 
         Args:
             updates: the updates, all of kinds this attack reads and all fitting `model`.
             model: the server's model they were computed at (left unchanged).
-            knowledge: the threat model, the same for every update.
-            seed: seeds every update's trials as `reconstruct` would (default 0).
+            knowledge: the threat model, the same for every update; or one per update, in
+                order, that differ at most in the labels they grant (clients with their
+                own labels under one threat model).
+            seed: seeds every update's trials as `reconstruct` would (default 0); or one
+                seed per update, in order.
             progress: show a progress bar on a terminal (default True).
             observer: the engine's callback hook, for hooks that read no ground truth
                 (one truth does not fit several updates), e.g. `deadline_observer`. With
-                Adam it sees every stacked trial; with L-BFGS each update's trials in turn.
-                A `StopAttack` ends the stack (Adam) or the running update, and later
-                updates then stop at their first call.
+                Adam it sees every stacked trial; with L-BFGS each stacked trial in turn.
+                A `StopAttack` ends the stack.
+            observers: one observer per update (or None for an update nobody watches),
+                instead of `observer`: each sees only its own update's trials, as it would
+                in `reconstruct` (so it may score them against that update's truth), and
+                each result keeps its own history. With Adam, an update whose observer
+                raises `StopAttack` is no longer observed while its trials go on with the
+                stack, which stops once every observed update has stopped.
 
         Returns:
-            One reconstruction per update, in order; an empty list for no updates. With
-            L-BFGS, Ctrl-C ends the batch: the list then stops at the interrupted update.
+            One reconstruction per update, in order; an empty list for no updates. Ctrl-C
+            ends the batch: when it lands between groups of trials (or, one update after
+            another, between updates), the list stops at the interrupted update.
 
         Raises:
             GradleakError: as `reconstruct`, for any of the updates.
+            ValueError: `knowledge`, `seed` or `observers` not one per update, or both
+                `observer` and `observers` given.
         """
         cfg = self.config
         if not updates:
             return []
-        if cfg.optimizer == "lbfgs" or self._problem_per_update(updates[0], knowledge):
-            prepared = [self._prepare(update, model, knowledge) for update in updates]
+        knowledges, trial_seeds, watchers = _per_update(len(updates), knowledge, seed, observers)
+        if observer is not None and observers is not None:
+            raise ValueError("give reconstruct_many an observer or observers, not both")
+        knowledge = knowledges[0]
+        one_by_one = observers is not None and self._observed_one_by_one()
+        if one_by_one or self._problem_per_update(updates[0], knowledge):
+            pairs = zip(updates, knowledges, strict=True)
+            prepared = [self._prepare(update, model, known) for update, known in pairs]
             _, first_labels, first_problem = prepared[0]
-            self._check_memory(first_problem, knowledge, first_labels, 1)
+            groups = self._check_memory(first_problem, knowledge, first_labels, cfg.restarts)
             # One time check for the whole batch: the updates run one after another.
-            self._check_budget(first_problem, knowledge, first_labels, updates=len(updates))
+            self._check_budget(
+                first_problem, knowledge, first_labels, updates=len(updates), stack=len(groups[0])
+            )
             results = []
-            for update, (strategy, fixed_labels, problem) in zip(updates, prepared, strict=True):
-                seeded = self._learned_start(update, model, knowledge)
+            for i, (strategy, fixed_labels, problem) in enumerate(prepared):
+                update, known, watch = updates[i], knowledges[i], watchers[i] or observer
+                seeded = self._learned_start(update, model, known)
                 one = self._attack(
-                    problem, strategy, fixed_labels, knowledge, seed, observer, progress, seeded
+                    problem,
+                    strategy,
+                    fixed_labels,
+                    known,
+                    trial_seeds[i],
+                    watch,
+                    progress,
+                    seeded,
+                    groups,
                 )
                 results.append(one)
                 if one.interrupted:  # Ctrl-C ends the whole batch, not one update
                     break
             return results
-        matched = [self._matched(u, model, knowledge) for u in updates]
+        matched = [self._matched(u, model, kn) for u, kn in zip(updates, knowledges, strict=True)]
         recovered = [
-            self._labels_for(replay.label_reading(u, model), model, knowledge)
-            for u, (_, replay) in zip(updates, matched, strict=True)
+            self._labels_for(replay.label_reading(u, model), model, known)
+            for u, (_, replay), known in zip(updates, matched, knowledges, strict=True)
         ]
-        seeds = [self._learned_start(u, model, knowledge) for u in updates]
+        seeds = [
+            self._learned_start(u, model, kn) for u, kn in zip(updates, knowledges, strict=True)
+        ]
         updates = [u for u, _ in matched]
         strategy = recovered[0][0]
         problem = self._problem(updates[0], model, knowledge, matched[0][1])
         n, k = len(updates), cfg.restarts
-        self._check_memory(problem, knowledge, recovered[0][1], n * k)
+        groups = self._check_memory(problem, knowledge, recovered[0][1], n * k, per_update=k)
+        self._check_budget(problem, knowledge, recovered[0][1], updates=n, stack=len(groups[0]))
         starts = [
-            self._initial(problem, knowledge, fixed, seed, seeded)
-            for (_, fixed), seeded in zip(recovered, seeds, strict=True)
+            self._initial(problem, known, fixed, one_seed, seeded)
+            for (_, fixed), seeded, known, one_seed in zip(
+                recovered, seeds, knowledges, trial_seeds, strict=True
+            )
         ]
         images = torch.cat([images for images, _ in starts])
         if recovered[0][1] is None:  # soft labels, optimised: K×B×classes per update
@@ -506,15 +580,43 @@ class GradientMatchingAttack:
             name: torch.stack([u.tensors[name] for u in updates]).repeat_interleave(k, dim=0)
             for name in problem.names
         }
+        # Observers of their own update each see its rows and keep its history.
+        watch = observer if observers is None else UpdateObservers(k, watchers)
         start = time.perf_counter()
-        result = self._optimize(
-            problem, images, labels, knowledge, self._log_every(), observer, progress, targets
+        result = self._optimize_groups(
+            groups, problem, images, labels, knowledge, self._log_every(), watch, progress, targets
         )
         seconds = time.perf_counter() - start
-        return [
-            self._reconstruction(result, range(i * k, (i + 1) * k), strategy, problem, seconds, [])
-            for i in range(n)
+        histories = [[] for _ in range(n)]
+        if isinstance(watch, UpdateObservers):
+            histories = watch.histories
+        return [  # a run interrupted between groups has only its first updates' trials
+            self._reconstruction(
+                result, range(i * k, (i + 1) * k), strategy, problem, seconds, histories[i]
+            )
+            for i in range(len(result.losses) // k)
         ]
+
+    def _observed_one_by_one(self) -> bool:
+        """Whether `reconstruct_many` with per-update observers attacks the updates in turn."""
+        # A generator's decoder shows the observer decoded images: one update at a time.
+        generative = prior_of(parse_priors(self.config.priors), "generative") is not None
+        # L-BFGS stacks as Adam does; its per-trial observer calls do not fit `observers`.
+        return generative or self.config.optimizer == "lbfgs"
+
+    def stacks_observed_updates(self) -> bool:
+        """Whether `reconstruct_many` with one observer per update attacks every update in
+        one stacked computation, whatever the updates (what a stacked study relies on).
+
+        Returns:
+            False with L-BFGS or a generative prior (the updates run in turn), and with a
+            batch-norm prior that may read each client's own statistics (one problem per
+            update); True otherwise.
+        """
+        if self._observed_one_by_one():
+            return False
+        spec = prior_of(parse_priors(self.config.priors), "batch-norm")
+        return spec is None or spec.info.statistics == "server"
 
     def _problem_per_update(self, update: SharedUpdate, knowledge: Knowledge) -> bool:
         """Whether each update needs its own problem: a prior reads the client's statistics."""
@@ -568,7 +670,7 @@ class GradientMatchingAttack:
             get_objective(self.config.objective),
             self._tv_weight(specs, knowledge, modality),
             replay,
-            prior=modality.prior,
+            prior=TV_FORMS.get(self.config.tv_form, modality.prior),
             extra_prior=_batch_norm_prior(specs, replica, model, update, knowledge),
             decoder=self._decoder(specs, knowledge),
         )
@@ -684,15 +786,14 @@ class GradientMatchingAttack:
             history=history,
             trial_losses=chosen.distances,
             best_trial=best,
-            loss_evaluations=result.loss_evaluations
-            if len(rows) == len(result.losses)
-            else sum(steps) + len(rows),
+            loss_evaluations=_evaluations(result, rows, self.config.keep_best),
             label_strategy=strategy.name,
             labels_recovered=strategy.recovers,
             interrupted=result.interrupted,
             stopped=result.stopped,
             compiled=result.compiled,
             compile_seconds=result.compile_seconds,
+            compile_report=result.compile_report,
             details={
                 **_prior_details(problem, self.config),
                 "tv_weight": problem.tv_weight,
@@ -710,15 +811,84 @@ class GradientMatchingAttack:
         knowledge: Knowledge,
         fixed_labels: torch.Tensor | None,
         trials: int,
-    ) -> None:
+        *,
+        per_update: int = 1,
+        notice: Notice = print_notice,
+    ) -> list[range]:
+        """The groups of the stacked trials that fit in free memory (`trial_groups`).
+
+        L-BFGS also keeps each trial's curvature history (2 × `HISTORY_SIZE` × N floats);
+        groups hold whole consistency groups and, with `per_update`, whole updates.
+        """
+        cfg = self.config
         sample, inputs = _sample_trial(
             problem, knowledge, fixed_labels, self._soft_label_shape(problem, knowledge)
         )
-        ensure_trials_fit(problem, sample, inputs, trials)
+        multiple = math.lcm(per_update, cfg.group_consistency or 1)
+        checks = [(problem, sample)]
         if self._fine_tunes_generator() and isinstance(problem.decoder, LatentDecoder):
             # GIAS's second half moves every image's generator too: the larger of the two.
             tuned = _fine_tuning(problem)
-            ensure_trials_fit(tuned, tuned.decoder.start(sample), inputs, trials)
+            checks.append((tuned, tuned.decoder.start(sample)))
+        groups: list[range] = []
+        told: list[str] = []
+        for checked, variables in checks:
+            extra = 0
+            if cfg.optimizer == "lbfgs":
+                n = variables[0].numel() + (inputs.labels[0].numel() if inputs.soft else 0)
+                extra = CurvatureHistory.bytes_per_trial(n, element_size=variables.element_size())
+            lines: list[str] = []
+            found = trial_groups(
+                checked,
+                variables,
+                inputs,
+                trials,
+                extra_bytes=extra,
+                multiple=multiple,
+                notice=lines.append,
+            )
+            if not groups or len(found[0]) < len(groups[0]):
+                groups, told = found, lines
+        for line in told:  # the one line of the check that split the trials most
+            notice(line)
+        return groups
+
+    def _optimize_groups(
+        self,
+        groups: list[range],
+        problem: MatchingProblem,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        knowledge: Knowledge,
+        log_every: int,
+        observer: Observer | UpdateObservers | None,
+        progress: bool,
+        targets: Mapping[str, torch.Tensor] | None = None,
+    ) -> TrialsResult:
+        """`_optimize` of the stacked trials, group after group (`run_in_groups`)."""
+        k = self.config.restarts
+        updates = observer if isinstance(observer, UpdateObservers) else None
+
+        def run(group: range) -> TrialsResult:
+            rows = slice(group.start, group.stop)
+            watch = observer
+            if updates is not None and len(groups) > 1:  # the group's own updates
+                first, last = group.start // k, -(-group.stop // k)
+                watch = UpdateObservers(k, updates.observers[first:last])
+                watch.histories = updates.histories[first:last]
+            return self._optimize(
+                problem,
+                images[rows],
+                labels[rows] if labels.dim() > 1 else labels,
+                knowledge,
+                log_every,
+                watch,
+                progress,
+                None if targets is None else {n: t[rows] for n, t in targets.items()},
+            )
+
+        # An update's observer stops only its update: the next groups' updates still run.
+        return run_in_groups(groups, run, stop_when_stopped=updates is None)
 
     def check_budget(
         self,
@@ -730,8 +900,9 @@ class GradientMatchingAttack:
     ) -> BudgetEstimate | None:
         """The time check `reconstruct` makes before any work, without attacking.
 
-        L-BFGS runs its trials one after another, so its time grows with `restarts`:
-        one loss evaluation on this problem is timed, the run's upper bound is estimated
+        L-BFGS's time grows with its steps and the line searches' evaluations: one stacked
+        loss evaluation of the trials that run together is timed, the run's upper bound
+        is estimated
         (`gradleak.attacks.engine.budget`), told to `notice` when it is a minute or more,
         and refused beyond `lbfgs_max_hours`. Adam's stacked trials are not estimated
         (their memory is checked instead).
@@ -761,6 +932,7 @@ class GradientMatchingAttack:
         notice: Notice = print_notice,
         *,
         updates: int = 1,
+        stack: int | None = None,
     ) -> BudgetEstimate | None:
         cfg = self.config
         # Unbounded runs are not estimated: the estimate's timed evaluations and its notice
@@ -770,9 +942,22 @@ class GradientMatchingAttack:
         sample, inputs = _sample_trial(
             problem, knowledge, fixed_labels, self._soft_label_shape(problem, knowledge)
         )
-        seconds = measure_evaluation_seconds(problem, sample, inputs)
         trials = cfg.restarts * updates
-        estimate = lbfgs_estimate(trials, cfg.iterations, cfg.lbfgs_inner_iterations, seconds)
+        if stack is None:  # the groups the trials run in, without telling the split
+            groups = self._check_memory(
+                problem,
+                knowledge,
+                fixed_labels,
+                trials,
+                per_update=cfg.restarts,
+                notice=lambda line: None,
+            )
+            stack = len(groups[0])
+        # Stacked trials share each evaluation: time one evaluation of a whole stack.
+        seconds = measure_evaluation_seconds(problem, *stacked_sample(sample, inputs, stack))
+        estimate = lbfgs_estimate(
+            trials, cfg.iterations, cfg.lbfgs_inner_iterations, seconds, stack
+        )
         return check_budget(estimate, cfg.lbfgs_max_hours, notice=notice, updates=updates)
 
     def _optimize(
@@ -865,27 +1050,31 @@ class GradientMatchingAttack:
         cfg = self.config
         iterations = cfg.iterations if iterations is None else iterations
         lr = cfg.lr if lr is None else lr
+        inner = cfg.lbfgs_inner_iterations if cfg.optimizer == "lbfgs" else 1
+        plan = plan_compile(cfg.compile, problem, images, labels, targets, iterations * inner)
         if cfg.optimizer == "lbfgs":
-            return optimize_lbfgs(
+            result = optimize_lbfgs(
                 problem,
                 images,
                 labels,
                 lr=lr,
                 steps=iterations,
                 inner_iterations=cfg.lbfgs_inner_iterations,
-                line_search=None if cfg.line_search == "none" else cfg.line_search,
+                line_search=cfg.line_search,
                 tolerance=cfg.tolerance,
                 log_every=log_every,
                 observer=observer,
                 progress=progress,
-                compile=cfg.compile,
+                targets=targets,
+                compile=plan.compile,
             )
+            return plan.finish(result)
         boxed = cfg.boxed and not unboxed
         bounds = get_modality(knowledge.modality).bounds(knowledge) if boxed else None
         consistency = None
         if cfg.group_consistency:
             consistency = GroupConsistency(cfg.group_consistency, cfg.group_weight, cfg.group_every)
-        return optimize_adam(
+        result = optimize_adam(
             problem,
             images,
             labels,
@@ -898,11 +1087,47 @@ class GradientMatchingAttack:
             observer=observer,
             progress=progress,
             tolerance=cfg.tolerance,
-            compile=cfg.compile,
+            compile=plan.compile,
             check_memory=False,  # checked before the trials were allocated
             targets=targets,
             consistency=consistency,
+            keep_best=cfg.keep_best,
         )
+        return plan.finish(result)
+
+
+def _per_update(
+    n: int,
+    knowledge: Knowledge | Sequence[Knowledge],
+    seed: int | Sequence[int],
+    observers: Sequence[Observer | None] | None,
+) -> tuple[list[Knowledge], list[int], list[Observer | None]]:
+    """`reconstruct_many`'s threat model, seed and observer of each of its n updates.
+
+    Raises:
+        ValueError: a sequence that does not hold one value per update.
+    """
+    knowledges = [knowledge] * n if isinstance(knowledge, Knowledge) else list(knowledge)
+    seeds = [seed] * n if isinstance(seed, int) else [int(s) for s in seed]
+    watchers = [None] * n if observers is None else list(observers)
+    for name, values in (("knowledge", knowledges), ("seed", seeds), ("observers", watchers)):
+        if len(values) != n:
+            raise ValueError(
+                f"reconstruct_many: {name} needs one per update ({n}), got {len(values)}"
+            )
+    return knowledges, seeds, watchers
+
+
+def _evaluations(result: TrialsResult, rows: range, keep_best: bool) -> int:
+    """The loss evaluations of one update's trials `rows` (all of them: the run's count)."""
+    if len(rows) == len(result.losses):
+        return result.loss_evaluations
+    if result.trial_evaluations:  # counted per trial (L-BFGS)
+        return sum(result.trial_evaluations[rows.start : rows.stop])
+    steps = result.trial_iterations[rows.start : rows.stop] or [result.iterations]
+    # One evaluation per Adam step; each trial is scored at its end, and with keep_best
+    # once more before that.
+    return sum(steps) + len(rows) * (1 + int(keep_best and max(steps) > 0))
 
 
 def _sample_trial(
@@ -1032,6 +1257,7 @@ def _keep_better(
         ],
         compile_seconds=first.compile_seconds + second.compile_seconds,
         compiled=second.compiled,
+        compile_report=second.compile_report,
         seconds=first.seconds + second.seconds,
         distances=torch.where(better, second.distances, first.distances),
         statuses=[

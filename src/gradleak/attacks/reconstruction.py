@@ -49,6 +49,8 @@ class Reconstruction:
     stopped: bool = False  # an evaluation-side observer ended the attack early
     compiled: bool = False  # the step ran through torch.compile
     compile_seconds: float = 0.0  # part of `seconds` spent compiling (first step included)
+    # mode, decision (one line: why), cache_hits, cache_misses (`engine.compiling`)
+    compile_report: dict[str, object] = field(default_factory=dict)
     details: dict[str, object] = field(default_factory=dict)
     status: Status = Status.OK
     status_reason: str = ""  # one line; empty when the status is OK

@@ -3,44 +3,101 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from gradleak import __version__
-from gradleak.cli.attack import add_attack
-from gradleak.cli.audit import add_audit
-from gradleak.cli.bench import add_bench
-from gradleak.cli.compare import add_compare
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_USAGE
-from gradleak.cli.flags import Commands
-from gradleak.cli.labels import add_labels
-from gradleak.cli.listing import add_list
-from gradleak.cli.report import add_report
-from gradleak.cli.simulate import add_simulate
-from gradleak.cli.sweep import add_sweep
-from gradleak.cli.tradeoff import add_tradeoff
-from gradleak.cli.train import add_train
-from gradleak.cli.train_inverter import add_train_inverter
-from gradleak.cli.train_prior import add_train_prior
 from gradleak.core.errors import GradleakError
 from gradleak.core.signals import interrupt_exit_code, terminate_as_interrupt
 
+
+@dataclass(frozen=True)
+class Command:
+    """One command as `gradleak --help` lists it, and where its flags are declared.
+
+    Attributes:
+        name: the command's spelling, e.g. 'train-prior'.
+        adder: 'MODULE:FUNCTION', the function that registers the command (its flags and
+            handler) on the subcommands of `gradleak`; imported only when the command runs
+            or its help is asked for, since most command modules import torch.
+        summary: the one line `gradleak --help` shows (the command's one home for it).
+    """
+
+    name: str
+    adder: str
+    summary: str
+
+
 # Every command, in the order `gradleak --help` lists them: a new command is its module (an
-# add_<command> that registers it with a handler) and one line here.
-COMMANDS: tuple[Callable[[Commands], None], ...] = (
-    add_attack,
-    add_audit,
-    add_sweep,
-    add_report,
-    add_bench,
-    add_tradeoff,
-    add_train,
-    add_train_prior,
-    add_train_inverter,
-    add_compare,
-    add_simulate,
-    add_labels,
-    add_list,
+# add_<command> that registers it with a handler, without a `help=`) and one line here.
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "attack",
+        "gradleak.cli.attack:add_attack",
+        "attack one client update and score the reconstruction",
+    ),
+    Command(
+        "audit",
+        "gradleak.cli.audit:add_audit",
+        "does my federated setup leak? every attack that applies, within a time budget",
+    ),
+    Command(
+        "sweep",
+        "gradleak.cli.sweep:add_sweep",
+        "run attacks × models × defenses × protocols × images × seeds, resumably",
+    ),
+    Command(
+        "report",
+        "gradleak.cli.report:add_report",
+        "write report.html for a run or a sweep directory",
+    ),
+    Command(
+        "bench",
+        "gradleak.cli.bench:add_bench",
+        "run a named study that reproduces a published setting ('bench list')",
+    ),
+    Command(
+        "tradeoff",
+        "gradleak.cli.tradeoff:add_tradeoff",
+        "attacks against defense strengths, beside the accuracy each defense costs",
+    ),
+    Command(
+        "train",
+        "gradleak.cli.train:add_train",
+        "train a model with SGD and save checkpoints for attacks (--checkpoint)",
+    ),
+    Command(
+        "train-prior",
+        "gradleak.cli.train_prior:add_train_prior",
+        "train a generative image prior (a VAE decoder or a DCGAN generator) for attacks with "
+        "a learned prior",
+    ),
+    Command(
+        "train-inverter",
+        "gradleak.cli.train_inverter:add_train_inverter",
+        "train a network that maps a client's update to its images (--attack learned:INV.pt)",
+    ),
+    Command(
+        "compare",
+        "gradleak.cli.compare:add_compare",
+        "several attacks (default DLG, iDLG, DLG-ADMM, iDLG-ADMM) on the same images of "
+        "several datasets: snapshot grids, convergence curves and tables",
+    ),
+    Command(
+        "simulate",
+        "gradleak.cli.simulate:add_simulate",
+        "decentralised training on a peer graph; every peer attacks its neighbours",
+    ),
+    Command(
+        "labels",
+        "gradleak.cli.labels:add_labels",
+        "score label-recovery strategies on many FedSGD batches (no image attack)",
+    ),
+    Command("list", "gradleak.cli.listing:add_list", "list attacks, models and datasets"),
 )
 
 
@@ -51,8 +108,63 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class LazyCommands(argparse._SubParsersAction):
+    """The subcommands of `gradleak`, each declared in full only once it is chosen.
+
+    `gradleak --help` needs only the names and summaries of `COMMANDS`; a command's module
+    (and with it torch) is imported when argparse reaches the command's name, just before
+    the command's own flags (or its --help) are parsed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting: dict[str, Command] = {}  # listed, flags not yet declared
+
+    def list_command(self, command: Command) -> None:
+        """List `command` under its summary; its module is imported by `load`."""
+        super().add_parser(command.name, help=command.summary)
+        self._waiting[command.name] = command
+
+    def load(self, name: str) -> None:
+        """Declare the flags of command `name` (imports its module); no-op once done."""
+        command = self._waiting.get(name)
+        if command is None:
+            return
+        module, function = command.adder.split(":")
+        getattr(importlib.import_module(module), function)(self)
+        if name in self._waiting:
+            raise RuntimeError(f"{command.adder} did not register the command {name!r}")
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """The parser of command `name`, replacing its listed placeholder.
+
+        Raises:
+            ValueError: `help` is given: a command's summary lives in `COMMANDS`.
+        """
+        if "help" in kwargs:
+            raise ValueError(f"command {name!r}: its summary belongs in cli/app.py COMMANDS")
+        if self._waiting.pop(name, None) is not None:
+            del self._name_parser_map[name]  # the placeholder; the listed line stays
+        return super().add_parser(name, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        self.load(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def build_parser(*, full: bool = False) -> argparse.ArgumentParser:
     """The parser of `gradleak` and all its commands.
+
+    Args:
+        full: declare every command's flags now (imports every command module); by
+            default a command's flags are declared when the parse reaches its name, so
+            `gradleak --help` imports none of them.
 
     Returns:
         The parser; each command's namespace carries its `handler`.
@@ -63,9 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         "client's update, attack it, and score the reconstruction.",
     )
     parser.add_argument("--version", action="version", version=f"gradleak {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for add_command in COMMANDS:
-        add_command(commands)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=Parser, action=LazyCommands
+    )
+    for command in COMMANDS:
+        commands.list_command(command)
+    if full:
+        for command in COMMANDS:
+            commands.load(command.name)
     return parser
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gradleak.attacks.registry import AttackChoices, spelled_attacks
-from gradleak.cli import flags
+from gradleak.cli import flags, values
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
 from gradleak.cli.overrides import run_overrides
 from gradleak.defenses import available_defenses
@@ -20,7 +20,6 @@ def add_attack(commands: flags.Commands) -> None:
     attack_help = "; ".join(f"{name}: {text}" for name, text in spelled_attacks().items())
     p = commands.add_parser(
         "attack",
-        help="attack one client update and score the reconstruction",
         description="Simulate a FedSGD client on a private batch, attack the gradient it "
         "shares and write metrics.json, reconstruction.png, grid.png, history.csv and "
         "config.yaml. With no arguments: DLG on LeNet against a bundled CIFAR-10 image.",
@@ -53,10 +52,23 @@ def add_attack(commands: flags.Commands) -> None:
     flags.DEVICE.add(p)
     p.add_argument(
         "--compile",
-        action="store_true",
-        default=None,
+        nargs="?",
+        const=True,
+        type=values.compile_setting,
+        metavar="auto|on|off",
         help="torch.compile the matching step (faster per iteration once compiled; falls "
-        "back with a notice where it cannot compile)",
+        "back with a notice where it cannot compile); auto: only when the run is long "
+        "enough to repay the compile, judged from the eager step's time and earlier "
+        "compiles (compiled steps are cached in $GRADLEAK_CACHE_DIR/compile, else "
+        "$XDG_CACHE_HOME/gradleak/compile or ~/.cache/gradleak/compile); alone: on",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="wall-time budget of the attack: an Adam attack is timed on a few steps and "
+        "given the iterations (and restarts, once each gets enough) that fit, its step "
+        "schedule laid over them; a deadline ends any attack when the budget is spent",
     )
     p.add_argument(
         "--stop-psnr",
@@ -106,7 +118,10 @@ def handle(args: argparse.Namespace) -> int:
     from gradleak.scenario.config import load_run_config
     from gradleak.scenario.run import run_attack
 
-    config = load_run_config(args.config, run_overrides(args))
+    overrides = run_overrides(args)
+    if args.budget is not None:
+        overrides["budget"] = args.budget
+    config = load_run_config(args.config, overrides)
     flags.apply_threads(args.threads)
     result = run_attack(config, overwrite=args.overwrite)
     m = result.metrics
@@ -155,9 +170,17 @@ def _image_scores(m: Mapping[str, Any]) -> str:
     return (
         f"{m['attack']} on {m['model']} ({m['source']}): {_status(m)}PSNR {psnr} dB, "
         f"SSIM {ssim}, MSE {m['mse']:.3g}, label accuracy {labels}, "
-        f"{m['iterations']} iterations in {m['seconds']:.1f} s"
-        + (f" ({m['compile_seconds']:.1f} s compiling)" if m["compiled"] else "")
+        f"{m['iterations']} iterations in {m['seconds']:.1f} s" + _compiling(m)
     )
+
+
+def _compiling(m: Mapping[str, Any]) -> str:
+    """' (2.1 s compiling, 1 cached graph)' for a compiled run, else ''."""
+    if not m["compiled"]:
+        return ""
+    hits = m.get("compile_cache_hits") or 0
+    cached = f", {hits} cached graph{'s' if hits != 1 else ''}" if hits else ", cold cache"
+    return f" ({m['compile_seconds']:.1f} s compiling{cached})"
 
 
 def _text_scores(m: Mapping[str, Any]) -> str:

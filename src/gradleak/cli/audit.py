@@ -24,7 +24,6 @@ def add_audit(commands: flags.Commands) -> None:
 
     p = commands.add_parser(
         "audit",
-        help="does my federated setup leak? every attack that applies, within a time budget",
         description="Simulate clients of your setup (model, data, protocol, defenses), run "
         "every attack that applies to it within the time budget (label recovery, analytic "
         "reconstruction where a Linear layer reads the input, DLG on small models, Inverting "

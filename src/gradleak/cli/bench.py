@@ -17,7 +17,6 @@ def add_bench(commands: flags.Commands) -> None:
     """Register `gradleak bench` on the subcommands of `gradleak`."""
     p = commands.add_parser(
         "bench",
-        help=f"run a named study that reproduces a published setting ('bench {LIST}')",
         description="Run a named study (a packaged sweep spec) at a chosen budget; its "
         f"tables go to the output folder. 'gradleak bench {LIST}' names them.",
     )

@@ -53,8 +53,6 @@ def add_compare(commands: flags.Commands) -> None:
     """Register `gradleak compare` on the subcommands of `gradleak`."""
     p = commands.add_parser(
         "compare",
-        help="several attacks (default DLG, iDLG, DLG-ADMM, iDLG-ADMM) on the same images "
-        "of several datasets: snapshot grids, convergence curves and tables",
         description="Run each attack against its protocol's update on the same images of "
         "every --dataset, one run directory per dataset, image and attack under "
         "OUT/runs/. Writes OUT/results.csv (one row per run), summary.csv and summary.md "
@@ -127,6 +125,7 @@ def add_compare(commands: flags.Commands) -> None:
     flags.THREADS.add(p)
     flags.DEVICE.add(p)
     flags.NO_PROGRESS.add(p, help="hide the progress bars")
+    flags.NO_STACK.add(p)
     p.set_defaults(handler=handle)
 
 
@@ -194,7 +193,12 @@ def handle(args: argparse.Namespace) -> int:
     print(f"{total} runs; outputs under {out}", flush=True)
     with output_dir(out, overwrite=args.overwrite, resumable=True) as folder:
         result = run_compare(
-            spec, folder, progress=not args.no_progress, report=report, device=device
+            spec,
+            folder,
+            progress=not args.no_progress,
+            report=report,
+            device=device,
+            stack=not args.no_stack,
         )
     if result.removed_partial:
         print(f"removed {result.removed_partial} half-written run(s) left by an earlier call")

@@ -86,6 +86,7 @@ def run_study(spec: SweepSpec, out: Path, args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             threads=args.threads,
             device=args.device,
+            stack=not args.no_stack,
         )
     if result.removed_partial:
         print(

@@ -333,13 +333,21 @@ THREADS = _flag("--threads", type=int, metavar="N", help="CPU threads for torch"
 # other, larger machines (Ray); it is above the hardware threads of any one machine.
 MAX_THREADS = 1024
 NO_PROGRESS = _flag("--no-progress", action="store_true", help="hide the progress bar")
+# Studies attack the cells that differ only in their image and seed as stacked attacks.
+NO_STACK = _flag(
+    "--no-stack",
+    action="store_true",
+    help="run every cell as its own attack (default: cells that differ only in their image "
+    "and seed are attacked together, one stacked computation per chunk, where the attack "
+    "stacks: Adam attacks on images)",
+)
 DEVICE = _flag("--device", metavar="DEV", help=DEVICE_HELP)
 CONFIG = _flag("--config", type=Path, metavar="FILE", help="YAML/JSON file of run settings")
 
 
 def add_execution_flags(p: Flags) -> None:
     """Where sweep cells run: --workers, --backend, --address, --threads, --device,
-    --no-progress."""
+    --no-progress, --no-stack."""
     p.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes")
     p.add_argument(
         "--backend",
@@ -353,6 +361,7 @@ def add_execution_flags(p: Flags) -> None:
     THREADS.add(p, help="torch threads per cell (default: cores/workers)")
     DEVICE.add(p, help=f"{DEVICE_HELP}; each cell resolves it where it runs")
     NO_PROGRESS.add(p)
+    NO_STACK.add(p)
 
 
 def apply_threads(threads: int | None, *, in_this_process: bool = True) -> None:

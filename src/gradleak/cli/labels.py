@@ -30,7 +30,6 @@ def add_labels(commands: flags.Commands) -> None:
 
     p = commands.add_parser(
         "labels",
-        help="score label-recovery strategies on many FedSGD batches (no image attack)",
         description="Draw batches with repeated labels from a dataset's test split, compute "
         "the FedSGD gradient, recover the labels with each strategy and score them: "
         "exact match of the set of present classes, its precision and recall, and count "

@@ -17,7 +17,7 @@ from gradleak.scenario.config import DATASET_CHOICES
 
 def add_list(commands: flags.Commands) -> None:
     """Register `gradleak list` on the subcommands of `gradleak`."""
-    p = commands.add_parser("list", help="list attacks, models and datasets")
+    p = commands.add_parser("list")
     p.set_defaults(handler=handle)
 
 

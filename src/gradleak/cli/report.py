@@ -14,7 +14,6 @@ def add_report(commands: flags.Commands) -> None:
     """Register `gradleak report` on the subcommands of `gradleak`."""
     p = commands.add_parser(
         "report",
-        help="write report.html for a run or a sweep directory",
         description="Write a self-contained report.html: for a run, the reconstruction, "
         "snapshots over iterations, curves, metrics, threat model and configuration; for a "
         "sweep, the summary tables, a plot per swept axis and the best and worst cells.",

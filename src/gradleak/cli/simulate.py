@@ -27,7 +27,6 @@ def add_simulate(commands: flags.Commands) -> None:
     topologies = "; ".join(f"{name}: {shape.text}" for name, shape in TOPOLOGIES.items())
     p = commands.add_parser(
         "simulate",
-        help="decentralised training on a peer graph; every peer attacks its neighbours",
         description="Simulate P peers that each hold b consecutive images (peer i: START + "
         "i·b …), share their updates with their neighbours in the graph, step and gossip-"
         "average their models for R rounds; in round R every peer attacks each neighbour's "

@@ -13,7 +13,6 @@ def add_sweep(commands: flags.Commands) -> None:
     """Register `gradleak sweep` on the subcommands of `gradleak`."""
     p = commands.add_parser(
         "sweep",
-        help="run attacks × models × defenses × protocols × images × seeds, resumably",
         description="Run every cell of a sweep spec (YAML) into its own run directory; "
         "finished cells are skipped on a re-run, failed ones run again. Every cell is checked "
         "before any runs. Writes results.csv, summary.csv and summary.md (and results.parquet "

@@ -23,7 +23,6 @@ def add_tradeoff(commands: flags.Commands) -> None:
     """Register `gradleak tradeoff` on the subcommands of `gradleak`."""
     p = commands.add_parser(
         "tradeoff",
-        help="attacks against defense strengths, beside the accuracy each defense costs",
         description="Run a trade-off spec (a sweep spec with a 'utility' mapping): the "
         "attacks against every defense setting, and one training run per setting for its "
         "test accuracy. Writes tradeoff.csv, tradeoff.md and tradeoff.png. Finished cells "
@@ -73,6 +72,7 @@ def handle(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 threads=args.threads,
                 device=args.device,
+                stack=not args.no_stack,
             )
         except KeyboardInterrupt:
             # During a utility training: the finished cells and trainings are kept (the

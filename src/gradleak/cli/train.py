@@ -46,7 +46,6 @@ def add_train(commands: flags.Commands) -> None:
     """Register `gradleak train` on the subcommands of `gradleak`."""
     p = commands.add_parser(
         "train",
-        help="train a model with SGD and save checkpoints for attacks (--checkpoint)",
         description="Train a model with SGD on cross-entropy over a range of dataset images "
         "and save its state: the final one at --out (CKPT.pt), the states after the "
         "--save-epochs next to it (CKPT.epochN.pt; 0 is the untrained state) and the "

@@ -32,7 +32,6 @@ def add_train_inverter(commands: flags.Commands) -> None:
     d = _DEFAULTS
     p = commands.add_parser(
         "train-inverter",
-        help="train a network that maps a client's update to its images (--attack learned:INV.pt)",
         description="Compute the updates that batches of auxiliary images produce at one "
         "server model (as the protocol's clients compute them), sketch each update with a "
         "fixed count sketch, and train a network from the sketch back to the images "

@@ -19,8 +19,6 @@ def add_train_prior(commands: flags.Commands) -> None:
     """Register `gradleak train-prior` on the subcommands of `gradleak`."""
     p = commands.add_parser(
         "train-prior",
-        help="train a generative image prior (a VAE decoder or a DCGAN generator) for "
-        "attacks with a learned prior",
         description="Train a small image generator on public images and save it at --out "
         "(PRIOR.pt), with 16 of its samples in PRIOR.samples.png; both are rewritten after "
         "every epoch. By default the indexed datasets train on images 100-599 (0-99 are the "

@@ -115,3 +115,20 @@ class ModelArgs(argparse.Action):
             setattr(namespace, self.dest, model_args_from([*earlier.items(), pair]))
         except GradleakError as error:
             parser.error(str(error))
+
+
+def compile_setting(text: str) -> bool | str:
+    """'on' → True, 'off' → False, 'auto' → 'auto': an argparse type for --compile, giving
+    the values a config file spells `compile: true | false | auto`.
+
+    Raises:
+        argparse.ArgumentTypeError: any other text (argparse turns it into a one-line usage
+            error).
+    """
+    settings: dict[str, bool | str] = {"on": True, "off": False, "auto": "auto"}
+    key = text.strip().lower()
+    if key not in settings:
+        raise argparse.ArgumentTypeError(
+            f"--compile {text!r} is not one of: {', '.join(settings)} (--compile alone: on)"
+        )
+    return settings[key]

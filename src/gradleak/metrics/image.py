@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from gradleak.core.errors import GradleakError
@@ -18,6 +19,8 @@ _MSE_FLOOR = 10.0 ** (-PSNR_CEILING_DB / 10.0)
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 _SSIM_MARGIN = SSIM_WINDOW // 2
+_SSIM_K1 = 0.01
+_SSIM_K2 = 0.03
 
 
 def mse(x: Tensor, y: Tensor) -> Tensor:
@@ -116,22 +119,27 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
             f"SSIM needs images of at least {SSIM_WINDOW}×{SSIM_WINDOW} pixels, got "
             f"{height}×{width}; score larger images or leave SSIM out"
         )
-    # Imported here: torchmetrics takes seconds to import (more with transformers
-    # installed), which every command would otherwise pay.
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    # Written here rather than taken from torchmetrics: importing torchmetrics costs seconds
+    # (more with transformers installed), more than the whole attack of a small model, and
+    # the valid-window SSIM is five separable Gaussian blurs. tests/metrics compares it with
+    # torchmetrics and an independent reference.
+    channels = x64.shape[1]
+    g = _gaussian_window(x64)
+    # x, y, x², y², xy blurred in one grouped convolution: each of the 5·C maps by itself.
+    maps = torch.cat([x64, y64, x64 * x64, y64 * y64, x64 * y64], dim=1)
+    groups = maps.shape[1]
+    blurred = F.conv2d(maps, g.view(1, 1, -1, 1).expand(groups, 1, -1, 1), groups=groups)
+    blurred = F.conv2d(blurred, g.view(1, 1, 1, -1).expand(groups, 1, 1, -1), groups=groups)
+    mx, my, sxx, syy, sxy = blurred.split(channels, dim=1)
+    vx, vy, cxy = sxx - mx * mx, syy - my * my, sxy - mx * my
+    c1, c2 = _SSIM_K1**2, _SSIM_K2**2  # data range 1
+    full_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return full_map.flatten(1).mean(dim=1)
 
-    # torchmetrics averages over a reflect-padded border; take its full map and drop the
-    # padded margin so the score matches the standard valid-window definition. (With a
-    # Gaussian kernel torchmetrics sizes the window from σ: 1.5 gives the standard 11.)
-    _, full_map = structural_similarity_index_measure(
-        x64,
-        y64,
-        gaussian_kernel=True,
-        kernel_size=SSIM_WINDOW,
-        sigma=SSIM_SIGMA,
-        data_range=1.0,
-        reduction="none",
-        return_full_image=True,
-    )
-    m = _SSIM_MARGIN
-    return full_map[..., m:-m, m:-m].flatten(1).mean(dim=1)
+
+def _gaussian_window(like: Tensor) -> Tensor:
+    """The 1-D Gaussian of the SSIM window (SSIM_WINDOW taps, σ = SSIM_SIGMA), summing to 1,
+    with the dtype and device of `like` (whatever torch's default device)."""
+    offsets = torch.arange(SSIM_WINDOW, dtype=like.dtype, device=like.device) - _SSIM_MARGIN
+    g = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
+    return g / g.sum()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from gradleak.metrics._checks import image_pair
@@ -55,6 +54,8 @@ def match_reconstructions(recon: Tensor, truth: Tensor) -> Tensor:
     cost = pairwise_mse(recon, truth)  # on the CPU: the assignment is solved there
     if cost.shape[0] == 1:
         return torch.zeros(1, dtype=torch.int64, device=cost.device)
+    from scipy.optimize import linear_sum_assignment  # heavy: only batches need it
+
     truth_idx, recon_idx = linear_sum_assignment(cost.numpy())
     order = torch.empty(cost.shape[0], dtype=torch.int64, device=cost.device)
     order[torch.from_numpy(truth_idx).long()] = torch.from_numpy(recon_idx).long()

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from gradleak.core.errors import GradleakError
 from gradleak.models.cnn6 import CNN6
@@ -214,6 +215,26 @@ def _physical_memory() -> int | None:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+class _NoInitialisation(TorchFunctionMode):
+    """Skip the in-place fills of weight initialisation (normal_, uniform_, zero_, ...).
+
+    On the meta device they compute nothing, but the first meta `normal_` (Kaiming-normal
+    convolutions) loads torch's Python decompositions and compiler stack, about a second
+    of imports, for a shape count that in-place fills cannot change.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = getattr(func, "__name__", "")
+        in_place = name.endswith("_") and not name.startswith("_") and name not in _SHAPING
+        if in_place and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+# In-place operations that change a tensor's size: never skipped.
+_SHAPING = frozenset({"resize_", "resize_as_", "set_", "requires_grad_"})
+
+
 def _check_memory(name: str, build: Callable[[], nn.Module]) -> None:
     """Refuse a model that, with one update of the same size, exceeds the machine's memory.
 
@@ -224,7 +245,7 @@ def _check_memory(name: str, build: Callable[[], nn.Module]) -> None:
     memory = _physical_memory()
     if memory is None:
         return
-    with torch.device("meta"):
+    with torch.device("meta"), _NoInitialisation():
         shape = build()
     tensors = itertools.chain(shape.parameters(), shape.buffers())
     size = sum(t.numel() * t.element_size() for t in tensors)

@@ -281,6 +281,9 @@ def _run_metric_rows(metrics: Mapping[str, Any], modality: Modality) -> list[tup
     ]
     if metrics.get("compiled"):
         rows.append(("compile seconds", _with_unit(metrics.get("compile_seconds"), ".1f", "s")))
+        rows.append(("compiled graphs from the cache", fmt(metrics.get("compile_cache_hits"), "d")))
+    if metrics.get("compile_decision"):
+        rows.append(("compile decision", fmt(metrics.get("compile_decision"))))
     rows += [
         ("compiled (torch.compile)", fmt(bool(metrics.get("compiled")))),
         ("restarts requested", fmt(metrics.get("restarts"), "d")),

@@ -78,6 +78,10 @@ class RunConfig:
     # Evaluation side: end the attack once the reconstruction reaches this PSNR (dB).
     # It reads the ground truth, so it measures time-to-quality; it is not attacker knowledge.
     stop_psnr: float | None = None
+    # Attacker side: the attack's wall-time budget in seconds (None: its configured
+    # iterations). An Adam attack is timed on a few steps and given the iterations and
+    # restarts that fit (`gradleak.scenario.time_budget`); a deadline ends any late run.
+    budget: float | None = None
     protocol: str = DEFAULT_PROTOCOL
     # Client-side defenses, applied in order to the update (e.g. "prune:0.3").
     defenses: tuple[str, ...] = ()
@@ -374,6 +378,8 @@ def _check_bounds(config: RunConfig) -> None:
         raise GradleakError(f"--label must be in 0..{MAX_CLASSES - 1}, got {config.label}")
     if config.rounds > MAX_ROUNDS:
         raise GradleakError(f"--rounds must be in 1..{MAX_ROUNDS}, got {config.rounds}")
+    if config.budget is not None and not (config.budget > 0 and math.isfinite(config.budget)):
+        raise GradleakError(f"--budget must be a positive number of seconds, got {config.budget}")
     true = (config.local_steps, config.local_epochs, config.local_batch_size)
     guess = (config.guess_local_steps, config.guess_local_epochs, config.guess_local_batch_size)
     # The attacker's belief: its guesses where it makes them, the truth elsewhere.

@@ -57,7 +57,13 @@ def run_metrics(
         "stopped_at_psnr": plan.output.stop_psnr if rec.stopped else None,
         "compiled": rec.compiled,
         "compile_seconds": rec.compile_seconds,
-        "restarts": plan.attack.config.restarts,
+        # on | off | auto, and what auto decided and why (one line)
+        "compile_mode": rec.compile_report.get("mode"),
+        "compile_decision": rec.compile_report.get("decision"),
+        # inductor's FX-graph cache: graphs served from the cache folder, and compiled anew
+        "compile_cache_hits": rec.compile_report.get("cache_hits"),
+        "compile_cache_misses": rec.compile_report.get("cache_misses"),
+        "restarts": outcome.attack.config.restarts,  # as run (a --budget plans them)
         "trials_run": len(rec.trial_losses),
         "best_trial": rec.best_trial,
         "matching_loss": rec.loss,
@@ -104,7 +110,7 @@ def write_outputs(
     write_history_csv(rec.history, out_dir / "history.csv")
     resolved = {
         "run": to_plain(plan.config),
-        "attack": {"name": plan.config.attack, **to_plain(plan.attack.config), **rec.details},
+        "attack": {"name": plan.config.attack, **to_plain(outcome.attack.config), **rec.details},
         "threat_model": server.knowledge.describe(),
         # Where it ran: `run` keeps the device as asked for (e.g. auto), to run it again.
         "device": str(plan.device),

@@ -26,6 +26,7 @@ from gradleak.scenario.observe import psnr_observer, score
 from gradleak.scenario.outputs import prior_nearest, run_metrics, write_outputs
 from gradleak.scenario.plan import RunPlan, plan_run
 from gradleak.scenario.snapshots import SnapshotRecorder
+from gradleak.scenario.time_budget import fit_to_budget, with_deadline
 
 
 @dataclass
@@ -90,12 +91,16 @@ def execute(plan: RunPlan, *, attacked_hook: Callable[[], None] | None = None) -
     """
     case, update, attacked = attacked_view(plan)
     recorder = SnapshotRecorder(plan.output.snapshots)
-    reconstruction = plan.attack.reconstruct(
+    attack, observer = plan.attack, psnr_observer(case, plan.output.stop_psnr, recorder=recorder)
+    if plan.config.budget is not None:  # timed on this update, then fitted to the budget
+        fit = fit_to_budget(attack, update, attacked, plan.config.budget, seed=plan.seed)
+        attack, observer = fit.attack, with_deadline(observer, fit.until)
+    reconstruction = attack.reconstruct(
         update,
         attacked.model,
         attacked.knowledge,
         seed=plan.seed,
-        observer=psnr_observer(case, plan.output.stop_psnr, recorder=recorder),
+        observer=observer,
         progress=plan.output.progress,
     )
     if attacked_hook is not None:
@@ -103,7 +108,7 @@ def execute(plan: RunPlan, *, attacked_hook: Callable[[], None] | None = None) -
     evaluation = score(attacked, case.client.batch, reconstruction)
     final = attacked.decode(reconstruction.images)[evaluation.matching]
     recorder.observe_final(reconstruction.iterations, final)
-    return AttackOutcome(case, attacked, plan.attack, update, reconstruction, evaluation, recorder)
+    return AttackOutcome(case, attacked, attack, update, reconstruction, evaluation, recorder)
 
 
 def attacked_view(plan: RunPlan) -> tuple[Case, SharedUpdate, ServerView]:

@@ -13,7 +13,13 @@ Layout under the output folder:
 
 A run is written under a `.partial` name and renamed when it is complete; an interrupted run
 stays partial (and is removed by the next call), so tables and figures show finished runs
-only. Finished runs whose request is unchanged are not run again (see studies/cells.py).
+only. The images of one dataset attacked by one attack share that attack: where the attack
+stacks several updates in one computation (Adam attacks on images, `scenario/stacked.py`'s
+`stackable`; not the L-BFGS attacks this comparison defaults to) they run as stacked
+attacks, in chunks (`studies/stacking.py`, `scenario/stacked.py`), each run still
+written as its own directory (its metrics say how many runs were stacked, `stacked`, and
+its `seconds` is the stack's time split equally); a chunk interrupted by Ctrl-C writes
+none of its runs. Finished runs whose request is unchanged are not run again (see studies/cells.py).
 
 Sentences are one more source (`text`, or `text=FILE` for a file of sentences, one per
 line): their runs go under `runs/<name>/sentence-<i>/`, score what the text modality scores
@@ -51,6 +57,7 @@ from gradleak.scenario.case import build_case
 from gradleak.scenario.config import DATASET_CHOICES, MODALITY_DEFAULTS, RunConfig
 from gradleak.scenario.run import RunResult, run_attack
 from gradleak.studies.cells import CellRef, CellStore, described_config
+from gradleak.studies.stacking import CHUNK_CELLS, stack_chunks, tell_fallback
 from gradleak.studies.summary import (
     COUNTED_STATUSES,
     DEFAULT_MODALITY,
@@ -371,6 +378,7 @@ def run_compare(
     progress: bool = True,
     report: Report | None = None,
     device: str | None = None,
+    stack: bool = True,
 ) -> CompareResult:
     """Run every cell not yet finished, then write tables and figures from the finished ones.
 
@@ -384,6 +392,8 @@ def run_compare(
         report: called as `report(cell, metrics)` after each run that finishes now.
         device: where the runs compute (auto, cpu, cuda, cuda:N, mps; None: auto); not
             part of a run's description, so a run finished on one device is kept on another.
+        stack: attack the images of one dataset and attack together, in chunks, where the
+            attack stacks (default); False: every run on its own.
 
     Returns:
         The cells, how many ran now, were kept or removed, the rows and the figures written.
@@ -401,23 +411,22 @@ def run_compare(
     store = cell_store(out_dir)
     cells = spec.cells()
     result = CompareResult(out_dir, len(cells), removed_partial=store.remove_leftovers())
-    for cell in cells:
-        ref = _ref(spec, cell)
-        if store.finished(ref):
-            result.skipped += 1
-            continue
+    pending = [cell for cell in cells if not store.finished(_ref(spec, cell))]
+    result.skipped = len(cells) - len(pending)
+    size = CHUNK_CELLS if stack else 1
+    for chunk in stack_chunks(pending, spec.config, size=size):
         try:
-            write = functools.partial(_write_run, spec, cell, progress=progress, device=device)
-            run = store.publish(ref, write)
+            runs = _run_chunk(spec, chunk, store, progress, device)
         except KeyboardInterrupt:
             result.interrupted = True
             break
-        if run is None:  # Ctrl-C inside the attack: partial results stay unpublished
+        for cell, metrics in runs:
+            result.ran += 1
+            if report is not None:
+                report(cell, metrics)
+        if len(runs) < len(chunk):  # Ctrl-C inside an attack: its run stays unpublished
             result.interrupted = True
             break
-        result.ran += 1
-        if report is not None:
-            report(cell, run.metrics)
     result.rows, result.figures = write_compare_outputs(spec, out_dir)
     return result
 
@@ -429,13 +438,74 @@ def cell_store(out_dir: Path) -> CellStore:
     return CellStore(Path(out_dir), RUN_MARKER, layout=f"{RUNS_DIR}/*/*/*", keep_unpublished=True)
 
 
+def _run_chunk(
+    spec: CompareSpec, chunk: Sequence[Cell], store: CellStore, progress: bool, device: str | None
+) -> list[tuple[Cell, dict[str, Any]]]:
+    """Run a chunk's cells (one cell alone, several as stacked attacks) and publish each.
+
+    A stacked chunk that cannot run (a stack the attack refuses, a cell's error) runs its
+    unpublished cells one by one, where each cell's own error ends the comparison as it
+    would without stacking.
+
+    Returns:
+        (cell, metrics) of each cell published, in order; fewer than the chunk's cells
+        when Ctrl-C reached a run on its own (the cells after it are not run).
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C reached a stacked chunk's attack: none of it is published.
+    """
+    if len(chunk) > 1:
+        try:
+            runs = _run_stacked_chunk(spec, chunk, store, progress, device)
+            return [(cell, run.metrics) for cell, run in runs]
+        except Exception as exc:  # noqa: BLE001 - the cells run one by one below, errors and all
+            tell_fallback(len(chunk), exc)
+    published = []
+    for cell in chunk:
+        ref = _ref(spec, cell)
+        if store.finished(ref):  # published by the stacked chunk before it failed
+            published.append((cell, store.metrics(ref)))
+            continue
+        write = functools.partial(_write_run, spec, cell, progress=progress, device=device)
+        run = store.publish(ref, write)
+        if run is None:  # Ctrl-C inside the attack: partial results stay unpublished
+            break
+        published.append((cell, run.metrics))
+    return published
+
+
+def _run_stacked_chunk(
+    spec: CompareSpec, chunk: Sequence[Cell], store: CellStore, progress: bool, device: str | None
+) -> list[tuple[Cell, RunResult]]:
+    """A chunk's cells as stacked attacks (`run_stacked`), each published with its snapshots."""
+    from gradleak.scenario.stacked import run_stacked
+
+    configs = [_run_config(spec, cell, Path("."), progress, device) for cell in chunk]
+
+    def publish(i: int, write: Callable[[Path], RunResult]) -> RunResult | None:
+        def written(partial: Path) -> RunResult:
+            run = write(partial)
+            save_snapshots(run, partial / SNAPSHOT_FILE)
+            return run
+
+        return store.publish(_ref(spec, chunk[i]), written)
+
+    return list(zip(chunk, run_stacked(configs, publish), strict=True))
+
+
+def _run_config(
+    spec: CompareSpec, cell: Cell, out: Path, progress: bool, device: str | None
+) -> RunConfig:
+    """A cell's validated run configuration, written to `out`."""
+    config = replace(spec.config(cell), out=out, progress=progress)
+    return (config if device is None else replace(config, device=device)).validate()
+
+
 def _write_run(
     spec: CompareSpec, cell: Cell, partial: Path, progress: bool, device: str | None = None
 ) -> RunResult | None:
     """Run one cell into `partial` with its snapshots; None if Ctrl-C reached the attack."""
-    config = replace(spec.config(cell), out=partial, progress=progress)
-    config = (config if device is None else replace(config, device=device)).validate()
-    run = run_attack(config)
+    run = run_attack(_run_config(spec, cell, partial, progress, device))
     if run.reconstruction.interrupted:
         return None
     save_snapshots(run, partial / SNAPSHOT_FILE)

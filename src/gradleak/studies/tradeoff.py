@@ -89,6 +89,7 @@ def run_tradeoff(
     progress: bool = True,
     threads: int | None = None,
     device: str | None = None,
+    stack: bool = True,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Run the attacks and the utility trainings; write tradeoff.csv/.md/.png.
 
@@ -100,6 +101,7 @@ def run_tradeoff(
         threads: torch threads per attack cell.
         device: where the attack cells (resolved by each, None: the spec's) and the utility
             trainings (resolved here, None: auto) compute.
+        stack: attack cells that differ only in their image and seed together (`run_sweep`).
 
     Returns:
         The trade-off rows (per attack and defense) and whether Ctrl-C ended the study (then
@@ -109,7 +111,13 @@ def run_tradeoff(
         GradleakError: as `run_sweep`, or a utility training that cannot run.
     """
     result = run_sweep(
-        spec.sweep, out_dir, backend=backend, progress=progress, threads=threads, device=device
+        spec.sweep,
+        out_dir,
+        backend=backend,
+        progress=progress,
+        threads=threads,
+        device=device,
+        stack=stack,
     )
     if result.interrupted:
         return [], True

@@ -26,6 +26,11 @@ from .problems import matching_problem
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def _ten_ms_a_trial(problem: Any, images: torch.Tensor, inputs: Any) -> float:
+    """A stacked evaluation's time, 10 ms per trial: stacking saves nothing here."""
+    return 0.01 * images.shape[0]
+
+
 def test_estimate_is_trials_times_steps_times_evaluations_times_their_cost() -> None:
     estimate = lbfgs_estimate(8, 300, 20, 0.01)
     assert estimate.evaluations_per_step == evaluations_per_step(20) == 25  # torch's max_eval
@@ -84,7 +89,7 @@ def test_the_attack_refuses_before_any_work(
     dlg_target: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     case, update = dlg_target
-    monkeypatch.setattr(gradient_matching, "measure_evaluation_seconds", lambda *a: 0.01)
+    monkeypatch.setattr(gradient_matching, "measure_evaluation_seconds", _ten_ms_a_trial)
 
     def must_not_run(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the optimisation started")
@@ -114,7 +119,7 @@ def test_reconstruct_many_bounds_the_whole_batch_of_updates(
     # 30 restarts of one update fit the hour (30 × 75 s); of two updates, run one after
     # another, they do not, and the restarts that fit are counted per update.
     case, update = dlg_target
-    monkeypatch.setattr(gradient_matching, "measure_evaluation_seconds", lambda *a: 0.01)
+    monkeypatch.setattr(gradient_matching, "measure_evaluation_seconds", _ten_ms_a_trial)
 
     def must_not_run(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the optimisation started")
@@ -137,3 +142,32 @@ def test_adam_runs_are_not_estimated(dlg_target: Any) -> None:
 def test_the_bound_is_checked_as_a_setting() -> None:
     with pytest.raises(GradleakError, match="lbfgs_max_hours must be zero or positive"):
         attacks.get("dlg").with_options({"lbfgs_max_hours": -1})
+
+
+def test_stacked_trials_are_estimated_by_one_stacked_evaluation() -> None:
+    # 16 trials in one stack: one group's steps × one stacked evaluation, not 16× one trial.
+    estimate = lbfgs_estimate(16, 300, 20, 0.04, stack=16)
+    assert estimate.groups == 1
+    assert estimate.seconds == pytest.approx(300 * 25 * 0.04)
+    assert estimate.describe().startswith("16 trials in 1 stack of 16 × 300 steps")
+    # Two groups (memory split them) run one after another.
+    assert lbfgs_estimate(20, 300, 20, 0.04, stack=16).seconds == pytest.approx(2 * 300)
+
+
+def test_the_attack_times_one_evaluation_of_the_whole_stack(
+    dlg_target: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case, update = dlg_target
+    stacks: list[int] = []
+
+    def timed(problem: Any, images: torch.Tensor, inputs: Any) -> float:
+        stacks.append(images.shape[0])
+        assert inputs.tv_weight.shape == (images.shape[0],)
+        return 0.001
+
+    monkeypatch.setattr(gradient_matching, "measure_evaluation_seconds", timed)
+    attack = attacks.get("dlg").with_options({"restarts": 6})
+    estimate = attack.check_budget(update, case.server.model, case.server.knowledge)
+    assert stacks == [6]
+    assert estimate is not None and (estimate.trials, estimate.stack) == (6, 6)
+    assert estimate.seconds == pytest.approx(300 * 25 * 0.001)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from gradleak.attacks.engine import lbfgs
 from gradleak.attacks.engine.adam import optimize_adam
 from gradleak.attacks.engine.lbfgs import optimize_lbfgs
 from gradleak.attacks.engine.trials import best_trial
@@ -233,9 +234,12 @@ def test_lbfgs_keyboard_interrupt_returns_partial_result(lenet_case: Any) -> Non
 
     assert result.interrupted
     assert result.iterations < 50
-    # The interrupt stops every remaining trial: only the first one ran.
-    assert result.images.shape == (1, 1, 3, 32, 32)
+    # The interrupt stops every stacked trial; each returns its best iterate so far.
+    assert result.images.shape == (2, 1, 3, 32, 32)
     assert torch.isfinite(result.losses).all()
+    for i in range(2):
+        recomputed = problem.loss(result.images[i], soft[i]).item()
+        assert recomputed < problem.loss(images[i], soft[i]).item()
 
 
 # --- L-BFGS -----------------------------------------------------------------------------------
@@ -279,17 +283,14 @@ def test_lbfgs_keeps_the_best_iterate(lenet_case: Any, monkeypatch: pytest.Monke
     images, _ = _start(1)
     labels = case.client.batch.labels
     evaluated: list[float] = []
+    original = lbfgs.TrialStep.__call__
 
-    class RecordingLBFGS(torch.optim.LBFGS):
-        def step(self, closure):  # type: ignore[override]
-            def recording_closure() -> torch.Tensor:
-                value = closure()
-                evaluated.append(float(value))
-                return value
+    def recording(self: Any, images: torch.Tensor, inputs: Any) -> Any:
+        out = original(self, images, inputs)
+        evaluated.extend(out[2].tolist())
+        return out
 
-            return super().step(recording_closure)
-
-    monkeypatch.setattr(torch.optim, "LBFGS", RecordingLBFGS)
+    monkeypatch.setattr(lbfgs.TrialStep, "__call__", recording)
     # A huge fixed step (no line search) makes L-BFGS overshoot: later iterates are worse.
     result = optimize_lbfgs(
         problem,

@@ -71,10 +71,15 @@ def test_lbfgs_does_not_call_the_observer_after_it_stopped_the_run(lenet_case: A
         progress=False,
     )
 
-    assert calls == [1, 2]  # trial 0's steps 1 and 2; trial 1 never runs
-    assert result.stopped and result.images.shape[0] == 1
-    assert [row["iteration"] for row in result.history] == [1, 2]
-    assert result.history[-1]["psnr"] == 99.0
+    # Stacked trials end their outer steps in turn: trial 0's step 1, trial 1's step 1,
+    # trial 0's step 2 stops every trial.
+    assert calls == [1, 1, 2]
+    assert result.stopped and result.images.shape[0] == 2
+    rows = [(row["trial"], row["iteration"]) for row in result.history]
+    assert rows[:3] == [(0, 1), (1, 1), (0, 2)]
+    assert result.history[2]["psnr"] == 99.0
+    # Trial 1's last row, if it went on, is recorded without calling the observer again.
+    assert all("psnr" not in row for row in result.history[3:])
 
 
 def test_lbfgs_takes_one_row_of_integer_labels_per_trial(one_thread: None) -> None:
@@ -94,5 +99,6 @@ def test_lbfgs_takes_one_row_of_integer_labels_per_trial(one_thread: None) -> No
     assert torch.equal(result.labels, labels)
     for k in range(2):
         alone = optimize_lbfgs(problem, images[k : k + 1], labels[k], **options)
-        torch.testing.assert_close(result.images[k], alone.images[0], rtol=0, atol=0)
-        assert result.losses[k].item() == alone.losses[0].item()
+        # Stacked trials run the vmapped step, a trial alone autograd's: equal up to rounding.
+        torch.testing.assert_close(result.images[k], alone.images[0], rtol=1e-4, atol=1e-5)
+        assert result.losses[k].item() == pytest.approx(alone.losses[0].item(), rel=1e-4)

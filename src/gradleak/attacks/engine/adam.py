@@ -140,6 +140,7 @@ def optimize_adam(
     notice: Notice = print_notice,
     check_memory: bool = True,
     consistency: GroupConsistency | None = None,
+    keep_best: bool = False,
 ) -> TrialsResult:
     """Adam on K stacked trials (`images` is K×B×C×H×W), all in one computation.
 
@@ -189,6 +190,10 @@ def optimize_adam(
         consistency: pull each group of consecutive trials toward its registered mean
             (GradInversion's group consistency, `gradleak.attacks.engine.consistency`);
             None (default): the trials stay independent.
+        keep_best: return each trial's lowest-loss iterate seen (its loss, prior included,
+            as computed by the step, and the final iterate scored once more) instead of its
+            last one. Tracked on the device with `torch.where` on the stacked rows, so the
+            hot loop reads nothing back. Default False: the last iterate.
 
     Returns:
         The trials' final inputs, labels (K×B integers), losses, distances, verdicts,
@@ -225,6 +230,7 @@ def optimize_adam(
     latest_distance = torch.full_like(latest, torch.nan)
     watch = TrialWatch(k)
     evaluations = k  # the final scoring of every trial
+    best = _BestIterate(x, soft_labels) if keep_best else None
     history: list[dict[str, float | int | None]] = []
     total = max(budgets)
     done = 0
@@ -240,6 +246,9 @@ def optimize_adam(
             if group is not None and group.due(iteration):
                 group.refresh(x)
             grad_x, grad_labels, losses, distances = _step_rows(step, x, current, active, rows)
+            if best is not None:  # the matching loss of x before this step (no group term,
+                # as the final scoring), kept where it is a trial's lowest
+                best.see(x, soft_labels, losses, None if len(active) == k else rows(active))
             if group is not None:
                 grad_x, losses = group.add(x, None if len(active) == k else active, grad_x, losses)
             evaluations += k if step.compile else len(active)
@@ -280,6 +289,15 @@ def optimize_adam(
         bar.close()
     seconds = time.perf_counter() - run_start
     _clamp(x, bounds)  # again: an interrupt may land between the step and the clamp
+    if best is not None and done > 0:
+        try:
+            # The last iterate has not been scored yet: score it, then keep the better.
+            current = inputs if soft_labels is None else _with_labels(inputs, soft_labels)
+            best.see(x, soft_labels, score_trials(problem, x, current).loss, None)
+            evaluations += k
+            best.restore(x, soft_labels)
+        except KeyboardInterrupt:
+            interrupted = True  # the last iterates stay; they are scored below
     final_inputs = inputs if soft_labels is None else _with_labels(inputs, soft_labels)
     try:
         terms, statuses, reset = _judge(
@@ -316,11 +334,61 @@ def optimize_adam(
         stopped,
         trial_iterations=list(adam.steps),
         compile_seconds=step.compile_seconds,
+        step_calls=step.calls,
         compiled=step.compiled,
         seconds=seconds,
         distances=terms.distance,
         statuses=statuses,
     )
+
+
+class _BestIterate:
+    """Each trial's lowest-loss iterate so far, kept on the device (no host reads)."""
+
+    def __init__(self, x: torch.Tensor, soft_labels: torch.Tensor | None) -> None:
+        self.x = x.detach().clone()
+        self.labels = None if soft_labels is None else soft_labels.detach().clone()
+        self.loss = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
+
+    @torch.no_grad()
+    def see(
+        self,
+        x: torch.Tensor,
+        soft_labels: torch.Tensor | None,
+        losses: torch.Tensor,
+        rows: torch.Tensor | None,
+    ) -> None:
+        """Keep the rows of `x` (all, or `rows`) whose `losses` beat the best so far.
+
+        A NaN loss never compares lower, so a diverging trial keeps its last finite best.
+        """
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+        better = losses.to(self.loss.dtype) < pick(self.loss)
+        view = (-1,) + (1,) * (x.dim() - 1)
+        kept_x = torch.where(better.view(view), pick(x), pick(self.x))
+        kept_loss = torch.where(better, losses.to(self.loss.dtype), pick(self.loss))
+        kept_labels = None
+        if self.labels is not None and soft_labels is not None:
+            label_view = (-1,) + (1,) * (soft_labels.dim() - 1)
+            kept_labels = torch.where(better.view(label_view), pick(soft_labels), pick(self.labels))
+        if rows is None:
+            self.x.copy_(kept_x)
+            self.loss.copy_(kept_loss)
+            if kept_labels is not None:
+                self.labels.copy_(kept_labels)
+        else:
+            self.x[rows], self.loss[rows] = kept_x, kept_loss
+            if kept_labels is not None:
+                self.labels[rows] = kept_labels
+
+    @torch.no_grad()
+    def restore(self, x: torch.Tensor, soft_labels: torch.Tensor | None) -> None:
+        """Put every trial's best iterate (one that never scored finite keeps its last)."""
+        seen = torch.isfinite(self.loss).view((-1,) + (1,) * (x.dim() - 1))
+        x.copy_(torch.where(seen, self.x, x))
+        if self.labels is not None and soft_labels is not None:
+            label_seen = seen.view((-1,) + (1,) * (soft_labels.dim() - 1))
+            soft_labels.copy_(torch.where(label_seen, self.labels, soft_labels))
 
 
 def _judge(

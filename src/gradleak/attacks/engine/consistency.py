@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from gradleak.attacks.engine.trials import RowIndex
 
@@ -55,6 +54,8 @@ def registered_mean(group: torch.Tensor, labels: torch.Tensor | None) -> torch.T
     g, b = group.shape[:2]
     if b == 1:
         return group.mean(dim=0, keepdim=True).expand_as(group).clone()
+    from scipy.optimize import linear_sum_assignment  # heavy: only batches need it
+
     flat = group.flatten(2)
     reference = flat[0]
     # order[g, j]: trial g's sample matched to j; the assignment is solved on the host.

@@ -9,16 +9,17 @@ once it has raised `StopAttack`:
   steps done; L-BFGS: each trial's outer steps log_every, 2·log_every, …, then its last).
 * `losses`: the per-trial gradient-matching distances (the loss's data term, without the
   prior: what restart selection ranks), a detached tensor of K values (Adam: every
-  stacked trial's latest; L-BFGS: one value, at the running trial's best iterate). In
+  stacked trial's latest; L-BFGS: one value, at the best iterate of the trial that has just
+  finished an outer step, the trial its history row names). In
   Adam's final row a diverged trial's value is NaN while another trial has not diverged,
   so `best_trial(losses)` there is the trial the attack keeps.
 * `inputs`: the per-trial inputs in the attacked (normalised) space, detached,
-  K×B×C×H×W (L-BFGS: 1×B×C×H×W, the running trial's best iterate).
+  K×B×C×H×W (L-BFGS: 1×B×C×H×W, that trial's best iterate).
 
 It may return a mapping of extra columns (name → number) that are added to that
 iteration's history row next to `iteration`, `trial`, `loss` and `distance`; None adds
 nothing. It may raise `StopAttack` to end the run early: Adam stops stepping every trial,
-L-BFGS ends the running trial and runs no further ones, and the result says `stopped`.
+L-BFGS ends every stacked trial at its best iterate, and the result says `stopped`.
 The row of that call is kept with the columns the exception carries (`StopAttack(message,
 columns)`), and the observer is not called again: the final row, when it differs from that
 one, is recorded without it. Observers must not change the tensors they are given.

@@ -6,7 +6,9 @@ Three ways to compute the same numbers:
   gradient under autograd for the derivative with respect to the images;
 - `compile=True`: `torch.compile` of the functional (and, for K > 1, vmapped) step.
   Autograd's `create_graph` cannot be compiled; the functional form can. When compiling
-  fails the step says so in one line and runs eagerly.
+  fails the step says so in one line and runs eagerly. Inductor caches the compiled
+  graphs under the user's cache folder (`gradleak.attacks.engine.compiling`, which also
+  decides `compile: auto`).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class TrialStep:
         self.compile = compile
         self.notice = notice
         self.compile_seconds = 0.0  # time spent in calls that compiled (first step included)
+        self.calls = 0  # steps computed (each one stacked call, whatever its trials)
         self._compiled: dict[bool, Callable] = {}
 
     @property
@@ -106,6 +109,7 @@ class TrialStep:
         return self.compile and bool(self._compiled)
 
     def __call__(self, images: torch.Tensor, inputs: TrialInputs) -> StepOutput:
+        self.calls += 1
         batched = images.shape[0] > 1
         if self.compile:
             fn = self._compiled.get(batched)
@@ -186,6 +190,9 @@ class TrialStep:
         self, batched: bool, images: torch.Tensor, inputs: TrialInputs
     ) -> StepOutput:
         start = time.perf_counter()
+        from gradleak.attacks.engine.compiling import use_compile_cache  # imports this module
+
+        use_compile_cache()  # compiled graphs are kept across runs (hits cost a fraction)
         try:
             compiled = torch.compile(self._functional_for(inputs, batched))
 

@@ -33,12 +33,13 @@ def best_trial(losses: torch.Tensor) -> int:
 class TrialsResult:
     """Final state of every trial: images K×B×C×H×W, labels K×B, matching loss K.
 
-    K counts the trials that ran: an L-BFGS run interrupted or stopped early holds fewer
-    than it was given.
+    K counts the trials that ran: a run split into memory groups (`memory.run_in_groups`)
+    and interrupted or stopped before its last group holds fewer than it was given.
 
     Attributes:
         images: each trial's inputs K×B×C×H×W in the attacked (normalised) space. Adam:
-            the last iterate (inside the box when boxed); L-BFGS: the best iterate seen.
+            the last iterate (inside the box when boxed), or with `keep_best` the iterate of
+            the lowest loss seen; L-BFGS: the best iterate seen.
         labels: each trial's K×B integer labels: the fixed labels, or the argmax of the
             trial's optimised soft labels.
         losses: each trial's final matching loss (the optimised one, prior included), K
@@ -76,6 +77,14 @@ class TrialsResult:
     seconds: float = 0.0  # the optimisation loop, compile time included
     distances: torch.Tensor = field(default_factory=lambda: torch.empty(0, device="cpu"))
     statuses: list[TrialStatus] = field(default_factory=list)
+    # The compile setting, what it decided and why, and inductor's cache hits and misses
+    # (`gradleak.attacks.engine.compiling.CompilePlan.finish`); empty from the engines.
+    compile_report: dict[str, object] = field(default_factory=dict)
+    # Each trial's own loss evaluations, in trial order, where they differ between trials
+    # (L-BFGS); empty where every trial evaluates once per step (Adam).
+    trial_evaluations: list[int] = field(default_factory=list)
+    # The stacked step calls the run made (what a compiled step's time is divided by).
+    step_calls: int = 0
 
 
 def selection_scores(distances: torch.Tensor, statuses: Sequence[TrialStatus]) -> torch.Tensor:
@@ -182,13 +191,57 @@ def record(
     }
     if observer is not None:
         try:
-            row.update(observer(iteration, distances.detach(), images.detach()) or {})
+            if isinstance(observer, UpdateObservers):  # several updates' stacked trials
+                columns = observer.record(iteration, losses, distances, images)
+            else:
+                columns = observer(iteration, distances.detach(), images.detach())
+            row.update(columns or {})
         except StopAttack as stop:
             row.update(stop.columns)
             history.append(row)
             raise
     history.append(row)
     return loss
+
+
+class UpdateObservers:
+    """The observer of several updates' stacked trials: each update's own history and observer.
+
+    `reconstruct_many` stacks update i's K trials as rows i·K … i·K+K−1. At every row the
+    engine records, each update gets the row its own run would have recorded (`record` on
+    its trials only: the best of them, its loss and distance, its observer's columns), so
+    an observer that scores one update against its own truth sees only that update's trials.
+    An update whose observer raised `StopAttack` is no longer observed (its trials go on
+    with the stack); the stack stops once every observed update has stopped.
+
+    Args:
+        trials: K, the trials of each update.
+        observers: one per update, in stacking order; None: that update is not observed
+            (its history is still kept).
+    """
+
+    def __init__(self, trials: int, observers: Sequence[Observer | None]) -> None:
+        self.trials = trials
+        self.observers = list(observers)
+        self.histories: list[list[dict[str, float | int | None]]] = [[] for _ in self.observers]
+        self._stopped = [False] * len(self.observers)
+
+    def record(
+        self, iteration: int, losses: torch.Tensor, distances: torch.Tensor, images: torch.Tensor
+    ) -> None:
+        """Append each update's row; raise `StopAttack` once every observed update stopped."""
+        k = self.trials
+        for i, observer in enumerate(self.observers):
+            rows = slice(i * k, (i + 1) * k)
+            watching = None if self._stopped[i] else observer
+            try:
+                history = self.histories[i]
+                record(history, iteration, losses[rows], distances[rows], images[rows], watching)
+            except StopAttack:
+                self._stopped[i] = True
+        observed = [stopped for stopped, o in zip(self._stopped, self.observers, strict=True) if o]
+        if observed and all(observed):
+            raise StopAttack("every stacked update's observer stopped")
 
 
 def per_trial(value: float | Sequence[float], k: int, name: str) -> list[float]:
@@ -223,28 +276,33 @@ def trial_inputs(
 
 
 class RowIndex:
-    """Index tensors of trial rows on one device, made once per distinct set of rows.
+    """Index tensors of trial rows on one device, each made once per distinct set of rows.
 
-    The running trials change only at the optimisers' checks; an index built from a Python
+    The running trials change only at the optimisers' checks (Adam), or take a few sets
+    that recur (L-BFGS's trials asking for an evaluation); an index built from a Python
     list at every step would copy it to the device every iteration (on CUDA a copy that
-    also waits for the device).
+    also waits for the device). The most recent `KEEP` sets are kept.
 
     Args:
         device: where the indexed tensors are.
     """
 
+    KEEP = 64
+
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._rows: tuple[int, ...] | None = None
-        self._index = torch.empty(0, dtype=torch.long, device=device)
+        self._index: dict[tuple[int, ...], torch.Tensor] = {}
 
     def __call__(self, rows: Sequence[int]) -> torch.Tensor:
-        """The int64 index of `rows` on the device (the same tensor while they are unchanged)."""
+        """The int64 index of `rows` on the device (the same tensor for the same rows)."""
         key = tuple(rows)
-        if key != self._rows:
-            self._rows = key
-            self._index = torch.tensor(key, dtype=torch.long, device=self.device)
-        return self._index
+        index = self._index.pop(key, None)
+        if index is None:
+            index = torch.tensor(key, dtype=torch.long, device=self.device)
+            if len(self._index) >= self.KEEP:  # forget the least recently used set
+                del self._index[next(iter(self._index))]
+        self._index[key] = index  # most recently used last
+        return index
 
 
 def on_device(

@@ -66,7 +66,7 @@ PRIOR_KINDS: dict[str, PriorKind] = {
         PriorKind(
             "tv",
             "total variation of the candidate images (Inverting Gradients); default weight "
-            "1e-4 below 64 pixels a side, 1e-1 from 64 on",
+            "0.05 below 64 pixels a side, 1e-1 from 64 on",
             "tv",
         ),
         PriorKind(

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from gradleak.core.update import SharedUpdate
 from gradleak.fl.client import client_gradient
@@ -111,6 +110,8 @@ def _assign(
     scores = -count * coefficients.T  # tokens × M, ≈ 1 where the token was masked
     slots = torch.arange(tokens.numel(), device="cpu").repeat_interleave(counts[tokens].long())
     cost = -scores[slots].numpy()
+    from scipy.optimize import linear_sum_assignment  # heavy: only this attack needs it
+
     slot_of, position = linear_sum_assignment(cost)
     labels = torch.empty(count, dtype=torch.long, device="cpu")
     labels[torch.from_numpy(position)] = tokens[slots[torch.from_numpy(slot_of)]]

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from gradleak import attacks
 from gradleak.attacks.engine.hooks import Observer, deadline_observer
+from gradleak.attacks.engine.time_fit import iterations_that_fit, measure_steps
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.device import module_device
 from gradleak.core.errors import GradleakError
@@ -61,15 +62,10 @@ STAND_IN = {"image": "ig", "text": "tokens"}
 # Optimisers whose step sizes follow a schedule over the planned iterations: they are
 # timed and given the iterations that fit. The others (L-BFGS) run until their deadline.
 _SCHEDULED = frozenset({"adam"})
-# Iterations of the two timing runs of an optimisation attack (slope = time per iteration).
-_TIMING_ITERATIONS = {"adam": (3, 12)}
 # Fewest iterations worth running: below this an attack is skipped as out of budget.
 MIN_ITERATIONS = {"adam": 20}
 # Iterations between the deadline's checks (each check reads the losses: one device sync).
 _LOG_EVERY = {"adam": 10, "lbfgs": 1}
-# Share of an attack's estimated time it is planned to fill (the rest absorbs noise in the
-# timing); the deadline stops it at its full share.
-_FILL = 0.85
 # Kept back for scoring and writing the outputs: seconds plus a share of the budget.
 RESERVE_SECONDS = 2.0
 RESERVE_SHARE = 0.03
@@ -283,20 +279,14 @@ def _timed(
 def _plan_iterations(
     attack: attacks.Attack, samples: Sequence[AuditSample], seed: int, share: float
 ) -> tuple[int, float]:
-    """Time short runs and return the iterations that fit `share`, and the time spent."""
-    short, longer = _TIMING_ITERATIONS["adam"]
-    # A first run pays the one-off costs (allocations, first passes) that would otherwise
-    # make the short run look as slow as the long one.
-    warm = _timed(attack, samples, seed, 1)
-    first = _timed(attack, samples, seed, short)
-    second = _timed(attack, samples, seed, longer)
-    # The slope between the two runs is the cost of one iteration without the fixed costs;
-    # the floor keeps a noisy pair of timings from promising free iterations.
-    per_iteration = max((second - first) / (longer - short), second / longer / 4)
-    spent = warm + first + second
-    left = share - spent
-    fits = int(left * _FILL / per_iteration) if left > 0 else 0
-    return min(attack.config.iterations, fits), spent
+    """Time short runs and return the iterations that fit `share`, and the time spent.
+
+    The deadline stops the attack at its full share should the estimate be too generous.
+    """
+    timing = measure_steps(lambda n: _timed(attack, samples, seed, n))
+    left = share - timing.spent
+    fits = iterations_that_fit(timing.per_iteration, left, most=attack.config.iterations)
+    return fits, timing.spent
 
 
 def _score_attack(

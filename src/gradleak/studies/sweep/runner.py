@@ -11,6 +11,12 @@ one-line reason) and the sweep goes on; its row in results.csv has the status `f
 a re-run of the sweep runs it again. Each row's `status` is otherwise its run's (ok,
 diverged, no-progress; see studies/summary.py).
 
+Cells that differ only in the image (and seed) they attack run as stacked attacks, in
+chunks (`studies/stacking.py`, `scenario/stacked.py`): a backend receives chunks as jobs,
+each cell of a chunk is published as its own run directory, and its metrics.json says how
+many cells its attack was stacked with (`stacked`; `seconds` is the stack's time split
+equally). `stack=False` runs every cell on its own.
+
 One sweep at a time writes a folder: it holds the folder's `sweep.lock` while it runs
 (studies/lock.py).
 
@@ -42,6 +48,7 @@ from gradleak.modalities import MODALITIES, Modality, get_modality
 from gradleak.report.tables import brief, brief_spread, score_format, write_csv
 from gradleak.studies.cells import CellRecord, CellRef, CellStore, described_config
 from gradleak.studies.lock import FolderLock
+from gradleak.studies.stacking import CHUNK_CELLS, stack_chunks, tell_fallback
 from gradleak.studies.summary import (
     COUNTED_STATUSES,
     DEFAULT_MODALITY,
@@ -253,6 +260,62 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     return _row(cell, store.record(ref), modality)
 
 
+def chunk_job(jobs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a worker needs to run a chunk of cells (`cell_job`s) as stacked attacks."""
+    return {"cells": list(jobs)}
+
+
+def run_chunk(job: dict[str, Any]) -> dict[str, Any]:
+    """Run a chunk of cells as stacked attacks and publish each; returns their rows.
+
+    A chunk of one cell runs as `run_cell`. A chunk whose stacked attack cannot run (a
+    cell's data, a stack the attack refuses) runs its unfinished cells one by one, so that
+    each cell records its own result or failure.
+
+    Args:
+        job: from `chunk_job`.
+
+    Returns:
+        {"rows": the cells' rows of results.csv, in the chunk's order}.
+
+    Raises:
+        KeyboardInterrupt: if Ctrl-C (or SIGTERM) reached the chunk's attack: none of its
+            cells is published; or reached a cell while it was written (the cells
+            published before it stay).
+    """
+    import torch
+
+    from gradleak.scenario.stacked import run_stacked
+
+    cells: list[dict[str, Any]] = job["cells"]
+    if len(cells) == 1:
+        return {"rows": [run_cell(cells[0])]}
+    torch.set_num_threads(cells[0]["threads"])
+    store = cell_store(Path(cells[0]["sweep_dir"]))
+    refs = [CellRef(_cell_path(c["cell"]), c["description"]) for c in cells]
+
+    def publish(i: int, write: Any) -> object:
+        return store.publish(refs[i], write)
+
+    try:
+        run_stacked([c["config"] for c in cells], publish)
+    except Exception as exc:  # noqa: BLE001 - each cell alone then records its own outcome
+        tell_fallback(len(cells), exc)
+        rows = []
+        for cell, ref in zip(cells, refs, strict=True):
+            record = store.record(ref)
+            done = record.metrics is not None
+            modality = cell["config"].modality
+            rows.append(_row(cell["cell"], record, modality) if done else run_cell(cell))
+        return {"rows": rows}
+    return {
+        "rows": [
+            _row(c["cell"], store.record(ref), c["config"].modality)
+            for c, ref in zip(cells, refs, strict=True)
+        ]
+    }
+
+
 def _reason(exc: Exception) -> str:
     """One line: a GradleakError's message; otherwise the error's type and first line."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -270,6 +333,7 @@ def run_sweep(
     threads: int | None = None,
     notice: Notice = print_notice,
     device: str | None = None,
+    stack: bool = True,
 ) -> SweepResult:
     """Run every cell of `spec` not already finished under `out_dir`; collect the tables.
 
@@ -286,6 +350,8 @@ def run_sweep(
         notice: where the line saying a stale lock was taken over goes.
         device: where each cell computes (auto, cpu, cuda, cuda:N, mps), resolved by the
             worker that runs it (None: the spec's, by default auto).
+        stack: run cells that differ only in the image and seed they attack as stacked
+            attacks, in chunks (default); False: every cell on its own.
 
     Returns:
         How many cells there are, ran now, were skipped or removed, the rows, the summary
@@ -307,7 +373,7 @@ def run_sweep(
             write_atomically(out_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
         except OSError as exc:
             raise GradleakError(f"cannot write the sweep directory {out_dir}: {exc}") from exc
-        return _run_cells(spec, out_dir, backend, progress, threads, device)
+        return _run_cells(spec, out_dir, backend, progress, threads, device, stack)
 
 
 def _run_cells(
@@ -317,6 +383,7 @@ def _run_cells(
     progress: bool,
     threads: int | None,
     device: str | None = None,
+    stack: bool = True,
 ) -> SweepResult:
     store = cell_store(out_dir)
     removed = store.remove_leftovers()
@@ -325,7 +392,11 @@ def _run_cells(
     per_job = threads or max(1, (os.cpu_count() or 1) // backend.workers)
     # Each attack's own progress bar only when cells run here, one at a time.
     attack_bars = progress and isinstance(backend, LocalBackend) and backend.workers == 1
-    jobs = [cell_job(spec, c, out_dir, per_job, attack_bars, device) for c in pending]
+    cell_jobs = [cell_job(spec, c, out_dir, per_job, attack_bars, device) for c in pending]
+    # Backends receive chunks: a group of cells that share their attack, or one cell.
+    size = CHUNK_CELLS if stack else 1
+    chunks = stack_chunks(cell_jobs, lambda job: job["config"], size=size, workers=backend.workers)
+    jobs = [chunk_job(chunk) for chunk in chunks]
     result = SweepResult(out_dir, len(cells), 0, len(cells) - len(pending), removed)
     bar = tqdm(
         total=len(cells),
@@ -335,10 +406,10 @@ def _run_cells(
         disable=None if progress else True,
     )
     try:
-        with closing(iter(backend.run(run_cell, jobs))) as rows:  # stopped here, not later
-            for _ in rows:
-                result.ran += 1
-                bar.update(1)
+        with closing(iter(backend.run(run_chunk, jobs))) as chunks_done:  # stopped here
+            for done in chunks_done:
+                result.ran += len(done["rows"])
+                bar.update(len(done["rows"]))
     except KeyboardInterrupt:
         result.interrupted = True
     except BaseException:
