@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from gradleak.attacks.gradient_matching import GradientMatchingAttack
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import check_out_dir, output_dir
 from gradleak.core.knowledge import Knowledge
@@ -45,10 +46,6 @@ STACKED_SECONDS = "stacked_seconds"
 # The modality whose attacks stack updates with per-update observers (text attacks run
 # their updates one after another, each with its own token set).
 STACKED_MODALITY = "image"
-# The optimisers whose `reconstruct_many` attacks several updates in one computation (the
-# others attack them one after another: nothing to gain from a stack, and a study's workers
-# would get fewer jobs).
-STACKED_OPTIMIZERS = frozenset({"adam"})
 
 # publish(i, write): write run i by calling write(folder) on the folder it is to go to.
 Publish = Callable[[int, Callable[[Path], RunResult]], object]
@@ -57,8 +54,9 @@ Publish = Callable[[int, Callable[[Path], RunResult]], object]
 def stackable(config: RunConfig) -> bool:
     """Whether a run may be attacked in a stack with others (`run_stacked`).
 
-    Its attack must attack several updates in one computation (`reconstruct_many` with an
-    optimiser of `STACKED_OPTIMIZERS`) on images, and the run must not stop at a target
+    Its attack must attack several updates, each watched by its own observer, in one
+    computation on images (`GradientMatchingAttack.stacks_observed_updates`: Adam, without
+    a prior that makes the updates run in turn), and the run must not stop at a target
     PSNR (a stack cannot stop one update's trials alone) nor fit itself to a time budget
     (`budget`: the run's own iterations come from timing it alone).
 
@@ -75,11 +73,9 @@ def stackable(config: RunConfig) -> bool:
     if config.budget is not None:
         return False
     attack = attacks.get(config.attack).with_options(config.attack_options)
-    optimizer = getattr(getattr(attack, "config", None), "optimizer", None)
-    many = callable(getattr(attack, "reconstruct_many", None))
-    # Priors that make `reconstruct_many` run the updates in turn share no computation.
-    shares = getattr(attack, "stacks_observed_updates", lambda: False)()
-    return many and optimizer in STACKED_OPTIMIZERS and shares
+    # The attack itself says whether its observed updates share one computation; updates
+    # attacked in turn would gain nothing from a stack, and workers would get fewer jobs.
+    return isinstance(attack, GradientMatchingAttack) and attack.stacks_observed_updates()
 
 
 @dataclass
