@@ -12,6 +12,7 @@ from gradleak.attacks.registry import AttackChoices, spelled_attacks
 from gradleak.cli import flags, values
 from gradleak.cli.exits import EXIT_INTERRUPTED, EXIT_OK
 from gradleak.cli.overrides import run_overrides
+from gradleak.core.update import UpdateKind
 from gradleak.defenses import available_defenses
 
 
@@ -22,7 +23,8 @@ def add_attack(commands: flags.Commands) -> None:
         "attack",
         description="Simulate a FedSGD client on a private batch, attack the gradient it "
         "shares and write metrics.json, reconstruction.png, grid.png, history.csv and "
-        "config.yaml. With no arguments: DLG on LeNet against a bundled CIFAR-10 image.",
+        "config.yaml. With no arguments: DLG on LeNet against a bundled CIFAR-10 image. "
+        "With --update FILE: attack an update captured anywhere instead of a simulated one.",
     )
     p.add_argument("--attack", choices=AttackChoices(), help=f"attack preset ({attack_help})")
     flags.add_model_and_data_flags(p)
@@ -98,8 +100,50 @@ def add_attack(commands: flags.Commands) -> None:
             "attacker's guesses", "threat model: without these the attacker knows the settings"
         )
     )
+    add_update_flags(
+        p.add_argument_group(
+            "captured update",
+            "attack an update captured anywhere: a safetensors or torch file of named tensors "
+            "(parameter name → tensor), or a client's local state with --update-base",
+        )
+    )
     flags.NO_PROGRESS.add(p)
     p.set_defaults(handler=handle)
+
+
+def add_update_flags(p: flags.Flags) -> None:
+    """--update, --update-base, --update-kind, --truth: attack a captured update."""
+    p.add_argument(
+        "--update",
+        type=Path,
+        metavar="FILE",
+        help="the update: .safetensors (metadata may name kind and num_samples) or a "
+        "tensors-only torch file (a dict of named tensors, or SharedUpdate.save's); with "
+        "--update-base, the client's local state after training",
+    )
+    p.add_argument(
+        "--update-base",
+        type=Path,
+        metavar="GLOBAL",
+        help="the global state the client received: the update is FILE − GLOBAL (a weight "
+        "difference of the parameters; FILE's buffers go along as the client's), and "
+        "GLOBAL is the attacked model's weights (with --checkpoint too, both must hold "
+        "the same weights)",
+    )
+    p.add_argument(
+        "--update-kind",
+        choices=tuple(kind.value for kind in UpdateKind),
+        help="what the update is, for a file that does not say (default gradient; with "
+        "--update-base weight_delta); a weight difference with --protocol fedsgd is read "
+        "as the gradient −Δ/--local-lr",
+    )
+    p.add_argument(
+        "--truth",
+        type=Path,
+        metavar="FILE",
+        help="evaluation side: the private batch (a safetensors or torch file with images in "
+        "[0, 1], B×C×H×W, and integer labels) to score the reconstruction against",
+    )
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -115,9 +159,13 @@ def handle(args: argparse.Namespace) -> int:
     Raises:
         GradleakError: bad settings, data or --threads.
     """
+    from gradleak.cli.attack_update import refuse_update_only
     from gradleak.scenario.config import load_run_config
     from gradleak.scenario.run import run_attack
 
+    if args.update is not None:
+        return _handle_update(args)
+    refuse_update_only(args)
     overrides = run_overrides(args)
     if args.budget is not None:
         overrides["budget"] = args.budget
@@ -129,16 +177,50 @@ def handle(args: argparse.Namespace) -> int:
     guessed = _guessed(m["threat_model"])
     if guessed:
         print(f"threat model: the attacker guessed {' and '.join(guessed)} (see config.yaml)")
-    if result.reconstruction.interrupted:
-        print(f"interrupted: partial results written to {result.out_dir}", file=sys.stderr)
+    return _ended(
+        result.out_dir, result.reconstruction.interrupted, result.interrupted_while_writing
+    )
+
+
+def _handle_update(args: argparse.Namespace) -> int:
+    """Attack the captured update --update names; print its scores (if --truth) and where
+    the run went.
+
+    Raises:
+        GradleakError: a flag that does not apply, an unreadable or mismatched file, bad
+            settings (one line each, before the attack starts).
+    """
+    from gradleak.cli.attack_update import captured_request
+    from gradleak.scenario.captured_run import run_captured
+
+    request = captured_request(args)
+    flags.apply_threads(args.threads)
+    result = run_captured(request, overwrite=args.overwrite)
+    print(_captured_scores(result.metrics))
+    return _ended(
+        result.out_dir, result.outcome.reconstruction.interrupted, result.interrupted_while_writing
+    )
+
+
+def _ended(out_dir: Path, interrupted: bool, interrupted_while_writing: bool) -> int:
+    """Say where the run went (on stderr after an interrupt) and return the exit code."""
+    if interrupted:
+        print(f"interrupted: partial results written to {out_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if result.interrupted_while_writing:
-        print(
-            f"interrupted: the finished results were written to {result.out_dir}", file=sys.stderr
-        )
+    if interrupted_while_writing:
+        print(f"interrupted: the finished results were written to {out_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"outputs written to {result.out_dir}")
+    print(f"outputs written to {out_dir}")
     return EXIT_OK
+
+
+def _captured_scores(m: Mapping[str, Any]) -> str:
+    """A captured run's result in a line: its scores against --truth, or that it has none."""
+    scores = _quality(m) if m["scored"] else "unscored (no --truth)"
+    return (
+        f"{m['attack']} on {m['model']} ({m['source']}): {_status(m)}{scores}, "
+        f"{m['iterations']} iterations in {m['seconds']:.1f} s"
+    )
 
 
 # What a status other than ok means for the scores printed after it.
@@ -164,14 +246,18 @@ def _scores(m: Mapping[str, Any]) -> str:
 
 
 def _image_scores(m: Mapping[str, Any]) -> str:
+    return (
+        f"{m['attack']} on {m['model']} ({m['source']}): {_status(m)}{_quality(m)}, "
+        f"{m['iterations']} iterations in {m['seconds']:.1f} s" + _compiling(m)
+    )
+
+
+def _quality(m: Mapping[str, Any]) -> str:
+    """'PSNR 23.10 dB, SSIM 0.8123, MSE 0.0049, label accuracy 1.00' ('n/a' where unscored)."""
     ssim = "n/a" if m["ssim"] is None else f"{m['ssim']:.4f}"
     labels = "n/a" if m["label_accuracy"] is None else f"{m['label_accuracy']:.2f}"
     psnr = "n/a" if m["psnr"] is None else f"{m['psnr']:.2f}"
-    return (
-        f"{m['attack']} on {m['model']} ({m['source']}): {_status(m)}PSNR {psnr} dB, "
-        f"SSIM {ssim}, MSE {m['mse']:.3g}, label accuracy {labels}, "
-        f"{m['iterations']} iterations in {m['seconds']:.1f} s" + _compiling(m)
-    )
+    return f"PSNR {psnr} dB, SSIM {ssim}, MSE {m['mse']:.3g}, label accuracy {labels}"
 
 
 def _compiling(m: Mapping[str, Any]) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,6 +185,33 @@ class SharedUpdate:
                     f"update tensor {name!r} contains NaN or Inf; "
                     "the client's update is corrupt or overflowed"
                 )
+
+
+def state_difference(
+    start: Mapping[str, torch.Tensor],
+    end: Mapping[str, torch.Tensor],
+    parameters: Collection[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A client's weight difference from the model it received to the one it sent back.
+
+    Args:
+        start: the state the client received (names and shapes already checked against
+            `end`).
+        end: the state it sent back.
+        parameters: the names that are the model's parameters; the other entries (batch
+            norm's running statistics and step counter) are buffers, not differenced.
+
+    Returns:
+        end − start for each parameter (computed in float64, kept in `start`'s dtype, so a
+        float32 model's difference is not rounded twice), and `end`'s buffers.
+    """
+    delta = {
+        name: (end[name].double() - start[name].double()).to(start[name].dtype)
+        for name in end
+        if name in parameters
+    }
+    buffers = {name: t for name, t in end.items() if name not in delta}
+    return delta, buffers
 
 
 def _few(names: list[str], limit: int = 3) -> str:

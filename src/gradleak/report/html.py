@@ -898,3 +898,39 @@ def render_audit_page(page: Mapping[str, Any], out: Path) -> Path:
         extra_css=_AUDIT_CSS,
         **context,
     )
+
+
+def render_flower_page(page: Mapping[str, Any], out: Path) -> Path:
+    """Write a captured Flower run's summary page (`report/flower.py` assembles `page`).
+
+    Args:
+        page: title, description, facts, the PNG of PSNR by round (`plot_png`, or None),
+            and per round its rows (each with the summary row, the (file, rows) of its
+            picture or None, and the extra columns' values).
+        out: the file to write.
+
+    Returns:
+        `out`.
+
+    Raises:
+        GradleakError: jinja2 is missing or the file cannot be written.
+    """
+    rounds = [
+        {
+            "round": r["round"],
+            "rows": [
+                {**e, "picture": None if e["picture"] is None else _picture_file(*e["picture"])}
+                for e in r["rows"]
+            ],
+        }
+        for r in page["rounds"]
+    ]
+    plot = page.get("plot_png")
+    context = {k: v for k, v in page.items() if k != "plot_png"}
+    return _render(
+        "flower.html.j2",
+        out,
+        extra_css="",
+        plot=None if plot is None else _picture(plot, pixelated=False),
+        **{**context, "rounds": rounds},
+    )

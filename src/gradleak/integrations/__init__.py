@@ -1,0 +1,1 @@
+"""Optional adapters to federated-learning frameworks, each imported only by its extra."""
