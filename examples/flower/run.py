@@ -91,11 +91,14 @@ def simulate(demo: settings.Demo) -> dict[str, Any]:
     truth = TruthFolder(demo.out / "truth", demo.target().facts)
     evaluate = outcome.held_out_evaluation(demo, apps.client_data(demo))
     result: dict[str, Any] = {}
+    # Both apps are built first: a bad setting (a guard's defense, say) fails before Ray.
+    server_app = apps.server_app(demo, truth, evaluate, result)
+    client_app = apps.client_app(demo, truth)
     try:
         _start_ray()
         run_simulation(
-            server_app=apps.server_app(demo, truth, evaluate, result),
-            client_app=apps.client_app(demo, truth),
+            server_app=server_app,
+            client_app=client_app,
             num_supernodes=demo.clients,
             backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
         )
@@ -148,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo = settings.parse(argv)
         data.images(demo.dataset, demo.data_root)  # missing data: one line, before Ray
+        demo.target(), demo.plan()  # the model and the attack are checked before any file
         _prepare_out(demo)
         torch.manual_seed(demo.seed)
         torch.set_num_threads(demo.threads)
