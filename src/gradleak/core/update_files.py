@@ -187,13 +187,8 @@ def read_state_file(path: Path | str, what: str = "state file") -> dict[str, tor
 def _read_state(path: Path, what: str) -> tuple[dict[str, torch.Tensor], TensorFile]:
     """The state dict a file holds, and the file as read (its kind and metadata)."""
     read = read_tensor_file(path, what)
-    state: Mapping[object, object] = read.tensors
-    for key in _STATE_WRAPPERS:
-        wrapped = state.get(key)
-        if isinstance(wrapped, Mapping):
-            state = wrapped
-            break
-    if not state:
+    state = unwrap_state(read.tensors)
+    if not isinstance(state, Mapping) or not state:
         raise GradleakError(f"{what} {path} holds no tensors; save a model.state_dict()")
     checked = {}
     for name, value in state.items():
@@ -203,9 +198,25 @@ def _read_state(path: Path, what: str) -> tuple[dict[str, torch.Tensor], TensorF
                 "save a model.state_dict()"
             )
         checked[str(name)] = value
-    if all(name.startswith(_DATA_PARALLEL_PREFIX) for name in checked):
-        checked = {n[len(_DATA_PARALLEL_PREFIX) :]: v for n, v in checked.items()}
-    return checked, read
+    return strip_data_parallel(checked), read
+
+
+def unwrap_state(loaded: object) -> object:
+    """The state dict inside a saved object: under "state_dict" or "model" where a tool's
+    checkpoint wraps it (gradleak's and others'), else the object itself."""
+    if isinstance(loaded, Mapping):
+        for key in _STATE_WRAPPERS:
+            if isinstance(loaded.get(key), Mapping):
+                return loaded[key]
+    return loaded
+
+
+def strip_data_parallel(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without the "module." that nn.DataParallel and DistributedDataParallel put
+    before every name (a state where only some names have it is left as it is)."""
+    if state and all(name.startswith(_DATA_PARALLEL_PREFIX) for name in state):
+        return {n[len(_DATA_PARALLEL_PREFIX) :]: v for n, v in state.items()}
+    return state
 
 
 def load_update_file(

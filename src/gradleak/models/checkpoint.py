@@ -12,11 +12,11 @@ from torch import nn
 
 from gradleak.core.errors import GradleakError
 from gradleak.core.files import replaced_atomically
+from gradleak.core.update_files import strip_data_parallel, unwrap_state
 from gradleak.models.registry import canonical_model_name, is_model_name
 from gradleak.models.torchvision_names import adapt_state
 from gradleak.models.user import is_factory_spec
 
-_WRAPPER_KEYS = ("state_dict", "model")
 # How many offending keys an error message names before summarising the rest.
 _SHOWN_KEYS = 3
 _PRIMITIVES = (str, int, float, bool, type(None))
@@ -202,11 +202,7 @@ def _inside(folder: Path) -> str:
 
 
 def _extract_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(loaded, Mapping):
-        for key in _WRAPPER_KEYS:
-            if isinstance(loaded.get(key), Mapping):
-                loaded = loaded[key]
-                break
+    loaded = unwrap_state(loaded)
     if (
         not isinstance(loaded, Mapping)
         or not loaded
@@ -216,12 +212,8 @@ def _extract_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
             f"{path} holds no state_dict of tensors; save a model.state_dict() or a dict with "
             "it under 'state_dict' or 'model'"
         )
-    state = {str(k): v for k, v in loaded.items()}
     # Checkpoints from nn.DataParallel / DistributedDataParallel prefix every key.
-    prefix = "module."
-    if all(k.startswith(prefix) for k in state):
-        state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
+    return strip_data_parallel({str(k): v for k, v in loaded.items()})
 
 
 def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:

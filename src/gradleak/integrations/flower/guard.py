@@ -139,7 +139,7 @@ class LeakageGuard:
         samples = num_examples(reply, target)
         local_state = message_state(reply, target.arrays_key)
         model = target.build_model(global_state)
-        parameters = [n for n, _ in model.named_parameters()]
+        parameters = target.parameter_names
         update = weight_update(global_state, local_state, parameters, {"num_samples": samples})
         batch = self.private_batch(msg, context)
         failed = False

@@ -241,11 +241,12 @@ class CuriousStrategy(Strategy):
         samples = num_examples(reply, target)
         global_state = self._states[sent[node]]
         local_state = message_state(reply, target.arrays_key)
-        parameters = [n for n, _ in target.build_model(global_state).named_parameters()]
+        # Checked against the architecture, without building a model for every reply.
+        target.check_state(global_state)
         update = weight_update(
             global_state,
             local_state,
-            parameters,
+            target.parameter_names,
             {"num_samples": samples, "round": server_round, "node": str(node)},
         )
         return self.folder.save_update(server_round, node, update, sent[node], metrics)

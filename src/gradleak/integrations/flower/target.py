@@ -145,14 +145,18 @@ class FlowerTarget:
             local.check(num_samples, "local_batch_size")
         return ProtocolSettings("fedavg", local=local, model_mode=self.model_mode)
 
-    def build_model(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
-        """The architecture with `state` (a round's global model) loaded.
+    @property
+    def parameter_names(self) -> list[str]:
+        """The architecture's parameter names: what an update holds (the rest are buffers)."""
+        return [name for name, _ in self._template.named_parameters()]
+
+    def check_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Refuse a global model whose names or shapes do not fit the architecture.
 
         Raises:
-            GradleakError: names or shapes of `state` that do not fit the architecture.
+            GradleakError: naming the first mismatch and the fix.
         """
-        model = copy.deepcopy(self._template)
-        expected = model.state_dict()
+        expected = self._template.state_dict()
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))
         wrong = [n for n in expected if n in state and state[n].shape != expected[n].shape]
@@ -169,6 +173,16 @@ class FlowerTarget:
                 f"the global model's arrays do not fit the target's model ({problem}); give "
                 "FlowerTarget the architecture the clients train"
             )
+
+    def build_model(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
+        """The architecture with `state` (a round's global model) loaded.
+
+        Raises:
+            GradleakError: names or shapes of `state` that do not fit the architecture.
+        """
+        self.check_state(state)
+        model = copy.deepcopy(self._template)
+        expected = model.state_dict()
         model.load_state_dict({n: t.to(expected[n].dtype) for n, t in state.items()})
         return model
 
