@@ -33,18 +33,18 @@ def _attack_bundled(name: str, options: dict, index: int = 0, seed: int = 0):
 
 def test_registry() -> None:
     assert attacks.available() == [
-        *("dlg", "idlg", "dlg-admm", "idlg-admm", "analytic", "ig", "rgap"),
+        *("dlg", "idlg", "dlg-admm", "idlg-admm", "analytic", "spear", "imprint", "ig", "rgap"),
         *("tokens", "dlg-text", "tag", "span"),
     ]
     for name in attacks.available():
         attack = attacks.get(name)
-        closed_form = ("analytic", "rgap", "tokens", "span")
+        closed_form = ("analytic", "spear", "imprint", "rgap", "tokens", "span")
         assert isinstance(attack, GradientMatchingAttack) == (name not in closed_form)
         assert attack.name == name and attack.reads
     with pytest.raises(
         GradleakError,
         match="unknown attack 'gan'; choose one of: dlg, idlg, dlg-admm, idlg-admm, analytic, "
-        "ig, rgap, tokens, dlg-text, tag, span",
+        "spear, imprint, ig, rgap, tokens, dlg-text, tag, span",
     ):
         attacks.get("gan")
 

@@ -43,6 +43,7 @@ def test_gate_fails_the_undefended_setup_and_passes_the_defended_one(
     assert {a["attack"]: a["status"] for a in record["attacks"]} == {
         "labels": "skipped",
         "analytic": "ran",
+        "spear": "skipped",
         "dlg": "skipped",
         "ig": "skipped",
     }
@@ -54,6 +55,20 @@ def test_gate_fails_the_undefended_setup_and_passes_the_defended_one(
     defended = json.loads((tmp_path / "dp" / "audit.json").read_text())
     assert defended["verdict"]["passed"] and defended["overall"]["recognisable"] == 0.0
     assert "pass: recognisable" in capsys.readouterr().out
+
+
+def test_spear_audits_a_batch_of_an_mlp_exactly(tmp_path: Path) -> None:
+    out = tmp_path / "spear"
+    argv = ["audit", "--model", "mlp1-64", "--data", "cifar10", "--attacks", "spear"]
+    argv += ["--batch-size", "4", "--samples", "1", "--budget", "60s", "--no-progress"]
+    assert cli_exit([*argv, "--out", str(out)]) == 0
+    record = json.loads((out / "audit.json").read_text())
+    spear = next(a for a in record["attacks"] if a["attack"] == "spear")
+    assert spear["status"] == "ran"
+    assert spear["options"]["max_samples"] == 5_000
+    # The whole batch of 4, each image exact.
+    assert spear["scores"]["psnr"] == pytest.approx(100.0, abs=0.5)
+    assert record["overall"]["recognisable"] == 1.0 and record["overall"]["items"] == 4
 
 
 def test_an_optimisation_attack_keeps_to_its_budget(tmp_path: Path) -> None:
@@ -116,7 +131,13 @@ def test_an_interrupted_audit_writes_what_it_attacked(
     record = json.loads((out / "audit.json").read_text())
     assert record["interrupted"]
     status = {a["attack"]: a["status"] for a in record["attacks"]}
-    assert status == {"labels": "ran", "analytic": "ran", "dlg": "skipped", "ig": "skipped"}
+    assert status == {
+        "labels": "ran",
+        "analytic": "ran",
+        "spear": "skipped",
+        "dlg": "skipped",
+        "ig": "skipped",
+    }
 
 
 @pytest.mark.parametrize(

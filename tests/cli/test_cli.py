@@ -38,7 +38,8 @@ def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) ->
 def test_attack_help_lists_attacks_and_models(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_exit(["attack", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "{dlg,idlg,dlg-admm,idlg-admm,analytic,ig,rgap,tokens,dlg-text,tag,span}" in out
+    attacks = "dlg,idlg,dlg-admm,idlg-admm,analytic,spear,imprint,ig,rgap,tokens,dlg-text,tag,span"
+    assert "{" + attacks + "}" in out
     for model in ("lenet", "convnet[-W]", "resnet20[-K]", "resnet56[-K]"):
         assert model in out
     assert "{cifar10,cifar100,mnist,folder,list,tensors}" in out

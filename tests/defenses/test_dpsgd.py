@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from gradleak.core.batch import PrivateBatch
@@ -145,6 +146,28 @@ def test_batchnorm_models_are_refused(name: str) -> None:
         _defend(DPSGD(1.0, 1.0), client, batch)
     message = str(info.value)
     assert message.startswith("DP-SGD needs a model without BatchNorm (lenet, mlp); ")
+    assert "\n" not in message
+
+
+class _ScaledLinear(nn.Module):
+    """A trainable layer holding a buffer too: Opacus has no per-sample rule for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(10, 3 * IMAGE[0] * IMAGE[1]))
+        self.register_buffer("scale", torch.tensor(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x.flatten(1) @ self.weight.T
+
+
+def test_a_layer_opacus_cannot_handle_is_one_line() -> None:
+    _, batch = _client()
+    client = FedSGDClient(_ScaledLinear())
+    with pytest.raises(GradleakError) as info:
+        _defend(DPSGD(1.0, 1.0), client, batch)
+    message = str(info.value)
+    assert message.startswith("DP-SGD cannot take per-sample gradients of _ScaledLinear: ")
     assert "\n" not in message
 
 

@@ -5,6 +5,7 @@ import torch
 
 from gradleak.core.errors import GradleakError
 from gradleak.metrics import CONVENTION, PSNR_CEILING_DB, Evaluation, evaluate_images
+from gradleak.metrics.image import EXACT_PSNR_DB
 
 
 def _batch(seed: int, shape=(4, 3, 16, 16)) -> torch.Tensor:
@@ -84,7 +85,15 @@ def test_to_dict_is_json_safe():
     data = evaluate_images(recon, truth, torch.tensor([1, 2, 3, 4]), torch.tensor([4, 3, 2, 1]))
     d = data.to_dict()
     assert json.loads(json.dumps(d, allow_nan=False)) == d
-    assert set(d) == {"psnr", "ssim", "mse", "label_accuracy", "per_image", "matching"}
+    assert set(d) == {
+        "psnr",
+        "ssim",
+        "mse",
+        "label_accuracy",
+        "per_image",
+        "matching",
+        "exact_fraction",
+    }
     assert d["matching"] == [3, 2, 1, 0]
     assert d["label_accuracy"] == 1.0
     assert all(type(v) is float for v in (d["psnr"], d["ssim"], d["mse"]))
@@ -94,3 +103,15 @@ def test_to_dict_is_json_safe():
 def test_convention_states_the_rules():
     for phrase in ("[0, 1]", "clamped", "Hungarian", "10·log10(1/MSE)", "100 dB", "11×11", "σ=1.5"):
         assert phrase in CONVENTION
+
+
+def test_exact_fraction_counts_images_from_60_db() -> None:
+    truth = _batch(7)
+    recon = truth.clone()
+    recon[0] = (recon[0] + 0.5e-3).clamp(0, 1)  # RMS error ≤ 5e-4: above 60 dB
+    recon[1] = (recon[1] + 0.05).clamp(0, 1)  # about 26 dB
+    result = evaluate_images(recon, truth)
+    psnrs = [p["psnr"] for p in result.per_image]
+    assert psnrs[0] >= EXACT_PSNR_DB > psnrs[1]
+    assert result.exact_fraction == sum(p >= EXACT_PSNR_DB for p in psnrs) / len(psnrs)
+    assert result.exact_fraction == (len(psnrs) - 1) / len(psnrs)

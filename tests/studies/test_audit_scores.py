@@ -134,13 +134,22 @@ def test_attacks_follow_the_model_and_the_update() -> None:
         s.candidate.attack: s for s in select_attacks(AuditTarget(mlp, _knowledge(), gradient))
     }
     # Text attacks are not listed for images.
-    assert list(names) == ["labels", "analytic", "dlg", "ig"]
-    assert all(s.attack is not None for s in names.values())
+    assert list(names) == ["labels", "analytic", "spear", "dlg", "ig"]
+    assert all(s.attack is not None for n, s in names.items() if n != "spear")
+    assert "analytic attack reads it" in str(names["spear"].reason)
+    on_batch = {
+        s.candidate.attack: s for s in select_attacks(AuditTarget(mlp, _knowledge(4), gradient))
+    }
+    assert on_batch["spear"].attack is not None
     on_cnn = {
         s.candidate.attack: s for s in select_attacks(AuditTarget(cnn, _knowledge(), gradient))
     }
     assert on_cnn["analytic"].attack is None
     assert "does not read the flattened image" in str(on_cnn["analytic"].reason)
+    on_cnn_batch = {
+        s.candidate.attack: s for s in select_attacks(AuditTarget(cnn, _knowledge(4), gradient))
+    }
+    assert on_cnn_batch["spear"].attack is None
     assert strongest_priors(AuditTarget(cnn, _knowledge(), gradient)) == ("tv", "bn")
     assert strongest_priors(AuditTarget(mlp, _knowledge(), gradient)) == ("tv",)
     big = nn.Sequential(nn.Flatten(), nn.Linear(192, DLG_MAX_PARAMETERS // 192 + 1))

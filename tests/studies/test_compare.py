@@ -101,6 +101,9 @@ def test_local_training_settings_reach_only_protocols_that_train_locally() -> No
     # Every iteration is logged so the snapshots fall on the requested iterations.
     assert fedsgd.attack_options == {"log_every": 1, "iterations": 3}
     assert fedsgd.snapshots == (1, 2, 50) and fedsgd.indices == (0,)
+    # A closed form logs nothing per iteration: it is not given log_every, which it refuses.
+    closed = _spec(attack_options={}).config(Cell(BUNDLED, 0, AttackRun("spear", "fedsgd")))
+    assert closed.attack_options == {}
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,11 @@ def test_spec_expands_to_the_product_of_its_axes(spec_file: Path) -> None:
         ("attacks: [dlg]\nmodle: [lenet]\n", ["line 2", "unknown key 'modle'", "models"]),
         (
             "attacks: [dlg,\n  gan]\n",
-            ["line 2", "'gan' is not one of: dlg, idlg, dlg-admm, idlg-admm, analytic, ig, rgap"],
+            [
+                "line 2",
+                "'gan' is not one of: dlg, idlg, dlg-admm, idlg-admm, analytic, spear, imprint, "
+                "ig, rgap",
+            ],
         ),
         ("models: [lenet]\n", ["needs 'attacks'"]),
         ("attacks: [dlg]\nmodels: [vgg]\n", ["line 2", "'vgg' is not a model", "lenet"]),

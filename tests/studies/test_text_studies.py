@@ -155,7 +155,8 @@ def test_tables_of_a_sweep_of_image_and_text_cells(tmp_path: Path) -> None:
 def test_an_image_sweeps_tables_keep_their_columns() -> None:
     assert result_columns([IMAGE]) == [
         "cell", "attack", "model", "defense", "protocol", "image", "seed", "status", "psnr",
-        "ssim", "mse", "label_accuracy", "seconds", "iterations", "status_reason", "run_dir",
+        "ssim", "mse", "label_accuracy", "exact_fraction", "seconds", "iterations",
+        "status_reason", "run_dir",
     ]  # fmt: skip
     assert runner.summary_columns([IMAGE]) == [
         "attack", "model", "defense", "protocol", "cells", "failed", "diverged",
@@ -170,9 +171,18 @@ def test_a_text_cells_metrics_are_whole_by_its_own_scores() -> None:
     assert not metrics_whole({k: v for k, v in metrics.items() if k != "rouge2"})
     assert not metrics_whole({**metrics, "exact_match": "1.0"})
     assert not metrics_whole({**metrics, "modality": "audio"})
-    image = {"psnr": 20.0, "ssim": None, "mse": 0.01, "label_accuracy": None}
+    image = {"psnr": 20.0, "ssim": None, "mse": 0.01, "label_accuracy": None, "exact_fraction": 0}
     assert metrics_whole({**image, "seconds": 1.0, "iterations": 3})  # no modality: images
     assert not metrics_whole({**metrics, "modality": "image"})  # no PSNR
+    # A cell recorded before exact_fraction was a score is still whole; a bad value is not.
+    assert metrics_whole(
+        {
+            k: v
+            for k, v in {**image, "seconds": 1.0, "iterations": 3}.items()
+            if k != "exact_fraction"
+        }
+    )
+    assert not metrics_whole({**image, "exact_fraction": "1", "seconds": 1.0, "iterations": 3})
 
 
 # --- a sweep of text cells, run -------------------------------------------------------------

@@ -145,3 +145,37 @@ class Budgeted(Protocol):
                 what fits and how to raise the bound).
         """
         ...
+
+
+@runtime_checkable
+class ModelModifying(Protocol):
+    """An attack mounted by a malicious server: it alters the model before the clients get it.
+
+    The run hands the server's model to `modify_model` before any client trains, the clients
+    compute their update on the returned model, and `reconstruct` then reads that update
+    with the returned model. Only a threat model that grants
+    `Requirement.MODIFY_MODEL` (`--malicious-server`) runs such an attack; one without a
+    server that sends the model (decentralised peers, a captured update) refuses it.
+    """
+
+    def modify_model(self, model: nn.Module, knowledge: Knowledge, *, seed: int = 0) -> nn.Module:
+        """The model the malicious server sends instead of `model`.
+
+        Args:
+            model: the server's honest model (left unchanged).
+            knowledge: what the threat model grants (data shape, normalisation, batch size).
+            seed: seeds any random draw of the modification.
+
+        Returns:
+            A new model whose parameters the clients train and share.
+
+        Raises:
+            GradleakError: when the threat model does not let the server alter the model,
+                or the model cannot carry the modification (one line naming the fix).
+        """
+        ...
+
+
+def modifies_model(attack: object) -> bool:
+    """Whether `attack` is mounted by a server that alters the model it sends."""
+    return isinstance(attack, ModelModifying)

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gradleak.attacks import learned, presets
-from gradleak.attacks.base import Attack
-from gradleak.attacks.closed_form import analytic, rgap
+from gradleak.attacks.base import Attack, modifies_model
+from gradleak.attacks.closed_form import analytic, rgap, spear
+from gradleak.attacks.malicious import imprint
 from gradleak.attacks.text import presets as text_presets
 from gradleak.attacks.text import span, tokens
 from gradleak.core.errors import GradleakError
@@ -32,6 +33,17 @@ ATTACKS: dict[str, tuple[Callable[[], Attack], str]] = {
         analytic.build,
         "Analytic: the input of an MLP's first Linear from ∇W/∇b, exact for batch 1 "
         "(Geiping et al. 2020); larger batches give mixtures",
+    ),
+    "spear": (
+        spear.build,
+        "SPEAR: a whole batch exactly from an MLP's first Linear + ReLU (low-rank gradient, "
+        "sparse columns), each image certified by its ReLU pattern (Dimitrov et al. 2024)",
+    ),
+    "imprint": (
+        imprint.build,
+        "Robbing the Fed: a malicious server puts an imprint layer of --bins neurons before "
+        "its model; each image in a bin of its own is read back exactly, under FedSGD, "
+        "FedAvg or aggregation (Fowl et al. 2022); needs --malicious-server",
     ),
     "ig": (
         presets.ig,
@@ -159,7 +171,7 @@ def available() -> list[str]:
     """The names of every attack, in registry order.
 
     Returns:
-        The names `get` accepts: dlg, idlg, dlg-admm, idlg-admm, analytic, ig, rgap, and
+        The names `get` accepts: dlg, idlg, dlg-admm, idlg-admm, analytic, spear, ig, rgap, and
         the text attacks tokens, dlg-text, tag, span.
     """
     return list(ATTACKS)
@@ -210,9 +222,11 @@ def readers_of(kind: UpdateKind) -> list[str]:
 
     Returns:
         The names of the attacks whose `reads` include `kind` (e.g. for a FedADMM
-        increment: dlg-admm and idlg-admm).
+        increment: dlg-admm and idlg-admm), leaving out those that alter the model before
+        the update exists (imprint).
     """
-    return [name for name in ATTACKS if kind in get(name).reads]
+    # An attack that alters the model first is no answer for an update already shared.
+    return [name for name in ATTACKS if kind in get(name).reads and not modifies_model(get(name))]
 
 
 def check_readable(name: str, reads: frozenset[UpdateKind], kind: UpdateKind) -> None:

@@ -39,7 +39,11 @@ def add_attack(commands: flags.Commands) -> None:
     flags.BATCH_SIZE.add(p, help="private samples per user (default 1)")
     flags.add_attack_tuning_flags(p)
     flags.ADMM_READING.add(p)
+    flags.add_closed_form_flags(
+        p.add_argument_group("closed-form batch attacks", "spear (honest server), imprint")
+    )
     flags.LABELS_KNOWN.add(p, help="threat model: the attacker knows the true labels")
+    flags.MALICIOUS_SERVER.add(p)
     flags.MODEL_MODE.add(p, help="client's batch-norm mode (default train)")
     flags.CHECKPOINT.add(p, help="server model state to load")
     flags.SEED.add(p, help="seed for model init and attack start")
@@ -257,7 +261,12 @@ def _quality(m: Mapping[str, Any]) -> str:
     ssim = "n/a" if m["ssim"] is None else f"{m['ssim']:.4f}"
     labels = "n/a" if m["label_accuracy"] is None else f"{m['label_accuracy']:.2f}"
     psnr = "n/a" if m["psnr"] is None else f"{m['psnr']:.2f}"
-    return f"PSNR {psnr} dB, SSIM {ssim}, MSE {m['mse']:.3g}, label accuracy {labels}"
+    line = f"PSNR {psnr} dB, SSIM {ssim}, MSE {m['mse']:.3g}, label accuracy {labels}"
+    images = len(m.get("per_image") or ())
+    if images > 1 and m.get("exact_fraction") is not None:
+        # For a batch: how many images came back exactly (≥ 60 dB), beside the mean.
+        line += f", {round(m['exact_fraction'] * images)} of {images} exact"
+    return line
 
 
 def _compiling(m: Mapping[str, Any]) -> str:

@@ -42,6 +42,11 @@ NOT_FOR_CAPTURED = {
     "text_file": ("--text-file", "captured updates are attacked as images"),
     "task": ("--task", "captured updates are attacked as images"),
     "lengths_known": ("--lengths-known", "captured updates are attacked as images"),
+    "malicious_server": (
+        "--malicious-server",
+        "a captured update answers the model the client received; a malicious server's "
+        "changes belong in a simulated run",
+    ),
 }
 # The flags of `gradleak attack` that only mean something with --update.
 UPDATE_ONLY = {"update_base": "--update-base", "update_kind": "--update-kind", "truth": "--truth"}

@@ -138,6 +138,13 @@ IMAGE_SIZE = _flag("--image-size", type=int, metavar="N")
 CHECKPOINT = _flag("--checkpoint", type=Path, metavar="CKPT")
 MODEL_MODE = _flag("--model-mode", choices=MODEL_MODES)
 LABELS_KNOWN = _flag("--labels-known", action="store_true", default=None)
+MALICIOUS_SERVER = _flag(
+    "--malicious-server",
+    action="store_true",
+    default=None,
+    help="threat model: the server is malicious and may alter the model it sends the "
+    "clients (imprint needs it; without it the server is honest but curious)",
+)
 SEED = _flag("--seed", type=int, metavar="S")
 OUT = _flag("--out", type=Path, metavar="DIR")
 # Without it, an output folder that already holds files is refused before any work.
@@ -241,6 +248,35 @@ ATTACK_TUNING_FLAGS = (
         "else optimised; sign, yin, count: read from the last layer for batches)",
     ),
 )
+
+
+# The closed-form batch attacks' settings: spear's sample budget, imprint's bins.
+CLOSED_FORM_FLAGS = (
+    _flag(
+        "--max-samples",
+        type=int,
+        metavar="N",
+        help="spear: the most candidate directions sampled before it stops with what is certified",
+    ),
+    _flag(
+        "--bins",
+        type=int,
+        metavar="K",
+        help="imprint: the imprint layer's bins (neurons), at least 2 (default 256)",
+    ),
+    _flag(
+        "--bin-statistic",
+        dest="statistic",
+        metavar="STAT",
+        help="imprint: the image statistic its bins split: random (a fixed random "
+        "projection, default) or mean (the mean pixel)",
+    ),
+)
+
+
+def add_closed_form_flags(p: Flags) -> None:
+    """--max-samples (spear), --bins and --bin-statistic (imprint)."""
+    add_flags(p, CLOSED_FORM_FLAGS)
 
 
 def add_attack_tuning_flags(p: Flags) -> None:

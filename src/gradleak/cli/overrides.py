@@ -49,6 +49,7 @@ RUN_SETTINGS = (
     "text_file",
     "task",
     "lengths_known",
+    "malicious_server",
     "device",
 )
 # Flags that fill the attack's options (RunConfig.attack_options) of the same name.
@@ -62,6 +63,9 @@ ATTACK_OPTIONS = (
     "admm_reading",
     "priors",
     "init",
+    "bins",
+    "statistic",
+    "max_samples",
 )
 
 

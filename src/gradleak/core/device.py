@@ -12,6 +12,7 @@ the CPU's by float rounding only.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,3 +163,11 @@ def module_device(module: nn.Module) -> torch.device:
     """Where a module's parameters (else buffers) live; the CPU for a module with neither."""
     first = next(chain(module.parameters(), module.buffers()), None)
     return CPU if first is None else first.device
+
+
+def physical_memory() -> int | None:
+    """Bytes of this machine's memory, or None where the platform does not say."""
+    names = getattr(os, "sysconf_names", {})
+    if "SC_PHYS_PAGES" not in names or "SC_PAGE_SIZE" not in names:
+        return None
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

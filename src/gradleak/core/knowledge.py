@@ -27,6 +27,8 @@ class Requirement(str, enum.Enum):
     LOCAL_TRAINING = "local_training"
     # FedADMM: the penalty ρ and each user's x and π at the start of the attacked round.
     ADMM_STATE = "admm_state"
+    # A malicious server: it may alter the model it sends the clients (Robbing the Fed).
+    MODIFY_MODEL = "modify_model"
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,6 +106,9 @@ class Knowledge:
     # model grants it (TAG and LAMP assume it known); None: only the padded length
     # data_shape[0] is known (it can be read from the position embeddings' gradient).
     sequence_lengths: tuple[int, ...] | None = None
+    # A malicious server: it may alter the model it sends before the clients train on it
+    # (an honest-but-curious one only reads what they send back).
+    server_modifies_model: bool = False
 
     def __post_init__(self) -> None:
         if not self.data_shape or any(int(s) < 1 for s in self.data_shape):
@@ -182,6 +187,7 @@ class Knowledge:
             Requirement.LOCAL_TRAINING: self.local_training is not None,
             Requirement.ADMM_STATE: self.admm is not None
             and (self.attacked_round == 1 or self.admm.states is not None),
+            Requirement.MODIFY_MODEL: self.server_modifies_model,
         }
         return checks[requirement]
 
@@ -198,6 +204,8 @@ class Knowledge:
             # x' = (Δ + x + z)/2 and π' = π + ρ(x' − z) from x = z, π = 0 in round 1.
             Requirement.ADMM_STATE: "grant each client's x and π at the start of round "
             f"{self.attacked_round} with --client-state-known, or attack round 1",
+            Requirement.MODIFY_MODEL: "the threat model has an honest server; grant a "
+            "malicious one that alters the model it sends with --malicious-server",
         }
         for requirement in sorted(requirements, key=lambda r: r.value):
             if not self.grants(requirement):
@@ -231,6 +239,7 @@ class Knowledge:
             "model_mode_guessed": self.model_mode_guessed,
             "attacked_round": self.attacked_round,
             "admm": None if self.admm is None else self._describe_admm(self.admm),
+            "server_modifies_model": self.server_modifies_model,
             **(self._describe_text() if self.modality == "text" else {}),
         }
 
@@ -295,6 +304,8 @@ class Grants:
             of the attacked round (a server that received the client's earlier increments
             one by one can compute them).
         lengths_known: text: the attacker is told each sequence's length in tokens.
+        server_modifies_model: the server is malicious: it may alter the model it sends the
+            clients (e.g. insert an imprint layer) before they train on it.
     """
 
     labels_known: bool = False
@@ -303,6 +314,7 @@ class Grants:
     rho_guess: float | None = None
     client_state_known: bool = False
     lengths_known: bool = False
+    server_modifies_model: bool = False
 
     def guessed(self) -> list[str]:
         """The local-training settings the attacker guesses, in GUESSABLE order."""
@@ -335,7 +347,8 @@ def grant_knowledge(
     Returns:
         The attacker's knowledge: batch size and users from the truth, labels if granted,
         the local training, FedADMM's ρ and batch-norm mode as known or as guessed, the
-        attacked round and the clients' state if granted.
+        attacked round, the clients' state if granted, and whether the server may alter
+        the model it sends.
 
     Raises:
         GradleakError: an impossible guess, or data facts that do not fit (one line each).
@@ -366,4 +379,5 @@ def grant_knowledge(
         sequence_lengths=tuple(int(n) for n in lengths)
         if grants.lengths_known and lengths is not None
         else None,
+        server_modifies_model=grants.server_modifies_model,
     )

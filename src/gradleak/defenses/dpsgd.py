@@ -322,7 +322,14 @@ def per_sample_gradients(
         )
     for p in params.values():
         p.grad = None
-    wrapped = opacus.GradSampleModule(clone, batch_first=True, loss_reduction="sum")
+    try:
+        wrapped = opacus.GradSampleModule(clone, batch_first=True, loss_reduction="sum")
+    except NotImplementedError as exc:  # a layer Opacus has no per-sample rule for
+        first = " ".join(str(exc).split())
+        raise GradleakError(
+            f"DP-SGD cannot take per-sample gradients of {type(model).__name__}: {first}; "
+            "use a model built from standard layers"
+        ) from exc
     # A sum of per-sample losses: each sample's gradient is its own loss's gradient.
     loss = F.cross_entropy(wrapped(images), labels, reduction="sum")
     with warnings.catch_warnings():

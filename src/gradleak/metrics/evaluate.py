@@ -10,6 +10,7 @@ from torch import Tensor
 from gradleak.core.errors import GradleakError
 from gradleak.metrics._checks import image_pair
 from gradleak.metrics.image import (
+    EXACT_PSNR_DB,
     PSNR_CEILING_DB,
     SSIM_SIGMA,
     SSIM_WINDOW,
@@ -31,7 +32,8 @@ CONVENTION: str = (
     f"({SSIM_WINDOW}×{SSIM_WINDOW}, σ={SSIM_SIGMA:g}, K1=0.01, K2=0.03, data range 1) averaged "
     "over the windows that lie fully inside the image and over channels, then over images; "
     f"it is not reported for images smaller than {SSIM_WINDOW}×{SSIM_WINDOW}. Label accuracy "
-    "is the fraction of recovered labels equal to the true label of the matched image."
+    "is the fraction of recovered labels equal to the true label of the matched image. An "
+    f"image counts as recovered exactly when its matched PSNR is at least {EXACT_PSNR_DB:g} dB."
 )
 """How `evaluate_images` scores, in words, for reports and result files."""
 
@@ -54,6 +56,8 @@ class Evaluation:
             "matched_reconstruction" (its reconstruction's index), "psnr", "ssim" (None
             as above) and "mse".
         matching: matching[i] is the index of the reconstruction matched to image i.
+        exact_fraction: the share of ground-truth images whose matched PSNR is at least
+            `EXACT_PSNR_DB` (60 dB): recovered exactly, in [0, 1].
     """
 
     psnr: float
@@ -62,6 +66,7 @@ class Evaluation:
     label_accuracy: float | None
     per_image: list[dict[str, Any]] = field(default_factory=list)
     matching: list[int] = field(default_factory=list)
+    exact_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain floats, ints, lists and None, ready for json.dump.
@@ -141,4 +146,5 @@ def evaluate_images(
         label_accuracy=accuracy,
         per_image=per_image,
         matching=[int(j) for j in order],
+        exact_fraction=float((psnrs >= EXACT_PSNR_DB).double().mean()),
     )

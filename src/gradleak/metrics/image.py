@@ -16,6 +16,12 @@ PSNR_CEILING_DB = 100.0
 # that PSNR stays finite, JSON-safe and averageable.
 _MSE_FLOOR = 10.0 ** (-PSNR_CEILING_DB / 10.0)
 
+EXACT_PSNR_DB = 60.0
+"""PSNR from which a reconstructed image counts as recovered exactly: an RMS error of at
+most 1e-3 on [0, 1] pixels, a quarter of one 8-bit grey level, so the recovered image
+rounds to the true one. Closed forms that are exact land far above it (float32 rounding
+gives 100 dB or close); mixtures and approximations land far below."""
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 _SSIM_MARGIN = SSIM_WINDOW // 2

@@ -66,7 +66,7 @@ class ImageModality:
 
     name = "image"
     convention = CONVENTION
-    scores = ("psnr", "ssim", "mse", "label_accuracy")
+    scores = ("psnr", "ssim", "mse", "label_accuracy", "exact_fraction")
     summary_scores = ("psnr", "ssim")
     headline = "psnr"
 

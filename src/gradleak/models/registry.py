@@ -4,7 +4,6 @@ user's own factory ("mypkg.models:make_net", "models/net.py:make_net": `models/u
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from gradleak.core.device import physical_memory
 from gradleak.core.errors import GradleakError
 from gradleak.models.cnn6 import CNN6
 from gradleak.models.convnet import ConvNet
@@ -207,14 +207,6 @@ def build_model(
         return entry.factory(params, num_classes, in_channels, image_size)
 
 
-def _physical_memory() -> int | None:
-    """Bytes of this machine's memory, or None where the platform does not say."""
-    names = getattr(os, "sysconf_names", {})
-    if "SC_PHYS_PAGES" not in names or "SC_PAGE_SIZE" not in names:
-        return None
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 class _NoInitialisation(TorchFunctionMode):
     """Skip the in-place fills of weight initialisation (normal_, uniform_, zero_, ...).
 
@@ -242,7 +234,7 @@ def _check_memory(name: str, build: Callable[[], nn.Module]) -> None:
     random numbers, so an absurd width or image size fails here in one line instead of
     as a MemoryError (or the system killing the process) while its weights are drawn.
     """
-    memory = _physical_memory()
+    memory = physical_memory()
     if memory is None:
         return
     with torch.device("meta"), _NoInitialisation():

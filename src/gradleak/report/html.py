@@ -347,6 +347,7 @@ _THREAT_LABELS = {
     "local_training_guessed": "local training is the attacker's guess",
     "model_mode_guessed": "batch-norm mode is the attacker's guess",
     "sequence_lengths": "each sequence's length in tokens",
+    "server_modifies_model": "malicious server (may alter the model it sends)",
 }
 # What the sizes of one attacked input are, by modality.
 _SHAPE_LABELS = {

@@ -52,6 +52,7 @@ SCORE_FORMATS: dict[str, ScoreFormat] = {
     "ssim": ScoreFormat("SSIM", "SSIM", ".4f", ".3f"),
     "mse": ScoreFormat("MSE", "MSE", ".3g", ".3g"),
     "label_accuracy": ScoreFormat("label accuracy", "label acc.", ".2f", ".2f"),
+    "exact_fraction": ScoreFormat("fraction exact", "exact (≥60 dB)", ".2f", ".2f"),
     "exact_match": ScoreFormat("exact match", "exact match", ".2f", ".2f"),
     "token_accuracy": ScoreFormat("token accuracy", "token acc.", ".3f", ".3f"),
     "token_recall": ScoreFormat("token recall", "token recall", ".3f", ".3f"),

@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 
 from gradleak import attacks
+from gradleak.attacks.base import modifies_model
 from gradleak.attacks.engine.hooks import Observer
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.attacks.registry import check_readable
@@ -142,6 +143,24 @@ def read_as(update: SharedUpdate, protocol: ProtocolSettings, lr: float | None) 
     )
 
 
+def refuse_model_modifying(attack: attacks.Attack, name: str) -> None:
+    """Refuse a malicious server's attack: a captured update answers the unaltered model.
+
+    Args:
+        attack: the attack to run on a captured update.
+        name: its name, for the message.
+
+    Raises:
+        GradleakError: when `attack` alters the model before the clients get it.
+    """
+    if modifies_model(attack):
+        raise GradleakError(
+            f"attack '{name}' alters the model before the clients train on it, but a captured "
+            "update answers the model they received; run it in a simulation (gradleak "
+            "attack without --update, with --malicious-server)"
+        )
+
+
 def attack_captured(
     view: ServerView,
     update: SharedUpdate,
@@ -172,9 +191,11 @@ def attack_captured(
         The view, the update, the attack, the reconstruction and its scores (if any).
 
     Raises:
-        GradleakError: an update whose names, shapes or values do not fit the model, or of
-            a kind the attack cannot read (before the attack starts).
+        GradleakError: an update whose names, shapes or values do not fit the model, of a
+            kind the attack cannot read, or an attack that alters the model (before the
+            attack starts).
     """
+    refuse_model_modifying(attack, name)
     update.validate_for(view.model)
     check_readable(name, attack.reads, update.kind)
     reconstruction = attack.reconstruct(
@@ -211,6 +232,7 @@ def captured_metrics(outcome: CapturedOutcome, settings: Mapping[str, object]) -
         "status": rec.status.value,
         "status_reason": rec.status_reason,
         "interrupted": rec.interrupted,
+        "attack_details": to_plain(rec.details),
         "threat_model": view.knowledge.describe(),
         "convention": view.modality.convention,
     }

@@ -39,6 +39,7 @@ from gradleak.scenario.captured import (
     attack_captured,
     captured_view,
     read_as,
+    refuse_model_modifying,
     write_captured,
 )
 from gradleak.scenario.config import RunConfig, settings_digest
@@ -178,6 +179,7 @@ def run_captured(request: CapturedRequest, *, overwrite: bool = False) -> Captur
             cannot be written.
     """
     config, files = request.config, request.files
+    refuse_model_modifying(attacks.get(config.attack), config.attack)
     out_dir = check_out_dir(captured_out_dir(request), overwrite=overwrite)
     model, facts = attacked_model(config)
     parameters = {name for name, _ in model.named_parameters()}

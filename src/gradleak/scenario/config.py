@@ -115,6 +115,8 @@ class RunConfig:
     text_file: Path | None = None
     task: str = "classification"
     lengths_known: bool = False
+    # Threat model: a malicious server that may alter the model it sends (imprint needs it).
+    malicious_server: bool = False
     # Where tensors compute (auto, cpu, cuda, cuda:N, mps): not a setting of the result,
     # which is the same on any device up to float rounding; a run records the one it used.
     device: str = AUTO_DEVICE
@@ -252,6 +254,7 @@ class RunConfig:
             rho_guess=self.guess_admm_rho,
             client_state_known=self.client_state_known,
             lengths_known=self.lengths_known,
+            server_modifies_model=self.malicious_server,
         )
 
     def result_settings(self) -> dict[str, Any]:
@@ -275,6 +278,9 @@ class RunConfig:
         if settings["normalize"] is None:
             # Likewise absent, so runs with their dataset's statistics keep their digests.
             del settings["normalize"]
+        if not settings["malicious_server"]:
+            # Likewise absent, so runs against an honest server keep their digests.
+            del settings["malicious_server"]
         attack = attacks.get(self.attack).with_options(self.attack_options)
         settings["attack_options"] = to_plain(attack.config)
         settings["defenses"] = [d.spec for d in parse_defenses(self.defenses)]

@@ -77,6 +77,8 @@ def run_metrics(
         "status": rec.status.value,
         "status_reason": rec.status_reason,
         "trial_status": [status.value for status in rec.trial_status],
+        # What the attack reports of itself (closed forms: rank, bins, certificates).
+        "attack_details": to_plain(rec.details),
         "threat_model": server.knowledge.describe(),
         "convention": server.modality.convention,
         **({} if nearest is None else {"prior_nearest": nearest.summary()}),

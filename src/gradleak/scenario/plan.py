@@ -17,8 +17,10 @@ from typing import Any
 import torch
 
 from gradleak import attacks
+from gradleak.attacks.base import modifies_model
 from gradleak.attacks.registry import check_readable
 from gradleak.core.device import CPU, resolve_device
+from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import Grants
 from gradleak.defenses import Defense, parse_defenses
 from gradleak.fl.protocols import ProtocolSettings
@@ -126,13 +128,20 @@ def plan_run(config: RunConfig) -> RunPlan:
 
     Raises:
         GradleakError: any setting that cannot run (one line naming it and the fix), among
-            them an attack that cannot read the protocol's updates.
+            them an attack that cannot read the protocol's updates, or a malicious
+            server's attack under an honest server's threat model.
     """
     config = config.validate()
     device = resolve_device(config.device)  # "auto" is resolved once, here
     attack = attacks.get(config.attack).with_options(config.attack_options)
     protocol = config.protocol_settings()
     check_readable(config.attack, attack.reads, protocol.protocol.shares)
+    if modifies_model(attack) and not config.malicious_server:
+        raise GradleakError(
+            f"attack '{config.attack}' is mounted by a malicious server that alters the model "
+            "it sends, but the threat model has an honest server; add --malicious-server "
+            "(malicious_server: true in a config file or sweep spec)"
+        )
     snapshots = config.snapshots or default_snapshot_iterations(attack.config.iterations)
     return RunPlan(
         config=config,

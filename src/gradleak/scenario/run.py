@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from gradleak import attacks
+from gradleak.attacks.base import modifies_model
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
@@ -119,13 +120,19 @@ def attacked_view(plan: RunPlan) -> tuple[Case, SharedUpdate, ServerView]:
 
     Returns:
         The case as built, the shared (defended, aggregated) update, and the server's view
-        the attack receives: the model of the attacked round and the granted knowledge.
+        the attack receives: the model of the attacked round (behind a malicious server's
+        alterations, which the clients trained on) and the granted knowledge.
 
     Raises:
         GradleakError: missing or unreadable data, a checkpoint of another model.
     """
     case = case_from(plan.data, plan.model, plan.protocol, plan.grants).to(plan.device)
     server, client = case
+    if modifies_model(plan.attack):
+        # A malicious server sends its altered model: the clients train on it, and the
+        # attack reads their update with it.
+        sent = plan.attack.modify_model(server.model, server.knowledge, seed=plan.seed)
+        server = ServerView(sent, server.knowledge)
     generator = torch.Generator().manual_seed(plan.seed)
 
     def defend(update: SharedUpdate, member: Client, batch: PrivateBatch) -> SharedUpdate:

@@ -64,6 +64,9 @@ def described_config(config: object) -> dict[str, Any]:
     plain = to_plain(config)
     for key in ("out", "progress", "device"):
         plain.pop(key, None)
+    if plain.get("malicious_server") is False:
+        # Absent for an honest server, so cells recorded before the setting keep matching.
+        del plain["malicious_server"]
     model = plain.get("model")
     if is_factory_spec(model):
         # The user's model code is part of the cell: an edited file makes its cells run again.

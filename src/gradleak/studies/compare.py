@@ -32,6 +32,7 @@ empty; its tables then name each row's modality.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import statistics
@@ -268,6 +269,10 @@ class CompareSpec:
             and (key not in TEXT_KEYS or not cell.source.pictures)
         }
         base = replace_checked(RunConfig(), {**defaults, **settings}, "comparison settings")
+        # Every iteration in the history, for attacks that iterate (closed forms have no
+        # log_every and would refuse it).
+        takes = {f.name for f in dataclasses.fields(attacks.get(cell.run.attack).config)}
+        logging = {"log_every": 1} if "log_every" in takes else {}
         return replace(
             base,
             **source,
@@ -275,7 +280,7 @@ class CompareSpec:
             protocol=cell.run.protocol,
             indices=(cell.index,),
             snapshots=self.snapshots,
-            attack_options={"log_every": 1, **self.attack_options},
+            attack_options={**logging, **self.attack_options},
         )
 
     def check(self) -> None:

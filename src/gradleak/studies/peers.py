@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 
 from gradleak import attacks
+from gradleak.attacks.base import modifies_model
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.batch import PrivateBatch
 from gradleak.core.errors import GradleakError
@@ -66,7 +67,12 @@ def peer_protocols() -> list[str]:
 def peer_attacks() -> list[str]:
     """The attack presets that read what peers share under every peer protocol."""
     kinds = {PROTOCOLS[name].shares for name in peer_protocols()}
-    return [name for name in attacks.available() if kinds <= attacks.get(name).reads]
+    # A malicious server's attacks need a server that sends the model: peers have none.
+    return [
+        name
+        for name in attacks.available()
+        if kinds <= attacks.get(name).reads and not modifies_model(attacks.get(name))
+    ]
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradleak.attacks.closed_form.base import ClosedFormAttack, check_no_iterations
+from gradleak.attacks.closed_form.base import (
+    ClosedFormAttack,
+    check_no_iterations,
+    closed_form_result,
+)
 from gradleak.attacks.engine.hooks import Observer
-from gradleak.attacks.labels import AUTO, resolve_label_strategy
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import Knowledge
@@ -131,7 +134,7 @@ def analytic_layer_input(
         )
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise GradleakError(f"count must be a positive integer, got {count!r}")
-    weight, bias = _layer_gradients(update, layer_name)
+    weight, bias = layer_gradients(update, layer_name)
     # Float64: the ratios divide by small bias gradients and the residual subtracts
     # nearly equal numbers.
     gw, gb = weight.double(), bias.double()
@@ -168,7 +171,19 @@ def analytic_layer_input(
     )
 
 
-def _layer_gradients(update: SharedUpdate, layer_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_gradients(update: SharedUpdate, layer_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight (out × in) and bias (out) gradients of Linear `layer_name` in `update`.
+
+    Args:
+        update: the shared update.
+        layer_name: the qualified name of a biased nn.Linear ("" for a bare Linear).
+
+    Returns:
+        (weight, bias) as stored in the update.
+
+    Raises:
+        GradleakError: when the update has no 2-D weight or no matching bias for the layer.
+    """
     prefix = f"{layer_name}." if layer_name else ""
     weight = update.tensors.get(f"{prefix}weight")
     bias = update.tensors.get(f"{prefix}bias")
@@ -328,9 +343,6 @@ class AnalyticAttack(ClosedFormAttack):
         b = knowledge.batch_size
         result = analytic_layer_input(update, name, count=b, threshold=self.config.threshold)
         images = result.features.reshape(b, *knowledge.data_shape)
-        strategy = resolve_label_strategy(AUTO, knowledge)
-        labels = strategy.recover(update, model, knowledge)
-        seconds = time.perf_counter() - start
         details: dict[str, object] = {
             "layer": name,
             "usable_rows": result.num_usable,
@@ -340,16 +352,8 @@ class AnalyticAttack(ClosedFormAttack):
         }
         if result.rows:
             details["rows"] = list(result.rows)
-        return Reconstruction(
-            images=images,
-            labels=None if labels is None else labels.long(),
-            loss=result.spread,
-            iterations=0,
-            seconds=seconds,
-            trial_losses=[result.spread],
-            label_strategy=strategy.name if labels is not None else "none",
-            labels_recovered=strategy.recovers,
-            details=details,
+        return closed_form_result(
+            images, update, model, knowledge, loss=result.spread, start=start, details=details
         )
 
 

@@ -2,18 +2,73 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+import torch
+from torch import nn
+
+from gradleak.attacks.labels import AUTO, resolve_label_strategy
+from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.errors import GradleakError
+from gradleak.core.knowledge import Knowledge
 from gradleak.core.settings import replace_checked
-from gradleak.core.update import UpdateKind
+from gradleak.core.update import SharedUpdate, UpdateKind
 
 
 def check_no_iterations(iterations: int, restarts: int, who: str) -> None:
     """Closed forms solve once: refuse settings that ask them to iterate."""
     if iterations != 0 or restarts != 1:
         raise GradleakError(f"{who} does not iterate; leave iterations at 0 and restarts at 1")
+
+
+def closed_form_result(
+    images: torch.Tensor,
+    update: SharedUpdate,
+    model: nn.Module,
+    knowledge: Knowledge,
+    *,
+    loss: float,
+    start: float,
+    details: dict[str, object],
+    read_labels: bool = True,
+) -> Reconstruction:
+    """What a closed form returns: its images, the `auto` strategy's labels, no iterations.
+
+    Args:
+        images: the recovered inputs, B×C×H×W in the attacked (normalised) space.
+        update: the shared update (the label strategy reads its last layer).
+        model: the server's model.
+        knowledge: the threat model (granted labels are used as they are).
+        loss: the closed form's own residual, reported as the loss of its one trial.
+        start: `time.perf_counter()` when the attack began; the seconds run to now.
+        details: what the attack reports of itself (its diagnostics).
+        read_labels: read labels at all (False: none, e.g. for a weight difference whose
+            last layer no label strategy reads).
+
+    Returns:
+        The reconstruction: labels from the `auto` strategy (granted ones, else iDLG's for
+        one sample, else none), 0 iterations, one trial.
+    """
+    labels, strategy_name, recovers = None, "none", True
+    if read_labels:
+        strategy = resolve_label_strategy(AUTO, knowledge)
+        found = strategy.recover(update, model, knowledge)
+        recovers = strategy.recovers
+        if found is not None:
+            labels, strategy_name = found.long(), strategy.name
+    return Reconstruction(
+        images=images,
+        labels=labels,
+        loss=loss,
+        iterations=0,
+        seconds=time.perf_counter() - start,
+        trial_losses=[loss],
+        label_strategy=strategy_name,
+        labels_recovered=recovers,
+        details=details,
+    )
 
 
 _Attack = TypeVar("_Attack", bound="ClosedFormAttack")

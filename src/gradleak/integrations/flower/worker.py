@@ -22,7 +22,7 @@ from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import Grants
 from gradleak.integrations.flower.capture import Captured, CaptureFolder
 from gradleak.integrations.flower.target import FlowerTarget
-from gradleak.scenario.captured import attack_captured, write_captured
+from gradleak.scenario.captured import attack_captured, refuse_model_modifying, write_captured
 
 LOG = logging.getLogger("gradleak.flower")
 
@@ -57,7 +57,9 @@ class AttackPlan:
     grants: Grants = field(default_factory=Grants)
 
     def __post_init__(self) -> None:
-        self.build()  # an unknown attack or option fails here, before the Flower run
+        # An unknown attack or option, or a malicious server's attack (the Flower server
+        # sends its model unaltered), fails here, before the Flower run.
+        refuse_model_modifying(self.build(), self.attack)
         if self.rounds is not None and any(int(r) < 1 for r in self.rounds):
             raise GradleakError(f"rounds start at 1; got {sorted(self.rounds)}")
         if self.clients is not None and self.clients < 1:

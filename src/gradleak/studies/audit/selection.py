@@ -81,6 +81,22 @@ def _dlg_applies(target: AuditTarget) -> str | None:
     return None
 
 
+# SPEAR's sample budget in an audit, where closed forms run before the budget is shared
+# and without a deadline: about 8 s per update at worst on one CPU core, enough for the
+# batches it certifies (B = 24 on a 256-unit layer needs about 2,000 samples).
+AUDIT_SPEAR_SAMPLES = 5_000
+
+
+def _spear_options(target: AuditTarget) -> Mapping[str, Any]:
+    return {"max_samples": AUDIT_SPEAR_SAMPLES}
+
+
+def _spear_applies(target: AuditTarget) -> str | None:
+    if target.knowledge.batch_size == 1:
+        return "one sample per update: the analytic attack reads it in closed form"
+    return None
+
+
 def label_strategy(target: AuditTarget) -> str:
     """The strongest label reading for the update: iDLG's for one sample, counts from a
     gradient for several, else labels optimised with the images."""
@@ -152,6 +168,14 @@ CANDIDATES: tuple[Candidate, ...] = (
         0.0,
         _always,  # the attack's own check_model says whether a Linear reads the image
         _no_options,
+    ),
+    Candidate(
+        "spear",
+        "image",
+        "closed form: a whole batch through a first Linear + ReLU, certified (SPEAR)",
+        0.0,
+        _spear_applies,  # and its check_model: a first Linear + ReLU reading the image
+        _spear_options,
     ),
     Candidate(
         "dlg",

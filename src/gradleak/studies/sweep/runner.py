@@ -135,6 +135,11 @@ def cell_store(sweep_dir: Path) -> CellStore:
     )
 
 
+# Scores added after sweeps had already recorded cells: a cell without one is still whole
+# (its row shows the score empty) rather than run again.
+LATER_SCORES = frozenset({"exact_fraction"})
+
+
 def metrics_whole(metrics: dict[str, Any]) -> bool:
     """Whether a cell's metrics hold every key a row reads (its modality's scores, seconds and
     iterations), numbers (or null) where they go; a modality gradleak does not know is not."""
@@ -142,10 +147,10 @@ def metrics_whole(metrics: dict[str, Any]) -> bool:
     if modality is None:
         return False
     keys = (*modality.scores, *RUN_KEYS)
-    if any(key not in metrics for key in keys):
+    if any(key not in metrics for key in keys if key not in LATER_SCORES):
         return False
     numbers = all(
-        metrics[key] is None
+        metrics.get(key) is None
         or (isinstance(metrics[key], Real) and not isinstance(metrics[key], bool))
         for key in keys
     )

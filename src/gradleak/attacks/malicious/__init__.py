@@ -1,0 +1,1 @@
+"""Attacks of a malicious server, which alters the model it sends before the clients train."""
