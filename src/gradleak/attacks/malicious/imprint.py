@@ -428,9 +428,8 @@ class ImprintAttack(ClosedFormAttack):
             B images in the attacked (normalised) space, heaviest bin first (zeros where
             fewer than B bins hold images); labels from the `auto` strategy for
             gradients (none for a weight difference unless granted); loss 0 (nothing is
-            matched); details: bins,
-            statistic, bins holding images, images lost to shared bins at least, and the
-            bins read.
+            matched); details: bins, statistic, occupied bins, distinct inputs found,
+            images not separated (at least), inputs split over bins, and the bins read.
 
         Raises:
             GradleakError: when the threat model has an honest server, the model is not
