@@ -299,3 +299,26 @@ def test_the_command_recovers_a_batch_of_four(tmp_path: Path) -> None:
     assert cli_exit([*argv, "--no-progress", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["batch_size"] == 4 and metrics["psnr"] >= 60
+
+
+def test_an_interrupt_keeps_what_was_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradleak.attacks.closed_form.spear import search
+
+    model, batch, update = _synthetic(8, seed=6)
+    draw = search.ColumnSearch._directions
+    calls = []
+
+    def interrupted_later(self, count, generator):  # the second chunk meets Ctrl-C
+        calls.append(count)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return draw(self, count, generator)
+
+    monkeypatch.setattr(search.ColumnSearch, "_directions", interrupted_later)
+    config = SpearConfig(chunk=4, refine_steps=0)
+    rec = SpearAttack(config=config).reconstruct(update, model, _knowledge(batch))
+    assert rec.interrupted and rec.status.value == "interrupted"
+    assert rec.details["interrupted"] is True and rec.details["budget_exhausted"] is False
+    assert rec.details["samples"] == 8  # the interrupted chunk is counted as drawn
+    exact = [e < 1e-4 for e in _errors_per_recovery(rec.images, batch.images)]
+    assert all(e for c, e in zip(rec.details["certified"], exact, strict=True) if c)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gradleak.attacks.labels import AUTO, resolve_label_strategy
-from gradleak.attacks.reconstruction import Reconstruction
+from gradleak.attacks.reconstruction import Reconstruction, Status
 from gradleak.core.errors import GradleakError
 from gradleak.core.knowledge import Knowledge
 from gradleak.core.settings import replace_checked
@@ -33,6 +33,7 @@ def closed_form_result(
     start: float,
     details: dict[str, object],
     read_labels: bool = True,
+    interrupted: bool = False,
 ) -> Reconstruction:
     """What a closed form returns: its images, the `auto` strategy's labels, no iterations.
 
@@ -46,6 +47,7 @@ def closed_form_result(
         details: what the attack reports of itself (its diagnostics).
         read_labels: read labels at all (False: none, e.g. for a weight difference whose
             last layer no label strategy reads).
+        interrupted: Ctrl-C or SIGTERM ended the attack early; the result is partial.
 
     Returns:
         The reconstruction: labels from the `auto` strategy (granted ones, else iDLG's for
@@ -68,6 +70,11 @@ def closed_form_result(
         label_strategy=strategy_name,
         labels_recovered=recovers,
         details=details,
+        interrupted=interrupted,
+        status=Status.INTERRUPTED if interrupted else Status.OK,
+        status_reason="stopped by an interrupt; what was found so far is kept"
+        if interrupted
+        else "",
     )
 
 

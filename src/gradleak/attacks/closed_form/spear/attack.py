@@ -114,9 +114,17 @@ class SpearAttack(ClosedFormAttack):
             "budget_exhausted": result.budget_exhausted,
             "max_samples": self.config.max_samples,
             "refine_steps": self.config.refine_steps,
+            "interrupted": result.interrupted,
         }
         return closed_form_result(
-            images, update, model, knowledge, loss=result.residual, start=start, details=details
+            images,
+            update,
+            model,
+            knowledge,
+            loss=result.residual,
+            start=start,
+            details=details,
+            interrupted=result.interrupted,
         )
 
 

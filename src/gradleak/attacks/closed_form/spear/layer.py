@@ -106,6 +106,7 @@ class SpearResult:
         completed_directions: chosen directions found by the completion sweeps.
         sweeps: completion sweeps run (counted in `samples`).
         budget_exhausted: the starts ran out before every input was certified.
+        interrupted: Ctrl-C or SIGTERM ended the search; what was certified is kept.
     """
 
     layer: str
@@ -125,6 +126,7 @@ class SpearResult:
     completed_directions: int
     sweeps: int
     budget_exhausted: bool
+    interrupted: bool = False
 
     @property
     def num_certified(self) -> int:
@@ -234,4 +236,5 @@ def spear_layer_input(
         completed_directions=search.completed,
         sweeps=search.sweeps,
         budget_exhausted=budget_exhausted,
+        interrupted=search.interrupted,
     )

@@ -73,6 +73,7 @@ class ColumnSearch:
         self.chosen_count = 0
         self.completed = 0
         self.sweeps = 0
+        self.interrupted = False  # an interrupt ended the search (`run`)
         self._verified: list[bytes] = []
         self._swept: set[tuple[bytes, ...]] = set()
         self._mixtures: set[bytes] = set()
@@ -103,19 +104,23 @@ class ColumnSearch:
             self._solve()
             return 1, False
         drawn = 0
-        while drawn < self.config.max_samples:
-            count = min(self.config.chunk, self.config.max_samples - drawn)
-            drawn += count
-            if self._add(self._directions(count, generator)) and self._solve():
-                return drawn, False
-            sweeps = min(self._sweeps_wanted(count), self.config.max_samples - drawn)
-            if sweeps:
-                drawn += sweeps
-                if self._complete(sweeps, generator) and self._solve():
+        try:
+            while drawn < self.config.max_samples:
+                count = min(self.config.chunk, self.config.max_samples - drawn)
+                drawn += count
+                if self._add(self._directions(count, generator)) and self._solve():
                     return drawn, False
+                sweeps = min(self._sweeps_wanted(count), self.config.max_samples - drawn)
+                if sweeps:
+                    drawn += sweeps
+                    if self._complete(sweeps, generator) and self._solve():
+                        return drawn, False
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: stop searching and keep what is certified so far.
+            self.interrupted = True
         if self._best is None:
             self._solve()
-        return drawn, True
+        return drawn, not self.interrupted
 
     def best(self) -> tuple[torch.Tensor, torch.Tensor, list[bool], list[int]]:
         """The inputs, columns, certificates and mismatch counts of the best set so far."""
