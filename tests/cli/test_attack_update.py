@@ -99,6 +99,7 @@ def test_a_captured_gradient_file_is_recovered_exactly(
     assert torch.allclose(_recovered(out), captured["images"], atol=1e-4)
     metrics = _metrics(out)
     assert metrics["psnr"] >= 60 and metrics["scored"] is True
+    assert metrics["exact_fraction"] == 1.0
     assert (metrics["kind"], metrics["attacked_as"], metrics["batch_size"]) == (
         "gradient",
         "gradient",

@@ -138,6 +138,9 @@ def test_an_interrupted_audit_writes_what_it_attacked(
         "dlg": "skipped",
         "ig": "skipped",
     }
+    reasons = {a["attack"]: a.get("reason") for a in record["attacks"]}
+    # One that would not have run says why, not that the interrupt came first.
+    assert "analytic attack reads it" in str(reasons["spear"])
 
 
 @pytest.mark.parametrize(

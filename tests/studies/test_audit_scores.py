@@ -184,3 +184,14 @@ def test_nothing_measured_is_said_and_fails_every_gate() -> None:
     result = verdict(row, summaries, [Gate("psnr", 1.0)], "1 s")
     assert result.level == "NOT MEASURED"
     assert result.unmet == (Gate("psnr", 1.0),) and not result.passed
+
+
+def test_a_searching_closed_form_is_held_to_its_share_of_the_time() -> None:
+    from gradleak import attacks
+    from gradleak.studies.audit import runner
+
+    spear = runner._time_limited(attacks.get("spear"), 3.0)
+    assert spear.config.time_limit == 3.0
+    assert runner._time_limited(attacks.get("spear"), -1.0).config.time_limit == 0.1
+    analytic = attacks.get("analytic")
+    assert runner._time_limited(analytic, 3.0) is analytic

@@ -171,8 +171,8 @@ def available() -> list[str]:
     """The names of every attack, in registry order.
 
     Returns:
-        The names `get` accepts: dlg, idlg, dlg-admm, idlg-admm, analytic, spear, ig, rgap, and
-        the text attacks tokens, dlg-text, tag, span.
+        The names `get` accepts: dlg, idlg, dlg-admm, idlg-admm, analytic, spear, imprint,
+        ig, rgap, and the text attacks tokens, dlg-text, tag, span.
     """
     return list(ATTACKS)
 

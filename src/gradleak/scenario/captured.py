@@ -219,6 +219,7 @@ def captured_metrics(outcome: CapturedOutcome, settings: Mapping[str, object]) -
         "ssim": scores.get("ssim"),
         "mse": scores.get("mse"),
         "label_accuracy": scores.get("label_accuracy"),
+        "exact_fraction": scores.get("exact_fraction"),
         **({"per_image": scores["per_image"]} if "per_image" in scores else {}),
         "matching": scores.get("matching"),
         "iterations": rec.iterations,

@@ -271,8 +271,7 @@ class CompareSpec:
         base = replace_checked(RunConfig(), {**defaults, **settings}, "comparison settings")
         # Every iteration in the history, for attacks that iterate (closed forms have no
         # log_every and would refuse it).
-        takes = {f.name for f in dataclasses.fields(attacks.get(cell.run.attack).config)}
-        logging = {"log_every": 1} if "log_every" in takes else {}
+        logging = {"log_every": 1} if _logs_iterations(cell.run.attack) else {}
         return replace(
             base,
             **source,
@@ -330,6 +329,12 @@ class CompareSpec:
             "settings": to_plain(self.settings),
             "attack_options": to_plain(self.attack_options),
         }
+
+
+@functools.cache
+def _logs_iterations(attack: str) -> bool:
+    """Whether `attack` takes `log_every` (closed forms do not); built once per name."""
+    return "log_every" in {f.name for f in dataclasses.fields(attacks.get(attack).config)}
 
 
 def _unique(values: Sequence[object], what: str, fix: str) -> None:

@@ -322,3 +322,14 @@ def test_an_interrupt_keeps_what_was_found(monkeypatch: pytest.MonkeyPatch) -> N
     assert rec.details["samples"] == 8  # the interrupted chunk is counted as drawn
     exact = [e < 1e-4 for e in _errors_per_recovery(rec.images, batch.images)]
     assert all(e for c, e in zip(rec.details["certified"], exact, strict=True) if c)
+
+
+def test_a_time_limit_ends_the_search_like_the_sample_budget() -> None:
+    model, batch, update = _synthetic(8, seed=6)
+    config = SpearConfig(chunk=4, refine_steps=0, time_limit=1e-9)
+    rec = SpearAttack(config=config).reconstruct(update, model, _knowledge(batch))
+    assert rec.details["budget_exhausted"] is True
+    # One chunk (and its completion sweeps) runs before the limit is checked.
+    assert rec.details["samples"] - rec.details["sweeps"] == 4
+    with pytest.raises(GradleakError, match="time_limit must be positive"):
+        SpearAttack().with_options({"time_limit": 0})

@@ -148,8 +148,9 @@ class ImprintBlock(nn.Module):
     def __init__(self, direction: torch.Tensor, thresholds: torch.Tensor, gain: float) -> None:
         super().__init__()
         bins, size = thresholds.numel(), direction.numel()
-        # A plain Linear (zeroed), so per-sample gradient tools (Opacus's DP-SGD) know it.
-        self.linear = nn.Linear(size, bins, bias=True)
+        # A plain Linear (zeroed), so per-sample gradient tools (Opacus's DP-SGD) know it;
+        # built without its random init, which would draw from the global generator.
+        self.linear = nn.utils.skip_init(nn.Linear, size, bins, bias=True)
         with torch.no_grad():
             self.linear.weight.zero_()
             self.linear.bias.zero_()
@@ -232,8 +233,11 @@ def read_imprint(
         occupied bins and of distinct inputs found; all zeros when every bin is empty.
 
     Raises:
-        GradleakError: when the shapes do not fit an imprint block.
+        GradleakError: when the shapes do not fit an imprint block, or `count` is not a
+            positive integer.
     """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise GradleakError(f"count must be a positive integer, got {count!r}")
     if weight.dim() != 2 or bias.shape != (weight.shape[0],):
         raise GradleakError(
             f"an imprint update needs a K×d weight and a K bias, got {tuple(weight.shape)} and "
@@ -428,8 +432,9 @@ class ImprintAttack(ClosedFormAttack):
             B images in the attacked (normalised) space, heaviest bin first (zeros where
             fewer than B bins hold images); labels from the `auto` strategy for
             gradients (none for a weight difference unless granted); loss 0 (nothing is
-            matched); details: bins, statistic, occupied bins, distinct inputs found,
-            images not separated (at least), inputs split over bins, and the bins read.
+            matched); details: bins, statistic, stat_std, gain, occupied bins, distinct
+            inputs found, images not separated (at least), empty rows returned, inputs
+            split over bins, and the bins read.
 
         Raises:
             GradleakError: when the threat model has an honest server, the model is not

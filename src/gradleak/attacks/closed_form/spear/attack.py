@@ -81,7 +81,8 @@ class SpearAttack(ClosedFormAttack):
             and details: layer, rank, singular_ratio, rank_gap, bias_residual, live_rows,
             samples, candidates, directions, completed_directions, sweeps, certified
             (per image), num_certified, mismatches, budget_exhausted, max_samples,
-            refine_steps, seconds.
+            refine_steps, interrupted. After Ctrl-C or SIGTERM: what was certified so far,
+            marked interrupted.
 
         Raises:
             GradleakError: when the update's names or shapes do not fit `model`, or it

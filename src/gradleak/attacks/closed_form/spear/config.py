@@ -32,6 +32,9 @@ class SpearConfig:
             largest, in [0, 1).
         rank_tol: singular values at most this fraction of the largest count as zero when
             the gradient's numerical rank is reported, in (0, 1).
+        time_limit: seconds the search may run (checked between chunks), > 0; None: no
+            limit. A search it ends reports `budget_exhausted`, like the sample budget;
+            time-budgeted studies (`gradleak audit`) set it.
     """
 
     max_samples: int = DEFAULT_MAX_SAMPLES
@@ -42,6 +45,7 @@ class SpearConfig:
     min_zero_fraction: float = 0.1
     margin: float = 1e-4
     rank_tol: float = 1e-6
+    time_limit: float | None = None
     iterations: int = 0
     restarts: int = 1
 
@@ -70,5 +74,7 @@ class SpearConfig:
         for name in ("min_zero_fraction", "margin"):
             if not 0 <= getattr(self, name) < 1:
                 raise GradleakError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise GradleakError(f"time_limit must be positive seconds, got {self.time_limit}")
         check_no_iterations(self.iterations, self.restarts, "the spear attack")
         return self

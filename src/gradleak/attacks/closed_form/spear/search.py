@@ -4,6 +4,7 @@ and the completion sweeps, certified as it goes."""
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -88,7 +89,7 @@ class ColumnSearch:
         or the budget ends.
 
         Returns:
-            (starts and sweeps drawn, whether the budget ended first).
+            (starts and sweeps drawn, whether the budget (samples or time) ended first).
         """
         self._generator = generator
         if self.k == 1:
@@ -104,8 +105,13 @@ class ColumnSearch:
             self._solve()
             return 1, False
         drawn = 0
+        limit = self.config.time_limit
+        until = None if limit is None else time.monotonic() + limit
         try:
             while drawn < self.config.max_samples:
+                if until is not None and drawn and time.monotonic() >= until:
+                    break  # the time limit ends the search as the sample budget would
+
                 count = min(self.config.chunk, self.config.max_samples - drawn)
                 drawn += count
                 if self._add(self._directions(count, generator)) and self._solve():
