@@ -226,7 +226,8 @@ def readers_of(kind: UpdateKind) -> list[str]:
         the update exists (imprint).
     """
     # An attack that alters the model first is no answer for an update already shared.
-    return [name for name in ATTACKS if kind in get(name).reads and not modifies_model(get(name))]
+    built = {name: get(name) for name in ATTACKS}
+    return [n for n, a in built.items() if kind in a.reads and not modifies_model(a)]
 
 
 def check_readable(name: str, reads: frozenset[UpdateKind], kind: UpdateKind) -> None:

@@ -68,10 +68,11 @@ def peer_attacks() -> list[str]:
     """The attack presets that read what peers share under every peer protocol."""
     kinds = {PROTOCOLS[name].shares for name in peer_protocols()}
     # A malicious server's attacks need a server that sends the model: peers have none.
+    built = {name: attacks.get(name) for name in attacks.available()}
     return [
         name
-        for name in attacks.available()
-        if kinds <= attacks.get(name).reads and not modifies_model(attacks.get(name))
+        for name, attack in built.items()
+        if kinds <= attack.reads and not modifies_model(attack)
     ]
 
 

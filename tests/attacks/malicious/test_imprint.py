@@ -266,3 +266,17 @@ def test_an_honest_server_leaves_run_digests_as_they_were() -> None:
     malicious = RunConfig(attack="imprint", malicious_server=True)
     assert malicious.result_settings()["malicious_server"] is True
     assert described_config(malicious)["malicious_server"] is True
+
+
+def test_the_same_seed_sends_the_same_block() -> None:
+    attack = ImprintAttack().with_options({"bins": 8})
+    state = torch.random.get_rng_state()
+    first = attack.modify_model(_small_model(), _knowledge(1), seed=3).imprint
+    again = attack.modify_model(_small_model(), _knowledge(1), seed=3).imprint
+    other = attack.modify_model(_small_model(), _knowledge(1), seed=4).imprint
+    assert torch.equal(first.direction, again.direction)
+    assert not torch.equal(first.direction, other.direction)
+    # Building the block draws nothing from the global generator.
+    torch.random.set_rng_state(state)
+    attack.modify_model(nn.Identity(), _knowledge(1), seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)

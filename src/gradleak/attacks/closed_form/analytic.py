@@ -21,7 +21,6 @@ matched ground truth is low. Separating the mixtures needs more than this closed
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from gradleak.attacks.closed_form.base import (
     check_no_iterations,
     closed_form_result,
 )
+from gradleak.attacks.closed_form.probe import name_of, probe_layer
 from gradleak.attacks.engine.hooks import Observer
 from gradleak.attacks.reconstruction import Reconstruction
 from gradleak.core.errors import GradleakError
@@ -222,38 +222,7 @@ def takes_flat_image(model: nn.Module, layer: nn.Linear, data_shape: tuple[int, 
     """
     if layer.in_features != math.prod(data_shape):
         return False
-    # A probe forward pass on a copy (the server's batch-norm statistics stay untouched)
-    # settles what the layer sees, whatever order the modules were registered in.
-    probe_model = copy.deepcopy(model).eval()
-    probe_layer = dict(probe_model.named_modules())[_name_of(model, layer)]
-    seen: list[torch.Tensor] = []
-    handle = probe_layer.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(1, *data_shape, generator=generator, device="cpu")
-    probe = probe.to(layer.weight.device)
-    try:
-        with torch.no_grad():
-            probe_model(probe)
-    except RuntimeError as exc:  # shape mismatches: the model does not read such inputs
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GradleakError(
-            f"the model cannot run one input of shape {tuple(data_shape)} ({first}); "
-            "check that the model's input shape matches the data's"
-        ) from exc
-    finally:
-        handle.remove()
-    return (
-        bool(seen)
-        and seen[0].shape == (1, layer.in_features)
-        and bool(torch.equal(seen[0], probe.flatten(1)))
-    )
-
-
-def _name_of(model: nn.Module, layer: nn.Module) -> str:
-    name = next((name for name, module in model.named_modules() if module is layer), None)
-    if name is None:
-        raise GradleakError(f"the layer {layer} is not a module of the model given")
-    return name
+    return probe_layer(model, name_of(model, layer), data_shape).reads_flat_image()
 
 
 @dataclass(frozen=True)

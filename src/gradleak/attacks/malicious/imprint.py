@@ -367,6 +367,11 @@ class ImprintAttack(ClosedFormAttack):
         """The statistic the block's neurons compute (`STATISTICS[config.statistic]`)."""
         return STATISTICS[self.config.statistic]
 
+    @property
+    def assumed_std(self) -> float:
+        """The statistic's assumed spread: `stat_std` if set, else the statistic's own."""
+        return self.config.stat_std or self.statistic.assumed_std
+
     def modify_model(self, model: nn.Module, knowledge: Knowledge, *, seed: int = 0) -> nn.Module:
         """The server's model behind an imprint block with `bins` neurons.
 
@@ -389,8 +394,8 @@ class ImprintAttack(ClosedFormAttack):
         self._check_memory(size)
         generator = torch.Generator().manual_seed(seed)
         direction = self.statistic.direction(size, generator)
-        std = self.config.stat_std or self.statistic.assumed_std
-        block = ImprintBlock(direction, bin_thresholds(self.config.bins, std), self.config.gain)
+        thresholds = bin_thresholds(self.config.bins, self.assumed_std)
+        block = ImprintBlock(direction, thresholds, self.config.gain)
         reference = next(model.parameters(), None)
         if reference is not None:
             block = block.to(device=reference.device, dtype=reference.dtype)
@@ -461,7 +466,7 @@ class ImprintAttack(ClosedFormAttack):
         details: dict[str, object] = {
             "bins": self.config.bins,
             "statistic": self.config.statistic,
-            "stat_std": self.config.stat_std or self.statistic.assumed_std,
+            "stat_std": self.assumed_std,
             "gain": self.config.gain,
             "occupied_bins": reading.occupied,
             "distinct_inputs": reading.found,

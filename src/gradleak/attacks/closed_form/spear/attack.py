@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from torch import nn
 
-from gradleak.attacks.closed_form.analytic import find_first_linear, takes_flat_image
+from gradleak.attacks.closed_form.analytic import find_first_linear
 from gradleak.attacks.closed_form.base import ClosedFormAttack, closed_form_result
-from gradleak.attacks.closed_form.spear.checks import check_batch_fits, check_relu_follows
+from gradleak.attacks.closed_form.probe import probe_layer
+from gradleak.attacks.closed_form.spear.checks import check_batch_fits
 from gradleak.attacks.closed_form.spear.config import SpearConfig
 from gradleak.attacks.closed_form.spear.layer import spear_layer_input
 from gradleak.attacks.engine.hooks import Observer
@@ -37,12 +39,16 @@ class SpearAttack(ClosedFormAttack):
         self, model: nn.Module, data_shape: tuple[int, ...], batch_size: int
     ) -> tuple[str, nn.Linear]:
         name, layer = find_first_linear(model)
-        if not takes_flat_image(model, layer, data_shape):
+        # One probe pass answers both questions (what the layer reads, what follows it);
+        # a layer of another input size is refused without one.
+        flat = layer.in_features == math.prod(data_shape)
+        seen = probe_layer(model, name, data_shape) if flat else None
+        if seen is None or not seen.reads_flat_image():
             raise GradleakError(
                 f"attack '{self.name}' needs a first Linear layer that reads the flattened "
                 f"image, but layer {name!r} does not; use an mlp model"
             )
-        if not check_relu_follows(model, name, data_shape):
+        if not seen.relu_follows():
             raise GradleakError(
                 f"attack '{self.name}' needs an nn.ReLU right after the first Linear layer "
                 f"{name!r}, whose zeros it relies on; use an mlp model"

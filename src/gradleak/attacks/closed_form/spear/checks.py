@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
-import torch
 from torch import nn
 
+from gradleak.attacks.closed_form.probe import probe_layer
 from gradleak.core.errors import GradleakError
 
 
@@ -30,8 +28,8 @@ def check_batch_fits(layer: nn.Linear, batch_size: int) -> None:
 def check_relu_follows(model: nn.Module, layer_name: str, data_shape: tuple[int, ...]) -> bool:
     """Whether the first module run after Linear `layer_name` is an nn.ReLU fed its output.
 
-    A probe forward pass on an eval-mode copy of `model` records the leaf modules in the
-    order they run; the model itself is left untouched.
+    One probe forward pass on an eval-mode copy of `model` (`probe.probe_layer`) shows the
+    modules in the order they run; the model itself is left untouched.
 
     Args:
         model: the server's model.
@@ -42,28 +40,4 @@ def check_relu_follows(model: nn.Module, layer_name: str, data_shape: tuple[int,
         True when the module called right after the layer is an nn.ReLU whose input is
         the layer's output.
     """
-    probe_model = copy.deepcopy(model).eval()
-    modules = dict(probe_model.named_modules())
-    target = modules[layer_name]
-    calls: list[tuple[nn.Module, object]] = []
-    handles = [
-        module.register_forward_pre_hook(
-            lambda m, args: calls.append((m, args[0] if args else None))
-        )
-        for module in modules.values()
-        if not any(True for _ in module.children())
-    ]
-    output: list[torch.Tensor] = []
-    handles.append(target.register_forward_hook(lambda _m, _i, out: output.append(out)))
-    probe = torch.randn(1, *data_shape, generator=torch.Generator().manual_seed(0))
-    try:
-        with torch.no_grad():
-            probe_model(probe.to(target.weight.device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    position = next((i for i, (m, _) in enumerate(calls) if m is target), None)
-    if position is None or position + 1 >= len(calls) or not output:
-        return False
-    after, given = calls[position + 1]
-    return isinstance(after, nn.ReLU) and given is output[0]
+    return probe_layer(model, layer_name, data_shape).relu_follows()
